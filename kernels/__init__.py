@@ -1,0 +1,1 @@
+"""Triton kernels, installed as `specdec.kernels` (each kernel beside its host wrapper)."""

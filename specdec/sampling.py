@@ -1,0 +1,79 @@
+"""Logits processing and sampling: temperature, top-k, top-p, and sampling without host syncs.
+
+These are the only functions that turn logits into distributions. The decode loop samples draft tokens
+with them and `verify` rebuilds q with the same calls, so the q a draft token is verified against is
+exactly the distribution it was sampled from (the bug in transformers #32867 / #47932 was two
+different code paths for these).
+
+Conventions (Hugging Face's warper order): top-k and top-p are applied to the logits divided by the
+temperature; the masked logits keep their raw scale (masked entries are -inf), and the temperature is
+applied once more by `probs_from_logits`. Temperature 0 means greedy.
+"""
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def mask_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Mask logits outside the top-k / nucleus with -inf; returns raw-scale logits.
+
+    logits: [..., V] (any float dtype). top_k <= 0 and top_p >= 1 are no-ops. The nucleus is computed on
+    softmax(logits / temperature) (temperature 0 keeps only the argmax, which greedy uses anyway).
+    Costs one sort over V per row when top_p < 1 (the expensive part), a topk when top_k > 0.
+    """
+    V = logits.shape[-1]
+    if top_k > 0 and top_k < V:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # [..., 1]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p < 1.0 and temperature > 0:
+        scaled = logits.float() / temperature
+        sorted_logits, sorted_idx = torch.sort(scaled, dim=-1, descending=True)  # [..., V]
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p: a token is dropped when the mass strictly
+        # before it already reaches top_p. The first token is always kept.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, sorted_idx, drop_sorted)
+        logits = logits.masked_fill(drop, NEG_INF)
+    return logits
+
+
+def probs_from_logits(logits: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    """softmax(logits / T) in fp32. logits: [B, ..., V]; temperature: scalar or [B] (> 0 where used).
+
+    Rows with temperature 0 are computed at T = 1 here; callers treat them as greedy.
+    """
+    x = logits.float()
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.to(device=x.device, dtype=torch.float32)
+        t = torch.where(t > 0, t, torch.ones_like(t)).reshape(t.shape + (1,) * (x.dim() - t.dim()))
+        x = x / t
+    elif temperature > 0:
+        x = x / temperature
+    return x.softmax(dim=-1)
+
+
+def exponential_noise(shape, device, generator: torch.Generator | None) -> torch.Tensor:
+    """i.i.d. Exp(1) noise, clamped away from 0 so that prob / E never divides 0 by 0."""
+    e = torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=generator)
+    return e.clamp_min_(torch.finfo(torch.float32).tiny)
+
+
+def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One categorical sample per row by the exponential race argmax(p / E), E ~ Exp(1).
+
+    probs: [..., V] (need not be normalised; zeros are never chosen unless the row is all zero).
+    Returns [...] int64. No host sync (unlike torch.multinomial, which checks its input on the host).
+    """
+    return (probs / exponential_noise(probs.shape, probs.device, generator)).argmax(dim=-1)
+
+
+def sample_tokens(masked_logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next tokens from masked logits [..., V] -> [...] int64: argmax at temperature 0, else a sample of
+    softmax(masked_logits / temperature)."""
+    if temperature == 0:
+        return masked_logits.argmax(dim=-1)
+    return sample_from_probs(probs_from_logits(masked_logits, temperature), generator)

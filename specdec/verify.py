@@ -1,0 +1,185 @@
+"""Verification of drafted tokens: speculative (rejection) sampling, the PyTorch reference, and the
+backend dispatch.
+
+Terms (as in vLLM's rejection sampler):
+  accepted  a draft token the target keeps;
+  recovered the token emitted at the first rejected position, sampled from norm(max(0, p - q));
+  bonus     the token emitted when every draft of a row is accepted, sampled from p at position n.
+Each row emits num_accepted + 1 tokens: its accepted drafts, then one recovered or bonus token.
+
+Math (Leviathan et al. 2023, Chen et al. 2023): position i accepts x_i with probability
+min(1, p_i(x_i) / q_i(x_i)), which leaves the output distributed exactly as p. With lossy lenience
+(DistillSpec, arXiv 2310.08461) p(x) in the test is replaced by f(p(x)): f_lin = p/eps, f_sq = p/eps^2,
+f_exp = p^eps (eps in (0, 1], eps = 1 is lossless); the residual stays norm(max(0, p - q)).
+Temperature 0 is greedy: accept iff x_i == argmax p_i, and the extra token is argmax p_j.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .sampling import probs_from_logits, sample_from_probs
+
+LENIENCE_KINDS = ("lin", "sq", "exp")
+BACKENDS = ("torch", "triton", "auto")
+
+
+@dataclass
+class VerifyResult:
+    tokens: torch.Tensor        # [B, K+1] int64: emitted tokens left-aligned, -1 after the last
+    num_accepted: torch.Tensor  # [B] int64: accepted drafts per row; the row emits num_accepted + 1 tokens
+
+
+def lenient_target(p_x: torch.Tensor, kind: str | None, eps: float) -> torch.Tensor:
+    """f(p(x)) of DistillSpec's lenient acceptance min(1, f(p(x)) / q(x)). p_x: any shape, fp32."""
+    if kind is None or eps == 1.0:
+        return p_x
+    if kind == "lin":
+        return p_x / eps
+    if kind == "sq":
+        return p_x / (eps * eps)
+    if kind == "exp":
+        return p_x.pow(eps)
+    raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {kind!r}")
+
+
+def _temperature_tensor(temperature, B: int, device) -> torch.Tensor:
+    """Scalar or [B] temperature -> [B] fp32 on device; checks non-negativity (one host sync when a
+    tensor is passed, paid only on this validation path)."""
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.to(device=device, dtype=torch.float32).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(B)
+        if t.shape != (B,):
+            raise ValueError(f"temperature must be a float or a [B]={B} tensor, got shape {tuple(temperature.shape)}")
+        if bool((t < 0).any()):
+            raise ValueError("temperature must be >= 0 (0 means greedy)")
+        return t.contiguous()
+    t = float(temperature)
+    if t < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {t}")
+    return torch.full((B,), t, device=device, dtype=torch.float32)
+
+
+def check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps):
+    """Shape / dtype / device checks shared by every backend. Returns (B, K, V)."""
+    if target_logits.dim() != 3:
+        raise ValueError(f"target_logits must be [B, K+1, V], got shape {tuple(target_logits.shape)}")
+    B, K1, V = target_logits.shape
+    K = K1 - 1
+    if K < 0:
+        raise ValueError("target_logits needs at least one position (K+1 >= 1)")
+    if tuple(draft_logits.shape) != (B, K, V):
+        raise ValueError(
+            f"draft_logits must be [B, K, V] = {(B, K, V)} to match target_logits {tuple(target_logits.shape)}, "
+            f"got {tuple(draft_logits.shape)}; slice both to the shared vocabulary first")
+    if tuple(draft_tokens.shape) != (B, K):
+        raise ValueError(f"draft_tokens must be [B, K] = {(B, K)}, got {tuple(draft_tokens.shape)}")
+    if not target_logits.is_floating_point() or not draft_logits.is_floating_point():
+        raise ValueError("target_logits and draft_logits must be floating point")
+    if draft_tokens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"draft_tokens must be int32 or int64, got {draft_tokens.dtype}")
+    devs = {target_logits.device, draft_logits.device, draft_tokens.device}
+    if num_draft_tokens is not None:
+        if tuple(num_draft_tokens.shape) != (B,):
+            raise ValueError(f"num_draft_tokens must be [B] = ({B},), got {tuple(num_draft_tokens.shape)}")
+        devs.add(num_draft_tokens.device)
+    if len(devs) != 1:
+        raise ValueError(f"all verify inputs must be on one device, got {sorted(map(str, devs))}")
+    if lenience is not None and lenience not in LENIENCE_KINDS:
+        raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {lenience!r}")
+    if not (0.0 < lenience_eps <= 1.0):
+        raise ValueError(f"lenience_eps must be in (0, 1], got {lenience_eps}")
+    return B, K, V
+
+
+def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num_draft_tokens=None,
+                     generator=None, lenience=None, lenience_eps=1.0) -> VerifyResult:
+    """The pure PyTorch reference. Inputs as `verify`; temperature a [B] fp32 tensor.
+
+    Memory traffic (what the Triton kernel avoids): two softmaxes write fp32 p [B, K+1, V] and
+    q [B, K, V] and read them back; the kernel reads the logits once and writes O(B*K).
+    """
+    B, K1, V = target_logits.shape
+    K = K1 - 1
+    device = target_logits.device
+    greedy = temperature == 0                                         # [B]
+    n = (torch.full((B,), K, device=device, dtype=torch.int64) if num_draft_tokens is None
+         else num_draft_tokens.to(torch.int64).clamp(0, K))           # [B]
+    x = draft_tokens.to(torch.int64).clamp(0, V - 1)                  # [B, K]; junk beyond n is masked below
+
+    p = probs_from_logits(target_logits, temperature)                 # [B, K+1, V] fp32
+    q = probs_from_logits(draft_logits, temperature)                  # [B, K, V] fp32
+    p_x = p[:, :K].gather(-1, x.unsqueeze(-1)).squeeze(-1)            # [B, K]
+    q_x = q.gather(-1, x.unsqueeze(-1)).squeeze(-1)                   # [B, K]
+    u = torch.rand((B, K), device=device, generator=generator)        # [B, K] in [0, 1)
+    # u < min(1, f(p)/q)  <=>  u * q < f(p): no division, and q = 0 (never sampled) cannot divide by 0.
+    accept_sampled = u * q_x < lenient_target(p_x, lenience, lenience_eps)
+    target_argmax = target_logits.argmax(dim=-1)                      # [B, K+1]
+    accept_greedy = x == target_argmax[:, :K]
+    accept = torch.where(greedy.unsqueeze(1), accept_greedy, accept_sampled)
+    accept &= torch.arange(K, device=device).unsqueeze(0) < n.unsqueeze(1)
+    num_accepted = accept.to(torch.int64).cumprod(dim=1).sum(dim=1)   # [B]: leading run of accepts
+
+    j = num_accepted                                                  # [B]: position of the extra token
+    rows = torch.arange(B, device=device)
+    p_j = p[rows, j]                                                  # [B, V]
+    is_bonus = (j >= n).unsqueeze(1)                                  # [B, 1]
+    q_j = q[rows, j.clamp(max=max(K - 1, 0))] if K > 0 else torch.zeros_like(p_j)
+    residual = torch.where(is_bonus, p_j, (p_j - q_j).clamp_min(0.0))  # [B, V]; a plain sum normalises
+    # p == q up to rounding can leave an empty residual after a (rounding-induced) rejection: use p.
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_j)
+    sampled = sample_from_probs(residual, generator)                  # [B]
+    extra = torch.where(greedy, target_argmax.gather(1, j.unsqueeze(1)).squeeze(1), sampled)
+
+    tokens = torch.full((B, K1), -1, device=device, dtype=torch.int64)
+    keep = torch.arange(K, device=device).unsqueeze(0) < num_accepted.unsqueeze(1)
+    tokens[:, :K] = torch.where(keep, draft_tokens.to(torch.int64), tokens[:, :K])
+    tokens.scatter_(1, j.unsqueeze(1), extra.unsqueeze(1))
+    return VerifyResult(tokens=tokens, num_accepted=num_accepted)
+
+
+def _triton_usable(t: torch.Tensor) -> bool:
+    if t.is_cuda:
+        return True
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens: torch.Tensor,
+           temperature: float | torch.Tensor = 1.0, num_draft_tokens: torch.Tensor | None = None,
+           generator: torch.Generator | None = None, backend: str = "torch",
+           lenience: str | None = None, lenience_eps: float = 1.0) -> VerifyResult:
+    """Verify K drafted tokens per row against the target and emit 1..K+1 tokens per row.
+
+    target_logits [B, K+1, V], draft_logits [B, K, V]: logits after top-k/top-p masking, before
+    temperature (the same masking that produced the draft's samples). draft_tokens [B, K].
+    temperature: float or [B] tensor (0 = greedy rows). num_draft_tokens [B]: a row's drafts beyond
+    its count are ignored and its bonus comes from target position num_draft_tokens.
+    backend: "torch" (reference), "triton" (fused kernel; CUDA, or CPU under TRITON_INTERPRET=1),
+    "auto" (Triton for CUDA tensors, else the reference).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    B, K, V = check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps)
+    temp = _temperature_tensor(temperature, B, target_logits.device)
+    if backend == "auto":
+        backend = "triton" if target_logits.is_cuda and _triton_available() else "torch"
+    if backend == "triton":
+        if not _triton_usable(target_logits):
+            raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before importing "
+                             "triton to run it on the CPU; use backend='torch' or 'auto' otherwise")
+        from .kernels.verify_triton import verify_triton
+        return verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
+                             generator, lenience, lenience_eps)
+    return verify_reference(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
+                            generator, lenience, lenience_eps)
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True

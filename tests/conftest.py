@@ -1,0 +1,42 @@
+"""Shared test setup: tiny models built in-process, and Triton's interpreter on machines without CUDA."""
+import os
+
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is defined, so this must run before any kernel module
+# is imported. With no GPU, `backend="triton"` then runs the kernels on CPU tensors (slowly).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_llama(vocab_size: int = 64, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
+               max_position_embeddings: int = 256, heads: int = 4, kv_heads: int = 2):
+    """A random LlamaForCausalLM small enough to run hundreds of forwards a second on a CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                      num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=max_position_embeddings, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=0, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    # Larger-than-default weights give peaked, seed-dependent distributions (default init is near-uniform).
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.fixture(scope="session")
+def target_model():
+    return tiny_llama(seed=0, num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def draft_model():
+    return tiny_llama(seed=1, num_layers=1, hidden_size=16, heads=2, kv_heads=1)
