@@ -9,7 +9,7 @@ POSIX form (``"email/mime/text.py"``). The rule looks only at the path, so a mod
 interpreters lands on the same side of the split on both; only the set of files differs.
 
 Prompt categories (all cut from held-out modules, deterministic for a given interpreter):
-  function   a function's signature and docstring; continue with the body
+  function   the code before a function, its signature and docstring; continue with the body
   class      the start of a class (header, docstring, first lines); continue with the rest
   docstring  the code before a function, its signature and the opening quotes; continue the docstring
   comment    the code before a ``#`` comment and the ``# ``; continue the comment and the code
@@ -38,6 +38,7 @@ CATEGORIES = ("function", "class", "docstring", "comment")
 PROMPT_MIN_CHARS = 200
 PROMPT_MAX_CHARS = 1200
 REFERENCE_MAX_CHARS = 1200  # the true continuation kept beside each prompt, for inspection/scoring
+_FUNCTION_CONTEXT_CHARS = 600  # code shown before a function's signature
 _MAX_PER_FILE = 3  # per category, so one big module cannot fill a category
 
 
@@ -107,6 +108,11 @@ def _context_before(lines: list[str], first: int, budget: int) -> str:
     return "".join(reversed(out))
 
 
+def _first_line(node: ast.AST) -> int:
+    """1-based first line of a statement, decorators included."""
+    return min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+
+
 def _docstring_node(node: ast.AST) -> ast.Constant | None:
     body = getattr(node, "body", None)
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
@@ -139,24 +145,32 @@ def _prompts_from_file(rel: str, src: str) -> dict[str, list[dict]]:
                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))),
                    key=lambda n: n.lineno)
     for node in nodes:
-        first = min([node.lineno] + [d.lineno for d in node.decorator_list])  # 1-based
+        first = _first_line(node)
         start, end = offs[first - 1], offs[node.end_lineno]
         doc = _docstring_node(node)
         if isinstance(node, ast.ClassDef):
-            # the header, docstring and first lines of the body: about a third of the class
+            # the header, docstring and first statements: about a third of the class, cut where a
+            # statement starts (never inside a docstring or a continued line)
             whole = src[start:end]
             if len(whole) < 2 * PROMPT_MIN_CHARS:
                 continue
             want = min(PROMPT_MAX_CHARS, max(PROMPT_MIN_CHARS, len(whole) // 3))
-            cut = whole.rfind("\n", 0, want) + 1
-            if doc is not None:  # never stop inside the docstring
-                cut = max(cut, offs[doc.end_lineno] - start)
-            add("class", first, whole[:cut], whole[cut:])
+            floor = offs[doc.end_lineno] - start if doc is not None else 0
+            cuts = [offs[_first_line(n) - 1] - start for n in ast.walk(node)
+                    if isinstance(n, ast.stmt) and n is not node]
+            cuts = [c for c in cuts if floor <= c <= want]
+            if cuts:
+                cut = max(cuts)
+                add("class", first, whole[:cut], whole[cut:])
             continue
         if doc is None or len(node.body) < 2:
             continue
+        # function: the code just before it (context), its signature and docstring; then the body
         body_start = offs[doc.end_lineno]
-        add("function", first, src[start:body_start], src[body_start:end])
+        head = src[start:body_start]
+        budget = min(_FUNCTION_CONTEXT_CHARS, PROMPT_MAX_CHARS - len(head))
+        add("function", first, _context_before(lines, first - 1, budget) + head,
+            src[body_start:end])
         # docstring: context lines, then the signature up to and including the opening quotes
         line = lines[doc.lineno - 1]
         quote = re.search(r'[rRbBuU]?("""|\'\'\')', line)

@@ -1,5 +1,6 @@
 """The bundled corpus: the fixed train/held-out split rule and the built-in prompt sets."""
 
+import re
 import zlib
 
 import pytest
@@ -91,8 +92,10 @@ def test_prompt_shapes_per_category():
             assert text.endswith("# ")
         elif p["category"] == "class":
             assert text.lstrip().startswith(("class ", "@"))
+            assert text.endswith("\n")
         elif p["category"] == "function":
-            assert text.lstrip().startswith(("def ", "async def ", "@"))
+            assert re.search(r"^\s*(async )?def ", text, re.M)
+            assert text.rstrip().endswith(('"""', "'''"))
 
 
 def test_prompts_are_deterministic():
