@@ -40,3 +40,44 @@ def target_model():
 @pytest.fixture(scope="session")
 def draft_model():
     return tiny_llama(seed=1, num_layers=1, hidden_size=16, heads=2, kv_heads=1)
+
+
+def chi2_pvalue(counts, probs, min_expected: float = 5.0) -> float:
+    """Pearson chi-square goodness-of-fit p-value of observed `counts` against `probs` (1-D).
+
+    Cells expected below `min_expected` are pooled into one cell (the usual validity rule). An outcome
+    with probability 0 that was observed returns 0. Uses torch.special.gammaincc (no scipy).
+    """
+    counts = torch.as_tensor(counts, dtype=torch.float64).flatten()
+    probs = torch.as_tensor(probs, dtype=torch.float64).flatten()
+    probs = probs / probs.sum()
+    if bool(((probs == 0) & (counts > 0)).any()):
+        return 0.0
+    n = counts.sum()
+    expected = probs * n
+    small = expected < min_expected
+    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    dof = obs.numel() - 1
+    if dof < 1:
+        return 1.0
+    stat = ((obs - exp) ** 2 / exp).sum()
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), stat / 2.0))
+
+
+def binom_pvalue(successes: int, n: int, prob: float) -> float:
+    """Two-sided normal-approximation p-value that `successes` out of `n` come from Binomial(n, prob)."""
+    import math
+    mean, var = n * prob, n * prob * (1 - prob)
+    if var == 0:
+        return 1.0 if successes == mean else 0.0
+    z = abs(successes - mean) / math.sqrt(var)
+    return math.erfc(z / math.sqrt(2))
+
+
+# Every statistical test in this suite rejects at ALPHA: a false alarm 1 time in 1000 per test for a
+# random seed. Seeds are fixed, so CI is deterministic; each such test also has a negative control
+# showing that a real defect is caught at the same threshold.
+ALPHA = 1e-3
