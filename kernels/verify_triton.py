@@ -52,6 +52,7 @@ Predictions, to check with bench/kernel_bench.py on an H200 (not yet measured: n
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -426,49 +427,51 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
     lcode = 0 if lenience_eps == 1.0 else _LENIENCE_CODE[lenience]
     f32 = dict(device=dev, dtype=torch.float32)
 
-    # (1) chunk partials over [B*(K+1) rows, NC1 chunks]. A tile holds `block` elements: one row's
-    # slice when V >= block, else R1 whole rows (small vocabularies, and the CPU interpreter, whose
-    # cost is per program and per operation, not per element).
-    rows = B * (K + 1)
-    block1 = max(16, min(block, p2(V)))
-    r1 = min(p2(rows), max(1, block // block1))
-    nc1, tiles1 = _split(triton.cdiv(rows, r1), V, block1, sms, max_tiles=4)
-    pm_t = torch.empty((rows, nc1), **f32)
-    ps_t = torch.empty((rows, nc1), **f32)
-    pm_d = torch.empty((rows, nc1), **f32)
-    ps_d = torch.empty((rows, nc1), **f32)
-    pai = torch.empty((rows, nc1), device=dev, dtype=torch.int32)
-    _partials_kernel[(triton.cdiv(rows, r1), nc1)](
-        target_logits, draft_logits, temperature, n_arg, pm_t, ps_t, pm_d, ps_d, pai,
-        rows, K, V, nc1, tiles1, s_tb, s_tk, s_db, s_dk, s_n,
-        HAS_N=has_n, R=r1, BLOCK=block1, num_warps=8 if r1 * block1 >= 4096 else 4)
+    # Triton launches on the current CUDA device: make it the tensors' one (a no-op on the CPU).
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        # (1) chunk partials over [B*(K+1) rows, NC1 chunks]. A tile holds `block` elements: one row's
+        # slice when V >= block, else R1 whole rows (small vocabularies, and the CPU interpreter, whose
+        # cost is per program and per operation, not per element).
+        rows = B * (K + 1)
+        block1 = max(16, min(block, p2(V)))
+        r1 = min(p2(rows), max(1, block // block1))
+        nc1, tiles1 = _split(triton.cdiv(rows, r1), V, block1, sms, max_tiles=4)
+        pm_t = torch.empty((rows, nc1), **f32)
+        ps_t = torch.empty((rows, nc1), **f32)
+        pm_d = torch.empty((rows, nc1), **f32)
+        ps_d = torch.empty((rows, nc1), **f32)
+        pai = torch.empty((rows, nc1), device=dev, dtype=torch.int32)
+        _partials_kernel[(triton.cdiv(rows, r1), nc1)](
+            target_logits, draft_logits, temperature, n_arg, pm_t, ps_t, pm_d, ps_d, pai,
+            rows, K, V, nc1, tiles1, s_tb, s_tk, s_db, s_dk, s_n,
+            HAS_N=has_n, R=r1, BLOCK=block1, num_warps=8 if r1 * block1 >= 4096 else 4)
 
-    # (2) accept tests, R2 rows per program on [R2, K+1, NC1] tiles of partials
-    lse_t = torch.empty((B,), **f32)
-    lse_d = torch.empty((B,), **f32)
-    gx = torch.empty((B,), device=dev, dtype=torch.int32)
-    bk1, bnc1 = max(2, p2(K + 1)), max(2, p2(nc1))
-    r2 = min(p2(B), max(1, 1024 // (bk1 * bnc1)))
-    _accept_kernel[(triton.cdiv(B, r2),)](
-        target_logits, draft_logits, draft_tokens, temperature, n_arg, u, pm_t, ps_t, pm_d, ps_d, pai,
-        num_accepted, lse_t, lse_d, gx, B, K, V, nc1, float(lenience_eps),
-        s_tb, s_tk, s_db, s_dk, s_xb, s_xk, s_n,
-        HAS_N=has_n, LEN_KIND=lcode, R=r2, BLOCK_K1=bk1, BLOCK_NC=bnc1, num_warps=4)
+        # (2) accept tests, R2 rows per program on [R2, K+1, NC1] tiles of partials
+        lse_t = torch.empty((B,), **f32)
+        lse_d = torch.empty((B,), **f32)
+        gx = torch.empty((B,), device=dev, dtype=torch.int32)
+        bk1, bnc1 = max(2, p2(K + 1)), max(2, p2(nc1))
+        r2 = min(p2(B), max(1, 1024 // (bk1 * bnc1)))
+        _accept_kernel[(triton.cdiv(B, r2),)](
+            target_logits, draft_logits, draft_tokens, temperature, n_arg, u, pm_t, ps_t, pm_d, ps_d, pai,
+            num_accepted, lse_t, lse_d, gx, B, K, V, nc1, float(lenience_eps),
+            s_tb, s_tk, s_db, s_dk, s_xb, s_xk, s_n,
+            HAS_N=has_n, LEN_KIND=lcode, R=r2, BLOCK_K1=bk1, BLOCK_NC=bnc1, num_warps=4)
 
-    # (3) residual / bonus mass per chunk of position j; (4) the emitted token and the output rows.
-    block3 = max(16, min(sample_block, p2(V)))
-    r3 = min(p2(B), max(1, 1024 // block3))
-    nc3, tiles3 = _split(triton.cdiv(B, r3), V, block3, sms, max_tiles=2)
-    rmass = torch.empty((B, nc3), **f32)
-    pmass = torch.empty((B, nc3), **f32)
-    _residual_mass_kernel[(triton.cdiv(B, r3), nc3)](
-        target_logits, draft_logits, temperature, n_arg, num_accepted, lse_t, lse_d, rmass, pmass,
-        B, K, V, nc3, tiles3, s_tb, s_tk, s_db, s_dk, s_n,
-        HAS_N=has_n, R=r3, BLOCK=block3, num_warps=4)
-    bnc3 = max(2, p2(nc3))
-    r4 = min(p2(B), max(1, 1024 // max(block3, bnc3)))
-    _emit_kernel[(triton.cdiv(B, r4),)](
-        target_logits, draft_logits, draft_tokens, temperature, n_arg, us, num_accepted, lse_t, lse_d, gx,
-        rmass, pmass, tokens, B, K, V, nc3, tiles3, s_tb, s_tk, s_db, s_dk, s_xb, s_xk, s_n,
-        HAS_N=has_n, R=r4, BLOCK=block3, BLOCK_NC=bnc3, BLOCK_K1=max(2, p2(K + 1)), num_warps=4)
+        # (3) residual / bonus mass per chunk of position j; (4) the emitted token and the output rows.
+        block3 = max(16, min(sample_block, p2(V)))
+        r3 = min(p2(B), max(1, 1024 // block3))
+        nc3, tiles3 = _split(triton.cdiv(B, r3), V, block3, sms, max_tiles=2)
+        rmass = torch.empty((B, nc3), **f32)
+        pmass = torch.empty((B, nc3), **f32)
+        _residual_mass_kernel[(triton.cdiv(B, r3), nc3)](
+            target_logits, draft_logits, temperature, n_arg, num_accepted, lse_t, lse_d, rmass, pmass,
+            B, K, V, nc3, tiles3, s_tb, s_tk, s_db, s_dk, s_n,
+            HAS_N=has_n, R=r3, BLOCK=block3, num_warps=4)
+        bnc3 = max(2, p2(nc3))
+        r4 = min(p2(B), max(1, 1024 // max(block3, bnc3)))
+        _emit_kernel[(triton.cdiv(B, r4),)](
+            target_logits, draft_logits, draft_tokens, temperature, n_arg, us, num_accepted, lse_t, lse_d, gx,
+            rmass, pmass, tokens, B, K, V, nc3, tiles3, s_tb, s_tk, s_db, s_dk, s_xb, s_xk, s_n,
+            HAS_N=has_n, R=r4, BLOCK=block3, BLOCK_NC=bnc3, BLOCK_K1=max(2, p2(K + 1)), num_warps=4)
     return VerifyResult(tokens=tokens, num_accepted=num_accepted)
