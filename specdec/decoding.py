@@ -139,12 +139,17 @@ class _KVState:
             layer.keys = layer.keys.gather(2, gidx)
             layer.values = layer.values.gather(2, gidx)
 
-    def maybe_compact(self, slack: int = 64):
-        """Compact when the holes inside the batch waste more than `slack` columns and a quarter of the
-        cache. Reads the valid counts (a host sync) only on the rare call that finds it worthwhile."""
-        max_valid = int(self.mask.sum(1).max())
-        waste = self.columns - max_valid
-        if waste > slack and waste * 4 > self.columns:
+    # Holes cost attention work and memory; compaction costs a full cache copy. Compact when the holes
+    # waste more than COMPACT_SLACK columns and a quarter of the cache.
+    COMPACT_SLACK = 64
+
+    def maybe_compact(self, lower_bound_valid: int):
+        """lower_bound_valid: a host-side lower bound on the longest row's valid columns, so that the
+        exact count (a host sync) is read only when compaction may be worthwhile."""
+        if self.columns - lower_bound_valid <= self.COMPACT_SLACK:
+            return
+        waste = self.columns - int(self.mask.sum(1).max())
+        if waste > self.COMPACT_SLACK and waste * 4 > self.columns:
             self.compact()
 
 
@@ -481,8 +486,11 @@ class SpeculativeDecoder:
                     st.select_rows(sel)
                 pending, pos, prev, prev_needed = (t.index_select(0, sel) for t in (pending, pos, prev, prev_needed))
                 any_prev_needed = K > 0 and any(accepted_host[b] == K for b in keep)
-            tgt.maybe_compact()
-            drf.maybe_compact()
+            # Valid columns of the longest row >= its committed tokens minus the pending one (and minus d_K
+            # for the draft): a host-side bound, so the exact count is read only when compaction may pay.
+            longest = max(lengths[r] + len(rows.out[r]) for r in rows.live) - 2
+            tgt.maybe_compact(longest)
+            drf.maybe_compact(longest)
             if self._round_hook is not None:  # tests inspect the caches between rounds
                 self._round_hook(tgt=tgt, drf=drf, pending=pending, pos=pos, prev=prev, prev_needed=prev_needed,
                                  live=list(rows.live), out=rows.out)

@@ -40,7 +40,7 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None):
         kwargs["device_map"] = device_map  # transformers/accelerate place the layers across devices
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ValueError(f"cannot load a causal LM from {name_or_path!r}: {str(e).splitlines()[0]}") from None
     if device_map is None:
         model = model.to(device)
@@ -54,7 +54,7 @@ def load_tokenizer(name_or_path):
     _check_exists(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(str(name_or_path))
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: {str(e).splitlines()[0]}") from None
     if tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token

@@ -1,0 +1,223 @@
+"""The decode loops: greedy equality with plain decoding (every batch size), ragged batches, KV-cache
+state after rejections, lossless sampling at the generate level, and input validation."""
+import copy
+
+import pytest
+import torch
+
+from conftest import ALPHA, chi2_pvalue, tiny_llama
+from specdec import SpeculativeDecoder, autoregressive_generate
+from specdec.sampling import mask_logits, probs_from_logits
+
+
+def _noisy_copy(model, scale, seed=0):
+    """A draft that agrees with the target part of the time: the target's weights plus noise."""
+    d = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return d
+
+
+@pytest.fixture(scope="module")
+def partial_draft(target_model):
+    return _noisy_copy(target_model, 0.03)
+
+
+def _batch(B=5, P=9, V=64, seed=5):
+    """Left-padded prompts of different lengths (row i has P - 2*i real tokens, at least 1)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, V, (B, P), generator=g)
+    mask = torch.ones_like(ids)
+    for i in range(B):
+        mask[i, : min(2 * i, P - 1)] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def test_greedy_equals_plain_and_hf(target_model, draft_model, partial_draft):
+    ids, mask = _batch()
+    ar = autoregressive_generate(target_model, ids, mask, max_new_tokens=24)
+    hf = target_model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    assert [h[ids.shape[1]:].tolist() for h in hf] == ar.new_tokens
+    for draft, gamma in ((partial_draft, 1), (partial_draft, 4), (draft_model, 3), (target_model, 5)):
+        sd = SpeculativeDecoder(target_model, draft, gamma=gamma).generate(ids, mask, max_new_tokens=24)
+        assert sd.new_tokens == ar.new_tokens, (gamma, draft is target_model)
+        assert sd.stats.new_tokens == sum(map(len, ar.new_tokens))
+
+
+def test_acceptance_extremes(target_model, draft_model):
+    ids, mask = _batch(B=2)
+    same = SpeculativeDecoder(target_model, target_model, gamma=4).generate(ids, mask, max_new_tokens=21)
+    assert same.stats.acceptance_rate == 1.0
+    assert same.stats.per_position_acceptance == [1.0] * 4
+    assert same.stats.mean_accepted_length == 5.0
+    assert same.stats.target_calls == 5  # 4 rounds of 5 tokens, then the 21st token alone
+    unrelated = SpeculativeDecoder(target_model, draft_model, gamma=4).generate(ids, mask, max_new_tokens=21)
+    assert unrelated.stats.acceptance_rate < 0.1
+
+
+def test_ragged_rows_equal_their_batch1_runs(target_model, partial_draft):
+    ids, mask = _batch(B=6, seed=7)
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma=3)
+    batched = dec.generate(ids, mask, max_new_tokens=30)
+    assert 0.1 < batched.stats.acceptance_rate < 0.9  # genuinely ragged acceptance
+    for r in range(ids.shape[0]):
+        row = ids[r : r + 1, mask[r].argmax():]
+        assert dec.generate(row, max_new_tokens=30).new_tokens[0] == batched.new_tokens[r]
+
+
+def test_eos_and_lengths(target_model, partial_draft):
+    ids, mask = _batch(B=4)
+    ar = autoregressive_generate(target_model, ids, mask, max_new_tokens=25)
+    eos = ar.new_tokens[1][6]  # a token row 1 emits at position 6
+    ar_eos = autoregressive_generate(target_model, ids, mask, max_new_tokens=25, eos_token_id=eos)
+    sd_eos = SpeculativeDecoder(target_model, partial_draft, gamma=4).generate(ids, mask, max_new_tokens=25,
+                                                                            eos_token_id=eos)
+    assert sd_eos.new_tokens == ar_eos.new_tokens
+    assert len(sd_eos.new_tokens[1]) <= 7 and sd_eos.new_tokens[1][-1] == eos
+    for out in sd_eos.new_tokens:
+        assert len(out) <= 25 and (eos not in out[:-1])
+
+
+def test_caches_hold_exactly_the_accepted_prefix(target_model, partial_draft):
+    """Between rounds, both caches (holes masked) give the same next logits as a fresh forward over the
+    committed sequence, for every live row."""
+    ids, mask = _batch(B=4, seed=11)
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma=3)
+    prompts = [ids[r][mask[r].bool()].tolist() for r in range(ids.shape[0])]
+    checked = []
+
+    def hook(tgt, drf, pending, pos, prev, prev_needed, live, out):
+        for st, model in ((tgt, target_model), (drf, partial_draft)):
+            st2 = copy.deepcopy(st)
+            if st is drf:  # the draft may still owe d_K (a 2-token round) where a row accepted everything
+                d_ids = torch.stack([prev, pending], 1)
+                d_pos = torch.stack([pos - 1, pos], 1)
+                d_valid = torch.stack([prev_needed, torch.ones_like(prev_needed)], 1)
+                cached = st2.forward(d_ids, d_pos, d_valid)[:, -1]
+            else:
+                cached = st2.forward(pending[:, None], pos[:, None], torch.ones(len(live), 1, dtype=torch.bool))[:, -1]
+            for b, r in enumerate(live):
+                seq = torch.tensor([prompts[r] + out[r]])
+                fresh = model(seq).logits[0, -1]
+                torch.testing.assert_close(cached[b], fresh, atol=1e-4, rtol=1e-4)
+        checked.append(tgt.columns)
+
+    dec._round_hook = hook
+    dec.generate(ids, mask, max_new_tokens=20)
+    assert len(checked) >= 5
+
+
+def test_holes_are_compacted(target_model, partial_draft, monkeypatch):
+    """Ragged runs compact the cache once holes pile up; output still equals plain decoding."""
+    from specdec import decoding
+    monkeypatch.setattr(decoding._KVState, "COMPACT_SLACK", 4)
+    calls = []
+    orig = decoding._KVState.compact
+    monkeypatch.setattr(decoding._KVState, "compact", lambda self: (calls.append(1), orig(self)))
+    ids, mask = _batch(B=3, seed=3)
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma=6)
+    widths = []
+    dec._round_hook = lambda tgt, **kw: widths.append((tgt.columns, int(tgt.mask.sum(1).max())))
+    sd = dec.generate(ids, mask, max_new_tokens=40)
+    ar = autoregressive_generate(target_model, ids, mask, max_new_tokens=40)
+    assert sd.new_tokens == ar.new_tokens
+    assert calls
+    # After each round the waste is bounded by the slack, a quarter of the cache, or one round's holes.
+    assert all(c - v <= max(4, c // 4) + 6 for c, v in widths)
+
+
+def test_padded_logit_width(target_model):
+    """Models whose logit widths differ (vocab padding): only the shared ids are compared or emitted."""
+    wide = tiny_llama(vocab_size=72, seed=0)  # same init as target_model for the first 64 rows? no: just wider
+    with torch.no_grad():
+        wide.lm_head.weight[64:] = 5.0  # the padded ids would win every argmax if they were allowed
+    ids, mask = _batch(B=2)
+    dec = SpeculativeDecoder(wide, target_model, gamma=3)
+    assert dec.vocab_size == 64
+    sd = dec.generate(ids, mask, max_new_tokens=12)
+    ar = autoregressive_generate(wide, ids, mask, max_new_tokens=12, vocab_size=64)
+    assert sd.new_tokens == ar.new_tokens
+    assert max(max(o) for o in sd.new_tokens) < 64
+
+
+def _exact_two_token_dist(model, prompt, V, temperature, top_k, top_p):
+    """Exact P(t1, t2 | prompt) of the target after the same temperature / top-k / top-p: [V, V]."""
+    with torch.no_grad():
+        l1 = model(prompt).logits[0, -1, :V]
+        p1 = probs_from_logits(mask_logits(l1, temperature, top_k, top_p), temperature)
+        seqs = torch.cat([prompt.expand(V, -1), torch.arange(V)[:, None]], 1)
+        l2 = model(seqs).logits[:, -1, :V]
+        p2 = probs_from_logits(mask_logits(l2, temperature, top_k, top_p), temperature)
+    return p1[:, None] * p2
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.8, 5, 0.9)])
+def test_generate_is_lossless(temperature, top_k, top_p):
+    """The first two generated tokens follow the target's exact joint distribution (chi-square at ALPHA),
+    with a draft that agrees often enough that accepted, recovered and bonus tokens all occur."""
+    V = 8
+    target = tiny_llama(vocab_size=V, hidden_size=16, heads=2, kv_heads=1, seed=21)
+    draft = _noisy_copy(target, 0.1, seed=22)
+    prompt = torch.tensor([[3, 5, 1, 6]])
+    N = 3000
+    dec = SpeculativeDecoder(target, draft, gamma=2)
+    out = dec.generate(prompt.expand(N, -1), max_new_tokens=2, temperature=temperature, top_k=top_k,
+                       top_p=top_p, seed=123)
+    s = out.stats
+    assert 0.2 < s.acceptance_rate < 0.95
+    pairs = torch.tensor([o[0] * V + o[1] for o in out.new_tokens])
+    exact = _exact_two_token_dist(target, prompt, V, temperature, top_k, top_p).flatten()
+    assert chi2_pvalue(torch.bincount(pairs, minlength=V * V), exact) > ALPHA
+    # Negative control: the draft's own distribution is measurably different at this sample size.
+    q_pairs = torch.tensor([o[0] * V + o[1] for o in autoregressive_generate(
+        draft, prompt.expand(N, -1), max_new_tokens=2, temperature=temperature, top_k=top_k, top_p=top_p,
+        seed=5).new_tokens])
+    assert chi2_pvalue(torch.bincount(q_pairs, minlength=V * V), exact) < ALPHA
+
+
+def test_seeded_sampling_repeats(target_model, partial_draft):
+    ids, mask = _batch(B=3)
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma=3)
+    a = dec.generate(ids, mask, max_new_tokens=15, temperature=1.0, seed=9)
+    b = dec.generate(ids, mask, max_new_tokens=15, temperature=1.0, seed=9)
+    assert a.new_tokens == b.new_tokens
+
+
+def test_stats_conventions(target_model, partial_draft):
+    ids, mask = _batch(B=3)
+    s = SpeculativeDecoder(target_model, partial_draft, gamma=3).generate(ids, mask, max_new_tokens=20).stats
+    assert s.accepted_tokens == sum(s.accepted_per_position)
+    assert s.acceptance_rate == pytest.approx(s.accepted_tokens / s.drafted_tokens)
+    assert s.mean_accepted_length == pytest.approx(1 + s.accepted_tokens / s.draft_steps)
+    assert all(a >= b for a, b in zip(s.per_position_acceptance, s.per_position_acceptance[1:]))
+    assert s.total_s >= s.draft_s + s.target_s + s.verify_s - 1e-6
+    d = s.to_dict()
+    for k in ("acceptance_rate", "mean_accepted_length", "per_position_acceptance", "target_calls", "draft_calls",
+              "drafted_tokens", "accepted_tokens", "draft_steps", "draft_s", "target_s", "verify_s", "other_s"):
+        assert k in d
+
+
+def test_bad_inputs(target_model, draft_model):
+    ids, mask = _batch(B=2)
+    with pytest.raises(ValueError, match="gamma"):
+        SpeculativeDecoder(target_model, draft_model, gamma=0)
+    dec = SpeculativeDecoder(target_model, draft_model, gamma=2)
+    with pytest.raises(ValueError, match="temperature"):
+        dec.generate(ids, mask, temperature=-0.5)
+    with pytest.raises(ValueError, match="top_p"):
+        dec.generate(ids, mask, top_p=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        autoregressive_generate(target_model, ids, mask, top_p=1.5)
+    with pytest.raises(ValueError, match="empty prompt"):
+        dec.generate(torch.zeros((1, 0), dtype=torch.long))
+    with pytest.raises(ValueError, match="empty prompt"):
+        dec.generate(ids, torch.zeros_like(mask))
+    with pytest.raises(ValueError, match="context"):
+        dec.generate(ids, mask, max_new_tokens=300)
+    with pytest.raises(ValueError, match="left-padded"):
+        dec.generate(ids, mask.flip(1))
+    with pytest.raises(ValueError, match="different devices"):
+        SpeculativeDecoder(target_model, copy.deepcopy(draft_model).to("meta"), gamma=2)

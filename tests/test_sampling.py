@@ -1,0 +1,51 @@
+"""Logits processing and the exponential-race sampler."""
+import math
+
+import torch
+
+from conftest import ALPHA, chi2_pvalue
+from specdec.sampling import mask_logits, probs_from_logits, sample_from_probs, sample_tokens
+
+
+def test_top_k_and_top_p_by_hand():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    assert torch.isinf(mask_logits(logits, 1.0, top_k=2)[0, 2:]).all()
+    assert torch.isfinite(mask_logits(logits, 1.0, top_k=2)[0, :2]).all()
+    # Nucleus 0.8: 0.5 + 0.2 = 0.7 < 0.8, so 0.15 joins; 0.85 >= 0.8 stops there.
+    kept = torch.isfinite(mask_logits(logits, 1.0, top_p=0.8)[0])
+    assert kept.tolist() == [True, True, True, False, False]
+    # Exactly reaching top_p keeps no more: 0.5 + 0.2 = 0.7.
+    assert torch.isfinite(mask_logits(logits, 1.0, top_p=0.7)[0]).tolist() == [True, True, False, False, False]
+    # The nucleus is taken after temperature (HF's warper order): T = 0.5 sharpens to 0.5^2 / Z...
+    sharp = torch.softmax(logits / 0.5, -1)[0]
+    kept = torch.isfinite(mask_logits(logits, 0.5, top_p=0.8)[0])
+    assert kept.tolist() == [True, True, False, False, False] and sharp[0] + sharp[1] >= 0.8 > sharp[0]
+    # The argmax always survives.
+    assert torch.isfinite(mask_logits(logits, 1.0, top_p=1e-6)[0, 0])
+    # Masked logits keep their raw scale.
+    assert torch.equal(mask_logits(logits, 1.0, top_k=2)[0, :2], logits[0, :2])
+
+
+def test_probs_per_row_temperature():
+    logits = torch.randn(3, 4, 7)
+    t = torch.tensor([0.5, 1.0, 0.0])
+    p = probs_from_logits(logits, t)
+    torch.testing.assert_close(p[0], torch.softmax(logits[0] / 0.5, -1))
+    torch.testing.assert_close(p[2], torch.softmax(logits[2], -1))  # greedy rows: callers use argmax
+
+
+def test_exponential_race_matches_categorical():
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1, 0.0])
+    g = torch.Generator().manual_seed(0)
+    draws = sample_from_probs(probs.expand(20000, -1), g)
+    assert (draws != 4).all()  # zero-probability ids are never drawn
+    assert chi2_pvalue(torch.bincount(draws, minlength=5), probs) > ALPHA
+    # Negative control at the same size: a 0.02 shift of mass is caught.
+    assert chi2_pvalue(torch.bincount(draws, minlength=5), torch.tensor([0.42, 0.28, 0.2, 0.1, 0.0])) < ALPHA
+
+
+def test_greedy_and_masked_sampling():
+    logits = torch.tensor([[1.0, 3.0, 2.0, -math.inf]])
+    assert sample_tokens(logits, 0.0).item() == 1
+    draws = sample_tokens(logits.expand(2000, -1), 1.0, torch.Generator().manual_seed(1))
+    assert (draws != 3).all()
