@@ -96,8 +96,9 @@ def check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, le
 
 
 def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num_draft_tokens=None,
-                     generator=None, lenience=None, lenience_eps=1.0) -> VerifyResult:
-    """The pure PyTorch reference. Inputs as `verify`; temperature a [B] fp32 tensor.
+                     generator=None, lenience=None, lenience_eps=1.0, all_greedy=False) -> VerifyResult:
+    """The pure PyTorch reference. Inputs as `verify`; temperature a [B] fp32 tensor; all_greedy (a
+    host-side promise that every temperature is 0) skips the softmaxes.
 
     Memory traffic (what the Triton kernel avoids): two softmaxes write fp32 p [B, K+1, V] and
     q [B, K, V] and read them back; the kernel reads the logits once and writes O(B*K).
@@ -110,6 +111,14 @@ def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num
          else num_draft_tokens.to(torch.int64).clamp(0, K))           # [B]
     x = draft_tokens.to(torch.int64).clamp(0, V - 1)                  # [B, K]; junk beyond n is masked below
 
+    target_argmax = target_logits.argmax(dim=-1)                      # [B, K+1]
+    accept_greedy = x == target_argmax[:, :K]
+    valid = torch.arange(K, device=device).unsqueeze(0) < n.unsqueeze(1)
+    if all_greedy:  # no probabilities at all: argmax compare, argmax recovered/bonus token
+        num_accepted = (accept_greedy & valid).to(torch.int64).cumprod(dim=1).sum(dim=1)
+        extra = target_argmax.gather(1, num_accepted.unsqueeze(1)).squeeze(1)
+        return _layout(draft_tokens, num_accepted, extra, K)
+
     p = probs_from_logits(target_logits, temperature)                 # [B, K+1, V] fp32
     q = probs_from_logits(draft_logits, temperature)                  # [B, K, V] fp32
     p_x = p[:, :K].gather(-1, x.unsqueeze(-1)).squeeze(-1)            # [B, K]
@@ -117,10 +126,7 @@ def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num
     u = torch.rand((B, K), device=device, generator=generator)        # [B, K] in [0, 1)
     # u < min(1, f(p)/q)  <=>  u * q < f(p): no division, and q = 0 (never sampled) cannot divide by 0.
     accept_sampled = u * q_x < lenient_target(p_x, lenience, lenience_eps)
-    target_argmax = target_logits.argmax(dim=-1)                      # [B, K+1]
-    accept_greedy = x == target_argmax[:, :K]
-    accept = torch.where(greedy.unsqueeze(1), accept_greedy, accept_sampled)
-    accept &= torch.arange(K, device=device).unsqueeze(0) < n.unsqueeze(1)
+    accept = torch.where(greedy.unsqueeze(1), accept_greedy, accept_sampled) & valid
     num_accepted = accept.to(torch.int64).cumprod(dim=1).sum(dim=1)   # [B]: leading run of accepts
 
     j = num_accepted                                                  # [B]: position of the extra token
@@ -133,11 +139,17 @@ def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num
     residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_j)
     sampled = sample_from_probs(residual, generator)                  # [B]
     extra = torch.where(greedy, target_argmax.gather(1, j.unsqueeze(1)).squeeze(1), sampled)
+    return _layout(draft_tokens, num_accepted, extra, K)
 
+
+def _layout(draft_tokens, num_accepted, extra, K) -> VerifyResult:
+    """[B, K+1] tokens: the accepted drafts, then the recovered / bonus token, then -1."""
+    B, device = num_accepted.shape[0], num_accepted.device
+    K1 = K + 1
     tokens = torch.full((B, K1), -1, device=device, dtype=torch.int64)
     keep = torch.arange(K, device=device).unsqueeze(0) < num_accepted.unsqueeze(1)
     tokens[:, :K] = torch.where(keep, draft_tokens.to(torch.int64), tokens[:, :K])
-    tokens.scatter_(1, j.unsqueeze(1), extra.unsqueeze(1))
+    tokens.scatter_(1, num_accepted.unsqueeze(1), extra.unsqueeze(1))
     return VerifyResult(tokens=tokens, num_accepted=num_accepted)
 
 
@@ -173,8 +185,9 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
         from .kernels.verify_triton import verify_triton
         return verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
                              generator, lenience, lenience_eps)
+    all_greedy = not isinstance(temperature, torch.Tensor) and float(temperature) == 0.0
     return verify_reference(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
-                            generator, lenience, lenience_eps)
+                            generator, lenience, lenience_eps, all_greedy)
 
 
 def _triton_available() -> bool:
