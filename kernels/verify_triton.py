@@ -116,37 +116,35 @@ def _partials_kernel(
         tl.store(pm_t_ptr + part, best_v, mask=greedy)
         tl.store(pai_ptr + part, best_i, mask=greedy)
     if tl.max(sampled.to(tl.int32), axis=0) > 0:
-        # Sampled: online (max, sum exp) of l / T; the tile max is reduced before the exp, so one
-        # exp per element.
+        # Sampled: online (max, sum exp) of l / T for the target and, at positions i < n (where the
+        # accept test and the residual need q), the draft, in one loop so that both tiles' loads are
+        # in flight together. The tile max is reduced before the exp: one exp per element.
+        drows = sampled & (i < n)
+        d_off = b.to(tl.int64) * s_db + i.to(tl.int64) * s_dk
         m = tl.full([R], float("-inf"), tl.float32)
         s = tl.zeros([R], tl.float32)
+        md = tl.full([R], float("-inf"), tl.float32)
+        sd = tl.zeros([R], tl.float32)
         for t in range(0, TILES):
             offs = start0 + t * BLOCK + arange
             m2 = sampled[:, None] & (offs < V)[None, :]
+            d2 = drows[:, None] & (offs < V)[None, :]
             l = tl.load(tgt_ptr + t_off[:, None] + offs[None, :], mask=m2, other=float("-inf"))
+            ld = tl.load(drf_ptr + d_off[:, None] + offs[None, :], mask=d2, other=float("-inf"))
             l = l.to(tl.float32) * inv_T[:, None]
+            ld = ld.to(tl.float32) * inv_T[:, None]
             m_new = tl.maximum(m, tl.max(l, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(l - m_safe[:, None]), axis=1)
             m = m_new
+            md_new = tl.maximum(md, tl.max(ld, axis=1))
+            md_safe = tl.where(md_new == float("-inf"), 0.0, md_new)
+            sd = sd * tl.exp(md - md_safe) + tl.sum(tl.exp(ld - md_safe[:, None]), axis=1)
+            md = md_new
         tl.store(pm_t_ptr + part, m, mask=sampled)
         tl.store(ps_t_ptr + part, s, mask=sampled)
-        drows = sampled & (i < n)  # q is needed for the accept test and the residual at positions < n
-        if tl.max(drows.to(tl.int32), axis=0) > 0:
-            d_off = b.to(tl.int64) * s_db + i.to(tl.int64) * s_dk
-            m = tl.full([R], float("-inf"), tl.float32)
-            s = tl.zeros([R], tl.float32)
-            for t in range(0, TILES):
-                offs = start0 + t * BLOCK + arange
-                m2 = drows[:, None] & (offs < V)[None, :]
-                l = tl.load(drf_ptr + d_off[:, None] + offs[None, :], mask=m2, other=float("-inf"))
-                l = l.to(tl.float32) * inv_T[:, None]
-                m_new = tl.maximum(m, tl.max(l, axis=1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(l - m_safe[:, None]), axis=1)
-                m = m_new
-            tl.store(pm_d_ptr + part, m, mask=drows)
-            tl.store(ps_d_ptr + part, s, mask=drows)
+        tl.store(pm_d_ptr + part, md, mask=drows)
+        tl.store(ps_d_ptr + part, sd, mask=drows)
 
 
 @triton.jit
