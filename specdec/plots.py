@@ -1,0 +1,286 @@
+"""Every figure of `specdec bench`, from one or more results.json files (`specdec plot`).
+
+Figures (PNG, matplotlib's Agg backend), each skipped when its data is absent:
+  acceptance.png     acceptance rate and mean acceptance length against gamma, a line per temperature
+  speedup.png        measured (solid) and predicted (dashed) speedup against gamma; HF assisted as markers
+  per_position.png   per-position acceptance, a line per gamma, a panel per temperature
+  category.png       speedup per prompt category at each gamma, a panel per temperature
+  batch.png          tokens/s against batch size, a line per method / gamma, a panel per temperature
+Several files are overlaid; each series is labelled by a name derived from the file (its folder name,
+or the file name when folders repeat).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FIGURES = ("acceptance", "speedup", "per_position", "category", "batch")
+
+
+def add_arguments(p):
+    p.add_argument("results", nargs="+", help="one or more results.json files (or folders holding one)")
+    p.add_argument("--out", default=None, help="output folder (default: the first file's folder)")
+    p.add_argument("--names", default=None, help="comma-separated labels, one per results file")
+
+
+def run(args) -> int:
+    paths = [_resolve(p) for p in args.results]
+    names = [s.strip() for s in args.names.split(",")] if args.names else None
+    if names is not None and len(names) != len(paths):
+        raise ValueError(f"--names has {len(names)} labels for {len(paths)} results files")
+    out = Path(args.out) if args.out else paths[0].parent
+    written = plot_files(paths, out, names)
+    for w in written:
+        print(w)
+    if not written:
+        print("specdec plot: no figure had data to show")
+    return 0
+
+
+def _resolve(p) -> Path:
+    path = Path(p)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"results file {str(path)!r} does not exist; pass the results.json written by specdec bench")
+    return path
+
+
+def load_results(path) -> dict:
+    path = _resolve(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); is it a specdec bench results.json?") from None
+    if not isinstance(data, dict) or "runs" not in data:
+        raise ValueError(f"{path} has no 'runs' list; is it a specdec bench results.json?")
+    data.setdefault("meta", {})
+    return data
+
+
+def default_names(paths) -> list[str]:
+    """The folder name of each file; the path relative to the common folder when folder names repeat."""
+    paths = [Path(p).resolve() for p in paths]
+    names = [p.parent.name or p.stem for p in paths]
+    if len(set(names)) < len(names):
+        names = [str(p.parent / p.stem) if p.stem != "results" else str(p.parent) for p in paths]
+        names = [n[-40:] for n in names]
+    return names
+
+
+def _short(path_or_id) -> str:
+    s = str(path_or_id or "?").rstrip("/")
+    parts = s.split("/")
+    return "/".join(parts[-2:]) if len(parts) > 1 else s
+
+
+def _title(datasets, what: str) -> str:
+    metas = [d["meta"] for _, d in datasets]
+    pairs = sorted({f"{_short(m.get('target'))} <- {_short(m.get('draft'))}" for m in metas})
+    devs = sorted({f"{m.get('device_name') or m.get('device', '?')} ({m.get('device', '?')}, {m.get('dtype', '?')})"
+                   for m in metas})
+    return f"{what}\n{'; '.join(pairs)} on {'; '.join(devs)}"
+
+
+def _rows(data, **match):
+    out = []
+    for r in data["runs"]:
+        if r.get("error") or r.get("tokens_per_s") is None:
+            continue
+        if all(r.get(k) == v for k, v in match.items()):
+            out.append(r)
+    return out
+
+
+def _smallest_bs(data, method="sd"):
+    bss = sorted({r["batch_size"] for r in _rows(data, method=method, category="all")})
+    return bss[0] if bss else None
+
+
+def _temps(data, method="sd"):
+    return sorted({r["temperature"] for r in _rows(data, method=method, category="all")})
+
+
+def _label(name, multi, text):
+    return f"{name}: {text}" if multi else text
+
+
+def plot_files(paths, out_dir, names=None) -> list[Path]:
+    """Write every figure that has data; returns the written paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+
+    paths = [_resolve(p) for p in paths]
+    names = names or default_names(paths)
+    datasets = [(n, load_results(p)) for n, p in zip(names, paths)]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fig_name in FIGURES:
+        fn = globals()[f"_plot_{fig_name}"]
+        path = out_dir / f"{fig_name}.png"
+        if fn(datasets, path):
+            written.append(path)
+    return written
+
+
+def _save(fig, path) -> bool:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_acceptance(datasets, path) -> bool:
+    import matplotlib.pyplot as plt
+    multi = len(datasets) > 1
+    series = []
+    for name, data in datasets:
+        bs = _smallest_bs(data)
+        for t in _temps(data):
+            rows = sorted(_rows(data, method="sd", category="all", batch_size=bs, temperature=t), key=lambda r: r["gamma"])
+            if rows:
+                series.append((_label(name, multi, f"T={t:g}, bs={bs}"), rows))
+    if not series:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, rows in series:
+        g = [r["gamma"] for r in rows]
+        axes[0].plot(g, [r["acceptance_rate"] for r in rows], marker="o", label=label)
+        axes[1].plot(g, [r["mean_accepted_length"] for r in rows], marker="o", label=label)
+    axes[0].set(xlabel="gamma (draft tokens per step)", ylabel="acceptance rate (accepted / drafted)", ylim=(0, 1.02))
+    axes[1].set(xlabel="gamma (draft tokens per step)", ylabel="mean acceptance length (tokens / step)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(_title(datasets, "Acceptance against gamma"), fontsize=10)
+    return _save(fig, path)
+
+
+def _plot_speedup(datasets, path) -> bool:
+    import matplotlib.pyplot as plt
+    multi = len(datasets) > 1
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    any_ = False
+    for name, data in datasets:
+        bs = _smallest_bs(data)
+        for t in _temps(data):
+            rows = sorted([r for r in _rows(data, method="sd", category="all", batch_size=bs, temperature=t)
+                           if r.get("speedup") is not None], key=lambda r: r["gamma"])
+            if not rows:
+                continue
+            any_ = True
+            g = [r["gamma"] for r in rows]
+            line, = ax.plot(g, [r["speedup"] for r in rows], marker="o", label=_label(name, multi, f"specdec T={t:g}, bs={bs}"))
+            pred = [r.get("predicted_speedup") for r in rows]
+            if any(p is not None for p in pred):
+                ax.plot(g, [p if p is not None else float("nan") for p in pred], ls="--", color=line.get_color(),
+                        label=_label(name, multi, f"predicted T={t:g}"))
+            hf = sorted([r for r in _rows(data, method="hf_assisted", category="all", temperature=t)
+                         if r.get("speedup") is not None], key=lambda r: r["gamma"])
+            if hf:
+                ax.plot([r["gamma"] for r in hf], [r["speedup"] for r in hf], ls=":", marker="x", color=line.get_color(),
+                        label=_label(name, multi, f"HF assisted T={t:g}"))
+    if not any_:
+        plt.close(fig)
+        return False
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="gamma (draft tokens per step)", ylabel="speedup over plain decoding (tokens/s ratio)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(_title(datasets, "Measured and predicted speedup"), fontsize=10)
+    return _save(fig, path)
+
+
+def _plot_per_position(datasets, path) -> bool:
+    import matplotlib.pyplot as plt
+    multi = len(datasets) > 1
+    temps = sorted({t for _, d in datasets for t in _temps(d)})
+    if not temps:
+        return False
+    fig, axes = plt.subplots(1, len(temps), figsize=(5.5 * len(temps), 4.2), squeeze=False)
+    any_ = False
+    for ax, t in zip(axes[0], temps):
+        for name, data in datasets:
+            bs = _smallest_bs(data)
+            for r in sorted(_rows(data, method="sd", category="all", batch_size=bs, temperature=t), key=lambda r: r["gamma"]):
+                pp = r.get("per_position_acceptance")
+                if pp:
+                    any_ = True
+                    ax.plot(range(1, len(pp) + 1), pp, marker="o", label=_label(name, multi, f"gamma={r['gamma']}"))
+        ax.set(xlabel="draft position k", ylabel="P(k-th draft accepted)", ylim=(0, 1.02), title=f"T={t:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if not any_:
+        plt.close(fig)
+        return False
+    fig.suptitle(_title(datasets, "Per-position acceptance"), fontsize=10)
+    return _save(fig, path)
+
+
+def _plot_category(datasets, path) -> bool:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    multi = len(datasets) > 1
+    temps = sorted({t for _, d in datasets for t in _temps(d)})
+    panels = []
+    for t in temps:
+        series = []
+        for name, data in datasets:
+            bs = _smallest_bs(data)
+            rows = [r for r in _rows(data, method="sd", batch_size=bs, temperature=t)
+                    if r["category"] != "all" and r.get("speedup") is not None]
+            for g in sorted({r["gamma"] for r in rows}):
+                series.append((_label(name, multi, f"gamma={g}"), {r["category"]: r["speedup"] for r in rows if r["gamma"] == g}))
+        if series:
+            panels.append((t, series))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
+    for ax, (t, series) in zip(axes[0], panels):
+        cats = list(dict.fromkeys(c for _, d in series for c in d))
+        x = np.arange(len(cats))
+        w = 0.8 / len(series)
+        for i, (label, d) in enumerate(series):
+            ax.bar(x + i * w - 0.4 + w / 2, [d.get(c, np.nan) for c in cats], w, label=label)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xticks(x, cats, rotation=20)
+        ax.set(xlabel="prompt category", ylabel="speedup over plain decoding", title=f"T={t:g}")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(datasets, "Speedup per category"), fontsize=10)
+    return _save(fig, path)
+
+
+def _plot_batch(datasets, path) -> bool:
+    import matplotlib.pyplot as plt
+    multi = len(datasets) > 1
+    temps = sorted({r["temperature"] for _, d in datasets for r in _rows(d, category="all")})
+    panels = []
+    for t in temps:
+        series = []
+        for name, data in datasets:
+            rows = _rows(data, category="all", temperature=t)
+            keys = sorted({(r["method"], r["gamma"]) for r in rows if r["method"] in ("ar", "sd")},
+                          key=lambda k: (k[0] != "ar", k[1] or 0))
+            for m, g in keys:
+                pts = sorted((r["batch_size"], r["tokens_per_s"]) for r in rows if r["method"] == m and r["gamma"] == g)
+                if len({b for b, _ in pts}) >= 2:
+                    series.append((_label(name, multi, "plain" if m == "ar" else f"specdec gamma={g}"), pts))
+        if series:
+            panels.append((t, series))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (t, series) in zip(axes[0], panels):
+        for label, pts in series:
+            ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="batch size", ylabel="tokens/s (all rows of the batch)", title=f"T={t:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(datasets, "Throughput against batch size"), fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,112 @@
+"""Prompt sources for the benchmark: the bundled pair's built-in sets, user JSONL, and Spec-Bench.
+
+Every loader returns a list of ``{"id", "category", "prompt"}`` dicts, grouped by category in the order
+categories first appear (the benchmark forms batches from consecutive prompts of one category).
+
+Formats accepted by :func:`load_prompts_file` (detected per line):
+  user JSONL   ``{"prompt": "...", "category": "..."}``; category optional ("default")
+  Spec-Bench   ``{"question_id": 81, "category": "writing", "turns": ["...", "..."]}`` (its
+               ``question.jsonl``): the first turn, its category, passed through the tokenizer's chat
+               template when the tokenizer has one, else used raw
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEFAULT_CATEGORY = "default"
+
+
+def builtin(max_per_category: int | None = None) -> list[dict]:
+    """The bundled pair's held-out stdlib prompts (see specdec/corpus.py); no file needed."""
+    from .corpus import builtin_prompts
+
+    return [{"id": str(p["id"]), "category": p["category"], "prompt": p["prompt"]}
+            for p in builtin_prompts(max_per_category=max_per_category)]
+
+
+def apply_chat_template(tokenizer, text: str) -> str:
+    """One user turn through the tokenizer's chat template (raw text when it has none)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return text
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def _parse_line(obj, lineno: int, path: Path, tokenizer) -> dict:
+    where = f"{path}:{lineno}"
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'prompt' (or Spec-Bench 'turns'), got {type(obj).__name__}")
+    if "turns" in obj:  # Spec-Bench question.jsonl
+        turns = obj["turns"]
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) or not turns[0]:
+            raise ValueError(f"{where}: 'turns' must be a non-empty list of strings")
+        qid = obj.get("question_id", lineno)
+        return {"id": str(qid), "category": str(obj.get("category") or DEFAULT_CATEGORY),
+                "prompt": apply_chat_template(tokenizer, turns[0])}
+    if "prompt" in obj:
+        text = obj["prompt"]
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"{where}: 'prompt' must be a non-empty string")
+        return {"id": str(obj.get("id", lineno)), "category": str(obj.get("category") or DEFAULT_CATEGORY),
+                "prompt": text}
+    raise ValueError(f"{where}: no 'prompt' or 'turns' field; each line must be "
+                     '{"prompt": "...", "category": "..."} or a Spec-Bench question')
+
+
+def load_prompts_file(path, tokenizer=None) -> list[dict]:
+    """Prompts from a JSONL file (user format or Spec-Bench's question.jsonl; blank lines skipped)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist; pass a JSONL file with one "
+                                '{"prompt": ..., "category": ...} per line')
+    if path.is_dir():
+        raise ValueError(f"prompts path {str(path)!r} is a folder; pass a JSONL file")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: malformed JSON on line {lineno} ({e.msg}); each line must be one "
+                                 "JSON object") from None
+            out.append(_parse_line(obj, lineno, path, tokenizer))
+    if not out:
+        raise ValueError(f"prompts file {str(path)!r} is empty; add one JSON object per line")
+    return group_by_category(out)
+
+
+def group_by_category(prompts: list[dict]) -> list[dict]:
+    """Stable regroup: categories in first-appearance order, prompts in file order within each."""
+    order: dict[str, list[dict]] = {}
+    for p in prompts:
+        order.setdefault(p["category"], []).append(p)
+    return [p for items in order.values() for p in items]
+
+
+def limit_per_category(prompts: list[dict], n: int | None) -> list[dict]:
+    """The first n prompts of each category (all when n is None)."""
+    if n is None:
+        return list(prompts)
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        k = seen.get(p["category"], 0)
+        if k < n:
+            out.append(p)
+            seen[p["category"]] = k + 1
+    return out
+
+
+def load_prompts(source=None, tokenizer=None, num_per_category: int | None = None) -> tuple[list[dict], str]:
+    """(prompts, description of the source). source None = built-in sets."""
+    if source is None:
+        return builtin(max_per_category=num_per_category), "builtin (held-out stdlib, specdec/corpus.py)"
+    prompts = limit_per_category(load_prompts_file(source, tokenizer), num_per_category)
+    return prompts, str(source)
+
+
+def categories(prompts: list[dict]) -> list[str]:
+    return list(dict.fromkeys(p["category"] for p in prompts))

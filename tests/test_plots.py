@@ -1,0 +1,79 @@
+"""Figures from results.json: every plot written and non-empty, two files overlaid, missing data skipped."""
+import json
+
+import pytest
+
+from specdec import plots
+from specdec.cli import main
+
+
+def fake_results(scale=1.0, temps=(0.0, 1.0), batch_sizes=(1, 8), gammas=(1, 2, 4), categories=("a", "b")):
+    """A results.json as specdec bench writes it (only the fields the plots read)."""
+    runs = []
+    for t in temps:
+        for bs in batch_sizes:
+            for cat in ("all",) + tuple(categories):
+                runs.append({"method": "ar", "gamma": None, "temperature": t, "batch_size": bs, "category": cat,
+                             "tokens_per_s": 100.0 * bs ** 0.8, "speedup": None, "mean_accepted_length": 1.0})
+                for g in gammas:
+                    alpha = 0.7 * scale - 0.1 * t
+                    runs.append({"method": "sd", "gamma": g, "temperature": t, "batch_size": bs, "category": cat,
+                                 "tokens_per_s": 100.0 * bs ** 0.7 * (1 + alpha * g / 4), "speedup": 1 + alpha * g / 4,
+                                 "predicted_speedup": 1.1 + alpha * g / 4, "acceptance_rate": alpha,
+                                 "mean_accepted_length": 1 + alpha * g,
+                                 "per_position_acceptance": [alpha ** (k + 1) for k in range(g)]})
+                    if bs == 1:
+                        runs.append({"method": "hf_assisted", "gamma": g, "temperature": t, "batch_size": 1,
+                                     "category": cat, "tokens_per_s": 90.0, "speedup": 0.9})
+    runs.append({"method": "hf_assisted_default", "gamma": None, "temperature": 0.0, "batch_size": 1,
+                 "category": "all", "tokens_per_s": None, "error": "TypeError: nope"})
+    meta = {"target": "/m/target", "draft": "/m/draft", "device": "cpu", "device_name": "Test CPU", "dtype": "float32"}
+    return {"meta": meta, "runs": runs}
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_all_figures_written_and_non_empty(tmp_path):
+    res = _write(tmp_path / "run1" / "results.json", fake_results())
+    written = plots.plot_files([res], tmp_path / "figs")
+    assert sorted(p.stem for p in written) == sorted(plots.FIGURES)
+    for p in written:
+        assert p.stat().st_size > 5000
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overlay_of_two_files_through_cli(tmp_path, capsys):
+    a = _write(tmp_path / "before" / "results.json", fake_results(scale=0.8))
+    b = _write(tmp_path / "after" / "results.json", fake_results(scale=1.2))
+    assert plots.default_names([a, b]) == ["before", "after"]
+    out = tmp_path / "cmp"
+    assert main(["plot", str(a), str(b.parent), "--out", str(out)]) == 0
+    assert {p.stem for p in out.glob("*.png")} == set(plots.FIGURES)
+    single = tmp_path / "single"
+    plots.plot_files([a], single)
+    # the overlay draws twice the series, so it is a different (larger) picture
+    assert (out / "acceptance.png").stat().st_size > (single / "acceptance.png").stat().st_size
+
+
+def test_absent_data_is_skipped(tmp_path):
+    # one batch size, one category, no sd rows at all: only what has data is drawn
+    data = fake_results(batch_sizes=(1,), categories=())
+    res = _write(tmp_path / "r" / "results.json", data)
+    written = {p.stem for p in plots.plot_files([res], tmp_path / "o")}
+    assert "batch" not in written and "category" not in written and "speedup" in written
+    only_ar = {"meta": {}, "runs": [r for r in data["runs"] if r["method"] == "ar"]}
+    res2 = _write(tmp_path / "r2" / "results.json", only_ar)
+    assert plots.plot_files([res2], tmp_path / "o2") == []
+
+
+def test_plot_errors(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["plot", str(bad)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
