@@ -1,0 +1,282 @@
+"""Prompts and the DistillSpec data sources.
+
+Prompts come from a JSONL file (`{"prompt": str, "completion": str (optional)}` per line) or, by default,
+from the bundled corpus' train split (a window of a stdlib train-split module, cut at a line start:
+the first `prompt_tokens` tokens are the prompt, the next `new_tokens` its fixed continuation).
+
+Data sources (what the sequences y of the loss E_y[D(p || q)] are):
+  dataset   the fixed continuations of the data
+  teacher   continuations sampled from the target (SeqKD)
+  student   continuations sampled from the draft (on-policy; no gradient through sampling)
+  mix       per batch, the draft samples with probability lmbda, else the dataset (GKD's lambda)
+  skd       the draft proposes each token; a proposal outside the target's top-K is replaced by a
+            sample of the target (SKD, Xu et al. 2024)
+All sampling is at the deployment temperature with the project's helpers (specdec.sampling).
+
+Determinism: every batch is a pure function of (seed, step, global micro-batch index) and the config, so a
+resumed run draws the same data and the same samples as an uninterrupted one, and the data position
+is just the step counter.
+"""
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..decoding import _cache_kwarg, autoregressive_generate
+from ..sampling import mask_logits, sample_tokens
+
+SOURCES = ("dataset", "teacher", "student", "mix", "skd")
+
+
+@dataclass
+class Batch:
+    """One micro-batch of sequences: left-padded prompts, then continuations right-padded.
+
+    input_ids, attention_mask: [B, P + C]; cont_mask: [B, C] bool, True where continuation token c is
+    real (not padding after EOS). The logits at column P - 1 + c predict continuation token c, so the
+    loss reads the last C + 1 logit columns but the last (logits_to_keep = C + 1, drop the final one).
+    """
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    cont_mask: torch.Tensor
+    source: str
+
+    @property
+    def new_tokens(self) -> int:
+        return self.cont_mask.shape[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.cont_mask.sum())
+
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.cumsum(1) - 1).clamp_min(0)
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.cont_mask.to(device), self.source)
+
+
+def stream_seed(seed: int, *parts) -> int:
+    """A 63-bit seed from the run seed and a position (purpose, step, micro-batch)."""
+    return zlib.crc32(json.dumps([int(seed), *parts]).encode()) * 2654435761 % (2 ** 63 - 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prompts.
+
+class PromptSet:
+    """Deterministic access to (prompt ids, completion ids or None) examples."""
+
+    def __init__(self, tokenizer, prompt_tokens: int, new_tokens: int, jsonl: str | None = None,
+                 files: list | None = None):
+        self.tok, self.P, self.C = tokenizer, int(prompt_tokens), int(new_tokens)
+        self.examples = None
+        if jsonl is not None:
+            self.examples = load_jsonl(jsonl)
+        else:
+            if files is None:
+                from ..corpus import split_files
+                files = split_files()[0]
+            if not files:
+                raise ValueError("no training files found in the bundled corpus; pass --data FILE.jsonl")
+            self.files = list(files)
+            self._texts: dict = {}
+
+    @property
+    def has_completions(self) -> bool:
+        return self.examples is None or all(e.get("completion") for e in self.examples)
+
+    def _encode(self, text: str) -> list:
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    def _text(self, i: int) -> str:
+        if i not in self._texts:
+            from ..corpus import read_source
+            if len(self._texts) > 64:
+                self._texts.clear()
+            self._texts[i] = read_source(self.files[i])
+        return self._texts[i]
+
+    def sample(self, rng: random.Random) -> tuple[list, list | None]:
+        if self.examples is not None:
+            ex = self.examples[rng.randrange(len(self.examples))]
+            prompt = self._encode(ex["prompt"])[-self.P:]
+            comp = ex.get("completion")
+            return prompt, (self._encode(comp)[:self.C] if comp else None)
+        need = self.P + self.C
+        for _ in range(100):
+            text = self._text(rng.randrange(len(self.files)))
+            if len(text) < 200:
+                continue
+            start = rng.randrange(len(text))
+            start = text.find("\n", start) + 1  # a line start (0 if there is none after: wrap)
+            ids = self._encode(text[start:start + need * 8])
+            if len(ids) >= need:
+                return ids[:self.P], ids[self.P:need]
+        raise ValueError("could not cut a long enough window from the corpus; lower --prompt-tokens / --new-tokens")
+
+
+def load_jsonl(path) -> list:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} not found (JSONL: one {{\"prompt\": ..., \"completion\": ...}} per line)")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ex = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(ex, dict) or not isinstance(ex.get("prompt"), str) or not ex["prompt"]:
+            raise ValueError(f"{path}:{n}: each line needs a non-empty string \"prompt\"")
+        out.append(ex)
+    if not out:
+        raise ValueError(f"{path} holds no prompts")
+    return out
+
+
+def heldout_prompts(tokenizer, n: int, prompt_tokens: int) -> list:
+    """Token ids of n held-out prompts (the built-in prompt sets, cut from held-out stdlib modules;
+    the last prompt_tokens tokens of each), spread over the categories."""
+    from ..corpus import CATEGORIES, builtin_prompts
+    per_cat = max(1, -(-n // len(CATEGORIES)))
+    items = builtin_prompts(max_per_category=per_cat)
+    # interleave categories so any prefix of the list covers all of them
+    by_cat = [[it for it in items if it["category"] == c] for c in CATEGORIES]
+    order = [it for group in zip(*by_cat) for it in group] or items
+    return [tokenizer(it["prompt"], add_special_tokens=False).input_ids[-prompt_tokens:] for it in order[:n]]
+
+
+def left_pad(prompts: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """list of id lists -> (ids [B, P], mask [B, P]) left-padded."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, P - len(p):] = torch.tensor(p)
+            mask[i, P - len(p):] = 1
+    return ids, mask
+
+
+def assemble(prompts: list, continuations: list, new_tokens: int, pad_id: int, source: str) -> Batch:
+    """Left-padded prompts + continuations right-padded to new_tokens."""
+    ids, mask = left_pad(prompts, pad_id)
+    B, C = len(prompts), int(new_tokens)
+    cont = torch.full((B, C), pad_id, dtype=torch.long)
+    cmask = torch.zeros((B, C), dtype=torch.bool)
+    for i, c in enumerate(continuations):
+        c = list(c)[:C]
+        if c:
+            cont[i, :len(c)] = torch.tensor(c)
+            cmask[i, :len(c)] = True
+    return Batch(torch.cat([ids, cont], 1), torch.cat([mask, cmask.long()], 1), cmask, source)
+
+
+# ----------------------------------------------------------------------------------------------------
+# SKD.
+
+def skd_replace(proposed: torch.Tensor, target_logits: torch.Tensor, k: int, temperature: float,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SKD's rule: keep the draft's proposal if it is among the target's top-k tokens, else replace it by
+    a sample of the target (at the deployment temperature; argmax at 0).
+
+    proposed: [B] int64; target_logits: [B, V]. Returns (tokens [B], replaced [B] bool).
+    """
+    k = min(int(k), target_logits.shape[-1])
+    topk = torch.topk(target_logits, k, dim=-1).indices                                 # [B, k]
+    inside = (topk == proposed[:, None]).any(-1)                                         # [B]
+    own = sample_tokens(mask_logits(target_logits, temperature), temperature, generator)  # [B]
+    return torch.where(inside, proposed, own), ~inside
+
+
+@torch.no_grad()
+def skd_generate(target, draft, ids, mask, new_tokens: int, temperature: float, k: int, vocab_size: int,
+                 generator=None, eos_ids=()) -> list:
+    """Continuations under SKD. ids, mask: [B, P] left-padded. Returns per-row id lists (cut after EOS).
+
+    Both models keep a KV cache; each step costs one single-token forward of each model.
+    """
+    from transformers import DynamicCache
+
+    B = ids.shape[0]
+    caches = [DynamicCache(), DynamicCache()]
+    models = [target, draft]
+    kws = [_cache_kwarg(m) for m in models]
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    att = mask.clone()
+    logits = [m(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{kw: c}).logits[:, -1, :vocab_size] for m, kw, c in zip(models, kws, caches)]
+    nxt_pos = pos[:, -1:] + 1
+    out = torch.empty((B, 0), dtype=torch.long, device=ids.device)
+    for _ in range(int(new_tokens)):
+        t_logits, d_logits = logits
+        proposed = sample_tokens(mask_logits(d_logits, temperature), temperature, generator)   # [B]
+        tok, _ = skd_replace(proposed, t_logits, k, temperature, generator)
+        out = torch.cat([out, tok[:, None]], 1)
+        att = torch.cat([att, torch.ones_like(tok[:, None])], 1)
+        logits = [m(input_ids=tok[:, None], attention_mask=att, position_ids=nxt_pos, use_cache=True,
+                    **{kw: c}).logits[:, -1, :vocab_size] for m, kw, c in zip(models, kws, caches)]
+        nxt_pos = nxt_pos + 1
+    return [cut_at_eos(row, eos_ids) for row in out.tolist()]
+
+
+def cut_at_eos(row: list, eos_ids) -> list:
+    for i, t in enumerate(row):
+        if t in eos_ids:
+            return row[:i + 1]
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building one micro-batch.
+
+def resolve_source(source: str, lmbda: float, seed: int, step: int, micro: int) -> str:
+    """The concrete source of a micro-batch: `mix` flips a coin per (step, global micro-batch): a pure function, the same on
+    every rank (GKD: the fraction lmbda of batches is student-generated)."""
+    if source != "mix":
+        return source
+    return "student" if random.Random(stream_seed(seed, "mix", step, micro)).random() < lmbda else "dataset"
+
+
+def make_batch(prompts: PromptSet, *, source: str, batch_size: int, seed: int, step: int, micro: int,
+               temperature: float, pad_id: int, eos_ids=(), vocab_size: int, target=None, draft=None,
+               lmbda: float = 0.5, skd_topk: int = 25, device="cpu") -> Batch:
+    """Micro-batch number `micro` of `step`, a pure function of these and the models.
+
+    `micro` is the GLOBAL micro-batch index (micro-batch m on rank r of W processes is m * W + r), so
+    W processes with accumulation A see the same data as one process with accumulation A * W."""
+    src = resolve_source(source, lmbda, seed, step, micro)
+    rng = random.Random(stream_seed(seed, "data", step, micro))
+    examples = [prompts.sample(rng) for _ in range(batch_size)]
+    p_ids = [e[0] for e in examples]
+    C = prompts.C
+    if src == "dataset":
+        if any(e[1] is None for e in examples):
+            raise ValueError("data source 'dataset' (or 'mix') needs completions; the JSONL lines have only "
+                             "prompts: add \"completion\" or use --data-source student / teacher / skd")
+        return assemble(p_ids, [e[1] for e in examples], C, pad_id, src).to(device)
+    gseed = stream_seed(seed, "sample", step, micro)
+    ids, mask = left_pad(p_ids, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    eos = list(eos_ids) or None
+    if src in ("teacher", "student"):
+        model = target if src == "teacher" else draft
+        if model is None:
+            raise ValueError(f"data source {src!r} needs the {'target' if src == 'teacher' else 'draft'} model")
+        conts = autoregressive_generate(model, ids, mask, max_new_tokens=C, temperature=temperature, seed=gseed,
+                                        eos_token_id=eos, vocab_size=vocab_size).new_tokens
+    elif src == "skd":
+        if target is None or draft is None:
+            raise ValueError("data source 'skd' needs both the target and the draft")
+        g = torch.Generator(device=ids.device).manual_seed(gseed)
+        conts = skd_generate(target, draft, ids, mask, C, temperature, skd_topk, vocab_size, g, set(eos_ids))
+    else:
+        raise ValueError(f"data source must be one of {SOURCES}, got {src!r}")
+    return assemble(p_ids, conts, C, pad_id, src).to(device)
