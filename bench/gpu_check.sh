@@ -4,7 +4,8 @@
 #   2. the kernel tests on CUDA, compiled (TRITON_INTERPRET unset): tests/test_verify_triton.py and
 #      tests/test_verify.py (whose statistical tests also run the Triton backend);
 #   3. the microbenchmark: first the goal configs (bf16, B*(K+1)*V >= 64*9*128256; sampled, then
-#      greedy), then the full sweep (B 1 8 64 256, K 1 4 8, V 32000 128256 151936, bf16 + fp32).
+#      greedy), a small tile/warps tuning sweep, then the full sweep (B 1 8 64 256, K 1 4 8,
+#      V 32000 128256 151936, bf16 + fp32).
 # Everything lands in $OUT (./gpu_out when OUT is unset): *.log, *.json, junit XML.
 # Usage (repo root): bash bench/gpu_check.sh
 set -u
@@ -63,6 +64,9 @@ else
   step "benchmark: goal configs, bf16, greedy (T=0)" | tee -a "$OUT/bench.log"
   timeout 45 $PY bench/kernel_bench.py --dtype bf16 --batch 64 256 --k 8 --vocab 128256 151936 --temperature 0 \
     --no-reference --json "$OUT/kernel_bench_goal_greedy.json" 2>&1 | tee -a "$OUT/bench.log"
+  step "benchmark: tuning kernel 1's tile and warps on two goal configs" | tee -a "$OUT/bench.log"
+  timeout 60 $PY bench/kernel_bench.py --dtype bf16 --batch 64 --k 8 --vocab 128256 --block 2048 4096 8192 \
+    --warps 4 8 16 --no-reference --no-check --json "$OUT/kernel_bench_tune.json" 2>&1 | tee -a "$OUT/bench.log"
   step "benchmark: full sweep" | tee -a "$OUT/bench.log"
   LEFT=$(( 450 - ($(date +%s) - START) ))
   [ "$LEFT" -gt 30 ] && timeout "$LEFT" $PY bench/kernel_bench.py --json "$OUT/kernel_bench.json" 2>&1 | tee -a "$OUT/bench.log"

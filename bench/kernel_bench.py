@@ -44,6 +44,10 @@ def parse_args(argv=None):
                     help="V values (GPU default 32000 128256 151936)")
     ap.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
     ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy rows (no sampling pass)")
+    ap.add_argument("--block", type=int, nargs="+", default=[0],
+                    help="GPU: kernel 1 tile sizes to time (0 = the kernel's default); a tuning sweep")
+    ap.add_argument("--warps", type=int, nargs="+", default=[0],
+                    help="GPU: kernel 1 num_warps to time (0 = the kernel's default)")
     # --- timing
     ap.add_argument("--warmup-ms", type=float, default=25.0)
     ap.add_argument("--rep-ms", type=float, default=100.0)
@@ -145,8 +149,18 @@ def bench_gpu(args, device) -> list[dict]:
                             fn(t, d, x, temp, None, gen)
                         return call
 
-                    row["triton_ms"] = do_bench(rotating(verify_triton), warmup=args.warmup_ms, rep=args.rep_ms,
-                                                return_mode="median")
+                    variants = [(bl, w) for bl in args.block for w in args.warps]
+                    for bl, w in variants:
+                        kw = {k: v for k, v in (("block", bl), ("num_warps", w)) if v}
+
+                        def kern(*a, kw=kw):
+                            return verify_triton(*a, **kw)
+                        ms = do_bench(rotating(kern), warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")
+                        if len(variants) > 1:
+                            row.setdefault("variants", []).append(dict(block=bl or None, num_warps=w or None, ms=ms))
+                            print(f"#   block {bl or 'default'} warps {w or 'default'}: {ms:.4f} ms", flush=True)
+                        if "triton_ms" not in row or ms < row["triton_ms"]:
+                            row["triton_ms"], row["block"], row["num_warps"] = ms, bl or None, w or None
                     if not args.no_reference:
                         row["reference_ms"] = do_bench(rotating(verify_reference), warmup=args.warmup_ms,
                                                        rep=args.rep_ms, return_mode="median")

@@ -382,7 +382,7 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
                   temperature: torch.Tensor, num_draft_tokens: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, lenience: str | None = None,
                   lenience_eps: float = 1.0, *, block: int | None = None,
-                  sample_block: int = 1024) -> VerifyResult:
+                  sample_block: int = 1024, num_warps: int | None = None) -> VerifyResult:
     """The fused verification; same contract as `verify_reference` (temperature a [B] fp32 tensor).
 
     target_logits [B, K+1, V], draft_logits [B, K, V]: fp32 / bf16 / fp16, last dim contiguous (other
@@ -390,6 +390,8 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
     num_draft_tokens [B] int or None. block: vocabulary tile of kernel 1 (a power of two; the default
     is 4096 elements for 16-bit logits, 2048 for fp32, i.e. 8 KB per tile); sample_block: the tile of
     kernels 3 and 4 (the two-level sampling's chunks are whole tiles). Tests shrink both.
+    num_warps: kernel 1's warps (default 8 for a 4096-element tile, else 4); bench/kernel_bench.py
+    sweeps block and num_warps to tune them on a device.
     Randomness: one torch.rand of B*(K+2) uniforms from `generator`; nothing else is random.
     """
     B, K, V = _check(target_logits, draft_logits, draft_tokens, temperature, num_draft_tokens,
@@ -442,7 +444,7 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
         _partials_kernel[(triton.cdiv(rows, r1), nc1)](
             target_logits, draft_logits, temperature, n_arg, pm_t, ps_t, pm_d, ps_d, pai,
             rows, K, V, nc1, tiles1, s_tb, s_tk, s_db, s_dk, s_n,
-            HAS_N=has_n, R=r1, BLOCK=block1, num_warps=8 if r1 * block1 >= 4096 else 4)
+            HAS_N=has_n, R=r1, BLOCK=block1, num_warps=num_warps or (8 if r1 * block1 >= 4096 else 4))
 
         # (2) accept tests, R2 rows per program on [R2, K+1, NC1] tiles of partials
         lse_t = torch.empty((B,), **f32)
