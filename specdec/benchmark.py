@@ -20,6 +20,11 @@ acceptance rate alpha, c = draft 1-token step / target 1-token step and v = targ
 step / target 1-token step, both timed once per batch size on a prompt-length cache before the sweep.
 `predicted_speedup_tau` uses the measured mean acceptance length as tau instead of the i.i.d. formula.
 
+Defaults are sized for a 2-core CPU and the bundled pair: 2 prompts per built-in category (8 prompts,
+so batch size 8 is one full batch), 64 new tokens, 1 warmup, 3 repeats, gamma 1,2,4,8, temperature 0,1,
+batch size 1,8 and both baselines: 30 configurations, a few minutes on an idle machine. On a GPU with a
+real pair, raise --num-prompts (Spec-Bench uses 80 questions) and --max-new-tokens (e.g. 256).
+
 results.json is rewritten atomically (temp file + os.replace) after every configuration, so a crash
 keeps the rows already measured.
 """
@@ -253,38 +258,49 @@ def write_json_atomic(path: Path, obj) -> None:
 # Cost ratios c and v, measured on the models' own cached decode steps.
 
 def _sync(device):
+    """Wait for queued kernels before reading the clock; every GPU when the target is sharded."""
     if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(i)
 
 
 @torch.no_grad()
-def measure_costs(target, draft, prompt_ids, gammas, batch_size: int, iters: int = 10) -> dict:
-    """Median seconds of one cached forward over S new tokens after a prompt-length prefill:
-    target S=1 and S=gamma+1, draft S=1. Returns the seconds and c, v (REFERENCES.md)."""
+def measure_costs(target, draft, prompt_ids, gammas, batch_size: int, iters: int = 15) -> dict:
+    """Median seconds of one cached forward over S new tokens after a prompt-length prefill: target
+    S=1 and S=gamma+1, draft S=1. The steps are interleaved round-robin (one of each per round) so a
+    load change on a shared machine hits numerator and denominator alike. Returns seconds, c and v."""
     from transformers import DynamicCache
 
-    def step_time(model, S):
+    def prefilled(model):
         dev = model.get_input_embeddings().weight.device
         ids = prompt_ids.to(dev).repeat(batch_size, 1)                          # [B, P]
-        P = ids.shape[1]
         cache, kw = DynamicCache(), _cache_kwarg(model)
         model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1, **{kw: cache})
-        new = ids[:, -S:] if S <= P else ids[:, :1].repeat(1, S)                # [B, S]
-        mask = torch.ones((batch_size, P + S), dtype=torch.long, device=dev)
-        times = []
-        for i in range(iters + 2):                                              # 2 untimed warmup steps
-            _sync(dev)
-            t0 = time.perf_counter()
-            model(input_ids=new, attention_mask=mask, use_cache=True, **{kw: cache})
-            _sync(dev)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-            cache.crop(-S)  # negative = drop the last S (positive values are refused in transformers 5.24)
-        return _median(times)
+        return ids, cache, kw
 
-    t1 = step_time(target, 1)
-    d1 = step_time(draft, 1)
-    tv = {int(g): step_time(target, int(g) + 1) for g in gammas}
+    def step(model, state, S):
+        ids, cache, kw = state
+        P = ids.shape[1]
+        new = ids[:, -S:] if S <= P else ids[:, :1].repeat(1, S)                # [B, S]
+        mask = torch.ones((batch_size, P + S), dtype=torch.long, device=ids.device)
+        _sync(ids.device)
+        t0 = time.perf_counter()
+        model(input_ids=new, attention_mask=mask, use_cache=True, **{kw: cache})
+        _sync(ids.device)
+        dt = time.perf_counter() - t0
+        cache.crop(-S)  # negative = drop the last S (positive values are refused in transformers 5.24)
+        return dt
+
+    ts, ds = prefilled(target), prefilled(draft)
+    jobs = [("t1", target, ts, 1), ("d1", draft, ds, 1)] + [(int(g), target, ts, int(g) + 1) for g in gammas]
+    times: dict = {name: [] for name, *_ in jobs}
+    for i in range(iters + 2):                                                  # 2 untimed warmup rounds
+        for name, model, state, S in jobs:
+            dt = step(model, state, S)
+            if i >= 2:
+                times[name].append(dt)
+    t1, d1 = _median(times["t1"]), _median(times["d1"])
+    tv = {int(g): _median(times[int(g)]) for g in gammas}
     return {"batch_size": batch_size, "target_step_s": t1, "draft_step_s": d1, "target_verify_s": tv,
             "c": d1 / t1, "v": {g: t / t1 for g, t in tv.items()}}
 
@@ -381,6 +397,12 @@ class _Run:
             hf_logging.disable_progress_bar()
         self.target, self.draft, self.tok, self.vocab = load_pair(
             self.target_name, self.draft_name, cfg.dtype, cfg.device, cfg.device_map)
+        # Where input ids go: the target's embedding device (cuda:0 when --device-map shards it).
+        self.device = self.target.get_input_embeddings().weight.device
+        if cfg.device_map is not None and self.draft.get_input_embeddings().weight.device != self.device:
+            # load_pair puts the draft where the target's logits come out; SpeculativeDecoder wants it
+            # beside the target's input embeddings.
+            self.draft.to(self.device)
         self.prompts, self.prompts_source = load_prompts(cfg.prompts, self.tok, cfg.num_prompts)
         if not self.prompts:
             raise ValueError("no prompts to run; check --prompts / --num-prompts")
@@ -409,8 +431,7 @@ class _Run:
 
     def _batch(self, idx):
         enc = self.tok.pad({"input_ids": [self.ids[i] for i in idx]}, padding=True, return_tensors="pt")
-        dev = self.target.get_input_embeddings().weight.device
-        return enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def meta(self) -> dict:
         import transformers
@@ -425,12 +446,13 @@ class _Run:
                                     capture_output=True, text=True, timeout=10).stdout.strip() or None
         except Exception:
             commit = None
-        dev = self.cfg.device
-        dev_name = torch.cuda.get_device_name(torch.device(dev)) if dev.startswith("cuda") else _cpu_name()
+        dev = str(self.device)
+        dev_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else _cpu_name()
         return {
             "target": self.target_name, "draft": self.draft_name,
             "target_params": n_params(self.target), "draft_params": n_params(self.draft), "vocab_size": self.vocab,
-            "device": dev, "device_name": dev_name, "device_map": self.cfg.device_map, "dtype": self.cfg.dtype,
+            "device": dev, "device_name": dev_name, "device_map": self.cfg.device_map,
+            "hf_device_map": {k: str(v) for k, v in (getattr(self.target, "hf_device_map", None) or {}).items()} or None, "dtype": self.cfg.dtype,
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "python": platform.python_version(), "specdec": __version__},
@@ -474,7 +496,7 @@ class _Run:
     def run_config(self, method, gamma, temp, bs) -> list[dict]:
         cfg = self.cfg
         batches = make_batches(len(self.prompts), bs)
-        dev = self.cfg.device
+        dev = self.device
         for _ in range(cfg.warmup):
             self._run_batch(method, gamma, temp, batches[0], cfg.seed)
         walls = [[0.0] * len(batches) for _ in range(cfg.repeats)]     # [R][batch]

@@ -101,6 +101,16 @@ def _temps(data, method="sd"):
     return sorted({r["temperature"] for r in _rows(data, method=method, category="all")})
 
 
+def _gamma_axis(ax, datasets):
+    """log2 x axis with a tick at each gamma measured (plain numbers, not powers of 2)."""
+    from matplotlib.ticker import NullFormatter
+    gs = sorted({r["gamma"] for _, d in datasets for r in d["runs"] if r.get("gamma")})
+    ax.set_xscale("log", base=2)
+    if gs:
+        ax.set_xticks(gs, [str(g) for g in gs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _label(name, multi, text):
     return f"{name}: {text}" if multi else text
 
@@ -152,7 +162,7 @@ def _plot_acceptance(datasets, path) -> bool:
     axes[0].set(xlabel="gamma (draft tokens per step)", ylabel="acceptance rate (accepted / drafted)", ylim=(0, 1.02))
     axes[1].set(xlabel="gamma (draft tokens per step)", ylabel="mean acceptance length (tokens / step)")
     for ax in axes:
-        ax.set_xscale("log", base=2)
+        _gamma_axis(ax, datasets)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(_title(datasets, "Acceptance against gamma"), fontsize=10)
@@ -176,7 +186,8 @@ def _plot_speedup(datasets, path) -> bool:
             line, = ax.plot(g, [r["speedup"] for r in rows], marker="o", label=_label(name, multi, f"specdec T={t:g}, bs={bs}"))
             pred = [r.get("predicted_speedup") for r in rows]
             if any(p is not None for p in pred):
-                ax.plot(g, [p if p is not None else float("nan") for p in pred], ls="--", color=line.get_color(),
+                ax.plot(g, [p if p is not None else float("nan") for p in pred], ls="--", marker="s", mfc="none",
+                        color=line.get_color(),
                         label=_label(name, multi, f"predicted T={t:g}"))
             hf = sorted([r for r in _rows(data, method="hf_assisted", category="all", temperature=t)
                          if r.get("speedup") is not None], key=lambda r: r["gamma"])
@@ -187,7 +198,7 @@ def _plot_speedup(datasets, path) -> bool:
         plt.close(fig)
         return False
     ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xscale("log", base=2)
+    _gamma_axis(ax, datasets)
     ax.set(xlabel="gamma (draft tokens per step)", ylabel="speedup over plain decoding (tokens/s ratio)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -278,7 +289,9 @@ def _plot_batch(datasets, path) -> bool:
     for ax, (t, series) in zip(axes[0], panels):
         for label, pts in series:
             ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=label)
+        bss = sorted({b for _, pts in series for b, _ in pts})
         ax.set_xscale("log", base=2)
+        ax.set_xticks(bss, [str(b) for b in bss])
         ax.set(xlabel="batch size", ylabel="tokens/s (all rows of the batch)", title=f"T={t:g}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
