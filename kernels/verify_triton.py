@@ -18,10 +18,10 @@ Design: four Triton launches plus one torch.rand, all on the device, no host syn
       and takes the row's first rejection j. Writes num_accepted and the normalisers at position j.
   (3) _residual_mass_kernel, grid (B/R3, NC3): sampled rows only; re-reads the ONE position j per row
       and writes the residual mass (and the p mass, for the empty-residual fallback) of each chunk
-      (<= 2 tiles of 1024).
+      (<= 2 tiles of the same 8 KB size).
   (4) _emit_kernel, grid (B/R4,): picks a chunk by inverse CDF over the NC3 chunk masses with one
       uniform, then the token inside that chunk by a running cumsum with a second uniform (re-reading
-      one chunk, <= 8 KB), and writes tokens [B, K+1] (-1 padded).
+      one chunk, <= 2 tiles), and writes tokens [B, K+1] (-1 padded).
   Rows per program R2..R4 grow only while a program's tile stays ~1024 elements: one program per row
   at real vocabularies, many rows per program for tiny ones (which is also what keeps Triton's CPU
   interpreter, whose cost is per program and per operation, at ~1 ms per 1000 rows).
@@ -382,14 +382,15 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
                   temperature: torch.Tensor, num_draft_tokens: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, lenience: str | None = None,
                   lenience_eps: float = 1.0, *, block: int | None = None,
-                  sample_block: int = 1024, num_warps: int | None = None) -> VerifyResult:
+                  sample_block: int | None = None, num_warps: int | None = None) -> VerifyResult:
     """The fused verification; same contract as `verify_reference` (temperature a [B] fp32 tensor).
 
     target_logits [B, K+1, V], draft_logits [B, K, V]: fp32 / bf16 / fp16, last dim contiguous (other
     strides are free, so a slice to the shared vocabulary needs no copy). draft_tokens [B, K] int32/int64.
     num_draft_tokens [B] int or None. block: vocabulary tile of kernel 1 (a power of two; the default
     is 4096 elements for 16-bit logits, 2048 for fp32, i.e. 8 KB per tile); sample_block: the tile of
-    kernels 3 and 4 (the two-level sampling's chunks are whole tiles). Tests shrink both.
+    kernels 3 and 4 (default: block; the two-level sampling's chunks are whole tiles). Tests shrink
+    both.
     num_warps: kernel 1's warps (default 8 for a 4096-element tile, else 4); bench/kernel_bench.py
     sweeps block and num_warps to tune them on a device.
     Randomness: one torch.rand of B*(K+2) uniforms from `generator`; nothing else is random.
@@ -403,6 +404,8 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
         return VerifyResult(tokens=tokens, num_accepted=num_accepted)
     if block is None:
         block = 4096 if target_logits.element_size() <= 2 else 2048
+    if sample_block is None:
+        sample_block = block
     for name, v in (("block", block), ("sample_block", sample_block)):
         if v < 16 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two >= 16, got {v}")
@@ -460,18 +463,20 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
 
         # (3) residual / bonus mass per chunk of position j; (4) the emitted token and the output rows.
         block3 = max(16, min(sample_block, p2(V)))
-        r3 = min(p2(B), max(1, 1024 // block3))
+        rows_budget = max(1024, sample_block)  # several rows per program only when V < a tile
+        r3 = min(p2(B), max(1, rows_budget // block3))
         nc3, tiles3 = _split(triton.cdiv(B, r3), V, block3, sms, max_tiles=2)
         rmass = torch.empty((B, nc3), **f32)
         pmass = torch.empty((B, nc3), **f32)
         _residual_mass_kernel[(triton.cdiv(B, r3), nc3)](
             target_logits, draft_logits, temperature, n_arg, num_accepted, lse_t, lse_d, rmass, pmass,
             B, K, V, nc3, tiles3, s_tb, s_tk, s_db, s_dk, s_n,
-            HAS_N=has_n, R=r3, BLOCK=block3, num_warps=4)
+            HAS_N=has_n, R=r3, BLOCK=block3, num_warps=8 if r3 * block3 >= 4096 else 4)
         bnc3 = max(2, p2(nc3))
-        r4 = min(p2(B), max(1, 1024 // max(block3, bnc3)))
+        r4 = min(p2(B), max(1, rows_budget // max(block3, bnc3)))
         _emit_kernel[(triton.cdiv(B, r4),)](
             target_logits, draft_logits, draft_tokens, temperature, n_arg, us, num_accepted, lse_t, lse_d, gx,
             rmass, pmass, tokens, B, K, V, nc3, tiles3, s_tb, s_tk, s_db, s_dk, s_xb, s_xk, s_n,
-            HAS_N=has_n, R=r4, BLOCK=block3, BLOCK_NC=bnc3, BLOCK_K1=max(2, p2(K + 1)), num_warps=4)
+            HAS_N=has_n, R=r4, BLOCK=block3, BLOCK_NC=bnc3, BLOCK_K1=max(2, p2(K + 1)),
+            num_warps=8 if r4 * block3 >= 4096 else 4)
     return VerifyResult(tokens=tokens, num_accepted=num_accepted)
