@@ -1,6 +1,7 @@
 """DistillSpec trainer, data sources and teacher cache on tiny models built in-process."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -213,9 +214,37 @@ def test_two_process_ddp_matches_one_process_accumulation(tmp_path, pair_dirs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "specdec", "distill", "--out", str(tmp_path / "ddp"), *args]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-3000:]
+    # own session: on a timeout the launcher AND its workers are killed, never left orphaned
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-3000:]
     train(_cfg(pair_dirs, tmp_path / "one", data_source="student", batch_size=2, steps=2, grad_accum=2))
     _assert_same_weights(tmp_path / "ddp", tmp_path / "one", atol=1e-5)
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["tokens"] for r in rows if r["kind"] == "train"] == [24, 24]
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+def test_demo_compares_before_and_after_results():
+    from specdec.demo import DemoConfig, compare, format_table
+
+    def res(mal1, mal2):
+        rows = [{"method": "ar", "gamma": None, "temperature": 0, "batch_size": 1, "category": "all",
+                 "mean_accepted_length": 1.0, "speedup": None}]
+        for T, mal in ((0, mal1), (1, mal2)):
+            rows.append({"method": "sd", "gamma": 4, "temperature": T, "batch_size": 1, "category": "all",
+                         "mean_accepted_length": mal, "acceptance_rate": (mal - 1) / 4, "speedup": mal / 2})
+        return {"meta": {}, "runs": rows}
+    rows = compare(res(2.0, 1.5), res(2.5, 1.8))
+    assert [(r["temperature"], r["gamma"]) for r in rows] == [(0.0, 4), (1.0, 4)]
+    assert rows[0]["mal_gain_pct"] == pytest.approx(25.0) and rows[1]["mal_gain_pct"] == pytest.approx(20.0)
+    assert "gain %" in format_table(rows)
+    q = DemoConfig(out="x", quick=True)
+    assert q.steps < DemoConfig(out="x").steps and q.gamma == "2,4"
