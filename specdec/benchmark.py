@@ -15,8 +15,9 @@ covers every prompt. tokens_per_s is the median over repeats of (new tokens / wa
 `repeats` keeps every repeat's value and the spread. speedup = tokens_per_s / that of "ar" with the same
 temperature, batch size and category. Acceptance statistics are pooled over all timed repeats.
 
-Cost model (REFERENCES.md): predicted speedup = tau / (gamma * c + v) with tau from the measured
-acceptance rate alpha, c = draft 1-token step / target 1-token step and v = target (gamma+1)-token
+Cost model (REFERENCES.md): predicted speedup = tau / (gamma * c + v) with tau = (1 - alpha^(gamma+1)) /
+(1 - alpha) from the measured per-token acceptance `alpha` (see per_token_acceptance: the paper's alpha,
+not the vLLM-convention `acceptance_rate` = accepted / drafted, which is also reported), c = draft 1-token step / target 1-token step and v = target (gamma+1)-token
 step / target 1-token step, both timed once per batch size on a prompt-length cache before the sweep.
 `predicted_speedup_tau` uses the measured mean acceptance length as tau instead of the i.i.d. formula.
 
@@ -227,6 +228,18 @@ def pure_batches(batches, cats_of_prompt) -> dict:
         else:
             mixed |= cs
     return {c: bis for c, bis in by_cat.items() if c not in mixed}
+
+
+def per_token_acceptance(accepted: int, steps: int, full_steps: int) -> float:
+    """Leviathan et al.'s alpha: P(a draft is accepted | every earlier draft of its step was), the
+    maximum-likelihood estimate under i.i.d. acceptance = accepted / (accepted + rejections), where a
+    rejection ends every step that did not accept all its drafts (steps - full_steps).
+
+    Not the vLLM acceptance rate (accepted / drafted): drafts after a rejection are never tested but
+    count as drafted, so accepted / drafted = (tau - 1) / gamma, well below alpha at gamma > 1; feeding
+    it to tau = (1 - alpha^(gamma+1)) / (1 - alpha) would underpredict the speedup."""
+    rejections = steps - full_steps
+    return accepted / (accepted + rejections) if accepted + rejections > 0 else 0.0
 
 
 def merge_stats(stats_list) -> DecodeStats:
@@ -532,8 +545,8 @@ class _Run:
                    "num_prompts": len(pidx), "new_tokens": toks_r[0], "wall_s": _median(wall_r),
                    "tokens_per_s": tps, "speedup": None,
                    "target_calls": sum(calls[0][bi] for bi in bis),
-                   "acceptance_rate": None, "mean_accepted_length": None, "per_position_acceptance": None,
-                   "draft_cost_ratio": None, "verify_cost_ratio": None, "predicted_speedup": None,
+                   "acceptance_rate": None, "alpha": None, "draft_steps": None, "mean_accepted_length": None,
+                   "per_position_acceptance": None, "draft_cost_ratio": None, "verify_cost_ratio": None, "predicted_speedup": None,
                    "predicted_speedup_tau": None, "outputs_match_ar": None,
                    "repeats": {"tokens_per_s": spread(tps_r), "wall_s": spread(wall_r), "new_tokens": toks_r}}
             if method == "ar":
@@ -547,8 +560,10 @@ class _Run:
                     row["outputs_match_ar"] = all(outputs[r][i] == ref[i] for r in range(cfg.repeats) for i in pidx)
             if method == "sd":
                 st = merge_stats([stats[r][bi] for r in range(cfg.repeats) for bi in bis])
+                full = st.accepted_per_position[-1] if st.accepted_per_position else 0
                 row.update(acceptance_rate=st.acceptance_rate, mean_accepted_length=st.mean_accepted_length,
-                           per_position_acceptance=st.per_position_acceptance)
+                           per_position_acceptance=st.per_position_acceptance, draft_steps=st.draft_steps,
+                           alpha=per_token_acceptance(st.accepted_tokens, st.draft_steps, full))
             elif method.startswith("hf"):
                 # HF exposes no acceptance counts; tokens per target forward is its mean acceptance length.
                 row["mean_accepted_length"] = toks_r[0] / row["target_calls"] if row["target_calls"] else None
@@ -556,8 +571,8 @@ class _Run:
                 c, v = costs["c"], costs["v"][gamma]
                 row.update(draft_cost_ratio=c, verify_cost_ratio=v)
                 if method == "sd":
-                    row["predicted_speedup"] = predicted_speedup(row["acceptance_rate"], gamma, c, v)
-                    row["predicted_speedup_tau"] = predicted_speedup(row["acceptance_rate"], gamma, c, v,
+                    row["predicted_speedup"] = predicted_speedup(row["alpha"], gamma, c, v)
+                    row["predicted_speedup_tau"] = predicted_speedup(row["alpha"], gamma, c, v,
                                                                      tau=row["mean_accepted_length"])
             rows.append(row)
         return rows
@@ -565,7 +580,8 @@ class _Run:
     def error_row(self, method, gamma, temp, bs, err) -> dict:
         return {"method": method, "gamma": gamma, "temperature": temp, "batch_size": bs, "category": "all",
                 "num_prompts": len(self.prompts), "new_tokens": None, "wall_s": None, "tokens_per_s": None,
-                "speedup": None, "target_calls": None, "acceptance_rate": None, "mean_accepted_length": None,
+                "speedup": None, "target_calls": None, "acceptance_rate": None, "alpha": None, "draft_steps": None,
+                "mean_accepted_length": None,
                 "per_position_acceptance": None, "draft_cost_ratio": None, "verify_cost_ratio": None,
                 "predicted_speedup": None, "predicted_speedup_tau": None, "outputs_match_ar": None,
                 "repeats": None, "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
@@ -614,7 +630,7 @@ def _fmt(x, spec):
 
 def format_table(rows, category="all") -> str:
     cols = [("method", 20, "s"), ("gamma", 5, "d"), ("T", 4, "g"), ("bs", 3, "d"), ("tok/s", 8, ".1f"),
-            ("±sd", 6, ".1f"), ("speedup", 7, ".2f"), ("pred", 5, ".2f"), ("accept", 6, ".3f"), ("MAL", 5, ".2f"),
+            ("±sd", 6, ".1f"), ("speedup", 7, ".2f"), ("pred", 5, ".2f"), ("accept", 6, ".3f"), ("alpha", 5, ".3f"), ("MAL", 5, ".2f"),
             ("c", 5, ".3f"), ("v", 5, ".2f"), ("match", 5, "s")]
     head = " ".join(f"{n:>{w}}" for n, w, _ in cols)
     lines = [head, "-" * len(head)]
@@ -623,7 +639,7 @@ def format_table(rows, category="all") -> str:
             continue
         sd = r["repeats"]["tokens_per_s"]["stdev"] if r.get("repeats") else None
         vals = [r["method"], r["gamma"], r["temperature"], r["batch_size"], r["tokens_per_s"], sd, r["speedup"],
-                r["predicted_speedup"], r["acceptance_rate"], r["mean_accepted_length"], r["draft_cost_ratio"],
+                r["predicted_speedup"], r["acceptance_rate"], r.get("alpha"), r["mean_accepted_length"], r["draft_cost_ratio"],
                 r["verify_cost_ratio"], r["outputs_match_ar"]]
         cells = []
         for (n, w, spec), v in zip(cols, vals):

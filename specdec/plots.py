@@ -208,6 +208,7 @@ def _plot_speedup(datasets, path) -> bool:
 
 def _plot_per_position(datasets, path) -> bool:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     multi = len(datasets) > 1
     temps = sorted({t for _, d in datasets for t in _temps(d)})
     if not temps:
@@ -223,6 +224,7 @@ def _plot_per_position(datasets, path) -> bool:
                     any_ = True
                     ax.plot(range(1, len(pp) + 1), pp, marker="o", label=_label(name, multi, f"gamma={r['gamma']}"))
         ax.set(xlabel="draft position k", ylabel="P(k-th draft accepted)", ylim=(0, 1.02), title=f"T={t:g}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if not any_:
