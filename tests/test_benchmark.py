@@ -183,3 +183,22 @@ def test_per_token_acceptance_recovers_iid_alpha(alpha, gamma):
     assert benchmark.per_token_acceptance(accepted, steps, full) == pytest.approx(alpha)
     if 0 < alpha < 1 and gamma > 1:
         assert accepted / (steps * gamma) < alpha
+
+
+def test_device_map_reaches_load_pair(pair, tmp_path, monkeypatch):
+    """--device-map goes to load_pair (transformers/accelerate place the layers); on this CPU-only test
+    machine the real load runs without it."""
+    import specdec.models as models
+
+    real, seen = models.load_pair, []
+
+    def spy(target, draft, dtype, device, device_map=None):
+        seen.append(device_map)
+        return real(target, draft, dtype, device, None)
+
+    monkeypatch.setattr(models, "load_pair", spy)
+    assert bench(pair, tmp_path, "--device-map", "auto", "--gamma", "1", "--temperature", "0", "--batch-size", "1",
+                 "--baselines", "ar", "--repeats", "1") == 0
+    assert seen == ["auto"]
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert meta["device_map"] == "auto" and meta["device"] == "cpu"
