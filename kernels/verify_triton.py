@@ -49,6 +49,12 @@ Predictions, to check with bench/kernel_bench.py on an H200 (not yet measured: n
     [B, V] exponential tensor.
   * Programs in flight: chunks are capped at 4 tiles so a launch has many short programs (>= 8 per
     SM, and small tail waves): at B=64, K=8, V=128256 kernel 1 runs 576 x 8 = 4608 programs.
+
+Known limits: a vocabulary that is not a multiple of 16 (50257, 4097) leaves rows unaligned, so loads
+are scalar instead of 16-byte vectors (correct, slower; pad the vocabulary). NaN logits are not
+ordered like torch.argmax orders them. verify_triton trusts temperature >= 0 (verify() checks it, at
+the cost of a host sync). Triton 3.6's interpreter with NumPy 2.4 fails on `range(runtime int)`; the
+CPU tests need a newer Triton (3.9 here); compiled kernels are checked against 3.6 and 3.9.
 """
 from __future__ import annotations
 
