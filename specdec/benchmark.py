@@ -176,10 +176,10 @@ def add_arguments(p):
             elif isinstance(default, tuple):
                 shown = ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in default)
                 g.add_argument(flag, default=shown, help=f"{_HELP[name]} (default: {shown})")
-            elif "int" in str(types[name]):
-                g.add_argument(flag, type=str, default=default, help=f"{_HELP[name]} (default: {default})")
-            else:
-                g.add_argument(flag, default=default, help=f"{_HELP[name]} (default: {default})")
+            else:  # ints stay strings here: config_from_args converts them with a one-line error
+                shown = "" if default is None or "default" in _HELP[name] else f" (default: {default})"
+                g.add_argument(flag, type=str if "int" in str(types[name]) else None, default=default,
+                               help=_HELP[name] + shown)
 
 
 def config_from_args(args) -> BenchConfig:
