@@ -7,8 +7,10 @@ Methods (the `method` field of each row):
                        schedule of exactly gamma drafts (confidence early stop disabled)
   hf_assisted_default  the same with transformers' own assistant defaults (gamma = null)
 
-Timing. For each configuration (method, gamma, temperature, batch size): `warmup` untimed runs of the
-first batch, then `repeats` timed passes over every prompt. Batches are consecutive prompts of the
+Timing. Configurations (method, gamma, temperature, batch size) are grouped by (temperature, batch
+size). In a group each configuration gets `warmup` untimed runs of the first batch, then `repeats`
+timed passes over every prompt, interleaved: round r runs every configuration of the group once (in
+alternating order), so load drift on a shared machine does not bias one method's ratio. Batches are consecutive prompts of the
 prompt list (which is grouped by category), left-padded by the tokenizer. A category gets its own row
 only where every batch holding its prompts holds nothing else (always at batch size 1); the "all" row
 covers every prompt. tokens_per_s is the median over repeats of (new tokens / wall seconds of the pass);
@@ -26,8 +28,8 @@ so batch size 8 is one full batch), 64 new tokens, 1 warmup, 3 repeats, gamma 1,
 batch size 1,8 and both baselines: 30 configurations, a few minutes on an idle machine. On a GPU with a
 real pair, raise --num-prompts (Spec-Bench uses 80 questions) and --max-new-tokens (e.g. 256).
 
-results.json is rewritten atomically (temp file + os.replace) after every configuration, so a crash
-keeps the rows already measured.
+results.json is rewritten atomically (temp file + os.replace) after every group, so a crash keeps the
+rows already measured.
 """
 from __future__ import annotations
 
@@ -506,27 +508,70 @@ class _Run:
                                            self.eos, self.pad, seed)
         return [toks], None, calls
 
-    def run_config(self, method, gamma, temp, bs) -> list[dict]:
+    def _timed_pass(self, method, gamma, temp, batches, r) -> dict:
+        """One timed pass of one configuration over every batch: wall seconds, stats, calls, outputs."""
+        dev = self.device
+        rec = {"walls": [], "stats": [], "calls": [], "outputs": [None] * len(self.prompts)}
+        for bi, idx in enumerate(batches):
+            seed = self.cfg.seed + 1000 * r + bi  # the same seeds for every method
+            _sync(dev)
+            t0 = time.perf_counter()
+            outs, st, nc = self._run_batch(method, gamma, temp, idx, seed)
+            _sync(dev)
+            rec["walls"].append(time.perf_counter() - t0)
+            rec["stats"].append(st)
+            rec["calls"].append(nc)
+            for i, o in zip(idx, outs):
+                rec["outputs"][i] = list(o)
+        return rec
+
+    def run_group(self, temp, bs, configs, bar=None) -> list[dict]:
+        """Every configuration at one (temperature, batch size), repeats interleaved: round r runs each
+        configuration once, in alternating order, so load drift on a shared machine hits the methods
+        alike instead of landing on whichever ran last. An HF failure becomes an error row."""
         cfg = self.cfg
         batches = make_batches(len(self.prompts), bs)
-        dev = self.device
-        for _ in range(cfg.warmup):
-            self._run_batch(method, gamma, temp, batches[0], cfg.seed)
-        walls = [[0.0] * len(batches) for _ in range(cfg.repeats)]     # [R][batch]
-        stats = [[None] * len(batches) for _ in range(cfg.repeats)]
-        calls = [[0] * len(batches) for _ in range(cfg.repeats)]
-        outputs = [[None] * len(self.prompts) for _ in range(cfg.repeats)]
+        passes = {c: [] for c in configs}
+        errors: dict = {}
+
+        def guarded(c, fn):
+            if c in errors:
+                return None
+            if not c[0].startswith("hf"):
+                return fn()
+            try:  # one failing HF baseline must not end the run
+                return fn()
+            except Exception as e:  # noqa: BLE001 - recorded in the row
+                errors[c] = e
+                return None
+
+        for c in configs:
+            for _ in range(cfg.warmup):
+                guarded(c, lambda: self._run_batch(c[0], c[1], temp, batches[0], cfg.seed))
         for r in range(cfg.repeats):
-            for bi, idx in enumerate(batches):
-                seed = cfg.seed + 1000 * r + bi  # the same seeds for every method
-                _sync(dev)
-                t0 = time.perf_counter()
-                outs, st, nc = self._run_batch(method, gamma, temp, idx, seed)
-                _sync(dev)
-                walls[r][bi] = time.perf_counter() - t0
-                stats[r][bi], calls[r][bi] = st, nc
-                for i, o in zip(idx, outs):
-                    outputs[r][i] = list(o)
+            for c in (configs if r % 2 == 0 else configs[::-1]):
+                if bar is not None:
+                    bar.set_postfix_str(f"{c[0]} g={c[1]} T={temp:g} bs={bs} rep {r + 1}/{cfg.repeats}")
+                rec = guarded(c, lambda: self._timed_pass(c[0], c[1], temp, batches, r))
+                if rec is not None:
+                    passes[c].append(rec)
+                if bar is not None:
+                    bar.update(1)
+        rows = []
+        for c in configs:  # "ar" first: the others' speedups and equality checks refer to it
+            if c in errors:
+                rows.append(self.error_row(c[0], c[1], temp, bs, errors[c]))
+            else:
+                rows += self.rows_for(c[0], c[1], temp, bs, batches, passes[c])
+        return rows
+
+    def rows_for(self, method, gamma, temp, bs, batches, passes) -> list[dict]:
+        """One row per category (and "all") from the timed passes of one configuration."""
+        R = len(passes)
+        walls = [p["walls"] for p in passes]        # [R][batch]
+        stats = [p["stats"] for p in passes]
+        calls = [p["calls"] for p in passes]
+        outputs = [p["outputs"] for p in passes]    # [R][prompt]
         if method == "ar":
             self.ar_outputs[(temp, bs)] = outputs[0]
 
@@ -537,8 +582,8 @@ class _Run:
         for cat in ["all"] + [c for c in self.categories if c in groups]:
             bis = groups[cat]
             pidx = [i for bi in bis for i in batches[bi]]
-            toks_r = [sum(len(outputs[r][i]) for i in pidx) for r in range(cfg.repeats)]
-            wall_r = [sum(walls[r][bi] for bi in bis) for r in range(cfg.repeats)]
+            toks_r = [sum(len(outputs[r][i]) for i in pidx) for r in range(R)]
+            wall_r = [sum(walls[r][bi] for bi in bis) for r in range(R)]
             tps_r = [t / w if w > 0 else 0.0 for t, w in zip(toks_r, wall_r)]
             tps = _median(tps_r)
             row = {"method": method, "gamma": gamma, "temperature": temp, "batch_size": bs, "category": cat,
@@ -557,9 +602,9 @@ class _Run:
                 row["speedup"] = tps / base if base else None
                 if temp == 0 and (temp, bs) in self.ar_outputs:
                     ref = self.ar_outputs[(temp, bs)]
-                    row["outputs_match_ar"] = all(outputs[r][i] == ref[i] for r in range(cfg.repeats) for i in pidx)
+                    row["outputs_match_ar"] = all(outputs[r][i] == ref[i] for r in range(R) for i in pidx)
             if method == "sd":
-                st = merge_stats([stats[r][bi] for r in range(cfg.repeats) for bi in bis])
+                st = merge_stats([stats[r][bi] for r in range(R) for bi in bis])
                 full = st.accepted_per_position[-1] if st.accepted_per_position else 0
                 row.update(acceptance_rate=st.acceptance_rate, mean_accepted_length=st.mean_accepted_length,
                            per_position_acceptance=st.per_position_acceptance, draft_steps=st.draft_steps,
@@ -601,17 +646,13 @@ class _Run:
         self.meta_dict["costs"] = {str(bs): c for bs, c in self.costs.items()}
         self.save()
         plan = self.plan()
-        bar = tqdm(plan, desc="bench", unit="config", disable=self.cfg.no_progress, file=sys.stderr)
-        for method, gamma, temp, bs in bar:
-            bar.set_postfix_str(f"{method} g={gamma} T={temp:g} bs={bs}")
-            if method.startswith("hf"):
-                try:  # one failing HF baseline must not end the run
-                    rows = self.run_config(method, gamma, temp, bs)
-                except Exception as e:  # noqa: BLE001 - recorded in the row
-                    rows = [self.error_row(method, gamma, temp, bs, e)]
-            else:
-                rows = self.run_config(method, gamma, temp, bs)
-            self.rows.extend(rows)
+        groups: dict = {}
+        for method, gamma, temp, bs in plan:
+            groups.setdefault((temp, bs), []).append((method, gamma))
+        bar = tqdm(total=len(plan) * self.cfg.repeats, desc="bench", unit="pass", disable=self.cfg.no_progress,
+                   file=sys.stderr)
+        for (temp, bs), configs in groups.items():
+            self.rows.extend(self.run_group(temp, bs, configs, bar))
             self.save()
         bar.close()
         return self.rows

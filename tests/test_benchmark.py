@@ -88,21 +88,20 @@ def test_greedy_outputs_match_ar(results):
 
 
 def test_crash_midway_keeps_rows(pair, tmp_path, monkeypatch):
-    real = benchmark._Run.run_config
-    calls = []
+    """The sweep dies in its second group (temperature 1): the greedy group's rows are on disk."""
+    real = benchmark._Run._run_batch
 
-    def flaky(self, *a):
-        calls.append(a)
-        if len(calls) == 3:
+    def flaky(self, method, gamma, temp, *a):
+        if temp > 0 and method == "sd":
             raise RuntimeError("boom")
-        return real(self, *a)
+        return real(self, method, gamma, temp, *a)
 
-    monkeypatch.setattr(benchmark._Run, "run_config", flaky)
+    monkeypatch.setattr(benchmark._Run, "_run_batch", flaky)
     with pytest.raises(RuntimeError, match="boom"):
-        bench(pair, tmp_path, "--gamma", "1,2,4", "--temperature", "0", "--batch-size", "1", "--baselines", "ar")
+        bench(pair, tmp_path, "--gamma", "1,2", "--temperature", "0,1", "--batch-size", "1", "--baselines", "ar")
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert {(r["method"], r["gamma"]) for r in runs} == {("ar", None), ("sd", 1)}
-    assert not list(tmp_path.glob("*.tmp"))
+    assert {(r["method"], r["gamma"], r["temperature"]) for r in runs} == {("ar", None, 0.0), ("sd", 1, 0.0), ("sd", 2, 0.0)}
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_hf_failure_is_recorded_not_fatal(pair, tmp_path, monkeypatch):
