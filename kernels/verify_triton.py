@@ -6,7 +6,7 @@ sampled rows accept x_i iff u_i * q_i(x_i) < f(p_i(x_i)) and emit one token from
 (recovered, falling back to p_j when that residual is empty) or from p_n (bonus).
 
 Design: four Triton launches plus one torch.rand, all on the device, no host sync.
-  (1) _partials_kernel, grid (B*(K+1)/R1, NC1): each program streams one vocabulary chunk (<= 4 tiles
+  (1) _partials_kernel, grid (B*(K+1)/R1 * NC1,): each program streams one vocabulary chunk (<= 4 tiles
       of 4096 16-bit / 2048 fp32 elements) of one position (R1 = 1; R1 > 1 packs several short rows
       into one tile when V is smaller than a tile).
       Sampled rows: online max / sum-exp of l/T for the target and (positions i < n) the draft.
@@ -16,7 +16,7 @@ Design: four Triton launches plus one torch.rand, all on the device, no host syn
   (2) _accept_kernel, grid (B/R2,): combines the chunk partials into log-sum-exps, gathers the two
       logits l_t[x_i], l_d[x_i] per position (p(x) = exp(l/T - lse)), runs all K accept tests at once
       and takes the row's first rejection j. Writes num_accepted and the normalisers at position j.
-  (3) _residual_mass_kernel, grid (B/R3, NC3): sampled rows only; re-reads the ONE position j per row
+  (3) _residual_mass_kernel, grid (B/R3 * NC3,): sampled rows only; re-reads the ONE position j per row
       and writes the residual mass (and the p mass, for the empty-residual fallback) of each chunk
       (<= 2 tiles of the same 8 KB size).
   (4) _emit_kernel, grid (B/R4,): picks a chunk by inverse CDF over the NC3 chunk masses with one
@@ -39,7 +39,9 @@ Predictions, to check with bench/kernel_bench.py on an H200 (not yet measured: n
     the ~8 elements/clk/SM that 4.3 TB/s of bf16 delivers): it should run at 85-90% of copy bandwidth.
   * Kernel 3 re-reads one position per row, B*V*(2 elements): 2/(2K+1) extra traffic (12% at K=8,
     22% at K=4, 67% at K=1) that the "bytes it must read" figure does not count; bonus rows read
-    only the target half. Greedy rows skip it entirely (and skip the draft in kernel 1).
+    only the target half. Greedy rows skip it entirely (and skip the draft in kernel 1). It visits
+    rows in the reverse of kernel 1's order, so the rows read last (~50 MB of L2 on an H200: all of
+    them when B*(2K+1)*V*2 bytes < ~50 MB, e.g. B=8, K=8, V=128256) re-read from L2, not DRAM.
   * Kernels 2 and 4 touch O(B*K*NC) bytes plus one chunk per row: a few microseconds each (one round
     of dependent loads for kernel 2, two tiles for kernel 4); with the launch gaps that is ~15-20 us
     of fixed cost, which dominates small problems (B=1: latency bound, ~20-30 us in all).
@@ -88,8 +90,11 @@ def _partials_kernel(
 ):
     # R rows (b, i) x one chunk of TILES * BLOCK vocabulary entries. R = 1 for real vocabularies
     # (one row, the vocabulary split across programs); R > 1 only when V is smaller than a tile.
-    r = tl.program_id(0) * R + tl.arange(0, R)                         # [R] row = b * (K+1) + i
-    c = tl.program_id(1)
+    # 1-D grid, chunks fastest: a row's chunks are read back to back (sequential DRAM pages), and
+    # the last rows read (the highest b) are still in L2 when kernel 3 re-reads them first.
+    pid = tl.program_id(0)
+    c = pid % NC
+    r = (pid // NC) * R + tl.arange(0, R)                              # [R] row = b * (K+1) + i
     rvalid = r < ROWS
     b = r // (K + 1)
     i = r % (K + 1)
@@ -230,8 +235,11 @@ def _residual_mass_kernel(
     s_tb, s_tk, s_db, s_dk, s_n,
     HAS_N: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    b = tl.program_id(0) * R + tl.arange(0, R)                         # [R]
-    c = tl.program_id(1)
+    # Rows in reverse order: kernel 1 read the highest b last, so their position-j tiles may still
+    # be in L2.
+    pid = tl.program_id(0)
+    c = pid % NC
+    b = (tl.num_programs(0) // NC - 1 - pid // NC) * R + tl.arange(0, R)  # [R]
     bvalid = b < B
     T = tl.load(temp_ptr + b, mask=bvalid, other=0.0)
     sampled = bvalid & (T != 0)                                        # greedy rows have their token
@@ -450,7 +458,7 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
         pm_d = torch.empty((rows, nc1), **f32)
         ps_d = torch.empty((rows, nc1), **f32)
         pai = torch.empty((rows, nc1), device=dev, dtype=torch.int32)
-        _partials_kernel[(triton.cdiv(rows, r1), nc1)](
+        _partials_kernel[(triton.cdiv(rows, r1) * nc1,)](
             target_logits, draft_logits, temperature, n_arg, pm_t, ps_t, pm_d, ps_d, pai,
             rows, K, V, nc1, tiles1, s_tb, s_tk, s_db, s_dk, s_n,
             HAS_N=has_n, R=r1, BLOCK=block1, num_warps=num_warps or (8 if r1 * block1 >= 4096 else 4))
@@ -474,7 +482,7 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
         nc3, tiles3 = _split(triton.cdiv(B, r3), V, block3, sms, max_tiles=2)
         rmass = torch.empty((B, nc3), **f32)
         pmass = torch.empty((B, nc3), **f32)
-        _residual_mass_kernel[(triton.cdiv(B, r3), nc3)](
+        _residual_mass_kernel[(triton.cdiv(B, r3) * nc3,)](
             target_logits, draft_logits, temperature, n_arg, num_accepted, lse_t, lse_d, rmass, pmass,
             B, K, V, nc3, tiles3, s_tb, s_tk, s_db, s_dk, s_n,
             HAS_N=has_n, R=r3, BLOCK=block3, num_warps=8 if r3 * block3 >= 4096 else 4)
