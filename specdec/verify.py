@@ -177,7 +177,9 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
     B, K, V = check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps)
     temp = _temperature_tensor(temperature, B, target_logits.device)
     if backend == "auto":
-        backend = "triton" if target_logits.is_cuda and _triton_available() else "torch"
+        kernel_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+        backend = ("triton" if target_logits.is_cuda and _triton_available()
+                   and target_logits.dtype in kernel_dtypes and draft_logits.dtype in kernel_dtypes else "torch")
     if backend == "triton":
         if not _triton_usable(target_logits):
             raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before importing "
