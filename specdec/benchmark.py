@@ -367,6 +367,19 @@ def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temper
     return out[0, input_ids.shape[1]:].tolist(), counter.n
 
 
+def hf_assistant_defaults(draft) -> dict:
+    """The assistant settings transformers uses when none are set (recorded with hf_assisted_default)."""
+    gc = copy.deepcopy(draft.generation_config)
+    getter = getattr(gc, "_get_default_generation_params", None)
+    if getter is not None:  # transformers >= 5 fills unset fields from global defaults at generate time
+        try:
+            gc.update(**getter(), defaults_only=True)
+        except Exception:  # noqa: BLE001 - informational only
+            pass
+    return {k: getattr(gc, k, None) for k in ("num_assistant_tokens", "num_assistant_tokens_schedule",
+                                               "assistant_confidence_threshold")}
+
+
 # ----------------------------------------------------------------------------------------------------
 # The runner.
 
@@ -475,6 +488,7 @@ class _Run:
             "num_prompts": len(self.prompts), "categories": self.categories,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self.cfg).items()},
+            "hf_assistant_defaults": hf_assistant_defaults(self.draft) if "hf" in self.cfg.baselines else None,
             "costs": {},
         }
 
