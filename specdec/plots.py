@@ -1,7 +1,8 @@
 """Every figure of `specdec bench`, from one or more results.json files (`specdec plot`).
 
 Figures (PNG, matplotlib's Agg backend), each skipped when its data is absent:
-  acceptance.png     acceptance rate and mean acceptance length against gamma, a line per temperature
+  acceptance.png     acceptance rate (and the per-token alpha, dashed) and mean acceptance length
+                     against gamma, a line per temperature
   speedup.png        measured (solid) and predicted (dashed) speedup against gamma; HF assisted as markers
   per_position.png   per-position acceptance, a line per gamma, a panel per temperature
   category.png       speedup per prompt category at each gamma, a panel per temperature
@@ -157,9 +158,13 @@ def _plot_acceptance(datasets, path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, rows in series:
         g = [r["gamma"] for r in rows]
-        axes[0].plot(g, [r["acceptance_rate"] for r in rows], marker="o", label=label)
+        line, = axes[0].plot(g, [r["acceptance_rate"] for r in rows], marker="o", label=label)
+        if any(r.get("alpha") is not None for r in rows):
+            axes[0].plot(g, [r.get("alpha") if r.get("alpha") is not None else float("nan") for r in rows], ls="--",
+                         marker="s", mfc="none", color=line.get_color(), label=f"{label}: per-token alpha")
         axes[1].plot(g, [r["mean_accepted_length"] for r in rows], marker="o", label=label)
-    axes[0].set(xlabel="gamma (draft tokens per step)", ylabel="acceptance rate (accepted / drafted)", ylim=(0, 1.02))
+    axes[0].set(xlabel="gamma (draft tokens per step)", ylabel="acceptance rate (accepted / drafted); alpha dashed",
+                ylim=(0, 1.02))
     axes[1].set(xlabel="gamma (draft tokens per step)", ylabel="mean acceptance length (tokens / step)")
     for ax in axes:
         _gamma_axis(ax, datasets)
