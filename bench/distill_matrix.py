@@ -42,8 +42,12 @@ def _env() -> dict:
                                 text=True).stdout.strip()
     except OSError:
         commit = None
+    import hashlib
+
     import transformers
-    return {"device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    from specdec.models import bundled_pair
+    weights = {p.name: hashlib.sha256((p / "model.safetensors").read_bytes()).hexdigest()[:12] for p in bundled_pair()}
+    return {"bundled_weights_sha256": weights, "device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "commit": commit, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -61,6 +65,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--divergences", default="fkl,rkl,jsd,tvd")
     ap.add_argument("--sources", default="dataset,teacher,student,mix,skd")
+    ap.add_argument("--cells", default=None,
+                    help="explicit div:source pairs, comma-separated (a reduced matrix), instead of the cross product")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -68,10 +74,13 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-prompts", type=int, default=8)
     ap.add_argument("--eval-gamma", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: fastest on a busy shared CPU)")
     ap.add_argument("--out", default="bench/results/distill_matrix.json")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     divs = [d for d in args.divergences.split(",") if d]
     srcs = [s for s in args.sources.split(",") if s]
+    plan = [tuple(c.split(":")) for c in args.cells.split(",")] if args.cells else [(d, s) for s in srcs for d in divs]
 
     target, draft, tok, vocab = load_pair()
     pad_id, eos = tok.pad_token_id, [tok.eos_token_id]
@@ -87,26 +96,25 @@ def main(argv=None) -> int:
     cells = []
     tmp = Path(tempfile.mkdtemp(prefix="distill_matrix_"))
     try:
-        for src in srcs:
-            for div in divs:
-                cfg = replace(base, out=str(tmp / f"{div}_{src}"), divergence=div, data_source=src)
-                t0 = time.perf_counter()
-                train(cfg)
-                train_s = time.perf_counter() - t0
-                trained = load_model(cfg.out, "float32", "cpu")
-                after = measure(target, trained, prompts, base, vocab, pad_id, eos)
-                cell = {"divergence": div, "source": src, "train_s": train_s, "after": after,
-                        "gain": {T: {"est_acceptance_pct": 100 * (after[T]["est_acceptance"] / before[T]["est_acceptance"] - 1),
-                                     "mal_pct": 100 * (after[T]["mal"] / before[T]["mal"] - 1)} for T in after}}
-                cells.append(cell)
-                print(f"{div:>4} {src:>8}: " + "  ".join(
-                    f"{T}: acc {after[T]['est_acceptance']:.3f} ({cell['gain'][T]['est_acceptance_pct']:+.1f}%) "
-                    f"MAL {after[T]['mal']:.3f} ({cell['gain'][T]['mal_pct']:+.1f}%)" for T in after)
-                    + f"  [{train_s:.0f}s]", flush=True)
-                shutil.rmtree(cfg.out, ignore_errors=True)
-                result = {"env": _env(), "settings": vars(args), "before": before, "cells": cells}
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after every cell
+        for div, src in plan:
+            cfg = replace(base, out=str(tmp / f"{div}_{src}"), divergence=div, data_source=src)
+            t0 = time.perf_counter()
+            train(cfg)
+            train_s = time.perf_counter() - t0
+            trained = load_model(cfg.out, "float32", "cpu")
+            after = measure(target, trained, prompts, base, vocab, pad_id, eos)
+            cell = {"divergence": div, "source": src, "train_s": train_s, "after": after,
+                    "gain": {T: {"est_acceptance_pct": 100 * (after[T]["est_acceptance"] / before[T]["est_acceptance"] - 1),
+                                 "mal_pct": 100 * (after[T]["mal"] / before[T]["mal"] - 1)} for T in after}}
+            cells.append(cell)
+            print(f"{div:>4} {src:>8}: " + "  ".join(
+                f"{T}: acc {after[T]['est_acceptance']:.3f} ({cell['gain'][T]['est_acceptance_pct']:+.1f}%) "
+                f"MAL {after[T]['mal']:.3f} ({cell['gain'][T]['mal_pct']:+.1f}%)" for T in after)
+                + f"  [{train_s:.0f}s]", flush=True)
+            shutil.rmtree(cfg.out, ignore_errors=True)
+            result = {"env": _env(), "settings": vars(args), "before": before, "cells": cells}
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after every cell
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

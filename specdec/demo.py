@@ -43,7 +43,8 @@ class DemoConfig:
     gamma: str | None = _f(None, "gammas benchmarked, comma-separated (default: 1,2,4,6; quick: 2,4)")
     num_prompts: int | None = _f(None, "held-out prompts per category in the benchmarks (default: 2; quick: 1)")
     max_new_tokens: int | None = _f(None, "new tokens per benchmark prompt (default: 64; quick: 32)")
-    threads: int | None = _f(None, "torch CPU threads for the benchmarks")
+    threads: int | None = _f(1, "torch CPU threads of the benchmarks and the distillation (1: fastest on a busy "
+                                "shared CPU, where 2 threads thrash)")
     seed: int = _f(0, "seed")
 
     def __post_init__(self):
@@ -165,8 +166,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     dcfg = DistillConfig(out=str(out / "draft"), target=cfg.target, draft=cfg.draft, divergence=cfg.divergence,
                          data_source=cfg.data_source, temperature=cfg.train_temperature, steps=cfg.steps,
                          batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 10), seed=cfg.seed,
-                         eval_every=max(1, cfg.steps // 4), spec_eval_every=max(1, cfg.steps // 2),
-                         eval_prompts=8, save_every=max(1, cfg.steps // 3))
+                         eval_every=max(1, cfg.steps // 4), spec_eval_every=cfg.steps,
+                         eval_prompts=8, save_every=max(1, cfg.steps // 3), threads=cfg.threads)
     train(dcfg)
     times["distill_s"] = time.perf_counter() - t0
 

@@ -66,7 +66,7 @@ class DistillConfig:
     steps: int = _f(200, "optimizer steps")
     batch_size: int = _f(8, "sequences per micro-batch per process")
     grad_accum: int = _f(1, "micro-batches per step")
-    lr: float = _f(3e-4, "peak learning rate (AdamW; linear warm-up, cosine decay to 10%)")
+    lr: float = _f(3e-4, "peak learning rate (AdamW; linear warm-up, cosine decay to 10%%)")
     warmup_steps: int = _f(10, "linear warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
@@ -84,6 +84,7 @@ class DistillConfig:
     # scale-out / placement
     fsdp: bool = _f(False, "shard the draft with FSDP (under torchrun)")
     device: str = _f("auto", "auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
+    threads: int | None = _f(None, "torch CPU threads (default: torch's own; 1 is often fastest on a busy shared CPU)")
     progress: bool = _f(True, "tqdm progress bar (rank 0)")
 
     def __post_init__(self):
@@ -108,6 +109,8 @@ class DistillConfig:
         for name in ("eval_every", "spec_eval_every", "save_every", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if self.teacher_cache is not None and self.data_source not in ("dataset", "teacher"):
@@ -401,6 +404,8 @@ def train(cfg: DistillConfig) -> dict:
     """Run the distillation described by cfg; returns the final evaluation row (rank 0) or {}."""
     from ..models import check_vocab, load_model, load_tokenizer, bundled_pair
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dist = init_dist("cuda" if kind.startswith("cuda") else "cpu")
     try:
