@@ -33,14 +33,15 @@ class DemoConfig:
     quick: bool = _f(False, "a couple of minutes: fewer steps, prompts and gammas")
     target: str | None = _f(None, "target (default: the bundled target)")
     draft: str | None = _f(None, "draft to distill (default: the bundled draft)")
-    steps: int | None = _f(None, "distillation steps (default: 60; quick: 8)")
-    divergence: str = _f("fkl", "divergence of the distillation", choices=("fkl", "rkl", "jsd", "tvd"))
+    steps: int | None = _f(None, "distillation steps (default: 300; quick: 8)")
+    divergence: str = _f("rkl", "divergence of the distillation (rkl: best greedy gain in bench/distill_matrix.py)",
+                         choices=("fkl", "rkl", "jsd", "tvd"))
     data_source: str = _f("student", "data source of the distillation",
                           choices=("dataset", "teacher", "student", "mix", "skd"))
     train_temperature: float = _f(1.0, "temperature the draft is distilled at")
     lr: float = _f(1e-3, "peak learning rate of the distillation")
     batch_size: int = _f(8, "distillation sequences per step")
-    gamma: str | None = _f(None, "gammas benchmarked, comma-separated (default: 1,2,4,6; quick: 2,4)")
+    gamma: str | None = _f(None, "gammas benchmarked, comma-separated (default: 1,2,4; quick: 2,4)")
     num_prompts: int | None = _f(None, "held-out prompts per category in the benchmarks (default: 2; quick: 1)")
     max_new_tokens: int | None = _f(None, "new tokens per benchmark prompt (default: 64; quick: 32)")
     threads: int | None = _f(1, "torch CPU threads of the benchmarks and the distillation (1: fastest on a busy "
@@ -51,8 +52,8 @@ class DemoConfig:
         if not self.out:
             raise ValueError("--out DIR is required")
         q = self.quick
-        self.steps = self.steps if self.steps is not None else (8 if q else 60)
-        self.gamma = self.gamma or ("2,4" if q else "1,2,4,6")
+        self.steps = self.steps if self.steps is not None else (8 if q else 300)
+        self.gamma = self.gamma or ("2,4" if q else "1,2,4")
         self.num_prompts = self.num_prompts if self.num_prompts is not None else (1 if q else 2)
         self.max_new_tokens = self.max_new_tokens if self.max_new_tokens is not None else (32 if q else 64)
         if self.steps < 1 or self.num_prompts < 1 or self.max_new_tokens < 1:

@@ -365,11 +365,14 @@ class _Metrics:
 def _wrap(draft, cfg: DistillConfig, dist: Dist, device):
     if dist.world <= 1:
         if cfg.fsdp:
-            raise ValueError("--fsdp shards across processes: run under torchrun --nproc_per_node N")
+            raise ValueError("--fsdp shards across processes: run under torchrun --nproc_per_node N (on CUDA)")
         return draft
     if cfg.fsdp:
+        if device.type != "cuda":
+            raise ValueError("--fsdp needs CUDA devices (PyTorch's FSDP does not run on CPU); on CPU drop --fsdp "
+                             "and train with DDP")
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        return FSDP(draft, device_id=device if device.type == "cuda" else None, use_orig_params=True)
+        return FSDP(draft, device_id=device, use_orig_params=True)
     from torch.nn.parallel import DistributedDataParallel as DDP
     return DDP(draft, device_ids=[device.index] if device.type == "cuda" else None)
 
