@@ -33,7 +33,7 @@ class DemoConfig:
     quick: bool = _f(False, "a couple of minutes: fewer steps, prompts and gammas")
     target: str | None = _f(None, "target (default: the bundled target)")
     draft: str | None = _f(None, "draft to distill (default: the bundled draft)")
-    steps: int | None = _f(None, "distillation steps (default: 300; quick: 8)")
+    steps: int | None = _f(None, "distillation steps (default: 300; quick: 40)")
     divergence: str = _f("rkl", "divergence of the distillation (rkl: best greedy gain in bench/distill_matrix.py)",
                          choices=("fkl", "rkl", "jsd", "tvd"))
     data_source: str = _f("student", "data source of the distillation",
@@ -52,7 +52,7 @@ class DemoConfig:
         if not self.out:
             raise ValueError("--out DIR is required")
         q = self.quick
-        self.steps = self.steps if self.steps is not None else (8 if q else 300)
+        self.steps = self.steps if self.steps is not None else (40 if q else 300)
         self.gamma = self.gamma or ("2,4" if q else "1,2,4")
         self.num_prompts = self.num_prompts if self.num_prompts is not None else (1 if q else 2)
         self.max_new_tokens = self.max_new_tokens if self.max_new_tokens is not None else (32 if q else 64)
