@@ -473,8 +473,7 @@ def export(name: str, held_windows_n: int = 256) -> dict:
     model.half().save_pretrained(out)
     tok.save_pretrained(out)
     GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id, do_sample=False,
-                     max_length=MAX_POSITIONS).save_pretrained(out)
+                     pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(out)
 
     torch.set_num_threads(2)
     shipped = load_exported(name, attn="sdpa")
