@@ -136,7 +136,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls=DistillConfig, skip=()) -
             continue
         typ = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
         kw = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
-        parser.add_argument(flag, dest=f.name, type=typ, default=f.default, help=f"{help_} (default: {f.default})", **kw)
+        if f.name == "out":
+            kw["required"] = True
+        elif "default" not in help_:
+            help_ = f"{help_} (default: {f.default})"
+        parser.add_argument(flag, dest=f.name, type=typ, default=f.default, help=help_, **kw)
 
 
 def config_from_args(args, cls=DistillConfig):
