@@ -25,7 +25,8 @@ step / target 1-token step, both timed once per batch size on a prompt-length ca
 
 Defaults are sized for a 2-core CPU and the bundled pair: 2 prompts per built-in category (8 prompts,
 so batch size 8 is one full batch), 64 new tokens, 1 warmup, 3 repeats, gamma 1,2,4,8, temperature 0,1,
-batch size 1,8 and both baselines: 30 configurations, a few minutes on an idle machine. On a GPU with a
+batch size 1,8 and both baselines: 30 configurations, 9 minutes with --threads 1 on a busy shared
+2-core CPU (bench/RESULTS.md). On a GPU with a
 real pair, raise --num-prompts (Spec-Bench uses 80 questions) and --max-new-tokens (e.g. 256).
 
 results.json is rewritten atomically (temp file + os.replace) after every group, so a crash keeps the
