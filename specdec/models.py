@@ -101,8 +101,9 @@ def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map
     ttok, dtok = load_tokenizer(target), load_tokenizer(draft)
     vocab = check_vocab(ttok, dtok, str(target), str(draft))
     tmodel = load_model(target, dtype, device, device_map)
-    # The draft is small: it always goes on the device where the target's logits come out.
-    dmodel = load_model(draft, dtype, output_device(tmodel) if device_map is not None else device)
+    # The draft is small: it goes whole onto the device of the target's input embeddings, where the
+    # decoder keeps its state (the target's logits are moved there for verification).
+    dmodel = load_model(draft, dtype, input_device(tmodel) if device_map is not None else device)
     for name, m in ((str(target), tmodel), (str(draft), dmodel)):
         width = m.get_output_embeddings().weight.shape[0]
         if width < vocab:
@@ -110,6 +111,6 @@ def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map
     return tmodel, dmodel, ttok, vocab
 
 
-def output_device(model) -> torch.device:
-    """Where a (possibly multi-device) model's logits come out."""
-    return model.get_output_embeddings().weight.device
+def input_device(model) -> torch.device:
+    """Where a (possibly multi-device) model takes its input ids."""
+    return model.get_input_embeddings().weight.device
