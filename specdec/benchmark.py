@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from .decoding import SpeculativeDecoder, _cache_kwarg, autoregressive_generate
+from .decoding import SpeculativeDecoder, cache_kwarg, autoregressive_generate
 from .metrics import DecodeStats, predicted_speedup
 
 METHODS = ("ar", "sd", "hf_assisted", "hf_assisted_default")
@@ -290,7 +290,7 @@ def measure_costs(target, draft, prompt_ids, gammas, batch_size: int, iters: int
     def prefilled(model):
         dev = model.get_input_embeddings().weight.device
         ids = prompt_ids.to(dev).repeat(batch_size, 1)                          # [B, P]
-        cache, kw = DynamicCache(), _cache_kwarg(model)
+        cache, kw = DynamicCache(), cache_kwarg(model)
         model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1, **{kw: cache})
         return ids, cache, kw
 

@@ -68,7 +68,7 @@ class GenerationOutput:
 # ----------------------------------------------------------------------------------------------------
 # One model's KV cache with holes.
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     """transformers 5.24 renamed `past_key_values` to `cache` in forward(); accept both."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -86,7 +86,7 @@ class _KVState:
     def __init__(self, model, batch_size: int, device):
         self.model = model
         self.cache = _new_cache()
-        self.kw = _cache_kwarg(model)
+        self.kw = cache_kwarg(model)
         self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=device)  # [B, C]
 
     @property

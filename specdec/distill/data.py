@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..decoding import _cache_kwarg, autoregressive_generate
+from ..decoding import cache_kwarg, autoregressive_generate
 from ..sampling import mask_logits, sample_tokens
 
 SOURCES = ("dataset", "teacher", "student", "mix", "skd")
@@ -208,7 +208,7 @@ def skd_generate(target, draft, ids, mask, new_tokens: int, temperature: float, 
     B = ids.shape[0]
     caches = [DynamicCache(), DynamicCache()]
     models = [target, draft]
-    kws = [_cache_kwarg(m) for m in models]
+    kws = [cache_kwarg(m) for m in models]
     pos = (mask.cumsum(1) - 1).clamp_min(0)
     att = mask.clone()
     logits = [m(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1,
