@@ -1,0 +1,163 @@
+"""One config mechanism for every command.
+
+A command's settings are one dataclass. Each field says its default once, with `option(...)`, and
+carries its help text, its group in `--help` and its choices; `add_arguments` builds the argparse flags
+from the fields and `config_from_args` builds the dataclass back from the parsed flags (its
+`__post_init__` validates, once, before anything is loaded). The Python API constructs the same
+dataclass directly, so the CLI and the API cannot drift apart.
+
+Types come from the annotations: `int`, `float`, `str`, `bool` (a `--flag`, or `--no-flag` when the
+default is True), `X | None` (parsed as X; the default may be None) and `tuple[X, ...]` (a
+comma-separated list, e.g. `--gamma 1,2,4`). argparse hands every value over as the string the user
+typed; `parse_value` converts it and raises one line naming the flag when it cannot (a float must be
+finite: NaN and inf are never a sensible setting and would leak into results as non-standard JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+
+_UNSET = dataclasses.MISSING
+
+
+def option(default=_UNSET, help: str = "", *, group: str = "options", choices=None, required: bool = False,
+           default_factory=_UNSET):
+    """A config field: its default, help line, `--help` group and allowed values, in one place."""
+    meta = {"help": help, "group": group, "choices": tuple(choices) if choices else None, "required": required}
+    if default_factory is not _UNSET:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _kind(tp) -> tuple[type, bool, bool]:
+    """(scalar type, optional, is_tuple) of a resolved annotation."""
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0] if len(args) == 1 else str
+    if typing.get_origin(tp) is tuple or tp is tuple:
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return (args[0] if args else str), optional, True
+    return (tp if tp in (int, float, str, bool) else str), optional, False
+
+
+def _scalar(text: str, kind: type, flag: str):
+    text = text.strip()
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{flag} must be an integer, got {text!r}") from None
+    if kind is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{flag} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {text!r}")
+        return value
+    if kind is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{flag} must be true or false, got {text!r}")
+    return text
+
+
+def parse_value(value, tp, flag: str):
+    """A typed value from what the user typed (non-strings, e.g. dataclass defaults, pass through)."""
+    if not isinstance(value, str):
+        return value
+    kind, _, is_tuple = _kind(tp)
+    if is_tuple:
+        return tuple(_scalar(s, kind, flag) for s in value.split(",") if s.strip())
+    return _scalar(value, kind, flag)
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One flag per field of the dataclass `cls`, in `--help` groups named by each field's `group`."""
+    hints = _hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        meta = f.metadata
+        group = meta.get("group", "options")
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        g = groups[group]
+        help_ = meta.get("help", "")
+        kind, _, is_tuple = _kind(hints[f.name])
+        default = f.default if f.default is not _UNSET else (f.default_factory() if f.default_factory is not _UNSET else None)
+        if kind is bool and not is_tuple:
+            if default:
+                g.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                               help=f"turn off: {help_}")
+            else:
+                g.add_argument(flag_name(f.name), dest=f.name, action="store_true", help=help_)
+            continue
+        kw = {}
+        if meta.get("choices"):
+            kw["choices"] = list(meta["choices"])
+        if meta.get("required"):
+            kw["required"] = True
+        elif default is not None and "default" not in help_:
+            help_ = f"{help_} (default: {_shown(default)})"
+        # argparse keeps the raw string: config_from_args converts it with a one-line error.
+        g.add_argument(flag_name(f.name), dest=f.name, default=default, help=help_.replace("%", "%%"),
+                       metavar=kind.__name__.upper() + ("S" if is_tuple else ""), **kw)
+
+
+def config_from_args(args: argparse.Namespace, cls, **overrides):
+    """Build (and so validate) the dataclass `cls` from parsed flags; overrides win over flags."""
+    hints = _hints(cls)
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name in overrides:
+            kw[f.name] = overrides[f.name]
+        elif hasattr(args, f.name):
+            kw[f.name] = parse_value(getattr(args, f.name), hints[f.name], flag_name(f.name))
+    return cls(**kw)
+
+
+def to_dict(cfg) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def differences(saved: dict, new: dict, ignore=()) -> list[str]:
+    """'name: saved -> new' for every setting that differs (tuples and lists compare equal)."""
+    out = []
+    for k in sorted(set(saved) | set(new)):
+        if k in ignore:
+            continue
+        a, b = saved.get(k), new.get(k)
+        a = list(a) if isinstance(a, tuple) else a
+        b = list(b) if isinstance(b, tuple) else b
+        if a != b:
+            out.append(f"{flag_name(k)}: {a!r} -> {b!r}")
+    return out

@@ -1,0 +1,84 @@
+"""The one config mechanism: flags built from a dataclass, typed parsing with one-line errors, and the
+output-folder policy every command follows."""
+import argparse
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from specdec.config import add_arguments, config_from_args, differences, option
+from specdec.util import RUN_FILE, prepare_out_dir, write_json_atomic
+
+
+@dataclass
+class _Cfg:
+    out: str = option(None, "output folder", group="output", required=True)
+    threads: int | None = option(None, "CPU threads", group="models")
+    lr: float = option(3e-4, "learning rate")
+    gamma: tuple[int, ...] = option((1, 2, 4), "draft tokens per step")
+    kind: str = option("fkl", "divergence", choices=("fkl", "rkl"))
+    quick: bool = option(False, "shorter run")
+    progress: bool = option(True, "progress bar")
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p, _Cfg)
+    return config_from_args(p.parse_args(argv), _Cfg)
+
+
+def test_types_come_from_annotations():
+    cfg = _parse(["--out", "x", "--threads", "1", "--lr", "1e-3", "--gamma", "2,8", "--quick", "--no-progress"])
+    assert cfg == _Cfg(out="x", threads=1, lr=1e-3, gamma=(2, 8), kind="fkl", quick=True, progress=False)
+    assert isinstance(cfg.threads, int)  # `int | None` once came back as a str
+    assert _parse(["--out", "x"]) == _Cfg(out="x")
+
+
+@pytest.mark.parametrize("argv,match", [(["--threads", "one"], "--threads must be an integer"),
+                                        (["--lr", "nan"], "--lr must be a finite number"),
+                                        (["--lr", "inf"], "--lr must be a finite number"),
+                                        (["--gamma", "1,x"], "--gamma must be an integer")])
+def test_bad_values_are_one_line(argv, match):
+    with pytest.raises(ValueError, match=match) as e:
+        _parse(["--out", "x"] + argv)
+    assert "\n" not in str(e.value)
+
+
+def test_help_shows_groups_and_defaults():
+    p = argparse.ArgumentParser()
+    add_arguments(p, _Cfg)
+    text = p.format_help()
+    assert "models:" in text and "output:" in text
+    assert "(default: 1,2,4)" in text and "--no-progress" in text
+
+
+def test_differences_names_each_field():
+    assert differences({"lr": 1e-3, "gamma": [1, 2]}, {"lr": 3e-4, "gamma": (1, 2)}) == ["--lr: 0.001 -> 0.0003"]
+
+
+def test_out_dir_policy(tmp_path):
+    out = tmp_path / "run"
+    prepare_out_dir(out, "bench", {"a": 1})
+    assert json.loads((out / RUN_FILE).read_text())["config"] == {"a": 1}
+    (out / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds a `specdec bench` run; pass --overwrite"):
+        prepare_out_dir(out, "bench", {"a": 1})
+    with pytest.raises(ValueError, match="--a: 1 -> 2"):
+        prepare_out_dir(out, "bench", {"a": 2}, resume=True, can_resume=True)
+    assert prepare_out_dir(out, "bench", {"a": 1}, resume=True, can_resume=True) == out
+    assert (out / "results.json").exists()
+    prepare_out_dir(out, "bench", {"a": 2}, overwrite=True)
+    assert not (out / "results.json").exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds no specdec run"):
+        prepare_out_dir(foreign, "bench", {}, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="is a file"):
+        prepare_out_dir(foreign / "notes.txt", "bench", {})
+
+
+def test_json_is_standard(tmp_path):
+    write_json_atomic(tmp_path / "r.json", {"x": float("inf"), "y": [float("nan"), 1.0]})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": None, "y": [None, 1.0]}
