@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 from .decoding import SpeculativeDecoder, cache_kwarg, autoregressive_generate
-from .metrics import DecodeStats, predicted_speedup
+from .metrics import DecodeStats, per_token_acceptance, predicted_speedup  # noqa: F401 (re-exported)
 
 METHODS = ("ar", "sd", "hf_assisted", "hf_assisted_default")
 BASELINES = ("ar", "hf")
@@ -233,30 +233,8 @@ def pure_batches(batches, cats_of_prompt) -> dict:
     return {c: bis for c, bis in by_cat.items() if c not in mixed}
 
 
-def per_token_acceptance(accepted: int, steps: int, full_steps: int) -> float:
-    """Leviathan et al.'s alpha: P(a draft is accepted | every earlier draft of its step was), the
-    maximum-likelihood estimate under i.i.d. acceptance = accepted / (accepted + rejections), where a
-    rejection ends every step that did not accept all its drafts (steps - full_steps).
-
-    Not the vLLM acceptance rate (accepted / drafted): drafts after a rejection are never tested but
-    count as drafted, so accepted / drafted = (tau - 1) / gamma, well below alpha at gamma > 1; feeding
-    it to tau = (1 - alpha^(gamma+1)) / (1 - alpha) would underpredict the speedup."""
-    rejections = steps - full_steps
-    return accepted / (accepted + rejections) if accepted + rejections > 0 else 0.0
-
-
 def merge_stats(stats_list) -> DecodeStats:
-    out = DecodeStats(gamma=stats_list[0].gamma if stats_list else 0)
-    for s in stats_list:
-        for name in ("draft_steps", "drafted_tokens", "accepted_tokens", "new_tokens", "target_calls",
-                     "draft_calls", "prefill_calls", "draft_s", "target_s", "verify_s", "total_s"):
-            setattr(out, name, getattr(out, name) + getattr(s, name))
-        if s.accepted_per_position:
-            if len(out.accepted_per_position) < len(s.accepted_per_position):
-                out.accepted_per_position += [0] * (len(s.accepted_per_position) - len(out.accepted_per_position))
-            for k, a in enumerate(s.accepted_per_position):
-                out.accepted_per_position[k] += a
-    return out
+    return DecodeStats.merged(stats_list)
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -620,10 +598,9 @@ class _Run:
                     row["outputs_match_ar"] = all(outputs[r][i] == ref[i] for r in range(R) for i in pidx)
             if method == "sd":
                 st = merge_stats([stats[r][bi] for r in range(R) for bi in bis])
-                full = st.accepted_per_position[-1] if st.accepted_per_position else 0
                 row.update(acceptance_rate=st.acceptance_rate, mean_accepted_length=st.mean_accepted_length,
                            per_position_acceptance=st.per_position_acceptance, draft_steps=st.draft_steps,
-                           alpha=per_token_acceptance(st.accepted_tokens, st.draft_steps, full))
+                           alpha=st.alpha)
             elif method.startswith("hf"):
                 # HF exposes no acceptance counts; tokens per target forward is its mean acceptance length.
                 row["mean_accepted_length"] = toks_r[0] / row["target_calls"] if row["target_calls"] else None

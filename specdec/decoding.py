@@ -378,7 +378,7 @@ class SpeculativeDecoder:
         _check_context(self.draft, "draft", lengths, params.max_new_tokens)
         B = ids.shape[0]
         gen = _generator(seed, device)
-        stats = DecodeStats(gamma=gamma, accepted_per_position=[0] * gamma)
+        stats = DecodeStats(gamma=gamma)
         timer = _Timer(device)
         t_all = time.perf_counter()
 
@@ -458,13 +458,7 @@ class SpeculativeDecoder:
             accepted_host = [row[-1] for row in host]
             max_acc = max(accepted_host)
             emitted = [row[:a + 1] for row, a in zip(host, accepted_host)]
-            for b, a in enumerate(accepted_host):
-                if n_row[b] > 0:
-                    stats.draft_steps += 1
-                    stats.drafted_tokens += n_row[b]
-                    stats.accepted_tokens += a
-                    for k in range(a):
-                        stats.accepted_per_position[k] += 1
+            stats.observe(n_row, accepted_host)
             # Crop the columns that are holes in every row (host ints: no sync). The target added K+1
             # columns (pending + drafts); the draft added h + K (maybe d_K of last round, pending, d_1..d_{K-1}).
             tgt.crop_trailing_holes(tgt.columns - (K + 1) + max_acc + 1)

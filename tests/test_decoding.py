@@ -221,3 +221,14 @@ def test_bad_inputs(target_model, draft_model):
         dec.generate(ids, mask.flip(1))
     with pytest.raises(ValueError, match="different devices"):
         SpeculativeDecoder(target_model, copy.deepcopy(draft_model).to("meta"), gamma=2)
+
+
+def test_steps_cut_short_by_the_length_limit_are_not_rejections(target_model):
+    """An identical draft accepts everything; the last step drafts only what max_new_tokens leaves
+    room for (2 of 4). Such a step must not count as rejecting its undrafted positions."""
+    ids, mask = _batch(B=2)
+    s = SpeculativeDecoder(target_model, target_model, gamma=4).generate(ids, mask, max_new_tokens=23).stats
+    assert s.drafted_per_position == [10, 10, 8, 8]   # 5 steps per row, the last one drafted 2
+    assert s.acceptance_rate == 1.0
+    assert s.per_position_acceptance == [1.0] * 4
+    assert s.alpha == 1.0
