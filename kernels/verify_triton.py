@@ -62,12 +62,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from specdec.verify import LENIENCE_KINDS, VerifyResult, check_inputs
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     from ._interpreter import install as _install_interpreter_speedup
@@ -365,9 +365,32 @@ def _split(rows: int, V: int, block: int, sms: int, max_tiles: int | None = None
     return triton.cdiv(n_tiles, tiles), tiles
 
 
+class Verified(NamedTuple):
+    tokens: torch.Tensor         # [B, K+1] int64: emitted tokens left-aligned, -1 after the last
+    num_accepted: torch.Tensor   # [B] int64
+
+
 def _check(target_logits, draft_logits, draft_tokens, temperature, num_draft_tokens, lenience, lenience_eps):
-    B, K, V = check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps)
+    """The launch contract (shapes, dtypes, devices, strides): asserted here, before any launch."""
+    if target_logits.dim() != 3:
+        raise ValueError(f"target_logits must be [B, K+1, V], got shape {tuple(target_logits.shape)}")
+    B, K1, V = target_logits.shape
+    K = K1 - 1
+    if K < 0:
+        raise ValueError("target_logits needs at least one position (K+1 >= 1)")
+    if tuple(draft_logits.shape) != (B, K, V):
+        raise ValueError(f"draft_logits must be [B, K, V] = {(B, K, V)}, got {tuple(draft_logits.shape)}")
+    if tuple(draft_tokens.shape) != (B, K):
+        raise ValueError(f"draft_tokens must be [B, K] = {(B, K)}, got {tuple(draft_tokens.shape)}")
+    if draft_tokens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"draft_tokens must be int32 or int64, got {draft_tokens.dtype}")
+    if num_draft_tokens is not None and tuple(num_draft_tokens.shape) != (B,):
+        raise ValueError(f"num_draft_tokens must be [B] = ({B},), got {tuple(num_draft_tokens.shape)}")
+    if not (0.0 < lenience_eps <= 1.0):
+        raise ValueError(f"lenience_eps must be in (0, 1], got {lenience_eps}")
     dev = target_logits.device
+    if {draft_logits.device, draft_tokens.device} != {dev}:
+        raise ValueError("all verify_triton inputs must be on one device")
     if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("verify_triton needs CUDA tensors, or TRITON_INTERPRET=1 set before importing triton "
                          "to run on the CPU; use verify(..., backend='torch') otherwise")
@@ -388,7 +411,7 @@ def _check(target_logits, draft_logits, draft_tokens, temperature, num_draft_tok
     if num_draft_tokens is not None and num_draft_tokens.is_floating_point():
         raise ValueError(f"num_draft_tokens must be an integer tensor, got {num_draft_tokens.dtype}")
     if lenience not in _LENIENCE_CODE:
-        raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {lenience!r}")
+        raise ValueError(f"lenience must be one of {tuple(k for k in _LENIENCE_CODE if k)} or None, got {lenience!r}")
     return B, K, V
 
 
@@ -396,7 +419,7 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
                   temperature: torch.Tensor, num_draft_tokens: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, lenience: str | None = None,
                   lenience_eps: float = 1.0, *, block: int | None = None,
-                  sample_block: int | None = None, num_warps: int | None = None) -> VerifyResult:
+                  sample_block: int | None = None, num_warps: int | None = None) -> Verified:
     """The fused verification; same contract as `verify_reference` (temperature a [B] fp32 tensor).
 
     target_logits [B, K+1, V], draft_logits [B, K, V]: fp32 / bf16 / fp16, last dim contiguous (other
@@ -415,7 +438,7 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
     tokens = torch.empty((B, K + 1), device=dev, dtype=torch.int64)
     num_accepted = torch.empty((B,), device=dev, dtype=torch.int64)
     if B == 0:
-        return VerifyResult(tokens=tokens, num_accepted=num_accepted)
+        return Verified(tokens=tokens, num_accepted=num_accepted)
     if block is None:
         block = 4096 if target_logits.element_size() <= 2 else 2048
     if sample_block is None:
@@ -493,4 +516,4 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
             rmass, pmass, tokens, B, K, V, nc3, tiles3, s_tb, s_tk, s_db, s_dk, s_xb, s_xk, s_n,
             HAS_N=has_n, R=r4, BLOCK=block3, BLOCK_NC=bnc3, BLOCK_K1=max(2, p2(K + 1)),
             num_warps=8 if r4 * block3 >= 4096 else 4)
-    return VerifyResult(tokens=tokens, num_accepted=num_accepted)
+    return Verified(tokens=tokens, num_accepted=num_accepted)

@@ -15,6 +15,7 @@ Temperature 0 is greedy: accept iff x_i == argmax p_i, and the extra token is ar
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -46,21 +47,44 @@ def lenient_target(p_x: torch.Tensor, kind: str | None, eps: float) -> torch.Ten
 
 
 def _temperature_tensor(temperature, B: int, device) -> torch.Tensor:
-    """Scalar or [B] temperature -> [B] fp32 on device; checks non-negativity (one host sync when a
-    tensor is passed, paid only on this validation path)."""
+    """Scalar or [B] temperature -> [B] fp32 on device; checks it is finite and non-negative (one host
+    sync when a tensor is passed, paid only on this validation path)."""
     if isinstance(temperature, torch.Tensor):
         t = temperature.to(device=device, dtype=torch.float32).reshape(-1)
         if t.numel() == 1:
             t = t.expand(B)
         if t.shape != (B,):
             raise ValueError(f"temperature must be a float or a [B]={B} tensor, got shape {tuple(temperature.shape)}")
-        if bool((t < 0).any()):
-            raise ValueError("temperature must be >= 0 (0 means greedy)")
+        if not bool(((t >= 0) & t.isfinite()).all()):
+            raise ValueError("temperature must be finite and >= 0 (0 means greedy)")
         return t.contiguous()
     t = float(temperature)
-    if t < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {t}")
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t}")
     return torch.full((B,), t, device=device, dtype=torch.float32)
+
+
+def check_values(target_logits, draft_logits, draft_tokens, num_draft_tokens) -> None:
+    """What `verify` checks on values (one host sync): every draft id a row verifies lies in [0, V), and
+    no logit is NaN or +inf (-inf is a masked entry). Without it an out-of-range id would be emitted as
+    is, and NaN logits would silently emit token 0."""
+    B, K1, V = target_logits.shape
+    K = K1 - 1
+    n = torch.full((B,), K, device=draft_tokens.device) if num_draft_tokens is None else num_draft_tokens
+    used = torch.arange(K, device=draft_tokens.device)[None] < n[:, None]           # [B, K]
+    x = draft_tokens.long()
+    bad_ids = ((x < 0) | (x >= V)) & used
+    bad_logits = torch.stack([target_logits.isnan().any() | target_logits.isposinf().any(),
+                              draft_logits.isnan().any() | draft_logits.isposinf().any()])
+    flags = torch.cat([bad_ids.any(1), bad_logits]).tolist()
+    if any(flags[:B]):
+        b = flags.index(True)
+        raise ValueError(f"draft_tokens of row {b} hold ids outside [0, {V}): {draft_tokens[b].tolist()}; "
+                         "drafts must come from the shared vocabulary")
+    for name, bad in zip(("target_logits", "draft_logits"), flags[B:]):
+        if bad:
+            raise ValueError(f"{name} contain NaN or +inf; verification needs finite logits (-inf marks a "
+                             "masked token)")
 
 
 def check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps):
@@ -162,7 +186,7 @@ def _triton_usable(t: torch.Tensor) -> bool:
 def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens: torch.Tensor,
            temperature: float | torch.Tensor = 1.0, num_draft_tokens: torch.Tensor | None = None,
            generator: torch.Generator | None = None, backend: str = "torch",
-           lenience: str | None = None, lenience_eps: float = 1.0) -> VerifyResult:
+           lenience: str | None = None, lenience_eps: float = 1.0, validate: bool = True) -> VerifyResult:
     """Verify K drafted tokens per row against the target and emit 1..K+1 tokens per row.
 
     target_logits [B, K+1, V], draft_logits [B, K, V]: logits after top-k/top-p masking, before
@@ -171,11 +195,16 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
     its count are ignored and its bonus comes from target position num_draft_tokens.
     backend: "torch" (reference), "triton" (fused kernel; CUDA, or CPU under TRITON_INTERPRET=1),
     "auto" (Triton for CUDA tensors, else the reference).
+    validate: check values too (`check_values`: draft ids in range, no NaN; costs a host sync). The
+    decode loop passes False: its drafts are sampled inside the vocabulary and it checks NaN itself
+    in the round's one host read.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     B, K, V = check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps)
     temp = _temperature_tensor(temperature, B, target_logits.device)
+    if validate:
+        check_values(target_logits, draft_logits, draft_tokens, num_draft_tokens)
     if backend == "auto":
         kernel_dtypes = (torch.float32, torch.bfloat16, torch.float16)
         backend = ("triton" if target_logits.is_cuda and _triton_available()
@@ -184,9 +213,10 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
         if not _triton_usable(target_logits):
             raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before importing "
                              "triton to run it on the CPU; use backend='torch' or 'auto' otherwise")
-        from .kernels.verify_triton import verify_triton
-        return verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
-                             generator, lenience, lenience_eps)
+        from .kernels.verify_triton import verify_triton  # heavy optional dependency: imported on use
+        out = verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
+                            generator, lenience, lenience_eps)
+        return VerifyResult(tokens=out.tokens, num_accepted=out.num_accepted)
     all_greedy = not isinstance(temperature, torch.Tensor) and float(temperature) == 0.0
     return verify_reference(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
                             generator, lenience, lenience_eps, all_greedy)

@@ -36,13 +36,14 @@ def _batch(B=5, P=9, V=64, seed=5):
     return ids, mask
 
 
-def test_greedy_equals_plain_and_hf(target_model, draft_model, partial_draft):
+@pytest.mark.parametrize("impl", ["lean", "hf"])
+def test_greedy_equals_plain_and_hf(target_model, draft_model, partial_draft, impl):
     ids, mask = _batch()
-    ar = autoregressive_generate(target_model, ids, mask, max_new_tokens=24)
+    ar = autoregressive_generate(target_model, ids, mask, max_new_tokens=24, impl=impl)
     hf = target_model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0)
     assert [h[ids.shape[1]:].tolist() for h in hf] == ar.new_tokens
     for draft, gamma in ((partial_draft, 1), (partial_draft, 4), (draft_model, 3), (target_model, 5)):
-        sd = SpeculativeDecoder(target_model, draft, gamma=gamma).generate(ids, mask, max_new_tokens=24)
+        sd = SpeculativeDecoder(target_model, draft, gamma=gamma, impl=impl).generate(ids, mask, max_new_tokens=24)
         assert sd.new_tokens == ar.new_tokens, (gamma, draft is target_model)
         assert sd.stats.new_tokens == sum(map(len, ar.new_tokens))
 
@@ -81,47 +82,51 @@ def test_eos_and_lengths(target_model, partial_draft):
         assert len(out) <= 25 and (eos not in out[:-1])
 
 
-def test_caches_hold_exactly_the_accepted_prefix(target_model, partial_draft):
+@pytest.mark.parametrize("impl", ["lean", "hf"])
+def test_caches_hold_exactly_the_accepted_prefix(target_model, partial_draft, impl):
     """Between rounds, both caches (holes masked) give the same next logits as a fresh forward over the
     committed sequence, for every live row."""
     ids, mask = _batch(B=4, seed=11)
-    dec = SpeculativeDecoder(target_model, partial_draft, gamma=3)
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma=3, impl=impl)
     prompts = [ids[r][mask[r].bool()].tolist() for r in range(ids.shape[0])]
     checked = []
 
-    def hook(tgt, drf, pending, pos, prev, prev_needed, live, out):
-        for st, model in ((tgt, target_model), (drf, partial_draft)):
-            st2 = copy.deepcopy(st)
-            if st is drf:  # the draft may still owe d_K (a 2-token round) where a row accepted everything
-                d_ids = torch.stack([prev, pending], 1)
-                d_pos = torch.stack([pos - 1, pos], 1)
-                d_valid = torch.stack([prev_needed, torch.ones_like(prev_needed)], 1)
-                cached = st2.forward(d_ids, d_pos, d_valid)[:, -1]
-            else:
-                cached = st2.forward(pending[:, None], pos[:, None], torch.ones(len(live), 1, dtype=torch.bool))[:, -1]
-            for b, r in enumerate(live):
-                seq = torch.tensor([prompts[r] + out[r]])
-                fresh = model(seq).logits[0, -1]
+    def on_round(info):
+        # The draft may still owe d_K (a 2-token round) where a row accepted everything.
+        d_ids = torch.stack([info.prev, info.pending], 1)
+        d_pos = torch.stack([info.pos - 1, info.pos], 1)
+        d_valid = torch.stack([info.prev_needed, torch.ones_like(info.prev_needed)], 1)
+        one = torch.ones(len(info.live), 1, dtype=torch.bool)
+        before = (info.target.columns, info.draft.columns)
+        for cached, model in ((info.target.peek(info.pending[:, None], info.pos[:, None], one)[:, -1], target_model),
+                              (info.draft.peek(d_ids, d_pos, d_valid)[:, -1], partial_draft)):
+            for b, r in enumerate(info.live):
+                fresh = model(torch.tensor([prompts[r] + info.outputs[r]])).logits[0, -1]
                 torch.testing.assert_close(cached[b], fresh, atol=1e-4, rtol=1e-4)
-        checked.append(tgt.columns)
+        assert (info.target.columns, info.draft.columns) == before   # a peek leaves the caches as they were
+        checked.append(info.target.columns)
 
-    dec._round_hook = hook
-    dec.generate(ids, mask, max_new_tokens=20)
+    out = dec.generate(ids, mask, max_new_tokens=20, on_round=on_round)
     assert len(checked) >= 5
+    assert out.new_tokens == autoregressive_generate(target_model, ids, mask, max_new_tokens=20, impl=impl).new_tokens
 
 
 def test_holes_are_compacted(target_model, partial_draft, monkeypatch):
     """Ragged runs compact the cache once holes pile up; output still equals plain decoding."""
-    from specdec import decoding
-    monkeypatch.setattr(decoding._KVState, "COMPACT_SLACK", 4)
+    from specdec import kvcache
+    monkeypatch.setattr(kvcache, "COMPACT_SLACK", 4)
     calls = []
-    orig = decoding._KVState.compact
-    monkeypatch.setattr(decoding._KVState, "compact", lambda self: (calls.append(1), orig(self)))
+    orig = kvcache.KVCache.compact
+    monkeypatch.setattr(kvcache.KVCache, "compact", lambda self: (calls.append(1), orig(self)))
     ids, mask = _batch(B=3, seed=3)
     dec = SpeculativeDecoder(target_model, partial_draft, gamma=6)
     widths = []
-    dec._round_hook = lambda tgt, **kw: widths.append((tgt.columns, int(tgt.mask.sum(1).max())))
-    sd = dec.generate(ids, mask, max_new_tokens=40)
+
+    def on_round(info):
+        kv = info.target.kv
+        widths.append((kv.length, int(kv.valid[:kv.batch, :kv.length].sum(1).max())))
+
+    sd = dec.generate(ids, mask, max_new_tokens=40, on_round=on_round)
     ar = autoregressive_generate(target_model, ids, mask, max_new_tokens=40)
     assert sd.new_tokens == ar.new_tokens
     assert calls
@@ -232,3 +237,22 @@ def test_steps_cut_short_by_the_length_limit_are_not_rejections(target_model):
     assert s.acceptance_rate == 1.0
     assert s.per_position_acceptance == [1.0] * 4
     assert s.alpha == 1.0
+
+
+def test_nan_temperature_and_nan_models_are_errors(target_model, draft_model):
+    """NaN temperature once meant T = 1 silently; a model emitting NaN logits once produced token 0."""
+    ids, mask = _batch(B=2)
+    dec = SpeculativeDecoder(target_model, draft_model, gamma=2)
+    for t in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number"):
+            dec.generate(ids, mask, temperature=t)
+        with pytest.raises(ValueError, match="temperature must be a finite number"):
+            autoregressive_generate(target_model, ids, mask, temperature=t)
+    broken = copy.deepcopy(target_model)
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(float("nan"))
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match="target.*NaN logits"):
+            SpeculativeDecoder(broken, draft_model, gamma=2).generate(ids, mask, temperature=temperature)
+        with pytest.raises(ValueError, match="target produced NaN logits"):
+            autoregressive_generate(broken, ids, mask, temperature=temperature)

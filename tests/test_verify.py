@@ -160,8 +160,9 @@ def test_bad_inputs():
         verify(t_logits, d_logits[:, :1], drafts)
     with pytest.raises(ValueError, match="draft_tokens must be"):
         verify(t_logits, d_logits, drafts[:, :1])
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
-        verify(t_logits, d_logits, drafts, temperature=-1.0)
+    for bad in (-1.0, float("nan"), float("inf"), torch.tensor([1.0, float("nan"), 1.0])):
+        with pytest.raises(ValueError, match="temperature must be"):
+            verify(t_logits, d_logits, drafts, temperature=bad)
     with pytest.raises(ValueError, match="backend"):
         verify(t_logits, d_logits, drafts, backend="cuda")
     with pytest.raises(ValueError, match="lenience"):
@@ -170,3 +171,28 @@ def test_bad_inputs():
         verify(t_logits, d_logits, drafts, lenience="lin", lenience_eps=0.0)
     with pytest.raises(ValueError, match="num_draft_tokens"):
         verify(t_logits, d_logits, drafts, num_draft_tokens=torch.tensor([1]))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_out_of_range_drafts_and_nan_logits_are_errors(backend):
+    """A draft id outside [0, V) was once emitted as is ([15, 15, 15, 9] with V = 10; -7 came back as -7)
+    and NaN logits emitted token 0: both are now errors that say what is wrong."""
+    t_logits, d_logits, drafts = _setup(V=10, K=3, N=2)
+    for bad_id in (15, -7):
+        x = drafts.clone()
+        x[1, 0] = bad_id
+        with pytest.raises(ValueError, match=r"row 1 hold ids outside \[0, 10\)"):
+            verify(t_logits, d_logits, x, temperature=1.0, backend=backend)
+    # An id beyond a row's num_draft_tokens is never verified, so it is not an error.
+    x = drafts.clone()
+    x[0, 2] = 99
+    out = verify(t_logits, d_logits, x, temperature=0.0, num_draft_tokens=torch.tensor([2, 3]), backend=backend)
+    assert int(out.tokens.max()) < 10
+    for which in ("target", "draft"):
+        t, d = t_logits.clone(), d_logits.clone()
+        (t if which == "target" else d)[0, 0, 3] = float("nan")
+        with pytest.raises(ValueError, match=f"{which}_logits contain NaN"):
+            verify(t, d, drafts, temperature=1.0, backend=backend)
+    masked = t_logits.clone()
+    masked[:, :, 5:] = float("-inf")   # top-k masking: -inf is legitimate
+    verify(masked, d_logits, drafts, temperature=1.0, backend=backend)

@@ -1,0 +1,194 @@
+"""The KV cache of one model: preallocated buffers written in place, with holes.
+
+Layout. Per layer, keys and values live in one buffer [B0, Hkv, capacity, D] allocated once (B0 = the
+batch a decode starts with). Columns [0, length) hold tokens; `length` is one write position shared by
+every row, a host int. A 2-D validity mask [B0, capacity] says which columns of each row are real:
+a rejected draft stays where it was written and becomes a hole (valid = False) that attention skips.
+Each forward over S new tokens
+  1. `begin(valid_new)` marks columns [length, length+S) and builds the 4-D additive attention mask
+     [B, 1, S, length+S] (0 = visible, dtype min = hidden; not -inf, so a query that sees nothing, e.g.
+     a left pad, gets finite garbage instead of NaN that a later 0-weight would turn into NaN),
+  2. every layer's `write` copies its new K/V into those columns and attends to the buffer's first
+     length+S columns (a view: no concatenation, no allocation),
+  3. `end(S)` moves the write position past them.
+Rewinding is moving `length` back (`crop`); finished rows leave with one in-place row gather
+(`select_rows`); when holes waste much of the cache, `compact` moves each row's valid columns to the
+front in one gather. A peek (a forward whose tokens are then forgotten) is a forward followed by a
+crop: columns at or beyond `length` are never read.
+
+Static mode (for CUDA graphs): shapes must not change between replays, so every forward attends to
+all `capacity` columns (the mask hides the unused tail) and writes at a device tensor of column
+indices (`write_index`) with index_copy_, which a captured graph replays at new positions.
+
+transformers models see the same buffers through `HFCache`, a subclass of transformers' public
+`Cache` whose per-layer `update` is `KVCache.write` (transformers 5.17 and 5.24 both call
+`cache.update(k, v, layer_idx, ...)` from every attention layer and return a 4-D mask unchanged).
+"""
+from __future__ import annotations
+
+import torch
+
+# Holes cost attention work and memory; compaction costs a copy of the live cache. Compact when the
+# holes waste more than COMPACT_SLACK columns and a quarter of the cache.
+COMPACT_SLACK = 64
+
+
+class KVCache:
+    """Preallocated K/V buffers of one model, with holes (see the module docstring). A layer's buffers
+    are allocated at its first write, from the shapes the model writes ([B0, Hkv, capacity, D])."""
+
+    def __init__(self, batch: int, capacity: int, dtype: torch.dtype, device, static: bool = False):
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.valid = torch.zeros((batch, capacity), dtype=torch.bool, device=device)  # [B0, capacity]
+        self.batch = batch            # live rows: the first `batch` rows of every buffer
+        self.length = 0               # columns in use (host int): the shared write position
+        self.capacity = capacity
+        self.static = static
+        self.dtype = dtype
+        self.write_index = None       # static mode: [S] int64 device columns of the current forward
+        self._pending = 0             # S of the forward in flight (between begin and end)
+        self._zero = torch.zeros((), dtype=dtype, device=device)
+        self._hidden = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+
+    # -- one forward
+    def begin(self, valid_new: torch.Tensor) -> torch.Tensor:
+        """Mark the S new columns of each row (valid_new: [B, S] bool) and return the additive mask
+        [B, 1, S, L] of this forward (L = length + S, or capacity in static mode)."""
+        B, S = valid_new.shape
+        if B != self.batch:
+            raise ValueError(f"forward over {B} rows but the cache holds {self.batch}")
+        if self.length + S > self.capacity:
+            self.compact()
+            if self.length + S > self.capacity:
+                raise ValueError(f"KV cache full: {self.length} + {S} columns > capacity {self.capacity}")
+        start, stop = self.length, self.length + S
+        self.valid[:B, start:stop] = valid_new
+        L = self.capacity if self.static else stop
+        if S == 1 and not self.static:  # the decode step: visibility is validity (3 ops, no causal part)
+            visible = self.valid[:B, None, None, :L]                                   # [B, 1, 1, L]
+        else:  # column c is visible to new token s iff valid and c <= start + s (causal in the block)
+            allow = torch.ones((S, L), dtype=torch.bool, device=self.valid.device).tril_(start)  # [S, L]
+            visible = (self.valid[:B, None, :L] & allow).unsqueeze(1)                  # [B, 1, S, L]
+        if self.static:
+            self.write_index = torch.arange(start, stop, device=self.valid.device)
+        self._pending = S
+        return torch.where(visible, self._zero, self._hidden)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: [B, Hkv, S, D] of the forward in flight. Returns the K, V to attend to: views
+        [B, Hkv, L, D] of this layer's buffers."""
+        if layer == len(self.keys):  # first forward: allocate this layer's buffers once
+            B0, cap = self.valid.shape
+            self.keys.append(k.new_zeros((B0, k.shape[1], cap, k.shape[3]), dtype=self.dtype))
+            self.values.append(v.new_zeros((B0, v.shape[1], cap, v.shape[3]), dtype=self.dtype))
+        kb, vb = self.keys[layer], self.values[layer]
+        B = self.batch
+        if self.static:
+            kb[:B].index_copy_(2, self.write_index, k.to(kb.dtype))
+            vb[:B].index_copy_(2, self.write_index, v.to(vb.dtype))
+            return kb[:B], vb[:B]
+        start, stop = self.length, self.length + k.shape[2]
+        kb[:B, :, start:stop] = k
+        vb[:B, :, start:stop] = v
+        return kb[:B, :, :stop], vb[:B, :, :stop]
+
+    def end(self) -> None:
+        self.length += self._pending
+        self._pending = 0
+
+    # -- bookkeeping between forwards (all in place; host ints, no sync unless said)
+    def set_tail_validity(self, valid_tail: torch.Tensor) -> None:
+        """Overwrite the validity of the last S columns. valid_tail: [B, S] bool."""
+        S = valid_tail.shape[1]
+        self.valid[:self.batch, self.length - S:self.length] = valid_tail
+
+    def crop(self, length: int) -> None:
+        """Forget every column at or beyond `length` (a host int <= self.length)."""
+        self.length = min(self.length, int(length))
+
+    def select_rows(self, idx: torch.Tensor) -> None:
+        """Keep rows idx (ascending, [B'] int64) as rows 0..B'-1; costs one copy of their columns."""
+        n, L = int(idx.numel()), self.length
+        for buf in self.keys + self.values:
+            buf[:n, :, :L] = buf[idx, :, :L]
+        self.valid[:n, :L] = self.valid[idx, :L]
+        self.batch = n
+
+    def waste(self) -> int:
+        """Columns that are holes in the fullest row (one host sync)."""
+        return self.length - int(self.valid[:self.batch, :self.length].sum(1).max()) if self.length else 0
+
+    def compact(self) -> None:
+        """Move each row's valid columns to the front, keeping their order (one gather over the cache)."""
+        B, L = self.batch, self.length
+        valid = self.valid[:B, :L]                                                   # [B, L]
+        keep = int(valid.sum(1).max()) if L else 0
+        order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)[:, :keep]  # [B, keep]
+        self.valid[:B, :keep] = valid.gather(1, order)
+        for buf in self.keys + self.values:
+            Hkv, D = buf.shape[1], buf.shape[3]
+            gidx = order[:, None, :, None].expand(B, Hkv, keep, D)
+            buf[:B, :, :keep] = buf[:B, :, :L].gather(2, gidx)
+        self.length = keep
+
+    def maybe_compact(self, lower_bound_valid: int) -> None:
+        """Compact when holes waste more than COMPACT_SLACK columns and a quarter of the cache.
+        lower_bound_valid: a host-side lower bound on the fullest row's valid columns, so that the
+        exact count (a host sync) is read only when compaction may be worthwhile."""
+        if self.length - lower_bound_valid <= COMPACT_SLACK:
+            return
+        waste = self.waste()
+        if waste > COMPACT_SLACK and waste * 4 > self.length:
+            self.compact()
+
+
+def _hf_cache_class():
+    """HFCache is defined on first use: importing transformers costs seconds, and the CLI's --help and
+    the math modules must not pay it."""
+    global _HF_CACHE
+    if _HF_CACHE is not None:
+        return _HF_CACHE
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    class _Layer(CacheLayerMixin):
+        is_compileable = False
+        is_sliding = False
+
+        def __init__(self, kv: KVCache, index: int):
+            super().__init__()
+            self.kv, self.index = kv, index
+            self.is_initialized = True
+
+        def lazy_initialization(self, key_states, value_states):
+            pass
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            return self.kv.write(self.index, key_states, value_states)
+
+        def get_seq_length(self) -> int:
+            return self.kv.length
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.kv.length + query_length, 0
+
+        def get_max_length(self) -> int:
+            return self.kv.capacity
+
+    class HFCache(Cache):
+        """transformers' public Cache API over a KVCache (see the module docstring)."""
+
+        def __init__(self, kv: KVCache, num_layers: int):
+            super().__init__(layers=[_Layer(kv, i) for i in range(num_layers)])
+            self.kv = kv
+
+    _HF_CACHE = HFCache
+    return HFCache
+
+
+_HF_CACHE = None
+
+
+def hf_cache(kv: KVCache, num_layers: int):
+    """A transformers Cache over `num_layers` attention layers that writes into `kv` in place."""
+    return _hf_cache_class()(kv, num_layers)

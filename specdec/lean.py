@@ -1,0 +1,214 @@
+"""A lean decode forward for Llama-family models (Llama, Mistral, Qwen2): the same math as the
+transformers forward in about a quarter of the operations.
+
+Why: at decode sizes a transformers forward is mostly framework time. A 2-layer, 1M-parameter draft
+does ~2 MFLOP per token but ~150 PyTorch operations (module calls, mask building, per-projection
+matmuls, cache concatenation), each costing microseconds on a CPU or a kernel launch on a GPU; that
+overhead, not the weights, sets its step time. This forward reads the model's own weights (no copy,
+unless fusing pays: see below) and runs one layer as: RMSNorm, one QKV matmul, rotary embedding of q
+and k together, an in-place cache write, SDPA, the output projection, RMSNorm, one gate-up matmul,
+SiLU-gating, the down projection.
+
+Fusing: on the CPU q/k/v and gate/up are concatenated into one weight each (two fewer matmul
+dispatches per layer; a copy of those weights, which are small there). On CUDA they stay separate:
+the dispatch cost is removed by CUDA graphs instead, and a fused copy of a 7B model's projections
+would cost GBs. Fused weights are rebuilt when a parameter changes (its version counter moves), so a
+draft being trained is always decoded with its current weights.
+
+Equivalence: logits equal the transformers forward up to float rounding (tests/test_lean.py); plain
+and speculative decoding use the same forward, so greedy speculative output equals plain greedy
+output exactly. Models outside the family (or with sliding windows, length-dependent RoPE, biases
+where Llama has none) use the transformers forward over the same cache (`supports` says which).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_FAMILY = ("llama", "mistral", "qwen2")
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn")   # inv_freq independent of the sequence length
+
+
+def supports(model) -> str | None:
+    """None if `model` can run on the lean forward, else the reason it cannot (a short phrase)."""
+    cfg = getattr(model, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in _FAMILY:
+        return f"model_type {kind!r} is not one of {_FAMILY}"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "unexpected module layout"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg.hidden_act!r}"
+    if getattr(cfg, "mlp_bias", False) or getattr(cfg, "pretraining_tp", 1) != 1:
+        return "mlp_bias / pretraining_tp"
+    window = getattr(cfg, "sliding_window", None)
+    if window and (kind != "qwen2" or getattr(cfg, "use_sliding_window", False)) \
+            and window < getattr(cfg, "max_position_embeddings", 0):
+        return f"sliding_window {window}"
+    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type not in _STATIC_ROPE:
+        return f"rope_type {rope_type!r} depends on the sequence length"
+    attn = inner.layers[0].self_attn
+    if getattr(attn, "o_proj", None) is None or getattr(attn.o_proj, "bias", None) is not None:
+        return "attention output bias"
+    if hasattr(attn, "q_norm"):
+        return "per-head q/k norms"
+    return None
+
+
+class _Linear:
+    """y = x W^T (+ b) for one fused or plain projection; `module` keeps an int8 (or any non-Linear)
+    projection module as is."""
+
+    def __init__(self, weight=None, bias=None, module=None):
+        self.weight, self.bias, self.module = weight, bias, module
+
+    def __call__(self, x):
+        if self.module is not None:
+            return self.module(x)
+        return F.linear(x, self.weight, self.bias)
+
+
+def _is_plain(m) -> bool:
+    return type(m) is torch.nn.Linear
+
+
+def _fused(mods) -> _Linear:
+    """One projection computing every module of `mods` (outputs concatenated in order)."""
+    if len(mods) == 1 or not all(_is_plain(m) for m in mods):
+        raise ValueError("fuse only plain Linear modules")
+    w = torch.cat([m.weight.detach() for m in mods])
+    b = None if all(m.bias is None for m in mods) else torch.cat(
+        [m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in mods])
+    return _Linear(w, b)
+
+
+def _single(m) -> _Linear:
+    if _is_plain(m):
+        return _Linear(m.weight.detach(), None if m.bias is None else m.bias.detach())
+    return _Linear(module=m)
+
+
+class _Layer:
+    def __init__(self, layer, fuse: bool):
+        a, mlp = layer.self_attn, layer.mlp
+        projections = [a.q_proj, a.k_proj, a.v_proj]
+        self.fused_qkv = fuse and all(_is_plain(m) for m in projections)
+        self.qkv = [_fused(projections)] if self.fused_qkv else [_single(m) for m in projections]
+        self.o = _single(a.o_proj)
+        self.fused_gu = fuse and _is_plain(mlp.gate_proj) and _is_plain(mlp.up_proj)
+        self.gate_up = [_fused([mlp.gate_proj, mlp.up_proj])] if self.fused_gu else \
+            [_single(mlp.gate_proj), _single(mlp.up_proj)]
+        self.down = _single(mlp.down_proj)
+        self.norm1 = layer.input_layernorm.weight.detach()
+        self.norm2 = layer.post_attention_layernorm.weight.detach()
+
+
+def _version_key(model) -> tuple:
+    """Changes whenever a parameter is replaced or updated in place (optimizer steps)."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+class LeanForward:
+    """The lean forward of one model. `__call__(ids, pos, cache, mask, logits_to_keep)` -> logits."""
+
+    def __init__(self, model):
+        reason = supports(model)
+        if reason is not None:
+            raise ValueError(f"the lean forward does not support this model: {reason}")
+        cfg = model.config
+        self.model = model
+        self.H = cfg.num_attention_heads
+        self.Hkv = getattr(cfg, "num_key_value_heads", None) or self.H
+        self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.H
+        self.eps = cfg.rms_norm_eps
+        self.scale = self.D ** -0.5
+        self._key = None
+        self._build()
+
+    def _build(self):
+        m = self.model
+        inner = m.model
+        dev = inner.embed_tokens.weight.device
+        fuse = dev.type == "cpu"
+        self.embed = inner.embed_tokens.weight.detach()
+        self.norm = inner.norm.weight.detach()
+        self.layers = [_Layer(layer, fuse) for layer in inner.layers]
+        self.head = _single(m.lm_head)
+        rot = inner.rotary_emb
+        self.inv_freq = rot.inv_freq.detach().float().to(dev)
+        self.attention_scaling = float(getattr(rot, "attention_scaling", 1.0))
+        self._rope_len = 0
+        self._key = _version_key(m)
+
+    def refresh(self):
+        """Rebuild views and fused weights if the model's parameters changed since the last call."""
+        if _version_key(self.model) != self._key:
+            self._build()
+
+    # -- rotary embedding: cos and sin tables over positions, grown on demand
+    def _tables(self, max_pos: int, dtype):
+        if max_pos >= self._rope_len or self._cos.dtype != dtype:
+            n = max(2 * max_pos, 256)
+            f = torch.outer(torch.arange(n, device=self.inv_freq.device, dtype=torch.float32), self.inv_freq)
+            emb = torch.cat([f, f], dim=-1)                                   # [n, D] (half-split layout)
+            half = self.D // 2
+            sin = emb.sin() * self.attention_scaling
+            # rotate_half(x) * sin == roll(x, D/2) * [-sin_1, sin_2]: one roll instead of slice-neg-cat
+            sin[:, :half] = -sin[:, :half]
+            self._cos = (emb.cos() * self.attention_scaling).to(dtype)
+            self._sin = sin.to(dtype)
+            self._rope_len = n
+        return self._cos, self._sin
+
+    def _rms(self, x, w):
+        # transformers' LlamaRMSNorm: in fp32, then back to the input dtype, times the weight
+        if x.dtype == torch.float32:   # skip two no-op casts: each still costs a dispatch
+            return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        xf = x.float()
+        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0):
+        """ids, pos: [B, S] int64; cache: KVCache (begin() already called; mask [B, 1, S, L] from it).
+        Returns logits [B, S', V] of the last logits_to_keep positions (0 = all).
+        Activations stay 2-D ([B*S, d]) between attentions: a 3-D matmul costs two reshapes more."""
+        B, S = ids.shape
+        H, Hkv, D = self.H, self.Hkv, self.D
+        x = F.embedding(ids.reshape(-1), self.embed)                          # [N, d], N = B*S
+        cos, sin = self._tables(cache.capacity, x.dtype)   # positions < columns <= capacity
+        flat = pos.reshape(-1)
+        cos, sin = F.embedding(flat, cos).unsqueeze(1), F.embedding(flat, sin).unsqueeze(1)  # [N, 1, D]
+        G = H // Hkv                                                          # query heads per KV head
+        gmask = mask if G == 1 else mask.repeat(1, 1, G, 1)                   # [B, 1, G*S, L]
+        for i, layer in enumerate(self.layers):
+            h = self._rms(x, layer.norm1)
+            if layer.fused_qkv:
+                qkv = layer.qkv[0](h).view(-1, H + 2 * Hkv, D)                # [N, H+2Hkv, D]
+                qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
+            else:
+                q, k, v = (p(h) for p in layer.qkv)
+                qk = torch.cat([q.view(-1, H, D), k.view(-1, Hkv, D)], 1)
+                v = v.view(-1, Hkv, D)
+            qk = torch.addcmul(qk * cos, qk.roll(D // 2, dims=-1), sin)       # RoPE on q and k at once
+            K, V = cache.write(i, qk[:, H:].view(B, S, Hkv, D).transpose(1, 2),
+                               v.reshape(B, S, Hkv, D).transpose(1, 2))        # [B, Hkv, L, D]
+            # Grouped-query attention without copying K/V: the G query heads of one KV head become
+            # G * S queries of that head (head h = kv * G + j, transformers' repeat_kv order).
+            q = qk[:, :H].view(B, S, H, D)
+            q = q.transpose(1, 2) if G == 1 else \
+                q.reshape(B, S, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * S, D)
+            o = F.scaled_dot_product_attention(q, K, V, attn_mask=gmask, scale=self.scale)
+            o = o.transpose(1, 2) if G == 1 else o.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4)
+            x = x + layer.o(o.reshape(-1, H * D))
+            h = self._rms(x, layer.norm2)
+            if layer.fused_gu:
+                g, u = layer.gate_up[0](h).chunk(2, dim=-1)
+            else:
+                g, u = (p(h) for p in layer.gate_up)
+            x = x + layer.down(F.silu(g) * u)
+        x = x.view(B, S, -1)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self.head(self._rms(x, self.norm))

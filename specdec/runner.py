@@ -1,0 +1,144 @@
+"""One model with its KV cache: the cached decode step that every loop in specdec runs on.
+
+`ModelRunner(model, batch, capacity)` owns a KVCache (specdec/kvcache.py) and runs the model over it:
+  * the lean forward (specdec/lean.py) for Llama-family models, else the transformers forward with
+    the cache behind transformers' public Cache API (`impl="auto"` picks; both write in place);
+  * optionally as CUDA graphs (specdec/graphs.py): every (batch, tokens) shape captured once, then
+    replayed, so a decode step costs one graph launch instead of hundreds of kernel launches.
+`forward(ids, pos, valid)` appends S columns (valid = which of them are real) and returns logits;
+`peek` does the same and forgets them; `prefill` feeds a left-padded prompt but its last token.
+Positions are explicit per row, so a row's cache may hold holes (rejected drafts) without shifting
+anything.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from . import lean
+from .kvcache import KVCache, hf_cache
+from .util import input_device
+
+IMPLS = ("auto", "lean", "hf")
+
+
+def cache_kwarg(model) -> str:
+    """transformers 5.24 renamed forward's `past_key_values` to `cache`; accept both."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def num_attention_layers(model) -> int:
+    cfg = model.config
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    raise ValueError(f"cannot tell how many layers {type(model).__name__} has (no num_hidden_layers in its config)")
+
+
+def model_dtype(model) -> torch.dtype:
+    return model.get_input_embeddings().weight.dtype
+
+
+def lean_forward_of(model) -> lean.LeanForward:
+    """The model's LeanForward, built once and kept on the model (rebuilt if its weights change)."""
+    fwd = getattr(model, "_specdec_lean", None)
+    if fwd is None or fwd.model is not model:
+        fwd = lean.LeanForward(model)
+        object.__setattr__(model, "_specdec_lean", fwd)   # not a submodule: no state_dict entry
+    else:
+        fwd.refresh()
+    return fwd
+
+
+def resolve_impl(model, impl: str = "auto") -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "lean" if lean.supports(model) is None else "hf"
+    if impl == "lean":
+        reason = lean.supports(model)
+        if reason is not None:
+            raise ValueError(f"impl='lean' does not support {type(model).__name__}: {reason}; use impl='hf'")
+    return impl
+
+
+class ModelRunner:
+    def __init__(self, model, batch: int, capacity: int, impl: str = "auto", cuda_graphs: bool = False,
+                 static: bool | None = None):
+        """static: the cache's static mode (default: on with cuda_graphs); tests force it on the CPU to
+        check that the shapes graphs need compute the same logits."""
+        self.model = model
+        self.device = input_device(model)
+        self.impl = resolve_impl(model, impl)
+        if cuda_graphs and (self.device.type != "cuda" or self.impl != "lean"):
+            raise ValueError("CUDA graphs need a CUDA device and a model the lean forward supports "
+                             f"(here: {self.device.type}, {self.impl}); turn them off")
+        static = cuda_graphs if static is None else static
+        if cuda_graphs and not static:
+            raise ValueError("CUDA graphs need the static cache")
+        if static:
+            capacity = -(-capacity // 64) * 64   # SDPA's fused kernels want an aligned mask width
+        self.kv = KVCache(batch, capacity, model_dtype(model), self.device, static=static)
+        self.graphs = None
+        if self.impl == "lean":
+            self._lean = lean_forward_of(model)
+        else:
+            self._hf_cache = hf_cache(self.kv, num_attention_layers(model))
+            self._kw = cache_kwarg(model)
+        if cuda_graphs:
+            from .graphs import GraphSet
+            self.graphs = GraphSet(self)
+
+    # -- forwards
+    def eager(self, ids, pos, mask, logits_to_keep: int = 0):
+        """One forward over the cache whose begin() produced `mask`. ids, pos: [B, S]."""
+        if self.impl == "lean":
+            return self._lean(ids, pos, self.kv, mask, logits_to_keep)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         logits_to_keep=logits_to_keep, **{self._kw: self._hf_cache})
+        return out.logits
+
+    def forward(self, ids, pos, valid, logits_to_keep: int = 0):
+        """Append S columns (ids, pos: [B, S] int64; valid: [B, S] bool); logits [B, S', V]."""
+        mask = self.kv.begin(valid)
+        if self.graphs is not None and self.graphs.eligible(ids.shape[1]):
+            logits = self.graphs.run(ids, pos, mask, logits_to_keep)
+        else:
+            logits = self.eager(ids, pos, mask, logits_to_keep)
+        self.kv.end()
+        return logits
+
+    def peek(self, ids, pos, valid, logits_to_keep: int = 0):
+        """A forward whose columns are forgotten afterwards (the cache is left as it was)."""
+        length = self.kv.length
+        logits = self.forward(ids, pos, valid, logits_to_keep)
+        self.kv.crop(length)
+        return logits
+
+    def prefill(self, ids, mask):
+        """Feed every prompt token but the last (which the decode loop feeds as its pending token).
+        ids, mask: [B, P] left-padded. Positions are cumsum(mask) - 1 as in transformers' generate;
+        pads get position 0 and stay holes."""
+        if ids.shape[1] > 1:
+            pos = (mask.cumsum(1) - 1).clamp_min(0)
+            self.forward(ids[:, :-1], pos[:, :-1], mask[:, :-1].bool(), logits_to_keep=1)
+
+    # -- cache bookkeeping (see KVCache)
+    @property
+    def columns(self) -> int:
+        return self.kv.length
+
+    def set_tail_validity(self, valid_tail):
+        self.kv.set_tail_validity(valid_tail)
+
+    def crop(self, length: int):
+        self.kv.crop(length)
+
+    def select_rows(self, idx):
+        self.kv.select_rows(idx)
+
+    def maybe_compact(self, lower_bound_valid: int):
+        self.kv.maybe_compact(lower_bound_valid)
