@@ -5,13 +5,15 @@ for the data sources that do not depend on the draft (dataset, teacher). `specde
 Layout of DIR (an output folder like any other: refused when it holds another run unless --overwrite;
 --resume continues an interrupted build with the same settings):
   specdec_run.json     the settings, as every command writes them
-  step_NNNNNN.pt       one file per optimizer step: the cache's id, and for each global micro-batch the
+  build_id             a random id drawn when the build starts (kept by --resume)
+  step_NNNNNN.pt       one file per optimizer step: the build id, and for each global micro-batch the
                        sequences (input_ids, attention_mask, cont_mask) and, for the N real continuation
                        tokens, topk_idx [N, K] int32, topk_logp [N, K] fp32, tail_logp [N] fp32
   meta.json            written last (a folder without it is an unfinished build): the settings the
-                       batches depend on, the cache's id, and every step file with its size
-A reader refuses a folder whose step files are missing, of another size than meta.json says, or carry
-another id (files of another build): a cache holds exactly what its meta.json describes.
+                       batches depend on, the build id, and every step file with its size
+A reader refuses a folder whose step files are missing or of another size than meta.json says (checked
+when it opens the cache), or carry another build id (checked when it reads the file): a cache is used
+only as exactly what its meta.json describes.
 
 The batches are exactly those `specdec distill` would build (same pure function of seed and step), so a
 cached run and an uncached one see the same sequences. The log-probs are at the deployment temperature:
@@ -21,10 +23,10 @@ tokens: 64 KiB).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
+import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -33,13 +35,14 @@ import torch
 from .. import config
 from ..config import option
 from ..models import bundled_pair, load_model, load_tokenizer
-from ..util import RUN_FILE, prepare_out_dir, resolve_device, write_json_atomic
+from ..util import prepare_out_dir, resolve_device, write_json_atomic, write_text_atomic
 from .data import Batch, PromptSet, TeacherTopK, continuation_logits, make_batch
 from .losses import teacher_topk
 
 # Settings a cache and a training run must agree on.
 MATCH = ("data_source", "data", "prompt_tokens", "new_tokens", "temperature", "batch_size", "seed")
 FORMAT = 2
+_REBUILD = "rebuild the cache with `specdec cache-teacher --overwrite`"
 
 
 @dataclass
@@ -105,14 +108,31 @@ class TeacherCache:
                              "one with `specdec cache-teacher --out DIR` (or finish it with --resume)")
         self.meta = json.loads(meta.read_text(encoding="utf-8"))
         if self.meta.get("format") != FORMAT or "files" not in self.meta:
-            raise ValueError(f"--teacher-cache {self.folder} was written by another version of specdec; rebuild it "
-                             "with `specdec cache-teacher --overwrite`")
-        for name, size in self.meta["files"].items():
-            path = self.folder / name
-            if not path.is_file() or path.stat().st_size != size:
-                raise ValueError(f"--teacher-cache {self.folder}: {name} is missing or not the file meta.json "
-                                 "describes; rebuild the cache with `specdec cache-teacher --overwrite`")
+            raise ValueError(f"--teacher-cache {self.folder} was written by another version of specdec; {_REBUILD}")
+        for step in range(self.meta["steps"]):   # a stat per file here; the build id when a file is read
+            self._check_size(step)
         self._step, self._data = None, None
+
+    def _check_size(self, step: int) -> Path:
+        name = step_name(step)
+        path, size = self.folder / name, self.meta["files"].get(name)
+        if size is None or not path.is_file() or path.stat().st_size != size:
+            raise ValueError(f"--teacher-cache {self.folder}: {name} is missing or not the file meta.json "
+                             f"describes; {_REBUILD}")
+        return path
+
+    def _check_file(self, step: int) -> dict:
+        """The step file, after checking it is the one meta.json lists (size, build id and step). mmap:
+        only the tensors a micro-batch touches are read from disk."""
+        path = self._check_size(step)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - whatever torch raises for a damaged file
+            raise ValueError(f"--teacher-cache {path} does not read ({type(e).__name__}); {_REBUILD}") from None
+        if data.get("cache_id") != self.meta["cache_id"] or data.get("step") != step:
+            raise ValueError(f"--teacher-cache {path} belongs to another build than {self.folder / 'meta.json'}; "
+                             f"{_REBUILD}")
+        return data
 
     def check_compatible(self, cfg, world: int, target: str) -> None:
         """cfg: the DistillConfig of the run; target: the run's resolved target path."""
@@ -131,15 +151,9 @@ class TeacherCache:
 
     def _load(self, step: int) -> dict:
         if self._step != step:
-            path = self.folder / step_name(step)
-            if step_name(step) not in self.meta["files"]:
+            if not 0 <= step < self.meta["steps"]:
                 raise ValueError(f"teacher cache {self.folder} holds {self.meta['steps']} steps, not step {step}")
-            # mmap: only the tensors touched are read from disk
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            if data.get("cache_id") != self.meta["cache_id"] or data.get("step") != step:
-                raise ValueError(f"teacher cache {path} belongs to another build than {self.folder / 'meta.json'}; "
-                                 "rebuild the cache with `specdec cache-teacher --overwrite`")
-            self._data, self._step = data, step
+            self._data, self._step = self._check_file(step), step
         return self._data
 
     def entry(self, step: int, micro: int) -> tuple[Batch, TeacherTopK]:
@@ -159,11 +173,15 @@ def step_name(step: int) -> str:
 # ----------------------------------------------------------------------------------------------------
 # Building.
 
-def _cache_id(out: Path, settings: dict) -> str:
-    """The build's identity: its settings and the moment its output folder was claimed (kept on --resume),
-    so files of an earlier build with the same settings are still told apart."""
-    started = json.loads((out / RUN_FILE).read_text(encoding="utf-8")).get("started")
-    return hashlib.sha256(json.dumps([settings, started], sort_keys=True).encode()).hexdigest()[:16]
+def _build_id(out: Path) -> str:
+    """The build's identity, random, drawn when the build starts and kept by --resume (in DIR/build_id):
+    files of another build are told apart even when its settings were the same."""
+    path = out / "build_id"
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    build_id = uuid.uuid4().hex
+    write_text_atomic(path, build_id + "\n")
+    return build_id
 
 
 def _written(path: Path, cache_id: str, step: int) -> bool:
@@ -210,7 +228,7 @@ def build_cache(cfg: CacheConfig) -> Path:
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)
                 if f.name not in ("out", "resume", "overwrite", "device", "threads")}
     settings.update(target=target_path, vocab_size=vocab)
-    cache_id = _cache_id(out, settings)
+    cache_id = _build_id(out)
     files = {}
     for step in range(cfg.steps):
         path = out / step_name(step)
