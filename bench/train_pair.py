@@ -223,20 +223,17 @@ def save_ckpt(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # never leave a half-written checkpoint behind
 
 
-def train(cfg: TrainConfig, resume: bool) -> None:
-    from tqdm import tqdm
-
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    tok = load_tokenizer()
-    train_stream, held = load_stream("train"), load_stream("heldout")
-    eval_win = heldout_windows(held, cfg.eval_windows, cfg.seq_len)
-    model = make_model(cfg.model, tok)
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the matrices only."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def start_state(cfg: TrainConfig, model, opt, resume: bool) -> dict:
+    """A fresh training state, or the checkpoint's (model and optimizer loaded) with --resume."""
     state = {"step": 0, "elapsed_s": 0.0, "tokens_seen": 0, "train_loss_ema": None, "history": [],
              "config": dataclasses.asdict(cfg), "done": False}
     path = ckpt_path(cfg.model)
@@ -250,6 +247,27 @@ def train(cfg: TrainConfig, resume: bool) -> None:
         print(f"resumed {path} at step {state['step']} ({state['elapsed_s'] / 60:.1f} min)")
     elif path.exists() and not resume:
         raise FileExistsError(f"{path} exists; pass --resume to continue it or delete it to restart")
+    return state
+
+
+def history_row(state: dict, held_loss: float, **extra) -> dict:
+    return {"step": state["step"], "tokens": state["tokens_seen"], "minutes": round(state["elapsed_s"] / 60, 2),
+            "train_loss_ema": round(state["train_loss_ema"] or float("nan"), 4), "heldout_loss": round(held_loss, 4),
+            **extra}
+
+
+def train(cfg: TrainConfig, resume: bool) -> None:
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer()
+    train_stream, held = load_stream("train"), load_stream("heldout")
+    eval_win = heldout_windows(held, cfg.eval_windows, cfg.seq_len)
+    model = make_model(cfg.model, tok)
+    opt = make_optimizer(model, cfg)
+    state = start_state(cfg, model, opt, resume)
+    path = ckpt_path(cfg.model)
 
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{cfg.model}: {n_params / 1e6:.2f}M params, {len(train_stream)} train tokens, "
@@ -258,10 +276,6 @@ def train(cfg: TrainConfig, resume: bool) -> None:
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=cfg.model, mininterval=20,
                file=sys.stdout, dynamic_ncols=False, ncols=110)
-
-    def snapshot() -> None:
-        save_ckpt(path, {"model": model.state_dict(), "optim": opt.state_dict(), **state})
-
     t_start = time.time() - state["elapsed_s"]
     while True:
         step = state["step"]
@@ -278,30 +292,22 @@ def train(cfg: TrainConfig, resume: bool) -> None:
         opt.step()
         ema = state["train_loss_ema"]
         state["train_loss_ema"] = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        state["step"] = step + 1
-        state["tokens_seen"] += cfg.batch_size * cfg.seq_len
-        state["elapsed_s"] = time.time() - t_start
+        state.update(step=step + 1, tokens_seen=state["tokens_seen"] + cfg.batch_size * cfg.seq_len,
+                     elapsed_s=time.time() - t_start)
         bar.update(1)
         bar.set_postfix(loss=f"{state['train_loss_ema']:.3f}", lr=f"{lr:.2e}", refresh=False)
         if state["step"] % cfg.eval_every == 0:
-            held_loss = eval_loss(model, eval_win, bf16=cfg.bf16)
-            state["history"].append({"step": state["step"], "tokens": state["tokens_seen"],
-                                     "minutes": round(state["elapsed_s"] / 60, 2),
-                                     "train_loss_ema": round(state["train_loss_ema"], 4),
-                                     "heldout_loss": round(held_loss, 4), "lr": lr})
-            print(f"\n[{cfg.model}] step {state['step']} tokens {state['tokens_seen']} "
-                  f"{state['elapsed_s'] / 60:.1f}min train {state['train_loss_ema']:.4f} "
-                  f"held-out {held_loss:.4f} lr {lr:.2e}", flush=True)
+            r = history_row(state, eval_loss(model, eval_win, bf16=cfg.bf16), lr=lr)
+            state["history"].append(r)
+            print(f"\n[{cfg.model}] step {r['step']} tokens {r['tokens']} {r['minutes']:.1f}min train "
+                  f"{r['train_loss_ema']:.4f} held-out {r['heldout_loss']:.4f} lr {lr:.2e}", flush=True)
         if state["step"] % cfg.ckpt_every == 0:
-            snapshot()
+            save_ckpt(path, {"model": model.state_dict(), "optim": opt.state_dict(), **state})
     bar.close()
     held_loss = eval_loss(model, eval_win)  # fp32, comparable with the export's number
-    state["history"].append({"step": state["step"], "tokens": state["tokens_seen"],
-                             "minutes": round(state["elapsed_s"] / 60, 2),
-                             "train_loss_ema": round(state["train_loss_ema"] or float("nan"), 4),
-                             "heldout_loss": round(held_loss, 4), "final": True})
+    state["history"].append(history_row(state, held_loss, final=True))
     state["done"] = True
-    snapshot()
+    save_ckpt(path, {"model": model.state_dict(), "optim": opt.state_dict(), **state})
     print(f"[{cfg.model}] done: step {state['step']} tokens {state['tokens_seen']} "
           f"{state['elapsed_s'] / 60:.1f}min held-out {held_loss:.4f}", flush=True)
 
