@@ -213,30 +213,39 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, pair_dirs):
         train(make_cfg(pair_dirs, tmp_path / "run", steps=2, save_every=1))
 
 
-def test_two_process_ddp_matches_one_process_accumulation(tmp_path, pair_dirs):
-    """torchrun --nproc_per_node 2 (gloo) trains the same weights as one process accumulating the same
-    two micro-batches: the loss is normalised by the global token count and rank 0 writes."""
-    args = ["--target", pair_dirs["target"], "--draft", pair_dirs["draft"], "--data", pair_dirs["data"],
-            "--data-source", "student", "--prompt-tokens", "12", "--new-tokens", "6", "--batch-size", "2",
-            "--steps", "2", "--lr", "1e-2", "--warmup-steps", "0", "--eval-every", "0", "--spec-eval-every", "0",
-            "--eval-prompts", "2", "--save-every", "0", "--no-progress", "--device", "cpu"]
+def _torchrun(argv, timeout=120) -> tuple[int, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "specdec", "distill", "--out", str(tmp_path / "ddp"), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "specdec",
+           *argv]
     # own session: on a timeout the launcher AND its workers are killed, never left orphaned
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
-    assert proc.returncode == 0, err[-3000:]
+    return proc.returncode, err
+
+
+def test_two_process_ddp_matches_one_process_accumulation(tmp_path, pair_dirs):
+    """torchrun --nproc_per_node 2 (gloo) trains the same weights as one process accumulating the same
+    two micro-batches: the loss is normalised by the global token count and rank 0 writes. A folder
+    rank 0 refuses is refused by every rank with the same line (none waits for rank 0 and dies with a
+    traceback)."""
+    args = ["distill", "--out", str(tmp_path / "ddp"), "--target", pair_dirs["target"], "--draft", pair_dirs["draft"],
+            "--data", pair_dirs["data"], "--data-source", "student", "--prompt-tokens", "12", "--new-tokens", "6",
+            "--batch-size", "2", "--steps", "2", "--lr", "1e-2", "--warmup-steps", "0", "--eval-every", "0",
+            "--spec-eval-every", "0", "--eval-prompts", "2", "--save-every", "0", "--no-progress", "--device", "cpu"]
+    rc, err = _torchrun(args)
+    assert rc == 0, err[-3000:]
     train(make_cfg(pair_dirs, tmp_path / "one", data_source="student", batch_size=2, steps=2, grad_accum=2))
     assert_same_weights(tmp_path / "ddp", tmp_path / "one", atol=1e-5)
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["tokens"] for r in rows if r["kind"] == "train"] == [24, 24]
+    rc, err = _torchrun(args)
+    assert rc != 0 and err.count("already holds a `specdec distill` run") == 2 and "[rank1]: Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------------- demo

@@ -37,6 +37,17 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def raise_together(self, error: Exception | None) -> None:
+        """Raise, on every rank, the error that a step run by rank 0 alone raised (the other ranks would
+        otherwise wait for rank 0 at the next collective until the launcher kills them)."""
+        if self.world > 1:
+            box = [None if error is None else str(error)]
+            torch.distributed.broadcast_object_list(box, src=0)
+            if error is None and box[0] is not None:
+                raise ValueError(box[0])
+        if error is not None:
+            raise error
+
     def close(self) -> None:
         if self.initialised_here:
             torch.distributed.destroy_process_group()

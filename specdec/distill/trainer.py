@@ -123,13 +123,16 @@ def setup(cfg: DistillConfig, dist: Dist, device: torch.device) -> Job:
 def claim_out_dir(cfg: DistillConfig, dist: Dist) -> Path:
     """The output-folder policy (rank 0 checks and claims; the others wait). A fresh run also records its
     settings in distill_config.json; a resumed one leaves both files describing the checkpoint."""
-    out = Path(cfg.out)
+    out, error = Path(cfg.out), None
     if dist.main:
-        prepare_out_dir(out, "distill", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
-                        can_resume=True, free=FREE_ON_RESUME)
-        if not cfg.resume:
-            write_json_atomic(out / "distill_config.json", config.to_dict(cfg), indent=2)
-    dist.barrier()
+        try:
+            prepare_out_dir(out, "distill", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
+                            can_resume=True, free=FREE_ON_RESUME)
+            if not cfg.resume:
+                write_json_atomic(out / "distill_config.json", config.to_dict(cfg), indent=2)
+        except ValueError as e:
+            error = e
+    dist.raise_together(error)
     return out
 
 
