@@ -20,7 +20,6 @@ from ..util import resolve_device
 class Dist:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     initialised_here: bool = False
     fsdp: bool = False
 
@@ -67,7 +66,7 @@ def init_dist(device: torch.device, fsdp: bool) -> Dist:
     here = not td.is_initialized()
     if here:
         td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), here, fsdp)
+    return Dist(td.get_rank(), td.get_world_size(), here, fsdp)
 
 
 def pick_device(name: str) -> torch.device:

@@ -43,6 +43,7 @@ from .evaluate import evaluate
 from .losses import divergence, divergence_topk
 from .schedule import warmup_cosine
 
+
 @dataclass
 class Job:
     """What one training run holds once `setup` has built it."""
