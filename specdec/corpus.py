@@ -134,61 +134,73 @@ def _prompts_from_file(rel: str, src: str) -> dict[str, list[dict]]:
         return out
     lines = src.splitlines(keepends=True)
     offs = _line_offsets(src)
-
-    def add(cat: str, lineno: int, prompt: str, reference: str) -> None:
+    nodes = sorted((n for n in ast.walk(tree)
+                    if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))),
+                   key=lambda n: n.lineno)
+    candidates = [c for node in nodes for c in (_class_candidates(node, src, offs) if isinstance(node, ast.ClassDef)
+                                                 else _function_candidates(node, src, lines, offs))]
+    for cat, lineno, prompt, reference in candidates + _comment_candidates(lines):
         if PROMPT_MIN_CHARS <= len(prompt) <= PROMPT_MAX_CHARS and reference.strip() \
                 and len(out[cat]) < _MAX_PER_FILE:
             out[cat].append({"id": f"{cat}/{rel}:{lineno}", "category": cat, "prompt": prompt,
                              "reference": _cut(reference, REFERENCE_MAX_CHARS), "source": rel})
+    return out
 
-    nodes = sorted((n for n in ast.walk(tree)
-                    if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))),
-                   key=lambda n: n.lineno)
-    for node in nodes:
-        first = _first_line(node)
-        start, end = offs[first - 1], offs[node.end_lineno]
-        doc = _docstring_node(node)
-        if isinstance(node, ast.ClassDef):
-            # the header, docstring and first statements: about a third of the class, cut where a
-            # statement starts (never inside a docstring or a continued line)
-            whole = src[start:end]
-            if len(whole) < 2 * PROMPT_MIN_CHARS:
-                continue
-            want = min(PROMPT_MAX_CHARS, max(PROMPT_MIN_CHARS, len(whole) // 3))
-            floor = offs[doc.end_lineno] - start if doc is not None else 0
-            cuts = [offs[_first_line(n) - 1] - start for n in ast.walk(node)
-                    if isinstance(n, ast.stmt) and n is not node]
-            cuts = [c for c in cuts if floor <= c <= want]
-            if cuts:
-                cut = max(cuts)
-                add("class", first, whole[:cut], whole[cut:])
-            continue
-        if doc is None or len(node.body) < 2:
-            continue
-        # function: the code just before it (context), its signature and docstring; then the body
-        body_start = offs[doc.end_lineno]
-        head = src[start:body_start]
-        budget = min(_FUNCTION_CONTEXT_CHARS, PROMPT_MAX_CHARS - len(head))
-        add("function", first, _context_before(lines, first - 1, budget) + head,
-            src[body_start:end])
-        # docstring: context lines, then the signature up to and including the opening quotes
-        line = lines[doc.lineno - 1]
-        quote = re.search(r'[rRbBuU]?("""|\'\'\')', line)
-        if quote is not None:
-            head_end = offs[doc.lineno - 1] + quote.end()
-            head = src[start:head_end]
-            ctx = _context_before(lines, first - 1, PROMPT_MAX_CHARS - len(head))
-            close = src.find(quote.group(1), head_end)
-            if close != -1:
-                add("docstring", first, ctx + head, src[head_end:close + 3])
-    # comment: a whole-line comment of some length, preceded by code; the prompt stops after "# "
+
+def _class_candidates(node: ast.ClassDef, src: str, offs: list[int]) -> list[tuple]:
+    """class: the header, docstring and first statements, about a third of the class, cut where a
+    statement starts (never inside a docstring or a continued line); then the rest."""
+    first = _first_line(node)
+    start, end = offs[first - 1], offs[node.end_lineno]
+    whole = src[start:end]
+    if len(whole) < 2 * PROMPT_MIN_CHARS:
+        return []
+    doc = _docstring_node(node)
+    want = min(PROMPT_MAX_CHARS, max(PROMPT_MIN_CHARS, len(whole) // 3))
+    floor = offs[doc.end_lineno] - start if doc is not None else 0
+    cuts = [offs[_first_line(n) - 1] - start for n in ast.walk(node)
+            if isinstance(n, ast.stmt) and n is not node]
+    cuts = [c for c in cuts if floor <= c <= want]
+    if not cuts:
+        return []
+    cut = max(cuts)
+    return [("class", first, whole[:cut], whole[cut:])]
+
+
+def _function_candidates(node, src: str, lines: list[str], offs: list[int]) -> list[tuple]:
+    """function: the code just before it (context), its signature and docstring; then the body.
+    docstring: context lines, then the signature up to and including the opening quotes; then the
+    docstring."""
+    doc = _docstring_node(node)
+    if doc is None or len(node.body) < 2:
+        return []
+    first = _first_line(node)
+    start, end = offs[first - 1], offs[node.end_lineno]
+    body_start = offs[doc.end_lineno]
+    head = src[start:body_start]
+    budget = min(_FUNCTION_CONTEXT_CHARS, PROMPT_MAX_CHARS - len(head))
+    out = [("function", first, _context_before(lines, first - 1, budget) + head, src[body_start:end])]
+    quote = re.search(r'[rRbBuU]?("""|\'\'\')', lines[doc.lineno - 1])
+    if quote is not None:
+        head_end = offs[doc.lineno - 1] + quote.end()
+        head = src[start:head_end]
+        ctx = _context_before(lines, first - 1, PROMPT_MAX_CHARS - len(head))
+        close = src.find(quote.group(1), head_end)
+        if close != -1:
+            out.append(("docstring", first, ctx + head, src[head_end:close + 3]))
+    return out
+
+
+def _comment_candidates(lines: list[str]) -> list[tuple]:
+    """comment: a whole-line comment of some length, preceded by code; the prompt stops after "# "."""
+    out = []
     for i, line in enumerate(lines):
         m = re.match(r"^(\s*)# (\S.{20,})$", line.rstrip("\n"))
         if m is None or i < 5 or lines[i - 1].lstrip().startswith("#"):
             continue
         head = m.group(1) + "# "
         ctx = _context_before(lines, i, PROMPT_MAX_CHARS - len(head))
-        add("comment", i + 1, ctx + head, "".join(lines[i:i + 12])[len(head):])
+        out.append(("comment", i + 1, ctx + head, "".join(lines[i:i + 12])[len(head):]))
     return out
 
 

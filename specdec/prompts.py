@@ -1,10 +1,13 @@
-"""Prompt sources for the benchmark: the bundled pair's built-in sets, user JSONL, and Spec-Bench.
+"""Prompts for the benchmark and for distillation: the bundled pair's built-in sets, user JSONL, and
+Spec-Bench. This is the one prompt loader of specdec.
 
-Every loader returns a list of ``{"id", "category", "prompt"}`` dicts, grouped by category in the order
-categories first appear (the benchmark forms batches from consecutive prompts of one category).
+Every loader returns a list of `Prompt` records, grouped by category in the order categories first
+appear (the benchmark forms batches from consecutive prompts of one category).
 
 Formats accepted by :func:`load_prompts_file` (detected per line):
-  user JSONL   ``{"prompt": "...", "category": "..."}``; category optional ("default")
+  user JSONL   ``{"prompt": "...", "category": "...", "completion": "..."}``; category optional
+               ("default"); completion optional: the fixed continuation distillation's `dataset`
+               source trains on (the benchmark ignores it)
   Spec-Bench   ``{"question_id": 81, "category": "writing", "turns": ["...", "..."]}`` (its
                ``question.jsonl``): the first turn, its category, passed through the tokenizer's chat
                template when the tokenizer has one, else used raw
@@ -13,14 +16,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict
+
+from .corpus import builtin_prompts
 
 DEFAULT_CATEGORY = "default"
 
 
+class _PromptBase(TypedDict):
+    id: str
+    category: str
+    prompt: str
+
+
+class Prompt(_PromptBase, total=False):
+    """One prompt record: id, category and text; `completion` only where the file gives one."""
+    completion: str
+
+
 def builtin(max_per_category: int | None = None) -> list[dict]:
     """The bundled pair's held-out stdlib prompts (see specdec/corpus.py); no file needed."""
-    from .corpus import builtin_prompts
-
     return [{"id": str(p["id"]), "category": p["category"], "prompt": p["prompt"]}
             for p in builtin_prompts(max_per_category=max_per_category)]
 
@@ -33,7 +48,7 @@ def apply_chat_template(tokenizer, text: str) -> str:
                                          add_generation_prompt=True)
 
 
-def _parse_line(obj, lineno: int, path: Path, tokenizer) -> dict:
+def _parse_line(obj, lineno: int, path: Path, tokenizer) -> Prompt:
     where = f"{path}:{lineno}"
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object with 'prompt' (or Spec-Bench 'turns'), got {type(obj).__name__}")
@@ -48,13 +63,19 @@ def _parse_line(obj, lineno: int, path: Path, tokenizer) -> dict:
         text = obj["prompt"]
         if not isinstance(text, str) or not text:
             raise ValueError(f"{where}: 'prompt' must be a non-empty string")
-        return {"id": str(obj.get("id", lineno)), "category": str(obj.get("category") or DEFAULT_CATEGORY),
-                "prompt": text}
+        record = {"id": str(obj.get("id", lineno)), "category": str(obj.get("category") or DEFAULT_CATEGORY),
+                  "prompt": text}
+        completion = obj.get("completion")
+        if completion is not None:
+            if not isinstance(completion, str) or not completion:
+                raise ValueError(f"{where}: 'completion' must be a non-empty string (or left out)")
+            record["completion"] = completion
+        return record
     raise ValueError(f"{where}: no 'prompt' or 'turns' field; each line must be "
                      '{"prompt": "...", "category": "..."} or a Spec-Bench question')
 
 
-def load_prompts_file(path, tokenizer=None) -> list[dict]:
+def load_prompts_file(path, tokenizer=None) -> list[Prompt]:
     """Prompts from a JSONL file (user format or Spec-Bench's question.jsonl; blank lines skipped)."""
     path = Path(path)
     if not path.exists():

@@ -1,64 +1,28 @@
-"""DistillSpec trainer, data sources and teacher cache on tiny models built in-process."""
+"""DistillSpec trainer and data sources on tiny models built in-process (the teacher cache:
+test_teacher_cache.py; output folders, resume and user errors: test_distill_runs.py)."""
+import ast
+import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny_llama
-from specdec.distill.data import PromptSet, left_pad, make_batch, skd_generate, skd_replace
-from specdec.distill.trainer import DistillConfig, train
-
-ROOT = Path(__file__).resolve().parents[1]
-TOKENIZER = ROOT / "specdec" / "assets" / "draft"
+from distill_helpers import ROOT, assert_same_weights, make_cfg, save_pair
+from specdec.distill import DistillConfig, train
+from specdec.distill.data import PromptSet, left_pad, make_batch
+from specdec.distill.schedule import warmup_cosine
+from specdec.distill.skd import skd_generate, skd_replace
+from specdec.distill.trainer import learning_rate
 
 
 @pytest.fixture(scope="module")
 def pair_dirs(tmp_path_factory):
-    """A tiny target and draft saved with the bundled tokenizer (4096 ids), plus a JSONL data file."""
-    from specdec.models import load_tokenizer
-    root = tmp_path_factory.mktemp("pair")
-    tok = load_tokenizer(TOKENIZER)
-    V = len(tok)
-    dirs = {}
-    for name, kw in (("target", dict(seed=0, num_layers=2, hidden_size=32)),
-                     ("draft", dict(seed=1, num_layers=1, hidden_size=16, heads=2, kv_heads=1))):
-        m = tiny_llama(vocab_size=V, **kw)
-        m.config.bos_token_id = m.config.eos_token_id = tok.eos_token_id
-        m.config.pad_token_id = tok.pad_token_id
-        m.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        dirs[name] = str(root / name)
-    src = (ROOT / "specdec" / "decoding.py").read_text().splitlines()
-    lines = [json.dumps({"prompt": "\n".join(src[i:i + 6]), "completion": "\n".join(src[i + 6:i + 12])})
-             for i in range(0, 240, 12)]
-    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
-    dirs["data"] = str(root / "data.jsonl")
-    return dirs
-
-
-def _cfg(pair_dirs, out, **kw):
-    base = dict(out=str(out), target=pair_dirs["target"], draft=pair_dirs["draft"], data=pair_dirs["data"],
-                data_source="dataset", prompt_tokens=12, new_tokens=6, batch_size=4, steps=4, lr=1e-2,
-                warmup_steps=0, eval_every=0, spec_eval_every=0, eval_prompts=4, save_every=0, progress=False)
-    base.update(kw)
-    return DistillConfig(**base)
-
-
-def _weights(path):
-    from safetensors.torch import load_file
-    return load_file(str(Path(path) / "model.safetensors"))
-
-
-def _assert_same_weights(a, b, atol=0.0):
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0 if atol == 0 else 1e-4, msg=k)
+    return save_pair(tmp_path_factory.mktemp("pair"))
 
 
 # ---------------------------------------------------------------------------------------------- SKD
@@ -126,7 +90,7 @@ def test_prompt_only_jsonl_rejects_the_dataset_source(tmp_path, pair_dirs):
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "def f(x):\n"}) + "\n")
     tok = load_tokenizer(pair_dirs["draft"])
     ps = PromptSet(tok, 12, 6, jsonl=tmp_path / "p.jsonl")
-    with pytest.raises(ValueError, match="needs completions"):
+    with pytest.raises(ValueError, match="without \"completion\""):
         make_batch(ps, source="dataset", batch_size=2, seed=0, step=0, micro=0, temperature=1.0, pad_id=1,
                    vocab_size=len(tok))
 
@@ -142,11 +106,75 @@ def test_config_validates_early(tmp_path):
         DistillConfig(out=None)
 
 
+# ---------------------------------------------------------------------------------------------- schedule
+
+def test_one_warmup_cosine_schedule_for_distillation_and_pretraining(monkeypatch):
+    assert [warmup_cosine(s, 4, 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert warmup_cosine(4, 4, 0.0) == 1.0
+    assert warmup_cosine(9, 4, 0.5) == pytest.approx(0.55)
+    assert warmup_cosine(9, 4, 1.0) == pytest.approx(0.1) and warmup_cosine(9, 4, 7.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 0, 1.0, min_frac=0.0) == pytest.approx(0.0)
+    cfg = DistillConfig(out="x", steps=14, warmup_steps=4, lr=1e-3)
+    assert learning_rate(cfg, 0) == pytest.approx(2.5e-4)
+    assert learning_rate(cfg, 9) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
+    # bench/train_pair.py's pretraining uses the same function (progress: its step or time budget)
+    spec = importlib.util.spec_from_file_location("train_pair", ROOT / "bench" / "train_pair.py")
+    train_pair = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_pair", train_pair)  # its dataclasses look their module up
+    spec.loader.exec_module(train_pair)
+    tc = train_pair.TrainConfig(model="draft", lr=2e-3, warmup_steps=4)
+    assert train_pair.lr_at(0.5, 9, tc) == pytest.approx(2e-3 * warmup_cosine(9, 4, 0.5))
+
+
+# ---------------------------------------------------------------------------------------------- structure
+
+MINE = sorted((ROOT / "specdec" / "distill").glob("*.py")) + [ROOT / "specdec" / "prompts.py",
+                                                             ROOT / "specdec" / "corpus.py"]
+
+
+def _specdec_imports(path, tree_nodes):
+    """Names of the specdec modules imported by these import nodes of `path`."""
+    package = ["specdec"] + (["distill"] if path.parent.name == "distill" else [])
+    out = []
+    for node in tree_nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1]
+            names = [".".join(base + ([node.module] if node.module else []))]
+            if not node.module:  # from . import x
+                names = [".".join(base + [a.name]) for a in node.names]
+            out += names
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("specdec"):
+            out.append(node.module)
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names if a.name.startswith("specdec")]
+    return out
+
+
+def test_no_import_cycles_not_even_function_local():
+    """Imports of specdec modules sit at module level (a function-local one would hide a cycle), and the
+    module-level ones of these files form no cycle."""
+    graph = {}
+    for path in MINE:
+        tree = ast.parse(path.read_text())
+        local = [n for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert not _specdec_imports(path, local), f"{path.name} imports a specdec module inside a function"
+        name = "specdec." + ("distill." if path.parent.name == "distill" else "") + path.stem
+        graph[name.removesuffix(".__init__")] = set(_specdec_imports(path, tree.body))
+
+    def visit(node, stack):
+        assert node not in stack, "import cycle: " + " -> ".join(stack + [node])
+        for nxt in graph.get(node, ()):
+            visit(nxt, stack + [node])
+    for node in graph:
+        visit(node, [])
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 def test_few_steps_lower_the_divergence_and_output_loads(tmp_path, pair_dirs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    cfg = _cfg(pair_dirs, tmp_path / "run", data_source="student", divergence="fkl", steps=8, eval_every=8,
+    cfg = make_cfg(pair_dirs, tmp_path / "run", data_source="student", divergence="fkl", steps=8, eval_every=8,
                spec_eval_every=8, temperature=1.0)
     final = train(cfg)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -167,67 +195,57 @@ def test_resume_ends_with_the_same_weights(tmp_path, pair_dirs, source):
     """A run resumed from its step-2 checkpoint (what a kill after step 2 leaves) ends where the
     uninterrupted run ends, bit for bit: data and samples are functions of (seed, step)."""
     out = tmp_path / "run"
-    train(_cfg(pair_dirs, out, data_source=source, steps=4, save_every=2, grad_accum=2, batch_size=2))
+    train(make_cfg(pair_dirs, out, data_source=source, steps=4, save_every=2, grad_accum=2, batch_size=2))
     full = tmp_path / "full"
     full.mkdir()
     (full / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
-    assert (out / "checkpoints" / "latest").read_text() == "step_000002"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000002"]
     (out / "model.safetensors").unlink()
-    train(_cfg(pair_dirs, out, data_source=source, steps=4, save_every=2, grad_accum=2, batch_size=2, resume=True))
-    _assert_same_weights(out, full)
+    train(make_cfg(pair_dirs, out, data_source=source, steps=4, save_every=2, grad_accum=2, batch_size=2, resume=True))
+    assert_same_weights(out, full)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
 
 
 def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, pair_dirs):
-    train(_cfg(pair_dirs, tmp_path / "run", steps=2, save_every=1))
+    train(make_cfg(pair_dirs, tmp_path / "run", steps=2, save_every=1))
     with pytest.raises(ValueError, match="--resume"):
-        train(_cfg(pair_dirs, tmp_path / "run", steps=2, save_every=1))
+        train(make_cfg(pair_dirs, tmp_path / "run", steps=2, save_every=1))
 
 
-def test_teacher_cache_round_trip(tmp_path, pair_dirs):
-    """Training from a cache with K = V gives the weights of training against the live target."""
-    from specdec.distill.cache import CacheConfig, TeacherCache, build_cache
-    common = dict(data=pair_dirs["data"], prompt_tokens=12, new_tokens=6, batch_size=4, temperature=1.0, seed=0)
-    cdir = build_cache(CacheConfig(out=str(tmp_path / "cache"), target=pair_dirs["target"], topk=4096, steps=3,
-                                   micro_batches=1, device="cpu", **common))
-    e = TeacherCache(cdir).entry(1, 0)
-    assert e["topk_idx"].shape == (e["batch"].num_tokens, 4096)
-    train(_cfg(pair_dirs, tmp_path / "live", steps=3))
-    train(_cfg(pair_dirs, tmp_path / "cached", steps=3, teacher_cache=str(cdir)))
-    _assert_same_weights(tmp_path / "live", tmp_path / "cached", atol=1e-5)
-    # a small K (with its tail bucket) trains too, and a mismatched run is refused
-    cdir2 = build_cache(CacheConfig(out=str(tmp_path / "cache8"), target=pair_dirs["target"], topk=8, steps=2,
-                                    micro_batches=1, device="cpu", **common))
-    train(_cfg(pair_dirs, tmp_path / "k8", steps=2, teacher_cache=str(cdir2)))
-    with pytest.raises(ValueError, match="does not match"):
-        train(_cfg(pair_dirs, tmp_path / "bad", steps=2, new_tokens=7, teacher_cache=str(cdir2)))
-
-
-def test_two_process_ddp_matches_one_process_accumulation(tmp_path, pair_dirs):
-    """torchrun --nproc_per_node 2 (gloo) trains the same weights as one process accumulating the same
-    two micro-batches: the loss is normalised by the global token count and rank 0 writes."""
-    args = ["--target", pair_dirs["target"], "--draft", pair_dirs["draft"], "--data", pair_dirs["data"],
-            "--data-source", "student", "--prompt-tokens", "12", "--new-tokens", "6", "--batch-size", "2",
-            "--steps", "2", "--lr", "1e-2", "--warmup-steps", "0", "--eval-every", "0", "--spec-eval-every", "0",
-            "--eval-prompts", "2", "--save-every", "0", "--no-progress", "--device", "cpu"]
+def _torchrun(argv, timeout=120) -> tuple[int, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "specdec", "distill", "--out", str(tmp_path / "ddp"), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "specdec",
+           *argv]
     # own session: on a timeout the launcher AND its workers are killed, never left orphaned
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
-    assert proc.returncode == 0, err[-3000:]
-    train(_cfg(pair_dirs, tmp_path / "one", data_source="student", batch_size=2, steps=2, grad_accum=2))
-    _assert_same_weights(tmp_path / "ddp", tmp_path / "one", atol=1e-5)
+    return proc.returncode, err
+
+
+def test_two_process_ddp_matches_one_process_accumulation(tmp_path, pair_dirs):
+    """torchrun --nproc_per_node 2 (gloo) trains the same weights as one process accumulating the same
+    two micro-batches: the loss is normalised by the global token count and rank 0 writes. A folder
+    rank 0 refuses is refused by every rank with the same line (none waits for rank 0 and dies with a
+    traceback)."""
+    args = ["distill", "--out", str(tmp_path / "ddp"), "--target", pair_dirs["target"], "--draft", pair_dirs["draft"],
+            "--data", pair_dirs["data"], "--data-source", "student", "--prompt-tokens", "12", "--new-tokens", "6",
+            "--batch-size", "2", "--steps", "2", "--lr", "1e-2", "--warmup-steps", "0", "--eval-every", "0",
+            "--spec-eval-every", "0", "--eval-prompts", "2", "--save-every", "0", "--no-progress", "--device", "cpu"]
+    rc, err = _torchrun(args)
+    assert rc == 0, err[-3000:]
+    train(make_cfg(pair_dirs, tmp_path / "one", data_source="student", batch_size=2, steps=2, grad_accum=2))
+    assert_same_weights(tmp_path / "ddp", tmp_path / "one", atol=1e-5)
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["tokens"] for r in rows if r["kind"] == "train"] == [24, 24]
+    rc, err = _torchrun(args)
+    assert rc != 0 and err.count("already holds a `specdec distill` run") == 2 and "[rank1]: Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------------- demo

@@ -1,5 +1,6 @@
 """Prompt loaders: user JSONL, Spec-Bench's question.jsonl, the built-in sets, and their errors."""
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,39 @@ def test_bad_files(tmp_path, lines, match):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_prompts_file(tmp_path / "nope.jsonl")
+
+
+def test_completion_is_kept_when_given_and_checked(tmp_path):
+    """One record for bench and distill: `completion` (the fixed continuation distillation's dataset
+    source trains on) is kept when a line has it, and nowhere else."""
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "a b", "completion": "c d"}) + "\n" + json.dumps({"prompt": "e"}) + "\n"
+                    + json.dumps({"prompt": "f", "completion": None}) + "\n")
+    prompts = load_prompts_file(path)
+    assert prompts[0]["completion"] == "c d"
+    assert "completion" not in prompts[1] and "completion" not in prompts[2]
+    assert load_prompts(path)[0] == prompts
+    path.write_text(json.dumps({"prompt": "a", "completion": 3}) + "\n")
+    with pytest.raises(ValueError, match=":1: 'completion' must be a non-empty string"):
+        load_prompts_file(path)
+
+
+def test_distillation_reads_prompts_through_the_same_loader(tmp_path):
+    """Spec-Bench questions and user JSONL feed distillation too; a prompt-only file cannot feed the
+    sources that train on the data's own continuations."""
+    from specdec.distill.data import PromptSet
+    tok = tiny_tokenizer()
+    ps = PromptSet(tok, prompt_tokens=4, new_tokens=2, jsonl=DATA / "spec_bench_question.jsonl")
+    assert [r["id"] for r in ps.records] == ["81", "82", "101"]
+    ps.check_source("student")
+    ps.check_source("mix", lmbda=1.0)  # the draft samples every batch: no continuation is read
+    with pytest.raises(ValueError, match='without "completion"'):
+        ps.check_source("dataset")
+    with pytest.raises(ValueError, match='without "completion"'):
+        ps.check_source("mix", lmbda=0.5)
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "a b c d e f", "completion": "one two three"}) + "\n")
+    ps = PromptSet(tok, prompt_tokens=4, new_tokens=2, jsonl=path)
+    ps.check_source("dataset")
+    prompt, completion = ps.sample(random.Random(0))
+    assert tok.decode(prompt) == "c d e f" and tok.decode(completion) == "one two"

@@ -2,54 +2,72 @@
 for the data sources that do not depend on the draft (dataset, teacher). `specdec distill
 --teacher-cache DIR` then trains without a target forward pass.
 
-Layout of DIR:
-  meta.json            the settings the batches depend on (checked against the training config)
-  step_NNNNNN.pt       one file per optimizer step: for each global micro-batch index the sequences
-                       (input_ids, attention_mask, cont_mask) and, for the N real continuation tokens,
-                       topk_idx [N, K] int32, topk_logp [N, K] fp32, tail_logp [N] fp32
-The batches are exactly those `specdec distill` would build (same pure function of seed and step),
-so a cached run and an uncached one see the same sequences. The log-probs are at the deployment
-temperature: a cache serves one temperature only.
-Size: about N * K * 8 bytes per micro-batch (K = 32, 8 x 32 tokens: 64 KiB).
+Layout of DIR (an output folder like any other: refused when it holds another run unless --overwrite;
+--resume continues an interrupted build with the same settings):
+  specdec_run.json     the settings, as every command writes them
+  build_id             a random id drawn when the build starts (kept by --resume)
+  step_NNNNNN.pt       one file per optimizer step: the build id, and for each global micro-batch the
+                       sequences (input_ids, attention_mask, cont_mask) and, for the N real continuation
+                       tokens, topk_idx [N, K] int32, topk_logp [N, K] fp32, tail_logp [N] fp32
+  meta.json            written last (a folder without it is an unfinished build): the settings the
+                       batches depend on, the build id, and every step file with its size
+A reader refuses a folder whose step files are missing or of another size than meta.json says (checked
+when it opens the cache), or carry another build id (checked when it reads the file): a cache is used
+only as exactly what its meta.json describes.
+
+The batches are exactly those `specdec distill` would build (same pure function of seed and step), so a
+cached run and an uncached one see the same sequences. The log-probs are at the deployment temperature:
+a cache serves one temperature only. Size: about N * K * 8 bytes per micro-batch (K = 32, 8 x 32
+tokens: 64 KiB).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import sys
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
-from .data import Batch, PromptSet, make_batch
+from .. import config
+from ..config import option
+from ..models import bundled_pair, load_model, load_tokenizer
+from ..util import prepare_out_dir, resolve_device, write_json_atomic, write_text_atomic
+from .data import Batch, PromptSet, TeacherTopK, continuation_logits, make_batch
 from .losses import teacher_topk
 
 # Settings a cache and a training run must agree on.
 MATCH = ("data_source", "data", "prompt_tokens", "new_tokens", "temperature", "batch_size", "seed")
-
-
-def _f(default, help_, **kw):
-    return field(default=default, metadata={"help": help_, **kw})
+FORMAT = 2
+_REBUILD = "rebuild the cache with `specdec cache-teacher --overwrite`"
 
 
 @dataclass
 class CacheConfig:
-    out: str = _f(None, "output folder of the cache")
-    target: str | None = _f(None, "target model folder or hub id (default: the bundled target)")
-    data_source: str = _f("dataset", "sequences to cache (only sources that do not depend on the draft)",
-                          choices=("dataset", "teacher"))
-    data: str | None = _f(None, "JSONL prompts (+ completions); default: the bundled corpus' train split")
-    prompt_tokens: int = _f(96, "prompt length in tokens")
-    new_tokens: int = _f(32, "continuation length in tokens")
-    temperature: float = _f(1.0, "deployment temperature the log-probs are taken at (0 -> the loss's 1)")
-    topk: int = _f(32, "log-probs kept per token (plus the tail bucket)")
-    steps: int = _f(200, "optimizer steps to cache")
-    batch_size: int = _f(8, "sequences per micro-batch per process")
-    micro_batches: int = _f(1, "micro-batches per step over all processes (the run's --grad-accum x processes)")
-    seed: int = _f(0, "seed (must equal the training run's)")
-    device: str = _f("auto", "auto | cpu | cuda")
+    out: str = option(None, "output folder of the cache", group="output", required=True)
+    resume: bool = option(False, "continue an unfinished build in --out (same settings; written steps are kept)",
+                          group="output")
+    overwrite: bool = option(False, "replace the cache already in --out (deletes it first)", group="output")
+    target: str | None = option(None, "target model folder or hub id (default: the bundled target)", group="models")
+    data_source: str = option("dataset", "sequences to cache (only sources that do not depend on the draft)",
+                              group="data", choices=("dataset", "teacher"))
+    data: str | None = option(None, "JSONL prompts (+ completions); default: the bundled corpus' train split",
+                              group="data")
+    prompt_tokens: int = option(96, "prompt length in tokens", group="data")
+    new_tokens: int = option(32, "continuation length in tokens", group="data")
+    temperature: float = option(1.0, "deployment temperature the log-probs are taken at (0 -> the loss's 1)",
+                                group="data")
+    topk: int = option(32, "log-probs kept per token (plus the tail bucket)", group="cache")
+    steps: int = option(200, "optimizer steps to cache", group="cache")
+    batch_size: int = option(8, "sequences per micro-batch per process", group="cache")
+    micro_batches: int = option(1, "micro-batches per step over all processes (the run's --grad-accum x processes)",
+                                group="cache")
+    seed: int = option(0, "seed (must equal the training run's)", group="cache")
+    device: str = option("auto", "auto | cpu | cuda", group="placement")
+    threads: int | None = option(None, "torch CPU threads (default: torch's own)", group="placement")
 
     def __post_init__(self):
         if not self.out:
@@ -59,103 +77,180 @@ class CacheConfig:
                              f"got {self.data_source!r}")
         for name in ("prompt_tokens", "new_tokens", "topk", "steps", "batch_size", "micro_batches"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+                raise ValueError(f"{config.flag_name(name)} must be >= 1, got {getattr(self, name)}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the cache in --out and --overwrite deletes it: pass one of them")
 
+
+def same_model(a, b) -> bool:
+    """Two model names that point at the same folder (or the same hub id)."""
+    pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return str(a) == str(b)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading.
 
 class TeacherCache:
-    """Read side of a cache folder."""
+    """Read side of a cache folder; a data source for the trainer (`micro_batches`)."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
         meta = self.folder / "meta.json"
         if not meta.is_file():
-            raise FileNotFoundError(f"{self.folder} is not a teacher cache (no meta.json); build one with "
-                                    "`specdec cache-teacher --out DIR`")
-        self.meta = json.loads(meta.read_text())
+            raise ValueError(f"--teacher-cache {self.folder} is not a finished teacher cache (no meta.json); build "
+                             "one with `specdec cache-teacher --out DIR` (or finish it with --resume)")
+        self.meta = json.loads(meta.read_text(encoding="utf-8"))
+        if self.meta.get("format") != FORMAT or "files" not in self.meta:
+            raise ValueError(f"--teacher-cache {self.folder} was written by another version of specdec; {_REBUILD}")
+        for step in range(self.meta["steps"]):   # a stat per file here; the build id when a file is read
+            self._check_size(step)
         self._step, self._data = None, None
 
-    def check_compatible(self, cfg, world: int) -> None:
-        bad = [f"{k}: cache {self.meta.get(k)!r} vs run {getattr(cfg, k)!r}" for k in MATCH
-               if self.meta.get(k) != getattr(cfg, k)]
-        if self.meta.get("micro_batches") != cfg.grad_accum * world:
-            bad.append(f"micro-batches per step: cache {self.meta.get('micro_batches')} vs run "
-                       f"{cfg.grad_accum} x {world} processes")
-        if cfg.steps > self.meta.get("steps", 0):
-            bad.append(f"steps: cache has {self.meta.get('steps')}, run wants {cfg.steps}")
+    def _check_size(self, step: int) -> Path:
+        name = step_name(step)
+        path, size = self.folder / name, self.meta["files"].get(name)
+        if size is None or not path.is_file() or path.stat().st_size != size:
+            raise ValueError(f"--teacher-cache {self.folder}: {name} is missing or not the file meta.json "
+                             f"describes; {_REBUILD}")
+        return path
+
+    def _check_file(self, step: int) -> dict:
+        """The step file, after checking it is the one meta.json lists (size, build id and step). mmap:
+        only the tensors a micro-batch touches are read from disk."""
+        path = self._check_size(step)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - whatever torch raises for a damaged file
+            raise ValueError(f"--teacher-cache {path} does not read ({type(e).__name__}); {_REBUILD}") from None
+        if data.get("cache_id") != self.meta["cache_id"] or data.get("step") != step:
+            raise ValueError(f"--teacher-cache {path} belongs to another build than {self.folder / 'meta.json'}; "
+                             f"{_REBUILD}")
+        return data
+
+    def check_compatible(self, cfg, world: int, target: str) -> None:
+        """cfg: the DistillConfig of the run; target: the run's resolved target path."""
+        m = self.meta
+        bad = [f"{k}: cache {m.get(k)!r} vs run {getattr(cfg, k)!r}" for k in MATCH if m.get(k) != getattr(cfg, k)]
+        if m.get("micro_batches") != cfg.grad_accum * world:
+            bad.append(f"micro-batches per step: cache {m.get('micro_batches')} vs run {cfg.grad_accum} x {world} "
+                       "processes")
+        if cfg.steps > m.get("steps", 0):
+            bad.append(f"steps: cache has {m.get('steps')}, run wants {cfg.steps}")
+        if not same_model(m.get("target"), target):
+            bad.append(f"target: cache {m.get('target')!r} vs run {target!r}")
         if bad:
             raise ValueError("teacher cache does not match this run (" + "; ".join(bad) + "); rebuild it with the "
                              "same settings")
 
-    def entry(self, step: int, micro: int) -> dict:
-        """The cached micro-batch with GLOBAL index `micro` of `step`."""
+    def _load(self, step: int) -> dict:
         if self._step != step:
-            path = self.folder / f"step_{step:06d}.pt"
-            if not path.is_file():
-                raise FileNotFoundError(f"teacher cache {self.folder} lacks step {step} ({path.name})")
-            self._data, self._step = torch.load(path, map_location="cpu", weights_only=True), step
-        d = self._data[str(micro)]
-        return {"batch": Batch(d["input_ids"], d["attention_mask"], d["cont_mask"], d["source"]),
-                "topk_idx": d["topk_idx"].long(), "topk_logp": d["topk_logp"], "tail_logp": d["tail_logp"]}
+            if not 0 <= step < self.meta["steps"]:
+                raise ValueError(f"teacher cache {self.folder} holds {self.meta['steps']} steps, not step {step}")
+            self._data, self._step = self._check_file(step), step
+        return self._data
+
+    def entry(self, step: int, micro: int) -> tuple[Batch, TeacherTopK]:
+        """The cached micro-batch with GLOBAL index `micro` of `step`."""
+        d = self._load(step)["micro_batches"][micro]
+        batch = Batch(d["input_ids"], d["attention_mask"], d["cont_mask"], d["source"])
+        return batch, TeacherTopK(d["topk_idx"].long(), d["topk_logp"], d["tail_logp"])
+
+    def micro_batches(self, step: int, micros) -> list[tuple[Batch, TeacherTopK]]:
+        return [self.entry(step, m) for m in micros]
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:06d}.pt"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building.
+
+def _build_id(out: Path) -> str:
+    """The build's identity, random, drawn when the build starts and kept by --resume (in DIR/build_id):
+    files of another build are told apart even when its settings were the same."""
+    path = out / "build_id"
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    build_id = uuid.uuid4().hex
+    write_text_atomic(path, build_id + "\n")
+    return build_id
+
+
+def _written(path: Path, cache_id: str, step: int) -> bool:
+    """A step file this build already wrote (kept on --resume)."""
+    if not path.is_file():
+        return False
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is rewritten
+        return False
+    return data.get("cache_id") == cache_id and data.get("step") == step
 
 
 @torch.no_grad()
-def build_cache(cfg: CacheConfig) -> Path:
-    from ..models import bundled_pair, load_model, load_tokenizer
-    from .trainer import continuation_logits
-
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    target_path = cfg.target or str(bundled_pair()[0])
-    tok = load_tokenizer(target_path)
-    target = load_model(target_path, "float32", device)
-    vocab = min(len(tok), target.get_output_embeddings().weight.shape[0])
+def _cache_step(step: int, cfg: CacheConfig, prompts: PromptSet, target, tok, vocab: int, device) -> list:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     eos_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("out", "device")}
-    meta["target"] = target_path
-    meta["vocab_size"] = vocab
-    for step in range(cfg.steps):
-        path = out / f"step_{step:06d}.pt"
-        if path.exists():  # resumable: steps already written are kept (each file appears whole)
-            continue
-        data = {}
-        for micro in range(cfg.micro_batches):
-            b = make_batch(prompts, source=cfg.data_source, batch_size=cfg.batch_size, seed=cfg.seed, step=step,
-                           micro=micro, temperature=cfg.temperature, pad_id=pad_id, eos_ids=eos_ids,
-                           vocab_size=vocab, target=target, device=device)
-            idx, logp, tail = teacher_topk(continuation_logits(target, b, vocab), cfg.topk, cfg.temperature)
-            b = b.to("cpu")
-            data[str(micro)] = {"input_ids": b.input_ids, "attention_mask": b.attention_mask,
-                                "cont_mask": b.cont_mask, "source": b.source,
-                                "topk_idx": idx.to(torch.int32).cpu(), "topk_logp": logp.cpu(),
-                                "tail_logp": tail.cpu()}
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    tmp = out / f".meta.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / "meta.json")  # written last: a cache without meta.json is incomplete
+    out = []
+    for micro in range(cfg.micro_batches):
+        b = make_batch(prompts, source=cfg.data_source, batch_size=cfg.batch_size, seed=cfg.seed, step=step,
+                       micro=micro, temperature=cfg.temperature, pad_id=pad_id, eos_ids=eos_ids,
+                       vocab_size=vocab, target=target, device=device)
+        idx, logp, tail = teacher_topk(continuation_logits(target, b, vocab), cfg.topk, cfg.temperature)
+        b = b.to("cpu")
+        out.append({"input_ids": b.input_ids, "attention_mask": b.attention_mask, "cont_mask": b.cont_mask,
+                    "source": b.source, "topk_idx": idx.to(torch.int32).cpu(), "topk_logp": logp.cpu(),
+                    "tail_logp": tail.cpu()})
     return out
 
 
+def build_cache(cfg: CacheConfig) -> Path:
+    """Write (or, with cfg.resume, finish) the cache described by cfg; returns its folder."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    target_path = str(cfg.target or bundled_pair()[0])
+    tok = load_tokenizer(target_path)
+    prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
+    prompts.check_source(cfg.data_source)
+    out = prepare_out_dir(cfg.out, "cache-teacher", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
+                          can_resume=True, free=("out", "resume", "overwrite", "device", "threads"))
+    target = load_model(target_path, "float32", device)
+    vocab = min(len(tok), target.get_output_embeddings().weight.shape[0])
+    settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)
+                if f.name not in ("out", "resume", "overwrite", "device", "threads")}
+    settings.update(target=target_path, vocab_size=vocab)
+    cache_id = _build_id(out)
+    files = {}
+    for step in range(cfg.steps):
+        path = out / step_name(step)
+        if not _written(path, cache_id, step):
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            torch.save({"cache_id": cache_id, "step": step,
+                        "micro_batches": _cache_step(step, cfg, prompts, target, tok, vocab, device)}, tmp)
+            os.replace(tmp, path)          # each step file appears whole
+        files[path.name] = path.stat().st_size
+    write_json_atomic(out / "meta.json", {**settings, "format": FORMAT, "cache_id": cache_id, "files": files})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI.
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .trainer import add_arguments as add
-    add(parser, CacheConfig)
+    config.add_arguments(parser, CacheConfig)
 
 
 def run(args) -> int:
-    from .trainer import config_from_args
-    cfg = config_from_args(args, CacheConfig)
+    cfg = config.config_from_args(args, CacheConfig)
     out = build_cache(cfg)
     print(json.dumps({"out": str(out), "steps": cfg.steps, "topk": cfg.topk}))
     return 0
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="specdec cache-teacher")
-    add_arguments(p)
-    sys.exit(run(p.parse_args()))

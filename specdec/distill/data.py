@@ -1,8 +1,9 @@
-"""Prompts and the DistillSpec data sources.
+"""Prompts and the DistillSpec data sources: what one micro-batch of sequences is, and where it comes from.
 
-Prompts come from a JSONL file (`{"prompt": str, "completion": str (optional)}` per line) or, by default,
-from the bundled corpus' train split (a window of a stdlib train-split module, cut at a line start:
-the first `prompt_tokens` tokens are the prompt, the next `new_tokens` its fixed continuation).
+Prompts come from a JSONL file read by specdec.prompts (`{"prompt": str, "completion": str (optional)}`
+per line; Spec-Bench questions too) or, by default, from the bundled corpus' train split (a window of a
+stdlib train-split module, cut at a line start: the first `prompt_tokens` tokens are the prompt, the
+next `new_tokens` its fixed continuation).
 
 Data sources (what the sequences y of the loss E_y[D(p || q)] are):
   dataset   the fixed continuations of the data
@@ -16,6 +17,10 @@ All sampling is at the deployment temperature with the project's helpers (specde
 Determinism: every batch is a pure function of (seed, step, global micro-batch index) and the config, so a
 resumed run draws the same data and the same samples as an uninterrupted one, and the data position
 is just the step counter.
+
+The trainer asks a data source for the micro-batches of a step: `LiveSource` here builds them (sampling
+from the models where the source needs it), `TeacherCache` (cache.py) reads them with the target's
+top-K log-probs from disk. Both return (Batch, TeacherTopK or None) pairs.
 """
 from __future__ import annotations
 
@@ -23,12 +28,13 @@ import json
 import random
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ..decoding import cache_kwarg, autoregressive_generate
-from ..sampling import mask_logits, sample_tokens
+from ..corpus import CATEGORIES, read_source, split_files
+from ..decoding import autoregressive_generate
+from ..prompts import builtin, load_prompts_file
+from .skd import skd_generate
 
 SOURCES = ("dataset", "teacher", "student", "mix", "skd")
 
@@ -61,6 +67,29 @@ class Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.cont_mask.to(device), self.source)
 
 
+@dataclass
+class TeacherTopK:
+    """The target's distribution on a micro-batch's N real continuation tokens, kept offline as its K
+    largest log-probs plus a tail bucket (losses.divergence_topk): idx [N, K] int64, logp [N, K] fp32,
+    tail [N] fp32."""
+    idx: torch.Tensor
+    logp: torch.Tensor
+    tail: torch.Tensor
+
+    def to(self, device) -> "TeacherTopK":
+        return TeacherTopK(self.idx.to(device), self.logp.to(device), self.tail.to(device))
+
+
+def continuation_logits(model, batch: Batch, vocab_size: int) -> torch.Tensor:
+    """Logits predicting the real continuation tokens: [N, V'] (N = batch.num_tokens), in model dtype.
+    Only the last C + 1 columns go through the LM head (logits_to_keep), not the prompt's."""
+    C = batch.new_tokens
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids(),
+                logits_to_keep=C + 1, use_cache=False)
+    logits = out.logits[:, :-1, :vocab_size]                                  # [B, C, V']
+    return logits[batch.cont_mask]                                            # [N, V']
+
+
 def stream_seed(seed: int, *parts) -> int:
     """A 63-bit seed from the run seed and a position (purpose, step, micro-batch)."""
     return zlib.crc32(json.dumps([int(seed), *parts]).encode()) * 2654435761 % (2 ** 63 - 1)
@@ -75,36 +104,42 @@ class PromptSet:
     def __init__(self, tokenizer, prompt_tokens: int, new_tokens: int, jsonl: str | None = None,
                  files: list | None = None):
         self.tok, self.P, self.C = tokenizer, int(prompt_tokens), int(new_tokens)
-        self.examples = None
+        self.records = None
         if jsonl is not None:
-            self.examples = load_jsonl(jsonl)
+            self.records = load_prompts_file(jsonl, tokenizer)
+            self.source_name = str(jsonl)
         else:
-            if files is None:
-                from ..corpus import split_files
-                files = split_files()[0]
-            if not files:
+            self.files = list(split_files()[0] if files is None else files)
+            if not self.files:
                 raise ValueError("no training files found in the bundled corpus; pass --data FILE.jsonl")
-            self.files = list(files)
+            self.source_name = "the bundled corpus' train split"
             self._texts: dict = {}
 
     @property
     def has_completions(self) -> bool:
-        return self.examples is None or all(e.get("completion") for e in self.examples)
+        return self.records is None or all("completion" in r for r in self.records)
+
+    def check_source(self, source: str, lmbda: float = 0.5) -> None:
+        """A source that trains on the data's own continuations needs them: fail before anything runs."""
+        uses_data = source == "dataset" or (source == "mix" and lmbda < 1.0)
+        if uses_data and not self.has_completions:
+            raise ValueError(f"--data-source {source} trains on the data's continuations, but {self.source_name} "
+                             "has lines without \"completion\": add them, or use --data-source student, teacher "
+                             "or skd")
 
     def _encode(self, text: str) -> list:
         return self.tok(text, add_special_tokens=False).input_ids
 
     def _text(self, i: int) -> str:
         if i not in self._texts:
-            from ..corpus import read_source
             if len(self._texts) > 64:
                 self._texts.clear()
             self._texts[i] = read_source(self.files[i])
         return self._texts[i]
 
     def sample(self, rng: random.Random) -> tuple[list, list | None]:
-        if self.examples is not None:
-            ex = self.examples[rng.randrange(len(self.examples))]
+        if self.records is not None:
+            ex = self.records[rng.randrange(len(self.records))]
             prompt = self._encode(ex["prompt"])[-self.P:]
             comp = ex.get("completion")
             return prompt, (self._encode(comp)[:self.C] if comp else None)
@@ -121,32 +156,11 @@ class PromptSet:
         raise ValueError("could not cut a long enough window from the corpus; lower --prompt-tokens / --new-tokens")
 
 
-def load_jsonl(path) -> list:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} not found (JSONL: one {{\"prompt\": ..., \"completion\": ...}} per line)")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            ex = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(ex, dict) or not isinstance(ex.get("prompt"), str) or not ex["prompt"]:
-            raise ValueError(f"{path}:{n}: each line needs a non-empty string \"prompt\"")
-        out.append(ex)
-    if not out:
-        raise ValueError(f"{path} holds no prompts")
-    return out
-
-
 def heldout_prompts(tokenizer, n: int, prompt_tokens: int) -> list:
     """Token ids of n held-out prompts (the built-in prompt sets, cut from held-out stdlib modules;
     the last prompt_tokens tokens of each), spread over the categories."""
-    from ..corpus import CATEGORIES, builtin_prompts
     per_cat = max(1, -(-n // len(CATEGORIES)))
-    items = builtin_prompts(max_per_category=per_cat)
+    items = builtin(max_per_category=per_cat)
     # interleave categories so any prefix of the list covers all of them
     by_cat = [[it for it in items if it["category"] == c] for c in CATEGORIES]
     order = [it for group in zip(*by_cat) for it in group] or items
@@ -180,61 +194,6 @@ def assemble(prompts: list, continuations: list, new_tokens: int, pad_id: int, s
 
 
 # ----------------------------------------------------------------------------------------------------
-# SKD.
-
-def skd_replace(proposed: torch.Tensor, target_logits: torch.Tensor, k: int, temperature: float,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """SKD's rule: keep the draft's proposal if it is among the target's top-k tokens, else replace it by
-    a sample of the target (at the deployment temperature; argmax at 0).
-
-    proposed: [B] int64; target_logits: [B, V]. Returns (tokens [B], replaced [B] bool).
-    """
-    k = min(int(k), target_logits.shape[-1])
-    topk = torch.topk(target_logits, k, dim=-1).indices                                 # [B, k]
-    inside = (topk == proposed[:, None]).any(-1)                                         # [B]
-    own = sample_tokens(mask_logits(target_logits, temperature), temperature, generator)  # [B]
-    return torch.where(inside, proposed, own), ~inside
-
-
-@torch.no_grad()
-def skd_generate(target, draft, ids, mask, new_tokens: int, temperature: float, k: int, vocab_size: int,
-                 generator=None, eos_ids=()) -> list:
-    """Continuations under SKD. ids, mask: [B, P] left-padded. Returns per-row id lists (cut after EOS).
-
-    Both models keep a KV cache; each step costs one single-token forward of each model.
-    """
-    from transformers import DynamicCache
-
-    B = ids.shape[0]
-    caches = [DynamicCache(), DynamicCache()]
-    models = [target, draft]
-    kws = [cache_kwarg(m) for m in models]
-    pos = (mask.cumsum(1) - 1).clamp_min(0)
-    att = mask.clone()
-    logits = [m(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1,
-                **{kw: c}).logits[:, -1, :vocab_size] for m, kw, c in zip(models, kws, caches)]
-    nxt_pos = pos[:, -1:] + 1
-    out = torch.empty((B, 0), dtype=torch.long, device=ids.device)
-    for _ in range(int(new_tokens)):
-        t_logits, d_logits = logits
-        proposed = sample_tokens(mask_logits(d_logits, temperature), temperature, generator)   # [B]
-        tok, _ = skd_replace(proposed, t_logits, k, temperature, generator)
-        out = torch.cat([out, tok[:, None]], 1)
-        att = torch.cat([att, torch.ones_like(tok[:, None])], 1)
-        logits = [m(input_ids=tok[:, None], attention_mask=att, position_ids=nxt_pos, use_cache=True,
-                    **{kw: c}).logits[:, -1, :vocab_size] for m, kw, c in zip(models, kws, caches)]
-        nxt_pos = nxt_pos + 1
-    return [cut_at_eos(row, eos_ids) for row in out.tolist()]
-
-
-def cut_at_eos(row: list, eos_ids) -> list:
-    for i, t in enumerate(row):
-        if t in eos_ids:
-            return row[:i + 1]
-    return row
-
-
-# ----------------------------------------------------------------------------------------------------
 # Building one micro-batch.
 
 def resolve_source(source: str, lmbda: float, seed: int, step: int, micro: int) -> str:
@@ -258,9 +217,7 @@ def make_batch(prompts: PromptSet, *, source: str, batch_size: int, seed: int, s
     p_ids = [e[0] for e in examples]
     C = prompts.C
     if src == "dataset":
-        if any(e[1] is None for e in examples):
-            raise ValueError("data source 'dataset' (or 'mix') needs completions; the JSONL lines have only "
-                             "prompts: add \"completion\" or use --data-source student / teacher / skd")
+        prompts.check_source(src)
         return assemble(p_ids, [e[1] for e in examples], C, pad_id, src).to(device)
     gseed = stream_seed(seed, "sample", step, micro)
     ids, mask = left_pad(p_ids, pad_id)
@@ -280,3 +237,20 @@ def make_batch(prompts: PromptSet, *, source: str, batch_size: int, seed: int, s
     else:
         raise ValueError(f"data source must be one of {SOURCES}, got {src!r}")
     return assemble(p_ids, conts, C, pad_id, src).to(device)
+
+
+class LiveSource:
+    """Micro-batches built while training (make_batch); the teacher side is the live target's forward."""
+
+    def __init__(self, prompts: PromptSet, cfg, *, target, draft, pad_id: int, eos_ids, vocab_size: int, device):
+        self.prompts, self.cfg = prompts, cfg
+        self.target, self.draft = target, draft
+        self.pad_id, self.eos_ids, self.vocab_size, self.device = pad_id, list(eos_ids), vocab_size, device
+
+    def micro_batches(self, step: int, micros) -> list[tuple[Batch, None]]:
+        """The micro-batches with GLOBAL indices `micros` of `step`."""
+        c = self.cfg
+        return [(make_batch(self.prompts, source=c.data_source, batch_size=c.batch_size, seed=c.seed, step=step,
+                            micro=m, temperature=c.temperature, pad_id=self.pad_id, eos_ids=self.eos_ids,
+                            vocab_size=self.vocab_size, target=self.target, draft=self.draft, lmbda=c.lmbda,
+                            skd_topk=c.skd_topk, device=self.device), None) for m in micros]

@@ -1,0 +1,118 @@
+"""What a distillation run keeps on disk: checkpoints, the exported draft, metrics.jsonl.
+
+    DIR/checkpoints/step_NNNNNN/trainer_state.pt   weights, optimizer, RNG and step, every --save-every steps
+    DIR/model.safetensors, config.json, tokenizer   the final draft (a Hugging Face checkpoint)
+    DIR/metrics.jsonl                               one JSON row per train step and per evaluation
+
+A checkpoint is written into a temporary folder and renamed into place, so a kill at any moment leaves
+the previous checkpoint or the new one, never half of one. A checkpoint damaged afterwards (a full
+disk, a copy cut short) is skipped on resume with a warning, and the next older one is used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from ..util import append_jsonl, read_jsonl, write_text_atomic
+
+STATE_FILE = "trainer_state.pt"
+_STATE_KEYS = ("step", "model", "optimizer", "rng")
+
+
+def checkpoint_dirs(out) -> list[Path]:
+    """Checkpoint folders in DIR/checkpoints, oldest first."""
+    root = Path(out) / "checkpoints"
+    return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+
+
+def save_checkpoint(out, step: int, model_state: dict, optimizer_state: dict, keep: int) -> Path:
+    """Checkpoint of optimizer step `step`; only the newest `keep` are kept."""
+    root = Path(out) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save({"step": step, "model": model_state, "optimizer": optimizer_state, "rng": rng_state()},
+               tmp / STATE_FILE)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)                   # the checkpoint appears whole, or not at all
+    for old in checkpoint_dirs(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_latest(out, verbose: bool = True) -> tuple[Path, dict] | None:
+    """(folder, state) of the newest checkpoint that reads back whole; None when there is none. A newer
+    one that does not read is skipped (and, when verbose, reported on stderr in one line)."""
+    for folder in reversed(checkpoint_dirs(out)):
+        try:
+            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+            missing = [k for k in _STATE_KEYS if k not in state]
+            if missing:
+                raise KeyError(f"no {', '.join(missing)}")
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if verbose:
+                print(f"warning: checkpoint {folder} is unreadable ({why[:120]}); trying the one before it",
+                      file=sys.stderr, flush=True)
+            continue
+        return folder, state
+    return None
+
+
+def export_hf(model, tokenizer, folder) -> None:
+    """The draft as a Hugging Face checkpoint (+ tokenizer) in `folder`, written to a temporary sibling
+    first; files are then moved in one by one with os.replace (each file appears whole)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-hf-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for f in sorted(tmp.iterdir()):
+        os.replace(f, folder / f.name)
+    tmp.rmdir()
+
+
+def rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+class MetricsLog:
+    """DIR/metrics.jsonl, appended one row at a time (on rank 0 only; other ranks hold a disabled log)."""
+
+    def __init__(self, path, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            append_jsonl(self.path, row)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop the rows the previous run wrote after its checkpoint (and a line torn by a
+        kill during its last write)."""
+        if not self.enabled or not self.path.exists():
+            return
+        rows, _ = read_jsonl(self.path)
+        keep = [r for r in rows if r.get("step", 0) <= step]
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
