@@ -99,6 +99,12 @@ def _shown(value) -> str:
     return str(value)
 
 
+def _default(f):
+    if f.default is not _UNSET:
+        return f.default
+    return f.default_factory() if f.default_factory is not _UNSET else None
+
+
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
@@ -117,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         g = groups[group]
         help_ = meta.get("help", "")
         kind, _, is_tuple = _kind(hints[f.name])
-        default = f.default if f.default is not _UNSET else (f.default_factory() if f.default_factory is not _UNSET else None)
+        default = _default(f)
         if meta.get("positional"):
             g.add_argument(f.name, nargs="+" if is_tuple else None, help=help_.replace("%", "%%"),
                            metavar=f.name.upper())
@@ -166,7 +172,7 @@ def to_argv(cfg) -> list[str]:
         if not f.init:
             continue
         value = getattr(cfg, f.name)
-        default = f.default if f.default is not _UNSET else (f.default_factory() if f.default_factory is not _UNSET else None)
+        default = _default(f)
         if value == default:
             continue
         kind, _, is_tuple = _kind(hints[f.name])

@@ -135,7 +135,8 @@ def plot_training(metrics_path: Path, out: Path) -> Path:
     axes[1].set(title="estimated acceptance (held-out)", xlabel="step")
     spec = [r for r in evals if "mean_accepted_length" in r]
     axes[2].plot([r["step"] for r in spec], [r["mean_accepted_length"] for r in spec], "o-")
-    axes[2].set(title=f"mean acceptance length (gamma {spec[0].get('spec_gamma', '?') if spec else '?'})", xlabel="step")
+    gamma = spec[0].get("spec_gamma", "?") if spec else "?"
+    axes[2].set(title=f"mean acceptance length (gamma {gamma})", xlabel="step")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

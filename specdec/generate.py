@@ -82,14 +82,16 @@ def generate(cfg: GenerateConfig) -> dict:
     t_ar = time.perf_counter() - t0
     status(f"speculative decoding, gamma {cfg.gamma}")
     t0 = time.perf_counter()
-    sd = SpeculativeDecoder(target, draft, gamma=cfg.gamma, vocab_size=vocab).generate(enc.input_ids, enc.attention_mask, **kw)
+    decoder = SpeculativeDecoder(target, draft, gamma=cfg.gamma, vocab_size=vocab)
+    sd = decoder.generate(enc.input_ids, enc.attention_mask, **kw)
     t_sd = time.perf_counter() - t0
     s = sd.stats
     summary = {"gamma": cfg.gamma, "temperature": p.temperature, "new_tokens": s.new_tokens,
                "acceptance_rate": round(s.acceptance_rate, 4), "mean_accepted_length": round(s.mean_accepted_length, 3),
                "per_position_acceptance": [round(x, 3) for x in s.per_position_acceptance],
                "target_calls_sd": s.target_calls, "target_calls_ar": ar.stats.target_calls,
-               "sd_tokens_per_s": round(s.new_tokens / t_sd, 2), "ar_tokens_per_s": round(ar.stats.new_tokens / t_ar, 2),
+               "sd_tokens_per_s": round(s.new_tokens / t_sd, 2),
+               "ar_tokens_per_s": round(ar.stats.new_tokens / t_ar, 2),
                "outputs_match_ar": sd.new_tokens == ar.new_tokens if p.temperature == 0 else None}
     texts = [(prompt, len(tok(prompt).input_ids), tok.decode(out)) for prompt, out in zip(prompts, sd.new_tokens)]
     return {"summary": summary, "texts": texts}
