@@ -1,12 +1,41 @@
-"""specdec: lossless, batched speculative decoding for Hugging Face causal LMs."""
-from .decoding import GenerationOutput, SamplingParams, SpeculativeDecoder, autoregressive_generate
-from .metrics import DecodeStats, expected_tokens_per_step, predicted_speedup
-from .models import bundled_pair, check_vocab, load_model, load_pair, load_tokenizer
-from .verify import VerifyResult, verify
+"""specdec: lossless, batched speculative decoding for Hugging Face causal LMs.
 
-__all__ = [
-    "SpeculativeDecoder", "autoregressive_generate", "verify", "VerifyResult", "GenerationOutput", "SamplingParams",
-    "DecodeStats", "predicted_speedup", "expected_tokens_per_step", "bundled_pair", "load_pair", "load_model",
-    "load_tokenizer", "check_vocab",
-]
+The public API is re-exported here and imported on first use (PEP 562), so `specdec --help` and the
+light modules (config, results, plots) start without importing torch."""
+import importlib
+import sys
+import types
+
+_EXPORTS = {
+    "SpeculativeDecoder": "decoding", "autoregressive_generate": "decoding", "GenerationOutput": "decoding",
+    "SamplingParams": "decoding", "DecodeStats": "metrics", "predicted_speedup": "metrics",
+    "expected_tokens_per_step": "metrics", "bundled_pair": "models", "load_pair": "models", "load_model": "models",
+    "load_tokenizer": "models", "check_vocab": "models", "verify": "verify", "VerifyResult": "verify",
+}
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'specdec' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule sets it as an attribute of its package; `specdec.verify` the submodule would
+    then hide `specdec.verify` the function. An exported name keeps meaning the export."""
+
+    def __setattr__(self, name, value):
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -24,9 +24,14 @@ _UNSET = dataclasses.MISSING
 
 
 def option(default=_UNSET, help: str = "", *, group: str = "options", choices=None, required: bool = False,
-           default_factory=_UNSET):
-    """A config field: its default, help line, `--help` group and allowed values, in one place."""
-    meta = {"help": help, "group": group, "choices": tuple(choices) if choices else None, "required": required}
+           default_factory=_UNSET, positional: bool = False, repeat: bool = False):
+    """A config field: its default, help line, `--help` group and allowed values, in one place.
+
+    positional: a tuple field taken as positional arguments (`specdec plot a.json b.json`).
+    repeat: a tuple of free text given once per flag (`--prompt "a, b" --prompt c`), where commas
+    cannot separate the values."""
+    meta = {"help": help, "group": group, "choices": tuple(choices) if choices else None, "required": required,
+            "positional": positional, "repeat": repeat}
     if default_factory is not _UNSET:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -76,9 +81,11 @@ def _scalar(text: str, kind: type, flag: str):
 
 def parse_value(value, tp, flag: str):
     """A typed value from what the user typed (non-strings, e.g. dataclass defaults, pass through)."""
+    kind, _, is_tuple = _kind(tp)
+    if isinstance(value, list):  # a positional or repeated flag: one string per value, taken as typed
+        return tuple(v if kind is str else _scalar(v, kind, flag) for v in value)
     if not isinstance(value, str):
         return value
-    kind, _, is_tuple = _kind(tp)
     if is_tuple:
         return tuple(_scalar(s, kind, flag) for s in value.split(",") if s.strip())
     return _scalar(value, kind, flag)
@@ -90,6 +97,12 @@ def _shown(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def _default(f):
+    if f.default is not _UNSET:
+        return f.default
+    return f.default_factory() if f.default_factory is not _UNSET else None
 
 
 def _hints(cls) -> dict:
@@ -110,7 +123,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         g = groups[group]
         help_ = meta.get("help", "")
         kind, _, is_tuple = _kind(hints[f.name])
-        default = f.default if f.default is not _UNSET else (f.default_factory() if f.default_factory is not _UNSET else None)
+        default = _default(f)
+        if meta.get("positional"):
+            g.add_argument(f.name, nargs="+" if is_tuple else None, help=help_.replace("%", "%%"),
+                           metavar=f.name.upper())
+            continue
+        if meta.get("repeat"):
+            g.add_argument(flag_name(f.name), dest=f.name, action="append", default=None,
+                           help=help_.replace("%", "%%") + " (repeatable)", metavar=kind.__name__.upper())
+            continue
         if kind is bool and not is_tuple:
             if default:
                 g.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
@@ -142,6 +163,35 @@ def config_from_args(args: argparse.Namespace, cls, **overrides):
         elif hasattr(args, f.name):
             kw[f.name] = parse_value(getattr(args, f.name), hints[f.name], flag_name(f.name))
     return cls(**kw)
+
+
+def to_argv(cfg) -> list[str]:
+    """The flags that rebuild `cfg` from the command's defaults: only the settings that differ."""
+    hints, argv = _hints(type(cfg)), []
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        value = getattr(cfg, f.name)
+        default = _default(f)
+        if value == default:
+            continue
+        kind, _, is_tuple = _kind(hints[f.name])
+        if f.metadata.get("positional"):
+            argv += [str(v) for v in value]
+        elif f.metadata.get("repeat"):
+            argv += [a for v in value for a in (flag_name(f.name), str(v))]
+        elif kind is bool and not is_tuple:
+            argv.append(flag_name(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            argv += [flag_name(f.name), _exact(value)]
+    return argv
+
+
+def _exact(value) -> str:
+    """Like _shown, but floats keep every digit (the flags must rebuild the same config)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(_exact(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def to_dict(cfg) -> dict:

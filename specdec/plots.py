@@ -12,25 +12,37 @@ or the file name when folders repeat).
 """
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
+
+from .config import add_arguments as _add_arguments, config_from_args, option
+from .results import BenchRow, read_results
 
 FIGURES = ("acceptance", "speedup", "per_position", "category", "batch")
 
 
-def add_arguments(p):
-    p.add_argument("results", nargs="+", help="one or more results.json files (or folders holding one)")
-    p.add_argument("--out", default=None, help="output folder (default: the first file's folder)")
-    p.add_argument("--names", default=None, help="comma-separated labels, one per results file")
+@dataclass
+class PlotConfig:
+    results: tuple[str, ...] = option((), "one or more results.json files (or folders holding one)", positional=True)
+    out: str | None = option(None, "output folder (default: the first file's folder)")
+    names: tuple[str, ...] | None = option(None, "comma-separated labels, one per results file "
+                                           "(default: each file's folder name)")
+
+    def __post_init__(self):
+        if not self.results:
+            raise ValueError("pass at least one results.json (or a folder holding one)")
+        if self.names is not None and len(self.names) != len(self.results):
+            raise ValueError(f"--names has {len(self.names)} labels for {len(self.results)} results files")
+
+
+def add_arguments(parser) -> None:
+    _add_arguments(parser, PlotConfig)
 
 
 def run(args) -> int:
-    paths = [_resolve(p) for p in args.results]
-    names = [s.strip() for s in args.names.split(",")] if args.names else None
-    if names is not None and len(names) != len(paths):
-        raise ValueError(f"--names has {len(names)} labels for {len(paths)} results files")
-    out = Path(args.out) if args.out else paths[0].parent
-    written = plot_files(paths, out, names)
+    cfg = config_from_args(args, PlotConfig)
+    paths = [_resolve(p) for p in cfg.results]
+    written = plot_files(paths, cfg.out if cfg.out else paths[0].parent, cfg.names)
     for w in written:
         print(w)
     if not written:
@@ -47,16 +59,29 @@ def _resolve(p) -> Path:
     return path
 
 
-def load_results(path) -> dict:
-    path = _resolve(path)
+@dataclass
+class Dataset:
+    """One results file as the figures see it."""
+    name: str
+    meta: dict
+    runs: list          # [BenchRow]
+
+
+def load_results(path, name: str = "") -> Dataset:
+    meta, rows = read_results(_resolve(path))
+    return Dataset(name, meta, rows)
+
+
+def _out_dir(path) -> Path:
+    """The figures' folder, created; a file in the way or a folder that cannot be written is one line."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); is it a specdec bench results.json?") from None
-    if not isinstance(data, dict) or "runs" not in data:
-        raise ValueError(f"{path} has no 'runs' list; is it a specdec bench results.json?")
-    data.setdefault("meta", {})
-    return data
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create --out {out}: {e.strerror or e}") from None
+    return out
 
 
 def default_names(paths) -> list[str]:
@@ -76,36 +101,32 @@ def _short(path_or_id) -> str:
 
 
 def _title(datasets, what: str) -> str:
-    metas = [d["meta"] for _, d in datasets]
+    metas = [d.meta for d in datasets]
     pairs = sorted({f"{_short(m.get('target'))} <- {_short(m.get('draft'))}" for m in metas})
     devs = sorted({f"{m.get('device_name') or m.get('device', '?')} ({m.get('device', '?')}, {m.get('dtype', '?')})"
                    for m in metas})
     return f"{what}\n{'; '.join(pairs)} on {'; '.join(devs)}"
 
 
-def _rows(data, **match):
-    out = []
-    for r in data["runs"]:
-        if r.get("error") or r.get("tokens_per_s") is None:
-            continue
-        if all(r.get(k) == v for k, v in match.items()):
-            out.append(r)
-    return out
+def _rows(data: Dataset, **match) -> list[BenchRow]:
+    """The measured rows (no errors) whose fields equal `match`."""
+    return [r for r in data.runs if r.error is None and r.tokens_per_s is not None
+            and all(getattr(r, k) == v for k, v in match.items())]
 
 
 def _smallest_bs(data, method="sd"):
-    bss = sorted({r["batch_size"] for r in _rows(data, method=method, category="all")})
+    bss = sorted({r.batch_size for r in _rows(data, method=method, category="all")})
     return bss[0] if bss else None
 
 
 def _temps(data, method="sd"):
-    return sorted({r["temperature"] for r in _rows(data, method=method, category="all")})
+    return sorted({r.temperature for r in _rows(data, method=method, category="all")})
 
 
 def _gamma_axis(ax, datasets):
     """log2 x axis with a tick at each gamma measured (plain numbers, not powers of 2)."""
     from matplotlib.ticker import NullFormatter
-    gs = sorted({r["gamma"] for _, d in datasets for r in d["runs"] if r.get("gamma")})
+    gs = sorted({r.gamma for d in datasets for r in d.runs if r.gamma})
     ax.set_xscale("log", base=2)
     if gs:
         ax.set_xticks(gs, [str(g) for g in gs])
@@ -123,9 +144,8 @@ def plot_files(paths, out_dir, names=None) -> list[Path]:
 
     paths = [_resolve(p) for p in paths]
     names = names or default_names(paths)
-    datasets = [(n, load_results(p)) for n, p in zip(names, paths)]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    datasets = [load_results(p, n) for n, p in zip(names, paths)]
+    out_dir = _out_dir(out_dir)
     written = []
     for fig_name in FIGURES:
         fn = globals()[f"_plot_{fig_name}"]
@@ -147,22 +167,23 @@ def _plot_acceptance(datasets, path) -> bool:
     import matplotlib.pyplot as plt
     multi = len(datasets) > 1
     series = []
-    for name, data in datasets:
+    for data in datasets:
+        name = data.name
         bs = _smallest_bs(data)
         for t in _temps(data):
-            rows = sorted(_rows(data, method="sd", category="all", batch_size=bs, temperature=t), key=lambda r: r["gamma"])
+            rows = sorted(_rows(data, method="sd", category="all", batch_size=bs, temperature=t), key=lambda r: r.gamma)
             if rows:
                 series.append((_label(name, multi, f"T={t:g}, bs={bs}"), rows))
     if not series:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, rows in series:
-        g = [r["gamma"] for r in rows]
-        line, = axes[0].plot(g, [r["acceptance_rate"] for r in rows], marker="o", label=label)
-        if any(r.get("alpha") is not None for r in rows):
-            axes[0].plot(g, [r.get("alpha") if r.get("alpha") is not None else float("nan") for r in rows], ls="--",
+        g = [r.gamma for r in rows]
+        line, = axes[0].plot(g, [r.acceptance_rate for r in rows], marker="o", label=label)
+        if any(r.alpha is not None for r in rows):
+            axes[0].plot(g, [r.alpha if r.alpha is not None else float("nan") for r in rows], ls="--",
                          marker="s", mfc="none", color=line.get_color(), label=f"{label}: per-token alpha")
-        axes[1].plot(g, [r["mean_accepted_length"] for r in rows], marker="o", label=label)
+        axes[1].plot(g, [r.mean_accepted_length for r in rows], marker="o", label=label)
     axes[0].set(xlabel="gamma (draft tokens per step)", ylabel="acceptance rate (accepted / drafted); alpha dashed",
                 ylim=(0, 1.02))
     axes[1].set(xlabel="gamma (draft tokens per step)", ylabel="mean acceptance length (tokens / step)")
@@ -179,25 +200,26 @@ def _plot_speedup(datasets, path) -> bool:
     multi = len(datasets) > 1
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     any_ = False
-    for name, data in datasets:
+    for data in datasets:
+        name = data.name
         bs = _smallest_bs(data)
         for t in _temps(data):
             rows = sorted([r for r in _rows(data, method="sd", category="all", batch_size=bs, temperature=t)
-                           if r.get("speedup") is not None], key=lambda r: r["gamma"])
+                           if r.speedup is not None], key=lambda r: r.gamma)
             if not rows:
                 continue
             any_ = True
-            g = [r["gamma"] for r in rows]
-            line, = ax.plot(g, [r["speedup"] for r in rows], marker="o", label=_label(name, multi, f"specdec T={t:g}, bs={bs}"))
-            pred = [r.get("predicted_speedup") for r in rows]
+            g = [r.gamma for r in rows]
+            line, = ax.plot(g, [r.speedup for r in rows], marker="o", label=_label(name, multi, f"specdec T={t:g}, bs={bs}"))
+            pred = [r.predicted_speedup for r in rows]
             if any(p is not None for p in pred):
                 ax.plot(g, [p if p is not None else float("nan") for p in pred], ls="--", marker="s", mfc="none",
                         color=line.get_color(),
                         label=_label(name, multi, f"predicted T={t:g}"))
             hf = sorted([r for r in _rows(data, method="hf_assisted", category="all", temperature=t)
-                         if r.get("speedup") is not None], key=lambda r: r["gamma"])
+                         if r.speedup is not None], key=lambda r: r.gamma)
             if hf:
-                ax.plot([r["gamma"] for r in hf], [r["speedup"] for r in hf], ls=":", marker="x", color=line.get_color(),
+                ax.plot([r.gamma for r in hf], [r.speedup for r in hf], ls=":", marker="x", color=line.get_color(),
                         label=_label(name, multi, f"HF assisted T={t:g}"))
     if not any_:
         plt.close(fig)
@@ -215,19 +237,20 @@ def _plot_per_position(datasets, path) -> bool:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
     multi = len(datasets) > 1
-    temps = sorted({t for _, d in datasets for t in _temps(d)})
+    temps = sorted({t for d in datasets for t in _temps(d)})
     if not temps:
         return False
     fig, axes = plt.subplots(1, len(temps), figsize=(5.5 * len(temps), 4.2), squeeze=False)
     any_ = False
     for ax, t in zip(axes[0], temps):
-        for name, data in datasets:
+        for data in datasets:
+            name = data.name
             bs = _smallest_bs(data)
-            for r in sorted(_rows(data, method="sd", category="all", batch_size=bs, temperature=t), key=lambda r: r["gamma"]):
-                pp = r.get("per_position_acceptance")
+            for r in sorted(_rows(data, method="sd", category="all", batch_size=bs, temperature=t), key=lambda r: r.gamma):
+                pp = r.per_position_acceptance
                 if pp:
                     any_ = True
-                    ax.plot(range(1, len(pp) + 1), pp, marker="o", label=_label(name, multi, f"gamma={r['gamma']}"))
+                    ax.plot(range(1, len(pp) + 1), pp, marker="o", label=_label(name, multi, f"gamma={r.gamma}"))
         ax.set(xlabel="draft position k", ylabel="P(k-th draft accepted)", ylim=(0, 1.02), title=f"T={t:g}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -243,16 +266,17 @@ def _plot_category(datasets, path) -> bool:
     import matplotlib.pyplot as plt
     import numpy as np
     multi = len(datasets) > 1
-    temps = sorted({t for _, d in datasets for t in _temps(d)})
+    temps = sorted({t for d in datasets for t in _temps(d)})
     panels = []
     for t in temps:
         series = []
-        for name, data in datasets:
+        for data in datasets:
+            name = data.name
             bs = _smallest_bs(data)
             rows = [r for r in _rows(data, method="sd", batch_size=bs, temperature=t)
-                    if r["category"] != "all" and r.get("speedup") is not None]
-            for g in sorted({r["gamma"] for r in rows}):
-                series.append((_label(name, multi, f"gamma={g}"), {r["category"]: r["speedup"] for r in rows if r["gamma"] == g}))
+                    if r.category != "all" and r.speedup is not None]
+            for g in sorted({r.gamma for r in rows}):
+                series.append((_label(name, multi, f"gamma={g}"), {r.category: r.speedup for r in rows if r.gamma == g}))
         if series:
             panels.append((t, series))
     if not panels:
@@ -276,16 +300,17 @@ def _plot_category(datasets, path) -> bool:
 def _plot_batch(datasets, path) -> bool:
     import matplotlib.pyplot as plt
     multi = len(datasets) > 1
-    temps = sorted({r["temperature"] for _, d in datasets for r in _rows(d, category="all")})
+    temps = sorted({r.temperature for d in datasets for r in _rows(d, category="all")})
     panels = []
     for t in temps:
         series = []
-        for name, data in datasets:
+        for data in datasets:
+            name = data.name
             rows = _rows(data, category="all", temperature=t)
-            keys = sorted({(r["method"], r["gamma"]) for r in rows if r["method"] in ("ar", "sd")},
+            keys = sorted({(r.method, r.gamma) for r in rows if r.method in ("ar", "sd")},
                           key=lambda k: (k[0] != "ar", k[1] or 0))
             for m, g in keys:
-                pts = sorted((r["batch_size"], r["tokens_per_s"]) for r in rows if r["method"] == m and r["gamma"] == g)
+                pts = sorted((r.batch_size, r.tokens_per_s) for r in rows if r.method == m and r.gamma == g)
                 if len({b for b, _ in pts}) >= 2:
                     series.append((_label(name, multi, "plain" if m == "ar" else f"specdec gamma={g}"), pts))
         if series:

@@ -1,21 +1,27 @@
 """`specdec bench` end to end on a tiny saved pair: results.json schema, greedy equality, crash safety,
-HF failures recorded, and user errors as one line with exit code 2."""
+HF failures recorded, the output-folder policy, and user errors as one line with exit code 2."""
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from conftest import tiny_llama
-from specdec import benchmark
+from specdec import benchmark, results as results_mod
 from specdec.cli import main
+from specdec.metrics import per_token_acceptance
+from specdec.results import BenchRow
 from test_prompts import tiny_tokenizer
 
 DATA = Path(__file__).parent / "data"
 
-RUN_KEYS = {"method", "gamma", "temperature", "batch_size", "category", "num_prompts", "new_tokens", "wall_s",
-            "tokens_per_s", "speedup", "target_calls", "acceptance_rate", "mean_accepted_length",
-            "per_position_acceptance", "draft_cost_ratio", "verify_cost_ratio", "predicted_speedup",
-            "outputs_match_ar", "repeats"}
+# The keys every results.json has carried (the committed files under bench/results use them): BenchRow
+# must keep them, and every written row has exactly BenchRow's fields.
+LEGACY_KEYS = {"method", "gamma", "temperature", "batch_size", "category", "num_prompts", "new_tokens", "wall_s",
+               "tokens_per_s", "speedup", "target_calls", "acceptance_rate", "mean_accepted_length",
+               "per_position_acceptance", "draft_cost_ratio", "verify_cost_ratio", "predicted_speedup",
+               "outputs_match_ar", "repeats", "alpha", "draft_steps", "predicted_speedup_tau"}
+RUN_KEYS = {f.name for f in dataclasses.fields(BenchRow)}
 META_KEYS = {"target", "draft", "device", "dtype", "versions", "commit", "command", "prompts_source", "date", "costs"}
 
 
@@ -47,14 +53,15 @@ def results(pair, tmp_path_factory):
 
 
 def test_results_schema(results):
+    assert LEGACY_KEYS <= RUN_KEYS
     meta, runs = results["meta"], results["runs"]
     assert META_KEYS <= set(meta)
     assert {"torch", "transformers", "python", "specdec"} <= set(meta["versions"])
     assert set(meta["costs"]) == {"1", "2"}
     for r in runs:
-        assert RUN_KEYS <= set(r), RUN_KEYS - set(r)
-        assert r["method"] in benchmark.METHODS
-        assert "error" not in r, r["error"]
+        assert set(r) == RUN_KEYS, RUN_KEYS ^ set(r)
+        assert r["method"] in results_mod.METHODS
+        assert r["error"] is None, r["error"]
         assert r["tokens_per_s"] > 0 and r["wall_s"] > 0 and r["new_tokens"] > 0
         assert r["repeats"]["tokens_per_s"]["n"] == 2
         assert r["repeats"]["tokens_per_s"]["min"] <= r["tokens_per_s"] <= r["repeats"]["tokens_per_s"]["max"]
@@ -89,14 +96,14 @@ def test_greedy_outputs_match_ar(results):
 
 def test_crash_midway_keeps_rows(pair, tmp_path, monkeypatch):
     """The sweep dies in its second group (temperature 1): the greedy group's rows are on disk."""
-    real = benchmark._Run._run_batch
+    real = benchmark.run_batch
 
-    def flaky(self, method, gamma, temp, *a):
-        if temp > 0 and method == "sd":
+    def flaky(inputs, cfg, s, *a):
+        if s.temperature > 0 and s.method == "sd":
             raise RuntimeError("boom")
-        return real(self, method, gamma, temp, *a)
+        return real(inputs, cfg, s, *a)
 
-    monkeypatch.setattr(benchmark._Run, "_run_batch", flaky)
+    monkeypatch.setattr(benchmark, "run_batch", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         bench(pair, tmp_path, "--gamma", "1,2", "--temperature", "0,1", "--batch-size", "1", "--baselines", "ar")
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
@@ -108,7 +115,7 @@ def test_hf_failure_is_recorded_not_fatal(pair, tmp_path, monkeypatch):
     def broken(*a, **k):
         raise TypeError("assistant_model not supported here")
 
-    monkeypatch.setattr(benchmark, "hf_assisted_generate", broken)
+    monkeypatch.setattr(benchmark.baselines, "hf_assisted_generate", broken)
     assert bench(pair, tmp_path, "--gamma", "2", "--temperature", "0", "--batch-size", "1", "--repeats", "1") == 0
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     hf = [r for r in runs if r["method"].startswith("hf")]
@@ -125,7 +132,7 @@ def _one_line_error(capsys, argv, match):
 
 @pytest.mark.parametrize("flags, match", [
     (["--gamma", "0"], "--gamma values must be >= 1"),
-    (["--gamma", "two"], "--gamma must be a comma-separated list"),
+    (["--gamma", "two"], "--gamma must be an integer"),
     (["--temperature", "0,-1"], "--temperature values must be >= 0"),
     (["--prompts", "/no/such/prompts.jsonl"], "does not exist"),
     (["--target", "/no/such/model"], "does not exist"),
@@ -158,15 +165,16 @@ def test_mismatched_tokenizers(pair, tmp_path, capsys):
     vocab = {f"x{i}": i for i in range(64)}
     PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="x3")), pad_token="x0",
                             eos_token="x2").save_pretrained(other)
-    _one_line_error(capsys, ["bench", "--target", str(t), "--draft", str(other), "--out", str(tmp_path),
+    _one_line_error(capsys, ["bench", "--target", str(t), "--draft", str(other), "--out", str(tmp_path / "out"),
                              "--no-progress"], "tokenizers differ")
+    assert not any((tmp_path / "out").iterdir())  # a run that measured nothing leaves the folder unclaimed
 
 
 def test_pure_helpers():
-    assert benchmark.make_batches(5, 2) == [[0, 1], [2, 3], [4]]
-    assert benchmark.pure_batches([[0, 1], [2, 3], [4]], ["a", "a", "b", "b", "c"]) == {"a": [0], "b": [1], "c": [2]}
-    assert benchmark.pure_batches([[0, 1], [2, 3], [4]], ["a", "a", "a", "b", "b"]) == {}  # both split by a mixed batch
-    s = benchmark.spread([3.0, 1.0, 2.0])
+    assert results_mod.make_batches(5, 2) == [[0, 1], [2, 3], [4]]
+    assert results_mod.pure_batches([[0, 1], [2, 3], [4]], ["a", "a", "b", "b", "c"]) == {"a": [0], "b": [1], "c": [2]}
+    assert results_mod.pure_batches([[0, 1], [2, 3], [4]], ["a", "a", "a", "b", "b"]) == {}  # both split by a mixed batch
+    s = results_mod.spread([3.0, 1.0, 2.0])
     assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
     cfg = benchmark.BenchConfig(gamma="1, 2", temperature="0", batch_size=(4,), baselines="")
     assert cfg.gamma == (1, 2) and cfg.temperature == (0.0,) and cfg.baselines == ()
@@ -179,7 +187,7 @@ def test_per_token_acceptance_recovers_iid_alpha(alpha, gamma):
     steps = 1000.0
     accepted = steps * sum(alpha ** k for k in range(1, gamma + 1))
     full = steps * alpha ** gamma
-    assert benchmark.per_token_acceptance(accepted, steps, full) == pytest.approx(alpha)
+    assert per_token_acceptance(accepted, steps, full) == pytest.approx(alpha)
     if 0 < alpha < 1 and gamma > 1:
         assert accepted / (steps * gamma) < alpha
 
@@ -187,17 +195,172 @@ def test_per_token_acceptance_recovers_iid_alpha(alpha, gamma):
 def test_device_map_reaches_load_pair(pair, tmp_path, monkeypatch):
     """--device-map goes to load_pair (transformers/accelerate place the layers); on this CPU-only test
     machine the real load runs without it."""
-    import specdec.models as models
-
-    real, seen = models.load_pair, []
+    real, seen = benchmark.load_pair, []
 
     def spy(target, draft, dtype, device, device_map=None):
         seen.append(device_map)
         return real(target, draft, dtype, device, None)
 
-    monkeypatch.setattr(models, "load_pair", spy)
+    monkeypatch.setattr(benchmark, "load_pair", spy)
     assert bench(pair, tmp_path, "--device-map", "auto", "--gamma", "1", "--temperature", "0", "--batch-size", "1",
                  "--baselines", "ar", "--repeats", "1") == 0
     assert seen == ["auto"]
     meta = json.loads((tmp_path / "results.json").read_text())["meta"]
     assert meta["device_map"] == "auto" and meta["device"] == "cpu"
+
+
+# ---------------------------------------------------------------------------------------------- output folder
+
+def _no_model_loads(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(benchmark, "load_pair", refuse)
+
+
+def _runs(out):
+    return json.loads((out / "results.json").read_text())["runs"]
+
+
+SMALL = ("--gamma", "1", "--temperature", "0,1", "--batch-size", "1", "--baselines", "ar", "--repeats", "1")
+
+
+def test_existing_run_is_refused_then_overwritten(pair, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert bench(pair, out, *SMALL) == 0
+    before = _runs(out)
+    (out / "speedup.png").write_bytes(b"old figure")
+    # a second run into the same folder: refused before anything loads, nothing lost
+    with monkeypatch.context() as m:
+        _no_model_loads(m)
+        _one_line_error(capsys, ["bench", "--out", str(out), "--no-progress"], "pass --overwrite to replace it or "
+                        "--resume to continue it")
+    assert _runs(out) == before and (out / "speedup.png").exists()
+    # --overwrite replaces the run: no old figure beside the new results
+    assert bench(pair, out, *SMALL, "--gamma", "2", "--overwrite") == 0
+    assert {r["gamma"] for r in _runs(out)} == {None, 2} and not (out / "speedup.png").exists()
+
+
+def test_resume_measures_only_the_missing_groups(pair, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real, calls = benchmark.run_batch, []
+
+    def flaky(inputs, cfg, s, *a):
+        calls.append(s.temperature)
+        if s.temperature > 0 and s.method == "sd" and not cfg.resume:
+            raise RuntimeError("killed")
+        return real(inputs, cfg, s, *a)
+
+    monkeypatch.setattr(benchmark, "run_batch", flaky)
+    with pytest.raises(RuntimeError, match="killed"):
+        bench(pair, out, *SMALL)
+    greedy = _runs(out)
+    (out / "acceptance.png").write_bytes(b"figure of the unfinished run")
+    # a changed setting is named, and nothing runs
+    _one_line_error(capsys, ["bench", "--out", str(out), "--resume", "--no-progress", *SMALL[:-2], "--repeats", "2",
+                             "--target", str(pair[0]), "--draft", str(pair[1]), "--prompts", str(DATA / "prompts.jsonl"),
+                             "--max-new-tokens", "8"], "--repeats: 1 -> 2")
+    calls.clear()
+    assert bench(pair, out, *SMALL, "--resume", "--threads", "1") == 0   # threads may change
+    assert set(calls) == {1.0}                                          # the greedy group was not re-run
+    runs = _runs(out)
+    assert [r for r in runs if r["temperature"] == 0] == greedy          # kept as measured
+    assert {(r["method"], r["temperature"]) for r in runs} == {(m, t) for m in ("ar", "sd") for t in (0.0, 1.0)}
+    assert all(r["speedup"] for r in runs if r["method"] == "sd")
+    assert not (out / "acceptance.png").exists()
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert len(meta["resumed"]) == 1 and set(meta["costs"]) == {"1"}
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--device", "cuda"], "no CUDA device is visible"),
+    (["--device", "tpu"], "'tpu' is not a device"),
+    (["--device", "cuda:x"], "is not a device"),
+    (["--dtype", "float8"], "unknown dtype"),
+    (["--temperature", "inf"], "--temperature must be a finite number"),
+    (["--temperature", "0,nan"], "--temperature must be a finite number"),
+    (["--overwrite", "--resume"], "exclude each other"),
+])
+def test_bad_device_and_values_fail_before_loading(pair, tmp_path, capsys, monkeypatch, flags, match):
+    import torch
+
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _no_model_loads(monkeypatch)
+    _one_line_error(capsys, ["bench", "--out", str(tmp_path / "out"), "--no-progress", *flags], match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_cannot_be_written_fails_before_loading(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from specdec import util
+
+    _no_model_loads(monkeypatch)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    _one_line_error(capsys, ["bench", "--out", str(a_file), "--no-progress"], "is a file, not a folder")
+    _one_line_error(capsys, ["bench", "--out", str(a_file / "sub"), "--no-progress"], "cannot write to --out")
+    assert a_file.read_text() == "x"
+
+    def read_only(*a, **k):  # as root, chmod cannot make a read-only folder: fail the way EROFS does
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(util, "write_json_atomic", read_only)
+    _one_line_error(capsys, ["bench", "--out", str(tmp_path / "ro"), "--no-progress"], "Read-only file system")
+
+
+def test_disk_error_during_the_run_is_one_line(pair, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(benchmark, "write_results", full)
+    t, d = pair
+    _one_line_error(capsys, ["bench", "--target", str(t), "--draft", str(d), "--out", str(tmp_path / "o"),
+                             "--no-progress", "--max-new-tokens", "2", *SMALL], "No space left on device")
+
+
+def test_results_json_is_standard_json(tmp_path):
+    """No NaN / Infinity tokens: a non-finite value is written as null."""
+    rows = [BenchRow("sd", 2, 0.0, 1, tokens_per_s=float("inf"), speedup=float("nan"))]
+    benchmark.write_results(tmp_path / "results.json", {"x": float("-inf")}, rows)
+
+    def reject(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    data = json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
+    assert data["meta"]["x"] is None and data["runs"][0]["tokens_per_s"] is None
+
+
+def test_temperature_must_be_finite_in_the_api():
+    for bad in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match="--temperature values must be >= 0 and finite"):
+            benchmark.BenchConfig(temperature=(0.0, bad))
+
+
+# ---------------------------------------------------------------------------------------------- sweep and progress
+
+def test_default_sweep_is_smaller_and_full_is_the_whole_grid():
+    small, full = benchmark.BenchConfig(), benchmark.BenchConfig(sweep="full")
+    assert (full.gamma, full.temperature, full.batch_size, full.baselines) == ((1, 2, 4, 8), (0.0, 1.0), (1, 8),
+                                                                                ("ar", "hf"))
+    n = {name: sum(len(g) for g in benchmark.plan(c).values()) for name, c in (("small", small), ("full", full))}
+    assert n["small"] < n["full"] == 30
+    # an axis given explicitly wins over the preset
+    assert benchmark.BenchConfig(sweep="full", gamma=(3,)).gamma == (3,)
+    hf = [s for g in benchmark.plan(full).values() for s in g if s.method.startswith("hf")]
+    assert hf and {s.batch_size for s in hf} == {1}
+
+
+def test_progress_shows_before_the_models_load(pair, tmp_path, capsys, monkeypatch):
+    seen = []
+
+    def spy(*a, **k):
+        seen.append(capsys.readouterr().err)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(benchmark, "load_pair", spy)
+    assert main(["bench", "--out", str(tmp_path / "o"), *SMALL]) == 2
+    assert seen and "loading the models" in seen[0]

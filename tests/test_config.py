@@ -82,3 +82,31 @@ def test_out_dir_policy(tmp_path):
 def test_json_is_standard(tmp_path):
     write_json_atomic(tmp_path / "r.json", {"x": float("inf"), "y": [float("nan"), 1.0]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"x": None, "y": [None, 1.0]}
+
+
+@dataclass
+class _Listed:
+    results: tuple[str, ...] = option((), "results files", positional=True)
+    prompt: tuple[str, ...] | None = option(None, "a prompt", repeat=True)
+    temperature: tuple[float, ...] = option((0.0,), "temperatures")
+
+
+def test_positional_and_repeated_fields_keep_the_text():
+    p = argparse.ArgumentParser()
+    add_arguments(p, _Listed)
+    cfg = config_from_args(p.parse_args(["a.json", "b.json", "--prompt", " x, y ", "--prompt", "z"]), _Listed)
+    assert cfg.results == ("a.json", "b.json") and cfg.prompt == (" x, y ", "z")  # commas and spaces kept
+    assert config_from_args(p.parse_args(["a.json"]), _Listed).prompt is None
+
+
+def test_to_argv_rebuilds_the_config():
+    from specdec.config import to_argv
+
+    cfg = _Cfg(out="x", threads=1, lr=1e-3, gamma=(2, 8), quick=True, progress=False)
+    argv = to_argv(cfg)
+    assert "--kind" not in argv  # defaults are left out
+    assert _parse(argv) == cfg
+    listed = _Listed(results=("a", "b"), prompt=("p, q",), temperature=(0.1, 1.0))
+    p = argparse.ArgumentParser()
+    add_arguments(p, _Listed)
+    assert config_from_args(p.parse_args(to_argv(listed)), _Listed) == listed

@@ -246,23 +246,3 @@ def test_two_process_ddp_matches_one_process_accumulation(tmp_path, pair_dirs):
     assert [r["tokens"] for r in rows if r["kind"] == "train"] == [24, 24]
     rc, err = _torchrun(args)
     assert rc != 0 and err.count("already holds a `specdec distill` run") == 2 and "[rank1]: Traceback" not in err
-
-
-# ---------------------------------------------------------------------------------------------- demo
-
-def test_demo_compares_before_and_after_results():
-    from specdec.demo import DemoConfig, compare, format_table
-
-    def res(mal1, mal2):
-        rows = [{"method": "ar", "gamma": None, "temperature": 0, "batch_size": 1, "category": "all",
-                 "mean_accepted_length": 1.0, "speedup": None}]
-        for T, mal in ((0, mal1), (1, mal2)):
-            rows.append({"method": "sd", "gamma": 4, "temperature": T, "batch_size": 1, "category": "all",
-                         "mean_accepted_length": mal, "acceptance_rate": (mal - 1) / 4, "speedup": mal / 2})
-        return {"meta": {}, "runs": rows}
-    rows = compare(res(2.0, 1.5), res(2.5, 1.8))
-    assert [(r["temperature"], r["gamma"]) for r in rows] == [(0.0, 4), (1.0, 4)]
-    assert rows[0]["mal_gain_pct"] == pytest.approx(25.0) and rows[1]["mal_gain_pct"] == pytest.approx(20.0)
-    assert "gain %" in format_table(rows)
-    q = DemoConfig(out="x", quick=True)
-    assert q.steps < DemoConfig(out="x").steps and q.gamma == "2,4"

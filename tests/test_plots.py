@@ -1,5 +1,6 @@
 """Figures from results.json: every plot written and non-empty, two files overlaid, missing data skipped."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,49 @@ def test_plot_errors(tmp_path, capsys):
     bad.write_text("{not json")
     assert main(["plot", str(bad)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_committed_results_still_plot(tmp_path, capsys):
+    """The results files committed under bench/results (written before BenchRow) still plot."""
+    root = Path(__file__).resolve().parents[1] / "bench" / "results"
+    assert main(["plot", str(root / "cpu_bundled" / "results.json"), "--out", str(tmp_path / "a")]) == 0
+    assert {p.stem for p in (tmp_path / "a").glob("*.png")} == set(plots.FIGURES)
+    assert main(["plot", str(root / "demo" / "before"), str(root / "demo" / "after"), "--out", str(tmp_path / "b"),
+                 "--names", "before,after"]) == 0
+    assert (tmp_path / "b" / "acceptance.png").exists()
+
+
+@pytest.mark.parametrize("runs, match", [({"ar": 1}, "'runs' is a dict, not a list"), ("x", "'runs' is a str"),
+                                         ([["ar", 1]], "row 0 is a list")])
+def test_results_of_the_wrong_shape_are_one_line(tmp_path, capsys, runs, match):
+    bad = _write(tmp_path / "r" / "results.json", {"meta": {}, "runs": runs})
+    assert main(["plot", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err, err
+
+
+def test_out_that_cannot_be_a_folder_is_one_line(tmp_path, capsys):
+    res = _write(tmp_path / "r" / "results.json", fake_results())
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for out, match in ((a_file, "is a file, not a folder"), (a_file / "sub", "cannot create --out")):
+        assert main(["plot", str(res), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, err
+    assert a_file.read_text() == "x"
+
+
+def test_unwritable_out_is_one_line(tmp_path, capsys, monkeypatch):
+    """A read-only disk (as root, chmod cannot make one): the figure write fails with EROFS."""
+    import errno
+
+    import matplotlib.figure
+
+    def read_only(self, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", read_only)
+    res = _write(tmp_path / "r" / "results.json", fake_results())
+    assert main(["plot", str(res), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Read-only file system" in err, err

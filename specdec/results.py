@@ -1,0 +1,244 @@
+"""The results of `specdec bench`: the row schema, the records the timing stage hands over, and the pure
+summary from one to the other. Nothing here loads a model or reads a clock (no torch), so the summary
+is tested on hand-made passes and `specdec plot` reads results without the engine.
+
+Methods (the `method` field of each row):
+  ar                   plain decoding of the target in the same run; the denominator of every speedup
+  sd                   specdec's SpeculativeDecoder at each gamma
+  hf_assisted          transformers' `target.generate(assistant_model=draft)`, batch size 1, a constant
+                       schedule of exactly gamma drafts (confidence early stop disabled)
+  hf_assisted_default  the same with transformers' own assistant defaults (gamma = null)
+
+Rows. A category gets its own row only where every batch holding its prompts holds nothing else (always
+at batch size 1); the "all" row covers every prompt. tokens_per_s is the median over repeats of (new
+tokens / wall seconds of the pass); `repeats` keeps every repeat's value and the spread. speedup =
+tokens_per_s / that of "ar" at the same temperature, batch size and category. Acceptance statistics are
+pooled over all timed repeats.
+
+Cost model (REFERENCES.md): predicted speedup = tau / (gamma * c + v) with tau = (1 - alpha^(gamma+1)) /
+(1 - alpha) from the measured per-token acceptance `alpha` (the paper's alpha, not the vLLM-convention
+`acceptance_rate` = accepted / drafted, which is also reported), c = draft 1-token step / target 1-token
+step and v = target (gamma+1)-token step / target 1-token step. `predicted_speedup_tau` uses the measured
+mean acceptance length as tau instead of the i.i.d. formula.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .metrics import DecodeStats, predicted_speedup
+
+METHODS = ("ar", "sd", "hf_assisted", "hf_assisted_default")
+
+
+@dataclass
+class BenchRow:
+    """One row of results.json: one configuration (method, gamma, temperature, batch size) on one
+    prompt category. A configuration that failed (an HF baseline this transformers cannot run) is a row
+    with `error` set and no measurements."""
+    method: str
+    gamma: int | None
+    temperature: float
+    batch_size: int
+    category: str = "all"
+    num_prompts: int | None = None
+    new_tokens: int | None = None              # of the first repeat
+    wall_s: float | None = None                # median over repeats
+    tokens_per_s: float | None = None          # median over repeats
+    speedup: float | None = None               # tokens_per_s / that of "ar" (same temperature, batch, category)
+    target_calls: int | None = None            # target forwards of the first repeat
+    acceptance_rate: float | None = None       # accepted / drafted
+    alpha: float | None = None                 # per-token acceptance (metrics.per_token_acceptance)
+    draft_steps: int | None = None
+    mean_accepted_length: float | None = None  # 1 + accepted / draft steps; HF: tokens per target forward
+    per_position_acceptance: list | None = None
+    draft_cost_ratio: float | None = None      # c
+    verify_cost_ratio: float | None = None     # v at this gamma
+    predicted_speedup: float | None = None
+    predicted_speedup_tau: float | None = None
+    outputs_match_ar: bool | None = None       # greedy only: every output equals plain decoding's
+    repeats: dict | None = None                # {"tokens_per_s": spread, "wall_s": spread, "new_tokens": [...]}
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        """What a speedup is relative to: the "ar" row with the same key."""
+        return (self.temperature, self.batch_size, self.category)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "row") -> "BenchRow":
+        """A row read back from results.json; keys it does not know are ignored (newer files)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where} is a {type(d).__name__}, not a JSON object")
+        missing = [k for k in ("method", "temperature", "batch_size") if k not in d]
+        if missing:
+            raise ValueError(f"{where} has no {missing[0]!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{"gamma": None, **{k: v for k, v in d.items() if k in names}})
+
+
+# ----------------------------------------------------------------------------------------------------
+# What the timing stage hands to the summary.
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration of the sweep."""
+    method: str
+    gamma: int | None
+    temperature: float
+    batch_size: int
+
+
+@dataclass
+class TimedPass:
+    """One timed pass of one configuration over every batch."""
+    walls: list            # [batch] wall seconds
+    stats: list            # [batch] DecodeStats (None for the HF baselines)
+    calls: list            # [batch] target forwards
+    outputs: list          # [prompt] generated ids
+
+
+@dataclass
+class Measured:
+    """Every timed pass of one configuration, or the error that stopped it."""
+    setting: Setting
+    batches: list          # [batch] prompt indices
+    passes: list = field(default_factory=list)   # [repeat] TimedPass
+    error: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small pure helpers.
+
+def median(xs):
+    return float(statistics.median(xs)) if xs else None
+
+
+def spread(values) -> dict:
+    """Median, min, max and stdev of one measurement's repeats."""
+    vals = [float(v) for v in values]
+    return {"n": len(vals), "values": vals, "median": median(vals), "min": min(vals), "max": max(vals),
+            "stdev": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+
+def make_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Consecutive prompt indices in batches of batch_size (the last may be smaller)."""
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def pure_batches(batches, cats_of_prompt) -> dict:
+    """category -> indices of the batches that hold only that category; categories split across a
+    mixed batch get no entry (their time cannot be separated)."""
+    by_cat: dict[str, list[int]] = {}
+    mixed = set()
+    for bi, b in enumerate(batches):
+        cs = {cats_of_prompt[i] for i in b}
+        if len(cs) == 1:
+            by_cat.setdefault(next(iter(cs)), []).append(bi)
+        else:
+            mixed |= cs
+    return {c: bis for c, bis in by_cat.items() if c not in mixed}
+
+
+def error_text(err: BaseException) -> str:
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {first}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The summary: raw passes + costs -> rows.
+
+def summarise(measured: list[Measured], cats_of_prompt: list[str], costs: dict) -> list[BenchRow]:
+    """One row per configuration and category (and "all"), from the timed passes.
+
+    cats_of_prompt: the category of each prompt (index = prompt); costs: batch size -> {"c": float,
+    "v": {gamma: float}} (a batch size without costs gets no prediction). The greedy reference
+    outputs and the speedups are looked up after every row exists, so the order of `measured` does
+    not matter."""
+    reference = {(m.setting.temperature, m.setting.batch_size): m.passes[0].outputs
+                 for m in measured if m.setting.method == "ar" and m.passes and m.error is None}
+    categories = list(dict.fromkeys(cats_of_prompt))
+    rows = []
+    for m in measured:
+        s = m.setting
+        if m.error is not None or not m.passes:
+            rows.append(BenchRow(s.method, s.gamma, s.temperature, s.batch_size, num_prompts=len(cats_of_prompt),
+                                 error=m.error or "no timed pass"))
+            continue
+        groups = {"all": list(range(len(m.batches)))}
+        groups.update(pure_batches(m.batches, cats_of_prompt))
+        ref = reference.get((s.temperature, s.batch_size)) if s.temperature == 0 and s.method != "ar" else None
+        for cat in ["all"] + [c for c in categories if c in groups]:
+            rows.append(_row(m, cat, groups[cat], ref, costs.get(s.batch_size)))
+    return with_speedups(rows)
+
+
+def _row(m: Measured, category: str, batch_ids: list, reference, costs) -> BenchRow:
+    """The row of one configuration over the prompts of the batches `batch_ids`."""
+    s, passes = m.setting, m.passes
+    prompts = [i for bi in batch_ids for i in m.batches[bi]]
+    toks = [sum(len(p.outputs[i]) for i in prompts) for p in passes]       # [repeat]
+    walls = [sum(p.walls[bi] for bi in batch_ids) for p in passes]         # [repeat]
+    tps = [t / w if w > 0 else 0.0 for t, w in zip(toks, walls)]
+    row = BenchRow(s.method, s.gamma, s.temperature, s.batch_size, category, num_prompts=len(prompts),
+                   new_tokens=toks[0], wall_s=median(walls), tokens_per_s=median(tps),
+                   target_calls=sum(passes[0].calls[bi] for bi in batch_ids),
+                   repeats={"tokens_per_s": spread(tps), "wall_s": spread(walls), "new_tokens": toks})
+    if reference is not None:
+        row.outputs_match_ar = all(p.outputs[i] == reference[i] for p in passes for i in prompts)
+    if s.method == "ar":
+        row.mean_accepted_length = 1.0
+    elif s.method == "sd":
+        st = DecodeStats.merged([p.stats[bi] for p in passes for bi in batch_ids])
+        row.acceptance_rate, row.alpha, row.draft_steps = st.acceptance_rate, st.alpha, st.draft_steps
+        row.mean_accepted_length, row.per_position_acceptance = st.mean_accepted_length, st.per_position_acceptance
+    elif row.target_calls:
+        # HF exposes no acceptance counts; tokens per target forward is its mean acceptance length.
+        row.mean_accepted_length = toks[0] / row.target_calls
+    if costs is not None and s.gamma is not None:
+        c, v = costs["c"], costs["v"][s.gamma]
+        row.draft_cost_ratio, row.verify_cost_ratio = c, v
+        if s.method == "sd":
+            row.predicted_speedup = predicted_speedup(row.alpha, s.gamma, c, v)
+            row.predicted_speedup_tau = predicted_speedup(row.alpha, s.gamma, c, v, tau=row.mean_accepted_length)
+    return row
+
+
+def with_speedups(rows: list[BenchRow]) -> list[BenchRow]:
+    """Every non-"ar" row's speedup over the "ar" row with the same temperature, batch size and category
+    (None where that row is absent or failed)."""
+    base = {r.key: r.tokens_per_s for r in rows if r.method == "ar" and r.error is None}
+    out = []
+    for r in rows:
+        if r.method != "ar":
+            b = base.get(r.key)
+            r = dataclasses.replace(r, speedup=r.tokens_per_s / b if b and r.tokens_per_s is not None else None)
+        out.append(r)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading results.json back (plots, demo, resume).
+
+def read_results(path) -> tuple[dict, list[BenchRow]]:
+    """(meta, rows) of a results.json written by `specdec bench`; one-line errors name the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); is it a specdec bench "
+                         "results.json?") from None
+    if not isinstance(data, dict) or "runs" not in data:
+        raise ValueError(f"{path} has no 'runs' list; is it a specdec bench results.json?")
+    runs = data["runs"]
+    if not isinstance(runs, list):
+        raise ValueError(f"{path}: 'runs' is a {type(runs).__name__}, not a list of rows; is it a specdec "
+                         "bench results.json?")
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    return meta, [BenchRow.from_dict(r, f"{path}: row {i}") for i, r in enumerate(runs)]
