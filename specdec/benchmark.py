@@ -32,10 +32,13 @@ from pathlib import Path
 import torch
 
 from . import baselines
+from .costs import measure_costs, sync
 from .config import (add_arguments as _add_arguments, config_from_args, flag_name, option, parse_value, to_argv,
                      to_dict)
 from .decoding import SpeculativeDecoder, _max_positions, autoregressive_generate
 from .models import bundled_pair, load_pair, resolve_dtype
+from .quant import QUANTIZE
+from .runner import IMPLS, resolve_impl
 from .plots import FIGURES, plot_files
 from .prompts import load_prompts
 from .results import (BenchRow, Measured, Setting, TimedPass, error_text, make_batches, read_results, summarise,
@@ -68,6 +71,14 @@ class BenchConfig:
                                     group="models")
     threads: int | None = option(None, "torch CPU threads (default: torch's own; 1 is fastest on a busy shared CPU)",
                                  group="models")
+    quantize: str = option("auto", "int8: row-independent int8 projections for both models (CPU); none; auto: "
+                           "the fastest lossless path measured for the device (CPU: int8 target, float draft, "
+                           "whose step is dispatch-bound; CUDA: none). Plain decoding runs the same models",
+                           group="engine", choices=("auto",) + QUANTIZE)
+    impl: str = option("auto", "forward: lean (specdec's, Llama-family), hf (transformers', any model), auto",
+                       group="engine", choices=IMPLS)
+    cuda_graphs: str = option("auto", "replay the draft step and the verify as CUDA graphs: on, off, auto (on "
+                              "with CUDA and the lean forward)", group="engine", choices=("auto", "on", "off"))
     # sweep
     sweep: str = option("default", "preset of gamma / temperature / batch size / baselines: default "
                         "(gamma 1,2,4; T 0,1; batch 1,4) or full (gamma 1,2,4,8; T 0,1; batch 1,8)",
@@ -194,6 +205,9 @@ def _validate(cfg: BenchConfig):
     """Everything that can be checked without a model: device, dtype, the prompt file. Returns the device."""
     device = resolve_device(cfg.device)
     resolve_dtype(_dtype(cfg, device))
+    _quantize(cfg, device)
+    if cfg.cuda_graphs == "on" and device.type != "cuda":
+        raise ValueError("--cuda-graphs on needs a CUDA device; use --cuda-graphs off or auto")
     if cfg.prompts is not None:
         load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not after loading
     return device
@@ -201,6 +215,25 @@ def _validate(cfg: BenchConfig):
 
 def _dtype(cfg: BenchConfig, device) -> str:
     return cfg.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+
+
+def _quantize(cfg: BenchConfig, device) -> tuple[str, str]:
+    """(target, draft) quantization; auto = the fastest lossless path measured for the device."""
+    if cfg.quantize != "auto":
+        if cfg.quantize == "int8" and device.type != "cpu":
+            raise ValueError("--quantize int8 is a CPU path; on CUDA use --dtype bfloat16 (--quantize none)")
+        return cfg.quantize, cfg.quantize
+    return ("int8", "none") if device.type == "cpu" else ("none", "none")
+
+
+def _graphs(cfg: BenchConfig, device, impls) -> bool:
+    if cfg.cuda_graphs == "off":
+        return False
+    usable = device.type == "cuda" and all(i == "lean" for i in impls)
+    if cfg.cuda_graphs == "on" and not usable:
+        raise ValueError("--cuda-graphs on needs a CUDA device and models the lean forward supports; "
+                         "use --cuda-graphs off")
+    return usable
 
 
 def _claim_out(cfg: BenchConfig) -> Path:
@@ -233,6 +266,7 @@ class BenchInputs:
     prompts_source: str
     ids: list                    # [prompt] token ids, left-truncated to fit the context
     decoders: dict               # gamma -> SpeculativeDecoder
+    engine: dict                 # quantize / impl / cuda_graphs as resolved for this device and pair
 
     @property
     def cats(self) -> list:
@@ -252,7 +286,9 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
         bt, bd = bundled_pair()
     target_name = str(cfg.target or bt)
     draft_name = str(cfg.draft or bd)
-    target, draft, tok, vocab = load_pair(target_name, draft_name, _dtype(cfg, device), str(device), cfg.device_map)
+    tq, dq = _quantize(cfg, device)
+    target, draft, tok, vocab = load_pair(target_name, draft_name, _dtype(cfg, device), str(device), cfg.device_map,
+                                          quantize=tq, draft_quantize=dq)
     dev = input_device(target)  # cuda:0 when --device-map shards the target
     if cfg.device_map is not None and input_device(draft) != dev:
         draft.to(dev)  # the decoder keeps its state beside the target's input embeddings
@@ -260,8 +296,13 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     if not prompts:
         raise ValueError("no prompts to run; check --prompts / --num-prompts")
     ids = _encode(tok, [p["prompt"] for p in prompts], (target, draft), cfg.max_new_tokens)
-    decoders = {g: SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab) for g in cfg.gamma}
-    return BenchInputs(target, draft, tok, vocab, dev, target_name, draft_name, prompts, source, ids, decoders)
+    engine = {"quantize": {"target": tq, "draft": dq}, "impl": cfg.impl,
+              "resolved_impl": {"target": resolve_impl(target, cfg.impl), "draft": resolve_impl(draft, cfg.impl)}}
+    engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
+    decoders = {g: SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab, impl=cfg.impl,
+                                      cuda_graphs=engine["cuda_graphs"]) for g in cfg.gamma}
+    return BenchInputs(target, draft, tok, vocab, dev, target_name, draft_name, prompts, source, ids, decoders,
+                       engine)
 
 
 def _encode(tok, texts, models, max_new_tokens) -> list:
@@ -292,6 +333,7 @@ def meta_of(cfg: BenchConfig, inputs: BenchInputs) -> dict:
         "command": shlex.join(["specdec", "bench", *to_argv(cfg)]), "prompts_source": inputs.prompts_source,
         "num_prompts": len(inputs.prompts), "categories": list(dict.fromkeys(inputs.cats)), "config": to_dict(cfg),
         "hf_assistant_defaults": baselines.hf_assistant_defaults(inputs.draft) if "hf" in cfg.baselines else None,
+        "engine": inputs.engine,
         "costs": {},
     }
 
@@ -304,8 +346,9 @@ def run_batch(inputs: BenchInputs, cfg: BenchConfig, s: Setting, idx: list, seed
     enc = inputs.tokenizer.pad({"input_ids": [inputs.ids[i] for i in idx]}, padding=True, return_tensors="pt")
     ids, mask = enc["input_ids"].to(inputs.device), enc["attention_mask"].to(inputs.device)
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=s.temperature, seed=seed, eos_token_id=inputs.eos)
-    if s.method == "ar":
-        out = autoregressive_generate(inputs.target, ids, mask, vocab_size=inputs.vocab, **kw)
+    if s.method == "ar":  # the same model and forward path as the speculative decoders
+        out = autoregressive_generate(inputs.target, ids, mask, vocab_size=inputs.vocab, impl=cfg.impl,
+                                      cuda_graphs=inputs.engine["cuda_graphs"], **kw)
         return out.new_tokens, out.stats, out.stats.target_calls
     if s.method == "sd":
         out = inputs.decoders[s.gamma].generate(ids, mask, **kw)
@@ -320,10 +363,10 @@ def timed_pass(inputs: BenchInputs, cfg: BenchConfig, s: Setting, batches: list,
     rec = TimedPass(walls=[], stats=[], calls=[], outputs=[None] * len(inputs.prompts))
     for bi, idx in enumerate(batches):
         seed = cfg.seed + 1000 * r + bi  # the same seeds for every method
-        baselines.synchronize(inputs.device)
+        sync(inputs.device)
         t0 = time.perf_counter()
         outs, st, calls = run_batch(inputs, cfg, s, idx, seed)
-        baselines.synchronize(inputs.device)
+        sync(inputs.device)
         rec.walls.append(time.perf_counter() - t0)
         rec.stats.append(st)
         rec.calls.append(calls)
@@ -432,8 +475,8 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
     for bs in cfg.batch_size:
         if bs not in costs:
             progress.status(f"measuring the step costs c, v at batch size {bs}")
-            costs[bs] = baselines.measure_costs(inputs.target, inputs.draft, torch.tensor([inputs.ids[0]]),
-                                                cfg.gamma, bs)
+            costs[bs] = measure_costs(inputs.target, inputs.draft, torch.tensor([inputs.ids[0]]), cfg.gamma, bs,
+                                      impl=cfg.impl, cuda_graphs=inputs.engine["cuda_graphs"])
     meta["costs"] = {str(bs): c for bs, c in costs.items()}
     return costs
 

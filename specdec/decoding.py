@@ -32,8 +32,8 @@ import torch
 
 from .metrics import DecodeStats
 from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
-from .sampling import mask_logits, probs_from_logits, sample_tokens  # noqa: F401
-from .util import input_device
+from .sampling import mask_logits, sample_tokens
+from .util import input_device, logit_width
 from .verify import LENIENCE_KINDS, verify
 
 
@@ -96,13 +96,6 @@ class RoundInfo:
 
 # ----------------------------------------------------------------------------------------------------
 # Shared input handling and bookkeeping.
-
-def logit_width(model) -> int:
-    """Number of logits the model emits (an int8 head has no .weight: it carries out_features)."""
-    head = model.get_output_embeddings()
-    width = getattr(head, "out_features", None)
-    return int(width) if width is not None else int(head.weight.shape[0])
-
 
 def _max_positions(model) -> int | None:
     cfg = model.config

@@ -13,6 +13,8 @@ from .config import add_arguments as _add_arguments, config_from_args, option
 from .corpus import builtin_prompts
 from .decoding import SamplingParams, SpeculativeDecoder, autoregressive_generate
 from .models import load_pair, resolve_dtype
+from .quant import QUANTIZE
+from .runner import IMPLS
 from .util import resolve_device
 
 
@@ -26,6 +28,9 @@ class GenerateConfig:
                                group="models")
     threads: int | None = option(None, "torch CPU threads (default: torch's own; 1 is fastest on a busy shared CPU)",
                                  group="models")
+    quantize: str = option("none", "int8: row-independent int8 projections for both models (CPU)", group="models",
+                           choices=QUANTIZE)
+    impl: str = option("auto", "forward: lean (Llama-family), hf (any model), auto", group="models", choices=IMPLS)
     # decoding
     gamma: int = option(4, "draft tokens per step", group="decoding")
     max_new_tokens: int = option(64, "new tokens per prompt", group="decoding")
@@ -70,7 +75,9 @@ def generate(cfg: GenerateConfig) -> dict:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     status("loading the models")
-    target, draft, tok, vocab = load_pair(cfg.target, cfg.draft, dtype, str(device))
+    if cfg.quantize == "int8" and device.type != "cpu":
+        raise ValueError("--quantize int8 is a CPU path; on CUDA use --dtype bfloat16")
+    target, draft, tok, vocab = load_pair(cfg.target, cfg.draft, dtype, str(device), quantize=cfg.quantize)
     prompts = list(cfg.prompt or [p["prompt"] for p in builtin_prompts(max_per_category=1)][:2])
     enc = tok(prompts, return_tensors="pt", padding=True)
     p = cfg.sampling(tok.eos_token_id)
@@ -78,16 +85,17 @@ def generate(cfg: GenerateConfig) -> dict:
               eos_token_id=p.eos_token_id)
     status(f"plain decoding of {len(prompts)} prompts")
     t0 = time.perf_counter()
-    ar = autoregressive_generate(target, enc.input_ids, enc.attention_mask, vocab_size=vocab, **kw)
+    ar = autoregressive_generate(target, enc.input_ids, enc.attention_mask, vocab_size=vocab, impl=cfg.impl, **kw)
     t_ar = time.perf_counter() - t0
     status(f"speculative decoding, gamma {cfg.gamma}")
     t0 = time.perf_counter()
-    decoder = SpeculativeDecoder(target, draft, gamma=cfg.gamma, vocab_size=vocab)
+    decoder = SpeculativeDecoder(target, draft, gamma=cfg.gamma, vocab_size=vocab, impl=cfg.impl)
     sd = decoder.generate(enc.input_ids, enc.attention_mask, **kw)
     t_sd = time.perf_counter() - t0
     s = sd.stats
     summary = {"gamma": cfg.gamma, "temperature": p.temperature, "new_tokens": s.new_tokens,
-               "acceptance_rate": round(s.acceptance_rate, 4), "mean_accepted_length": round(s.mean_accepted_length, 3),
+               "quantize": cfg.quantize, "acceptance_rate": round(s.acceptance_rate, 4), "alpha": round(s.alpha, 4),
+               "mean_accepted_length": round(s.mean_accepted_length, 3),
                "per_position_acceptance": [round(x, 3) for x in s.per_position_acceptance],
                "target_calls_sd": s.target_calls, "target_calls_ar": ar.stats.target_calls,
                "sd_tokens_per_s": round(s.new_tokens / t_sd, 2),

@@ -82,16 +82,21 @@ class KVCache:
             B0, cap = self.valid.shape
             self.keys.append(k.new_zeros((B0, k.shape[1], cap, k.shape[3]), dtype=self.dtype))
             self.values.append(v.new_zeros((B0, v.shape[1], cap, v.shape[3]), dtype=self.dtype))
-        kb, vb = self.keys[layer], self.values[layer]
-        B = self.batch
+            self._live_views()
+        kb, vb = self._live_k[layer], self._live_v[layer]   # [B, Hkv, capacity, D] views
         if self.static:
-            kb[:B].index_copy_(2, self.write_index, k.to(kb.dtype))
-            vb[:B].index_copy_(2, self.write_index, v.to(vb.dtype))
-            return kb[:B], vb[:B]
+            kb.index_copy_(2, self.write_index, k.to(kb.dtype))
+            vb.index_copy_(2, self.write_index, v.to(vb.dtype))
+            return kb, vb
         start, stop = self.length, self.length + k.shape[2]
-        kb[:B, :, start:stop] = k
-        vb[:B, :, start:stop] = v
-        return kb[:B, :, :stop], vb[:B, :, :stop]
+        kb[:, :, start:stop] = k
+        vb[:, :, start:stop] = v
+        return kb[:, :, :stop], vb[:, :, :stop]
+
+    def _live_views(self) -> None:
+        """The live rows' views of every buffer, made once per batch change (each view costs a dispatch)."""
+        self._live_k = [b[:self.batch] for b in self.keys]
+        self._live_v = [b[:self.batch] for b in self.values]
 
     def end(self) -> None:
         self.length += self._pending
@@ -114,6 +119,7 @@ class KVCache:
             buf[:n, :, :L] = buf[idx, :, :L]
         self.valid[:n, :L] = self.valid[idx, :L]
         self.batch = n
+        self._live_views()
 
     def waste(self) -> int:
         """Columns that are holes in the fullest row (one host sync)."""

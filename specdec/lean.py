@@ -9,11 +9,12 @@ unless fusing pays: see below) and runs one layer as: RMSNorm, one QKV matmul, r
 and k together, an in-place cache write, SDPA, the output projection, RMSNorm, one gate-up matmul,
 SiLU-gating, the down projection.
 
-Fusing: on the CPU q/k/v and gate/up are concatenated into one weight each (two fewer matmul
-dispatches per layer; a copy of those weights, which are small there). On CUDA they stay separate:
-the dispatch cost is removed by CUDA graphs instead, and a fused copy of a 7B model's projections
-would cost GBs. Fused weights are rebuilt when a parameter changes (its version counter moves), so a
-draft being trained is always decoded with its current weights.
+Fusing: on the CPU q/k/v and gate/up are concatenated into one weight each, with the preceding
+RMSNorm weight multiplied into its columns, and the residual adds ride on the output projections
+(addmm): fewer, larger operations, at the price of a copy of those weights (small models there). On
+CUDA the weights stay as they are: CUDA graphs remove the dispatch cost instead, and a fused copy of a
+7B model's projections would cost GBs. Fused weights are rebuilt when a parameter changes (its version
+counter moves), so a draft being trained is always decoded with its current weights.
 
 Equivalence: logits equal the transformers forward up to float rounding (tests/test_lean.py); plain
 and speculative decoding use the same forward, so greedy speculative output equals plain greedy
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .quant import RowwiseInt8Linear
 
 _FAMILY = ("llama", "mistral", "qwen2")
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")   # inv_freq independent of the sequence length
@@ -59,51 +62,72 @@ def supports(model) -> str | None:
 
 
 class _Linear:
-    """y = x W^T (+ b) for one fused or plain projection; `module` keeps an int8 (or any non-Linear)
-    projection module as is."""
+    """y = x W^T (+ b) for one fused or plain projection (x 2-D). `module` keeps an int8 (or any
+    non-Linear) projection module as is; `norm`, when set, is the RMSNorm weight the input is
+    multiplied by first (when it could not be folded into W). `wt`, when set, is W^T as a contiguous
+    [in, out] copy (the CPU's folded weights): mm/addmm on it skip the transpose dispatch of F.linear."""
 
-    def __init__(self, weight=None, bias=None, module=None):
-        self.weight, self.bias, self.module = weight, bias, module
+    def __init__(self, weight=None, bias=None, module=None, norm=None, wt=None):
+        self.weight, self.bias, self.module, self.norm, self.wt = weight, bias, module, norm, wt
 
     def __call__(self, x):
+        if self.norm is not None:
+            x = x * self.norm
         if self.module is not None:
             return self.module(x)
+        if self.wt is not None:
+            return torch.mm(x, self.wt) if self.bias is None else torch.addmm(self.bias, x, self.wt)
         return F.linear(x, self.weight, self.bias)
+
+    def add_to(self, residual, x):
+        """residual + self(x); one fused multiply-add where the projection is a plain matrix."""
+        if self.module is None and self.bias is None and self.norm is None:
+            return torch.addmm(residual, x, self.wt if self.wt is not None else self.weight.t())
+        return residual + self(x)
 
 
 def _is_plain(m) -> bool:
     return type(m) is torch.nn.Linear
 
 
-def _fused(mods) -> _Linear:
-    """One projection computing every module of `mods` (outputs concatenated in order)."""
-    if len(mods) == 1 or not all(_is_plain(m) for m in mods):
-        raise ValueError("fuse only plain Linear modules")
+def _projection(mods, norm=None, fold: bool = False) -> _Linear:
+    """One projection computing every module of `mods` (outputs concatenated in order). fold: on the
+    CPU, plain weights are concatenated into one matrix and the preceding RMSNorm weight `norm` is
+    multiplied into its columns (x (g W)^T = (x g) W^T: one matmul, no separate scaling op)."""
+    if not all(_is_plain(m) for m in mods) or not fold:
+        if len(mods) != 1:
+            raise ValueError("separate projections are called one by one")
+        m = mods[0]
+        if _is_plain(m):
+            return _Linear(m.weight.detach(), None if m.bias is None else m.bias.detach(), norm=norm)
+        return _Linear(module=m, norm=norm)
     w = torch.cat([m.weight.detach() for m in mods])
+    if norm is not None:
+        w = w * norm[None, :].to(w.dtype)
     b = None if all(m.bias is None for m in mods) else torch.cat(
         [m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in mods])
-    return _Linear(w, b)
+    return _Linear(bias=b, wt=w.t().contiguous())
 
 
-def _single(m) -> _Linear:
-    if _is_plain(m):
-        return _Linear(m.weight.detach(), None if m.bias is None else m.bias.detach())
-    return _Linear(module=m)
+def _projections(mods, norm, fold: bool) -> list[_Linear]:
+    """[one fused projection] when every module is a plain Linear and fold is on (or every module is
+    int8: concatenated exactly, the norm weight still applied to the input), else one per module."""
+    if fold and all(_is_plain(m) for m in mods):
+        return [_projection(mods, norm, fold=True)]
+    if fold and len(mods) > 1 and all(isinstance(m, RowwiseInt8Linear) for m in mods):
+        return [_Linear(module=RowwiseInt8Linear.concat(mods), norm=norm)]
+    return [_projection([m], norm) for m in mods]
 
 
 class _Layer:
-    def __init__(self, layer, fuse: bool):
+    def __init__(self, layer, fold: bool):
         a, mlp = layer.self_attn, layer.mlp
-        projections = [a.q_proj, a.k_proj, a.v_proj]
-        self.fused_qkv = fuse and all(_is_plain(m) for m in projections)
-        self.qkv = [_fused(projections)] if self.fused_qkv else [_single(m) for m in projections]
-        self.o = _single(a.o_proj)
-        self.fused_gu = fuse and _is_plain(mlp.gate_proj) and _is_plain(mlp.up_proj)
-        self.gate_up = [_fused([mlp.gate_proj, mlp.up_proj])] if self.fused_gu else \
-            [_single(mlp.gate_proj), _single(mlp.up_proj)]
-        self.down = _single(mlp.down_proj)
-        self.norm1 = layer.input_layernorm.weight.detach()
-        self.norm2 = layer.post_attention_layernorm.weight.detach()
+        norm1 = layer.input_layernorm.weight.detach()
+        norm2 = layer.post_attention_layernorm.weight.detach()
+        self.qkv = _projections([a.q_proj, a.k_proj, a.v_proj], norm1, fold)
+        self.o = _projections([a.o_proj], None, fold)[0]
+        self.gate_up = _projections([mlp.gate_proj, mlp.up_proj], norm2, fold)
+        self.down = _projections([mlp.down_proj], None, fold)[0]
 
 
 def _version_key(model) -> tuple:
@@ -132,11 +156,12 @@ class LeanForward:
         m = self.model
         inner = m.model
         dev = inner.embed_tokens.weight.device
-        fuse = dev.type == "cpu"
+        fold = dev.type == "cpu"
         self.embed = inner.embed_tokens.weight.detach()
-        self.norm = inner.norm.weight.detach()
-        self.layers = [_Layer(layer, fuse) for layer in inner.layers]
-        self.head = _single(m.lm_head)
+        self.layers = [_Layer(layer, fold) for layer in inner.layers]
+        self.head = _projections([m.lm_head], inner.norm.weight.detach(), fold)[0]
+        head = m.get_output_embeddings()
+        self.vocab = int(getattr(head, "out_features", None) or head.weight.shape[0])
         rot = inner.rotary_emb
         self.inv_freq = rot.inv_freq.detach().float().to(dev)
         self.attention_scaling = float(getattr(rot, "attention_scaling", 1.0))
@@ -148,27 +173,26 @@ class LeanForward:
         if _version_key(self.model) != self._key:
             self._build()
 
-    # -- rotary embedding: cos and sin tables over positions, grown on demand
-    def _tables(self, max_pos: int, dtype):
-        if max_pos >= self._rope_len or self._cos.dtype != dtype:
+    # -- rotary embedding: one table [n, 2D] of (cos | signed sin) over positions, grown on demand
+    def _table(self, max_pos: int, dtype):
+        if max_pos >= self._rope_len or self._rope.dtype != dtype:
             n = max(2 * max_pos, 256)
             f = torch.outer(torch.arange(n, device=self.inv_freq.device, dtype=torch.float32), self.inv_freq)
             emb = torch.cat([f, f], dim=-1)                                   # [n, D] (half-split layout)
-            half = self.D // 2
-            sin = emb.sin() * self.attention_scaling
+            sin = emb.sin()
             # rotate_half(x) * sin == roll(x, D/2) * [-sin_1, sin_2]: one roll instead of slice-neg-cat
-            sin[:, :half] = -sin[:, :half]
-            self._cos = (emb.cos() * self.attention_scaling).to(dtype)
-            self._sin = sin.to(dtype)
+            sin[:, :self.D // 2] *= -1
+            self._rope = (torch.cat([emb.cos(), sin], dim=-1) * self.attention_scaling).to(dtype)
             self._rope_len = n
-        return self._cos, self._sin
+        return self._rope
 
-    def _rms(self, x, w):
-        # transformers' LlamaRMSNorm: in fp32, then back to the input dtype, times the weight
+    def _rms(self, x):
+        """transformers' LlamaRMSNorm without its weight (applied by the next projection): in fp32,
+        then back to the input dtype."""
         if x.dtype == torch.float32:   # skip two no-op casts: each still costs a dispatch
-            return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         xf = x.float()
-        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
     def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0):
         """ids, pos: [B, S] int64; cache: KVCache (begin() already called; mask [B, 1, S, L] from it).
@@ -177,14 +201,13 @@ class LeanForward:
         B, S = ids.shape
         H, Hkv, D = self.H, self.Hkv, self.D
         x = F.embedding(ids.reshape(-1), self.embed)                          # [N, d], N = B*S
-        cos, sin = self._tables(cache.capacity, x.dtype)   # positions < columns <= capacity
-        flat = pos.reshape(-1)
-        cos, sin = F.embedding(flat, cos).unsqueeze(1), F.embedding(flat, sin).unsqueeze(1)  # [N, 1, D]
+        rope = F.embedding(pos.reshape(-1), self._table(cache.capacity, x.dtype)).view(-1, 1, 2 * D)
+        cos, sin = rope[..., :D], rope[..., D:]                                # [N, 1, D] each
         G = H // Hkv                                                          # query heads per KV head
         gmask = mask if G == 1 else mask.repeat(1, 1, G, 1)                   # [B, 1, G*S, L]
         for i, layer in enumerate(self.layers):
-            h = self._rms(x, layer.norm1)
-            if layer.fused_qkv:
+            h = self._rms(x)
+            if len(layer.qkv) == 1:
                 qkv = layer.qkv[0](h).view(-1, H + 2 * Hkv, D)                # [N, H+2Hkv, D]
                 qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
             else:
@@ -201,14 +224,13 @@ class LeanForward:
                 q.reshape(B, S, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * S, D)
             o = F.scaled_dot_product_attention(q, K, V, attn_mask=gmask, scale=self.scale)
             o = o.transpose(1, 2) if G == 1 else o.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4)
-            x = x + layer.o(o.reshape(-1, H * D))
-            h = self._rms(x, layer.norm2)
-            if layer.fused_gu:
+            x = layer.o.add_to(x, o.reshape(-1, H * D))
+            h = self._rms(x)
+            if len(layer.gate_up) == 1:
                 g, u = layer.gate_up[0](h).chunk(2, dim=-1)
             else:
                 g, u = (p(h) for p in layer.gate_up)
-            x = x + layer.down(F.silu(g) * u)
-        x = x.view(B, S, -1)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        return self.head(self._rms(x, self.norm))
+            x = layer.down.add_to(x, F.silu(g) * u)
+        if logits_to_keep and logits_to_keep < S:
+            x = x.view(B, S, -1)[:, -logits_to_keep:].reshape(B * logits_to_keep, -1)
+        return self.head(self._rms(x)).view(B, -1, self.vocab)

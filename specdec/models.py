@@ -5,6 +5,9 @@ from pathlib import Path
 
 import torch
 
+from .quant import QUANTIZE, quantize_model
+from .util import input_device, logit_width
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -30,22 +33,29 @@ def resolve_dtype(dtype) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
-def load_model(name_or_path, dtype="float32", device="cpu", device_map=None):
-    """AutoModelForCausalLM from a local folder or a hub id, in eval mode with gradients off."""
+def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, quantize: str = "none"):
+    """AutoModelForCausalLM from a local folder or a hub id, in eval mode with gradients off.
+    quantize "int8": row-independent int8 projections (specdec.quant; CPU only)."""
     from transformers import AutoModelForCausalLM
 
     _check_exists(name_or_path)
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
     kwargs = {"dtype": resolve_dtype(dtype)}
     if device_map is not None:
         kwargs["device_map"] = device_map  # transformers/accelerate place the layers across devices
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load a causal LM from {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError, and the safetensors reader's own error
+        if not isinstance(e, (OSError, ValueError)) and "safetensor" not in type(e).__module__.lower():
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"cannot load a causal LM from {name_or_path!r}: {first} (a truncated or corrupt "
+                         "weights file? download or copy it again)") from None
     if device_map is None:
         model = model.to(device)
     model.eval().requires_grad_(False)
-    return model
+    return quantize_model(model, quantize)
 
 
 def load_tokenizer(name_or_path):
@@ -92,25 +102,25 @@ def check_vocab(target_tok, draft_tok, target_name="target", draft_name="draft")
     return len(tv)
 
 
-def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map=None):
-    """(target_model, draft_model, tokenizer, shared_vocab) for two paths or hub ids; None = bundled pair."""
+def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map=None, quantize: str = "none",
+              draft_quantize: str | None = None):
+    """(target_model, draft_model, tokenizer, shared_vocab) for two paths or hub ids; None = bundled pair.
+    quantize "int8": row-independent int8 projections (specdec.quant; CPU only) for the target, and for
+    the draft unless draft_quantize says otherwise."""
     if target is None or draft is None:
         bt, bd = bundled_pair()
         target = bt if target is None else target
         draft = bd if draft is None else draft
     ttok, dtok = load_tokenizer(target), load_tokenizer(draft)
     vocab = check_vocab(ttok, dtok, str(target), str(draft))
-    tmodel = load_model(target, dtype, device, device_map)
+    tmodel = load_model(target, dtype, device, device_map, quantize)
     # The draft is small: it goes whole onto the device of the target's input embeddings, where the
     # decoder keeps its state (the target's logits are moved there for verification).
-    dmodel = load_model(draft, dtype, input_device(tmodel) if device_map is not None else device)
+    dmodel = load_model(draft, dtype, input_device(tmodel) if device_map is not None else device,
+                        quantize=quantize if draft_quantize is None else draft_quantize)
     for name, m in ((str(target), tmodel), (str(draft), dmodel)):
-        width = m.get_output_embeddings().weight.shape[0]
+        width = logit_width(m)
         if width < vocab:
             raise ValueError(f"{name} has {width} output logits but its tokenizer has {vocab} tokens")
     return tmodel, dmodel, ttok, vocab
 
-
-def input_device(model) -> torch.device:
-    """Where a (possibly multi-device) model takes its input ids."""
-    return model.get_input_embeddings().weight.device

@@ -17,8 +17,8 @@ What this does instead (W8A8, per-row dynamic activations, per-channel weights):
                                              accumulation is exact: row i's output depends on row i only
 Bitwise identical rows alone or batched, at any number of rows (tests/test_quant.py checks it), at
 ~1/4 of the weight bytes; activations keep 7 bits per row (fbgemm's reduce_range on AVX2).
-Cost: 4 extra small ops per projection (abs-max, divide, multiply; the constant columns live in a
-cached buffer). Measured against fp32 and the weight-only alternative in bench/step_costs.py.
+Cost: 4 extra small ops per projection (max |x|, a clamp, divide, multiply; the constant columns
+live in a cached buffer). Measured against fp32 and the weight-only alternative in bench/step_costs.py.
 
 `torch.ops.aten._weight_int8pack_mm` (weight-only int8, bf16 activations) is also row-independent but
 its CPU kernel re-dequantizes the weights for every row, so a 5-token verify costs ~2.3 one-token
@@ -36,21 +36,35 @@ QUANTIZE = ("none", "int8")
 class RowwiseInt8Linear(torch.nn.Module):
     """An nn.Linear replacement: int8 per-channel weights, per-row int8 activations (CPU only)."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear | None = None, *, _int8=None, _scale=None, _bias=None):
         super().__init__()
-        w = linear.weight.detach().float().cpu()
-        out_features, in_features = w.shape
-        self.in_features, self.out_features = in_features, out_features
-        w_ext = torch.cat([w, w.new_zeros(out_features, 2)], 1)                    # the +-1 columns weigh 0
-        scale = (w_ext.abs().amax(1) / 127.0).clamp_min(1e-12).double()             # [out] per channel
-        zero = torch.zeros(out_features, dtype=torch.long)
+        if linear is not None:
+            w = linear.weight.detach().float().cpu()
+            w_ext = torch.cat([w, w.new_zeros(w.shape[0], 2)], 1)                   # the +-1 columns weigh 0
+            _scale = (w_ext.abs().amax(1) / 127.0).clamp_min(1e-12).double()        # [out] per channel
+            _int8 = torch.round(w_ext / _scale[:, None].float()).clamp(-127, 127).to(torch.int8)
+            _bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.out_features, self.in_features = _int8.shape[0], _int8.shape[1] - 2
+        zero = torch.zeros(self.out_features, dtype=torch.long)
         with warnings.catch_warnings():  # quantized tensor constructors warn of a future deprecation
             warnings.simplefilter("ignore")
-            qw = torch.quantize_per_channel(w_ext, scale, zero, 0, torch.qint8)
+            qw = torch._make_per_channel_quantized_tensor(_int8, _scale, zero, 0)
             self._packed = torch.ops.quantized.linear_prepack(qw, None)
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self._int8, self._scale = _int8, _scale                                    # [out, in+2], [out]
+        self.register_buffer("bias", _bias)
         self._buffers_by_rows: dict[int, torch.Tensor] = {}
+
+    @classmethod
+    def concat(cls, layers) -> "RowwiseInt8Linear":
+        """One layer computing `layers` side by side (outputs concatenated). Each output channel keeps
+        its int8 weights and scale, and every layer quantizes the shared input the same way, so the
+        outputs are bitwise those of the separate layers, at one call instead of several."""
+        if len({m.in_features for m in layers}) != 1:
+            raise ValueError("concatenated layers must share their input size")
+        biases = [m.bias if m.bias is not None else torch.zeros(m.out_features) for m in layers]
+        bias = None if all(m.bias is None for m in layers) else torch.cat(biases)
+        return cls(_int8=torch.cat([m._int8 for m in layers]), _scale=torch.cat([m._scale for m in layers]),
+                   _bias=bias)
 
     def _input_buffer(self, rows: int) -> torch.Tensor:
         buf = self._buffers_by_rows.get(rows)
@@ -68,7 +82,7 @@ class RowwiseInt8Linear(torch.nn.Module):
             raise ValueError("int8 layers run on the CPU only; on CUDA use bfloat16 (--quantize none)")
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).float()                               # [N, in]
-        r = x2.abs().amax(1, keepdim=True).clamp_min_(1e-30)                       # [N, 1]
+        r = torch.linalg.vector_norm(x2, float("inf"), dim=1, keepdim=True).clamp_min_(1e-30)  # [N, 1] max |x|
         buf = self._input_buffer(x2.shape[0])
         torch.div(x2, r, out=buf[:, :self.in_features])
         y = torch.ops.quantized.linear_dynamic(buf, self._packed, True).mul_(r)   # [N, out]
@@ -80,13 +94,8 @@ class RowwiseInt8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 rowwise"
 
     def __deepcopy__(self, memo):
-        new = RowwiseInt8Linear.__new__(RowwiseInt8Linear)
-        torch.nn.Module.__init__(new)
-        new.in_features, new.out_features = self.in_features, self.out_features
-        new._packed = self._packed  # immutable packed weights: shared
-        new.register_buffer("bias", None if self.bias is None else self.bias.clone())
-        new._buffers_by_rows = {}
-        return new
+        return RowwiseInt8Linear(_int8=self._int8, _scale=self._scale,
+                                 _bias=None if self.bias is None else self.bias.clone())
 
 
 def quantize_model(model, mode: str = "int8"):

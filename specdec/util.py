@@ -24,6 +24,13 @@ def input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
+def logit_width(model) -> int:
+    """Number of logits the model emits (an int8 head has no .weight: it carries out_features)."""
+    head = model.get_output_embeddings()
+    width = getattr(head, "out_features", None)
+    return int(width) if width is not None else int(head.weight.shape[0])
+
+
 def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
     """'auto' -> cuda when a CUDA device is visible, else cpu. A bad name or an absent device is a
     one-line ValueError that says what to pass instead."""

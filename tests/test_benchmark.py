@@ -197,9 +197,9 @@ def test_device_map_reaches_load_pair(pair, tmp_path, monkeypatch):
     machine the real load runs without it."""
     real, seen = benchmark.load_pair, []
 
-    def spy(target, draft, dtype, device, device_map=None):
+    def spy(target, draft, dtype, device, device_map=None, **kw):
         seen.append(device_map)
-        return real(target, draft, dtype, device, None)
+        return real(target, draft, dtype, device, None, **kw)
 
     monkeypatch.setattr(benchmark, "load_pair", spy)
     assert bench(pair, tmp_path, "--device-map", "auto", "--gamma", "1", "--temperature", "0", "--batch-size", "1",
@@ -364,3 +364,35 @@ def test_progress_shows_before_the_models_load(pair, tmp_path, capsys, monkeypat
     monkeypatch.setattr(benchmark, "load_pair", spy)
     assert main(["bench", "--out", str(tmp_path / "o"), *SMALL]) == 2
     assert seen and "loading the models" in seen[0]
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+@pytest.mark.parametrize("quantize,impl", [("int8", "auto"), ("none", "hf"), ("auto", "lean")])
+def test_engine_choices_are_recorded_and_stay_exact(pair, tmp_path, quantize, impl):
+    """--quantize / --impl reach both the speculative decoders and plain decoding (the same models and
+    forward), results.json records what ran, and greedy outputs still equal plain decoding."""
+    assert bench(pair, tmp_path, "--quantize", quantize, "--impl", impl, "--gamma", "2", "--temperature", "0",
+                 "--batch-size", "1,3", "--baselines", "ar", "--repeats", "1") == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    engine = data["meta"]["engine"]
+    want = {"int8": ("int8", "int8"), "none": ("none", "none"), "auto": ("int8", "none")}[quantize]
+    assert (engine["quantize"]["target"], engine["quantize"]["draft"]) == want
+    assert set(engine["resolved_impl"].values()) == {"hf" if impl == "hf" else "lean"}
+    assert engine["cuda_graphs"] is False
+    assert all(r["outputs_match_ar"] for r in data["runs"] if r["method"] == "sd")
+
+
+def test_truncated_weights_are_one_line(pair, tmp_path):
+    """A truncated model.safetensors once ended in the safetensors reader's traceback."""
+    import shutil
+    import subprocess
+    import sys
+    broken = tmp_path / "broken"
+    shutil.copytree(pair[1], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    r = subprocess.run([sys.executable, "-m", "specdec", "bench", "--target", str(pair[0]), "--draft", str(broken),
+                        "--out", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().count("\n") == 0 and "truncated or corrupt" in r.stderr
