@@ -22,59 +22,66 @@ SHAPES = ((1, 4, 32000, "bfloat16"), (64, 8, 128256, "bfloat16"), (8, 4, 151936,
           (4, 0, 4096, "float16"))
 
 
+def _signature(jit, args, consts) -> dict:
+    """Triton's signature of one launch: pointer dtypes, int / float scalars, constexprs."""
+    import torch
+    ptr = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.int64: "*i64",
+           torch.int32: "*i32", torch.bool: "*i1"}
+    sig = {}
+    for name, a in zip(jit.arg_names, args):
+        if isinstance(a, torch.Tensor):
+            sig[name] = ptr[a.dtype]
+        elif isinstance(a, bool):
+            sig[name] = "i1"
+        elif isinstance(a, int):
+            sig[name] = "i32" if abs(a) < 2**31 else "i64"
+        elif isinstance(a, float):
+            sig[name] = "fp32"
+    for name in jit.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+    return sig
+
+
+class _Intercept:
+    """Stands in for a @triton.jit kernel: `kernel[grid](...)` compiles instead of launching."""
+
+    def __init__(self, jit, target, report: list):
+        self.jit, self.target, self.report = jit, target, report
+
+    def __getitem__(self, grid):
+        import triton
+
+        def launch(*args, num_warps=4, num_stages=None, **consts):
+            opts = {"num_warps": num_warps, **({"num_stages": num_stages} if num_stages else {})}
+            src = triton.compiler.ASTSource(fn=self.jit, signature=_signature(self.jit, args, consts),
+                                            constexprs=consts)
+            try:
+                k = triton.compile(src, target=self.target, options=opts)
+                self.report.append((self.jit.__name__, consts, "ok",
+                                    f"shared {k.metadata.shared} B, {num_warps} warps"))
+            except Exception as e:  # noqa: BLE001 - reported per launch
+                self.report.append((self.jit.__name__, consts, "FAIL", str(e).strip().splitlines()[-1][:300]))
+        return launch
+
+
 def compile_all(arch: int = 90) -> list[tuple]:
-    """Compile each distinct launch; returns (kernel, constexprs, "ok" | "FAIL", detail) per launch."""
+    """Compile each launch of SHAPES; returns (kernel, constexprs, "ok" | "FAIL", detail) per launch."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("unset TRITON_INTERPRET before importing the kernels (run `python -m specdec.kernels.aot`)")
     import torch
-    import triton
     from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import JITFunction
 
     from . import verify_triton as vt
 
     target = GPUTarget("cuda", arch, 32)
-    ptr = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.int64: "*i64",
-           torch.int32: "*i32", torch.bool: "*i1"}
     report: list[tuple] = []
-
-    def signature(jit, args, consts):
-        sig = {}
-        for name, a in zip(jit.arg_names, args):
-            if isinstance(a, torch.Tensor):
-                sig[name] = ptr[a.dtype]
-            elif isinstance(a, bool):
-                sig[name] = "i1"
-            elif isinstance(a, int):
-                sig[name] = "i32" if abs(a) < 2**31 else "i64"
-            elif isinstance(a, float):
-                sig[name] = "fp32"
-        for name in jit.arg_names:
-            if name in consts:
-                sig[name] = "constexpr"
-        return sig
-
-    class Intercept:
-        def __init__(self, jit):
-            self.jit = jit
-
-        def __getitem__(self, grid):
-            def launch(*args, num_warps=4, num_stages=None, **consts):
-                opts = {"num_warps": num_warps, **({"num_stages": num_stages} if num_stages else {})}
-                src = triton.compiler.ASTSource(fn=self.jit, signature=signature(self.jit, args, consts),
-                                                constexprs=consts)
-                try:
-                    k = triton.compile(src, target=target, options=opts)
-                    report.append((self.jit.__name__, consts, "ok", f"shared {k.metadata.shared} B, {num_warps} warps"))
-                except Exception as e:  # noqa: BLE001 - reported per launch
-                    report.append((self.jit.__name__, consts, "FAIL", str(e).strip().splitlines()[-1][:300]))
-            return launch
-
     saved = {name: obj for name, obj in vars(vt).items() if isinstance(obj, JITFunction)}
     saved_sms, saved_check = vt._num_sms, vt._check
     try:
         for name, jit in saved.items():
-            setattr(vt, name, Intercept(jit))
+            setattr(vt, name, _Intercept(jit, target, report))
         vt._num_sms = lambda dev: 132                      # an H200's SM count sizes the grids
         vt._check = lambda t, d, *a, **k: (t.shape[0], t.shape[1] - 1, t.shape[2])  # CPU tensors are fine here
         for B, K, V, dt in SHAPES:

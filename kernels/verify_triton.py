@@ -33,24 +33,8 @@ inverse-CDF sampling is exact in distribution (P(chunk) * P(token | chunk) = r_v
 two uniforms per row, so the only random numbers are B*(K+2) uniforms drawn from the caller's
 torch.Generator (a seeded run repeats exactly; the kernels use no atomics, so they are deterministic).
 
-Predictions, to check with bench/kernel_bench.py on an H200 (not yet measured: no device so far):
-  * Kernel 1 reads every needed logit once (B*(K+1)*V target + B*K*V draft elements) at one exp per
-    element (the per-tile max is reduced before the exp, not per lane, so ex2 throughput stays below
-    the ~8 elements/clk/SM that 4.3 TB/s of bf16 delivers): it should run at 85-90% of copy bandwidth.
-  * Kernel 3 re-reads one position per row, B*V*(2 elements): 2/(2K+1) extra traffic (12% at K=8,
-    22% at K=4, 67% at K=1) that the "bytes it must read" figure does not count; bonus rows read
-    only the target half. Greedy rows skip it entirely (and skip the draft in kernel 1). It visits
-    rows in the reverse of kernel 1's order, so the rows read last (~50 MB of L2 on an H200: all of
-    them when B*(2K+1)*V*2 bytes < ~50 MB, e.g. B=8, K=8, V=128256) re-read from L2, not DRAM.
-  * Kernels 2 and 4 touch O(B*K*NC) bytes plus one chunk per row: a few microseconds each (one round
-    of dependent loads for kernel 2, two tiles for kernel 4); with the launch gaps that is ~15-20 us
-    of fixed cost, which dominates small problems (B=1: latency bound, ~20-30 us in all).
-  * So for B*(K+1)*V >= 64*9*128256 in bf16 sampled, expect ~75-85% of copy bandwidth on the
-    must-read bytes at K=8 (less at small K because of the re-read; greedy rows should do better),
-    and 15-40x over the PyTorch reference, which writes and re-reads fp32 p and q and samples with a
-    [B, V] exponential tensor.
-  * Programs in flight: chunks are capped at 4 tiles so a launch has many short programs (>= 8 per
-    SM, and small tail waves): at B=64, K=8, V=128256 kernel 1 runs 576 x 8 = 4608 programs.
+Expected speed (what bench/kernel_bench.py measures, and the arithmetic behind it): bench/RESULTS.md,
+"Verification kernel".
 
 Known limits: a vocabulary that is not a multiple of 16 (50257, 4097) leaves rows unaligned, so loads
 are scalar instead of 16-byte vectors (correct, slower; pad the vocabulary). NaN logits are not
