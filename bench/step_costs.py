@@ -10,6 +10,7 @@ all timed interleaved in one run. Paths:
                what specdec ran before the in-place cache
   hf           transformers' forward over specdec's in-place KVCache (the path for any model)
   lean         specdec's lean forward over the same cache (Llama-family models)
+  numpy        the same lean forward in NumPy (float32 on the CPU; what small drafts run there)
   lean+graphs  the lean forward replayed as CUDA graphs (CUDA only)
 Precisions: the model dtype (fp32 on the CPU, bf16 on CUDA) and, on the CPU, int8 (specdec.quant).
 The floor of a step is the bytes of its weights (in the precision used) / the read bandwidth this
@@ -156,7 +157,8 @@ def _models(cfg: StepCostsConfig, device):
 def _paths(device):
     if device.type == "cuda":
         return [("hf-dynamic", "model"), ("hf", "model"), ("lean", "model"), ("lean+graphs", "model")]
-    return [("hf-dynamic", "model"), ("hf", "model"), ("lean", "model"), ("hf", "int8"), ("lean", "int8")]
+    return [("hf-dynamic", "model"), ("hf", "model"), ("lean", "model"), ("numpy", "model"), ("hf", "int8"),
+            ("lean", "int8")]
 
 
 def measure(cfg: StepCostsConfig) -> dict:

@@ -48,6 +48,9 @@ class KVCache:
         self.dtype = dtype
         self.write_index = None       # static mode: [S] int64 device columns of the current forward
         self._pending = 0             # S of the forward in flight (between begin and end)
+        self._live_k: list[torch.Tensor] = []
+        self._live_v: list[torch.Tensor] = []
+        self._numpy = None
         self._zero = torch.zeros((), dtype=dtype, device=device)
         self._hidden = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
 
@@ -97,6 +100,13 @@ class KVCache:
         """The live rows' views of every buffer, made once per batch change (each view costs a dispatch)."""
         self._live_k = [b[:self.batch] for b in self.keys]
         self._live_v = [b[:self.batch] for b in self.values]
+        self._numpy = None
+
+    def numpy_views(self) -> list:
+        """[(K, V)] NumPy views of the live rows' buffers (CPU, zero-copy; the NumPy forward's cache)."""
+        if self._numpy is None or len(self._numpy) != len(self._live_k):
+            self._numpy = [(k.numpy(), v.numpy()) for k, v in zip(self._live_k, self._live_v)]
+        return self._numpy
 
     def end(self) -> None:
         self.length += self._pending

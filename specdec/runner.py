@@ -16,11 +16,11 @@ import inspect
 
 import torch
 
-from . import lean
+from . import lean, lean_numpy
 from .kvcache import KVCache, hf_cache
 from .util import input_device
 
-IMPLS = ("auto", "lean", "hf")
+IMPLS = ("auto", "lean", "numpy", "hf")
 
 
 def cache_kwarg(model) -> str:
@@ -54,15 +54,28 @@ def lean_forward_of(model) -> lean.LeanForward:
 
 
 def resolve_impl(model, impl: str = "auto") -> str:
+    """The forward a model runs on. auto: the NumPy lean forward for small float32 models on the CPU
+    (dispatch-bound), the PyTorch lean forward for other Llama-family models, transformers' otherwise."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "lean" if lean.supports(model) is None else "hf"
-    if impl == "lean":
-        reason = lean.supports(model)
-        if reason is not None:
-            raise ValueError(f"impl='lean' does not support {type(model).__name__}: {reason}; use impl='hf'")
+        if lean.supports(model) is not None:
+            return "hf"
+        return "numpy" if lean_numpy.supports(model) is None and lean_numpy.is_small(model) else "lean"
+    check = {"lean": lean.supports, "numpy": lean_numpy.supports}.get(impl)
+    reason = check(model) if check else None
+    if reason is not None:
+        raise ValueError(f"impl={impl!r} does not support {type(model).__name__}: {reason}; use impl='auto' or 'hf'")
     return impl
+
+
+def numpy_forward_of(model) -> lean_numpy.NumpyLeanForward:
+    fwd = lean_forward_of(model)
+    npf = getattr(model, "_specdec_numpy", None)
+    if npf is None or npf.fwd is not fwd:
+        npf = lean_numpy.NumpyLeanForward(fwd)
+        object.__setattr__(model, "_specdec_numpy", npf)
+    return npf
 
 
 class ModelRunner:
@@ -85,6 +98,8 @@ class ModelRunner:
         self.graphs = None
         if self.impl == "lean":
             self._lean = lean_forward_of(model)
+        elif self.impl == "numpy":
+            self._lean = numpy_forward_of(model)
         else:
             self._hf_cache = hf_cache(self.kv, num_attention_layers(model))
             self._kw = cache_kwarg(model)
@@ -95,7 +110,7 @@ class ModelRunner:
     # -- forwards
     def eager(self, ids, pos, mask, logits_to_keep: int = 0):
         """One forward over the cache whose begin() produced `mask`. ids, pos: [B, S]."""
-        if self.impl == "lean":
+        if self.impl in ("lean", "numpy"):
             return self._lean(ids, pos, self.kv, mask, logits_to_keep)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                          logits_to_keep=logits_to_keep, **{self._kw: self._hf_cache})

@@ -36,7 +36,7 @@ def _batch(B=5, P=9, V=64, seed=5):
     return ids, mask
 
 
-@pytest.mark.parametrize("impl", ["lean", "hf"])
+@pytest.mark.parametrize("impl", ["lean", "numpy", "hf"])
 def test_greedy_equals_plain_and_hf(target_model, draft_model, partial_draft, impl):
     ids, mask = _batch()
     ar = autoregressive_generate(target_model, ids, mask, max_new_tokens=24, impl=impl)
@@ -82,7 +82,7 @@ def test_eos_and_lengths(target_model, partial_draft):
         assert len(out) <= 25 and (eos not in out[:-1])
 
 
-@pytest.mark.parametrize("impl", ["lean", "hf"])
+@pytest.mark.parametrize("impl", ["lean", "numpy", "hf"])
 def test_caches_hold_exactly_the_accepted_prefix(target_model, partial_draft, impl):
     """Between rounds, both caches (holes masked) give the same next logits as a fresh forward over the
     committed sequence, for every live row."""

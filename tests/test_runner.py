@@ -36,7 +36,7 @@ def test_mask_is_validity_and_causality():
     assert m.min() > float("-inf")                     # finite: a fully hidden query gives no NaN
 
 
-@pytest.mark.parametrize("impl", ["lean", "hf"])
+@pytest.mark.parametrize("impl", ["lean", "numpy", "hf"])
 @pytest.mark.parametrize("static", [False, True])
 def test_cached_steps_equal_a_fresh_forward(impl, static):
     """Prefill, decode steps, a rejected block (holes), a crop, row selection and compaction: after
@@ -74,16 +74,28 @@ def test_cached_steps_equal_a_fresh_forward(impl, static):
     check([0, 2])
 
 
-def test_lean_forward_matches_transformers():
+@pytest.mark.parametrize("impl", ["lean", "numpy"])
+def test_lean_forwards_match_transformers(impl):
     for model in (tiny_llama(seed=4, kv_heads=2), tiny_llama(seed=5, kv_heads=4)):
         assert lean.supports(model) is None
         ids, mask = _prompt(B=2, P=9)
-        r = ModelRunner(model, batch=2, capacity=32, impl="lean")
+        r = ModelRunner(model, batch=2, capacity=32, impl=impl)
         pos = (mask.cumsum(1) - 1).clamp_min(0)
         got = r.forward(ids, pos, mask.bool())
         want = model(ids, attention_mask=mask, position_ids=pos).logits
         real = mask.bool()
         torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
+
+
+def test_auto_picks_numpy_for_small_float_models_only():
+    from specdec.quant import quantize_model
+    from specdec.runner import resolve_impl
+    small = tiny_llama(seed=1)
+    assert resolve_impl(small) == "numpy"
+    assert resolve_impl(quantize_model(tiny_llama(seed=1))) == "lean"      # int8 runs on PyTorch
+    assert resolve_impl(tiny_llama(seed=1).to(torch.bfloat16)) == "lean"   # NumPy has no bfloat16
+    with pytest.raises(ValueError, match="impl='numpy' does not support"):
+        ModelRunner(quantize_model(tiny_llama(seed=1)), 1, 8, impl="numpy")
 
 
 def test_qwen2_with_qkv_bias_runs_lean_and_gpt2_runs_through_transformers():
@@ -114,10 +126,11 @@ def test_lean_forward_follows_weight_updates():
     """A draft being trained is decoded with its current weights (fused copies are rebuilt)."""
     model = tiny_llama(seed=6)
     ids, mask = _prompt(B=1, P=5)
-    before = autoregressive_generate(model, ids, mask, max_new_tokens=6, impl="lean").new_tokens
+    before = autoregressive_generate(model, ids, mask, max_new_tokens=6, impl="numpy").new_tokens
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(-1.0)
-    after = autoregressive_generate(model, ids, mask, max_new_tokens=6, impl="lean").new_tokens
+    after = autoregressive_generate(model, ids, mask, max_new_tokens=6, impl="numpy").new_tokens
+    assert after == autoregressive_generate(model, ids, mask, max_new_tokens=6, impl="lean").new_tokens
     assert after == autoregressive_generate(model, ids, mask, max_new_tokens=6, impl="hf").new_tokens
     assert after != before
