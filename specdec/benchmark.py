@@ -42,8 +42,8 @@ from .quant import QUANTIZE
 from .runner import IMPLS, resolve_impl
 from .plots import FIGURES, plot_files
 from .prompts import load_prompts
-from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, error_text, make_batches, read_results,
-                      summarise, with_speedups)
+from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, error_text, make_batches,
+                      read_results, summarise, with_speedups)
 from .util import (RUN_FILE, environment, format_table as _table, input_device, prepare_out_dir, resolve_device,
                    write_json_atomic)
 
@@ -560,6 +560,27 @@ def format_auto_table(rows: list[BenchRow]) -> str:
     """gamma auto against the best fixed gamma and the best HF schedule, cell by cell ('' if no auto row)."""
     report = auto_report(rows)
     return _table(report, AUTO_TABLE) if report else ""
+
+
+SHIFT_TABLE = [("temperature", "T", 4, "g"), ("batch_size", "bs", 3, "d"), ("alpha_before", "alpha before", 12, ".3f"),
+               ("alpha_after", "alpha after", 11, ".3f"), ("mean_gamma_before", "auto k before", 13, ".2f"),
+               ("mean_gamma_after", "auto k after", 12, ".2f"), ("gamma_change", "change", 6, "+.2f"),
+               ("speedup_before", "speedup before", 14, ".2f"), ("speedup_after", "speedup after", 13, ".2f")]
+
+
+def format_auto_shift(before: list[BenchRow], after: list[BenchRow]) -> str:
+    """gamma auto's mean draft count (and alpha, speedup) in two runs of the same cells, e.g. before and
+    after `specdec demo` distils the draft: a table, then each run's count histogram ('' without auto)."""
+    shift = auto_shift(before, after)
+    if not shift:
+        return ""
+    lines = [_table(shift, SHIFT_TABLE)]
+    for r in shift:
+        hist = {when: ", ".join(f"{k}:{n}" for k, n in enumerate(r[f"gamma_counts_{when}"] or []) if n)
+                for when in ("before", "after")}
+        lines.append(f"T={r['temperature']:g} bs={r['batch_size']}: chosen k (row-rounds) before {{{hist['before']}}}"
+                     f"  after {{{hist['after']}}}")
+    return "\n".join(lines)
 
 
 def add_arguments(parser) -> None:

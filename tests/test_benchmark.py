@@ -421,3 +421,19 @@ def test_truncated_weights_are_one_line(pair, tmp_path):
                         "--out", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stderr.strip().count("\n") == 0 and "truncated or corrupt" in r.stderr
+
+
+def test_format_auto_shift():
+    """What the demo prints to show that auto drafts more once the draft is distilled."""
+    def auto_row(alpha, mean, counts, speedup, temp=0.0):
+        return BenchRow("sd", "auto", temp, 1, alpha=alpha, mean_gamma=mean, gamma_counts=counts, speedup=speedup,
+                        tokens_per_s=100.0)
+
+    before = [auto_row(0.55, 1.8, [1, 20, 10], 1.10), auto_row(0.5, 1.5, [1, 10, 5], 1.0, temp=1.0)]
+    after = [auto_row(0.75, 3.4, [1, 0, 5, 10, 5], 1.40), auto_row(0.7, 2.9, [1, 2, 8, 6], 1.3, temp=1.0)]
+    text = benchmark.format_auto_shift(before, after)
+    lines = text.splitlines()
+    assert "auto k before" in lines[0] and "auto k after" in lines[0]
+    assert "+1.60" in lines[2] and "+1.40" in lines[3]
+    assert "before {0:1, 1:20, 2:10}  after {0:1, 2:5, 3:10, 4:5}" in text
+    assert benchmark.format_auto_shift([], after) == ""
