@@ -25,7 +25,8 @@ gamma="auto": before each round, K = argmax_k sum_r tau(alpha_r, min(k, cap_r)) 
 alpha_r (a Beta posterior whose prior is the batch's pooled estimate, itself shrunk towards AUTO_PRIOR;
 observations discounted by AUTO_DECAY per round) and the cost of a round drafting k at this batch size:
 the seconds of the decoder's own rounds (measure_round_costs; handed over, or read from the cost cache,
-or measured once and cached, see specdec/costs.py), or k c + v(k) from step costs. Every row pays for
+or measured once and cached, see specdec/costs.py), or k c + v(k) from step costs, either way through
+a robust straight line in k (metrics.linear_round_costs: one noisy k cannot make auto skip to another). Every row pays for
 K draft steps and a (K+1)-token verify, so K is chosen for the batch and each row drafts min(K, cap_r).
 Lossless: a round's counts depend only on earlier rounds' verdicts, never on its own.
 
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .costs import CostCache, context_bucket, cost_key, costs_at, entry_from_json, round_costs, sync
-from .metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, monotone_fit, round_cost, shrunk_alpha
+from .metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, linear_round_costs, shrunk_alpha
 from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
 from .sampling import mask_logits, sample_tokens
 from .util import input_device, logit_width
@@ -337,6 +338,10 @@ AUTO_DECAY = 0.9        # per-round discount of old verdicts: a row's estimate r
 _ROUND_TOKENS = 64      # new tokens per decode when round costs are measured (~3 cycles through k = 1..8)
 
 
+def _lower_quartile(xs: list) -> float:
+    return statistics.quantiles(xs, n=4, method="inclusive")[0] if len(xs) > 1 else xs[0]
+
+
 class _FixedCounts:
     """Each round's per-row draft counts (the loop asks `choose(caps)` before drafting, reports the
     round's verdicts to `observe` after it and the surviving rows to `select`): here gamma, or what
@@ -375,10 +380,8 @@ class _AutoCounts(_FixedCounts):
     def __init__(self, batch: int, costs: dict, sampling: bool, max_gamma: int):
         self.rows = [(0.0, 0.0)] * batch     # [B] discounted (accepted, rejections) per live row
         self.pooled = (0.0, 0.0)             # the same over every row of this decode
-        self.cost = {}                       # batch size -> {k: cost of a round drafting k}, non-decreasing
-        for b, entry in costs.items():
-            measured = round_costs(entry, sampling)
-            self.cost[b] = monotone_fit({k: round_cost(measured, k) for k in range(1, max_gamma + 1)})
+        # batch size -> {k: cost of a round drafting k}, the robust line through what was measured
+        self.cost = {b: linear_round_costs(round_costs(entry, sampling), max_gamma) for b, entry in costs.items()}
         self.max_gamma = max_gamma
 
     def alphas(self) -> list:
@@ -542,11 +545,11 @@ class SpeculativeDecoder:
 
     def measure_round_costs(self, input_ids, attention_mask=None, sampling: bool = False, gammas=None,
                             repeats: int = 3, new_tokens: int | None = None) -> dict:
-        """k -> median seconds of one round drafting k tokens (k in gammas, default 1..max_gamma) on this
-        decoder's models and settings, greedy or sampled at temperature 1: `repeats` decodes of
-        new_tokens (default _ROUND_TOKENS) whose rounds cycle through the counts (each decode starting
-        one count further), each round timed between the on_round calls around it. Rounds that
-        max_new_tokens cut short are left out."""
+        """k -> seconds of one round drafting k tokens (k in gammas, default 1..max_gamma) on this decoder's
+        models and settings, greedy or sampled at temperature 1: `repeats` decodes of new_tokens (default
+        _ROUND_TOKENS) whose rounds cycle through the counts (each decode starting one count further),
+        each round timed between the on_round calls around it; per k the lower quartile of its rounds
+        (load from other jobs only ever adds time). Rounds that max_new_tokens cut short are left out."""
         gammas = list(gammas or range(1, self.max_gamma + 1))
         if max(gammas) > self.max_gamma or min(gammas) < 1:
             raise ValueError(f"gammas must lie in 1..max_gamma={self.max_gamma}, got {gammas}")
@@ -565,7 +568,7 @@ class SpeculativeDecoder:
                 k, cut = cycle.log[i]
                 if not cut:
                     samples[k].append(stamps[i] - stamps[i - 1])
-        return {k: statistics.median(v) for k, v in samples.items() if v}
+        return {k: _lower_quartile(v) for k, v in samples.items() if v}
 
     def _draft(self, drf: ModelRunner, live: _Live, K: int, stats: DecodeStats):
         """K draft tokens per row. Returns drafts [B, K], q logits [B, K, V] (None when greedy: the

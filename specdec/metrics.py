@@ -12,6 +12,7 @@ was accepted is not a rejection however short it was.
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Sequence
 
@@ -50,20 +51,27 @@ def verify_cost(v: Mapping, k: int) -> float:
     return max(v1, v1 + (v1 - v0) * (k - k1) / (k1 - k0))
 
 
-def monotone_fit(values: Mapping) -> dict:
-    """The least-squares non-decreasing fit of {k: cost} (pool adjacent violators). A round that drafts
-    more never costs less; timing noise on a shared machine can make it look so, and an outlier at one
-    k must neither be skipped over nor drag its neighbours below their measurements."""
-    ks = sorted(values)
-    blocks: list = []                                     # [sum, count] of pooled neighbours
-    for k in ks:
-        blocks.append([float(values[k]), 1])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, n = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += n
-    fitted = [total / n for total, n in blocks for _ in range(n)]
-    return dict(zip(ks, fitted))
+def robust_line(points: Mapping) -> tuple[float, float]:
+    """(intercept, slope) of the Theil-Sen line through {x: y}: the median of the pairwise slopes, then
+    the median of y - slope x. Up to ~29% of the points may be wild (a burst of load on a shared machine
+    while one count was timed) without moving the line much; a least-squares fit would follow them."""
+    xs = sorted(points)
+    if len(xs) == 1:
+        return 0.0, float(points[xs[0]]) / xs[0]
+    slope = statistics.median([(points[b] - points[a]) / (b - a) for i, a in enumerate(xs) for b in xs[i + 1:]])
+    return statistics.median([points[x] - slope * x for x in xs]), slope
+
+
+def linear_round_costs(points: Mapping, max_gamma: int) -> dict:
+    """{k: cost of a round drafting k} for k in 1..max_gamma from measured {k: cost} at any k >= 1, as the
+    robust line a + b k (b >= 0): a round is the verify and the fixed work, plus one draft step per k
+    (the verify's growth with k folds into b), so each k's measurement informs every other's."""
+    a, b = robust_line(points)
+    if b < 0:        # larger counts looking cheaper is noise: flat through the median
+        a, b = statistics.median(points.values()), 0.0
+    if a + b <= 0:   # the line crosses zero before k = 1: keep it positive, through the smallest cost
+        a = min(points.values()) - b * min(points)
+    return {k: a + b * k for k in range(1, max_gamma + 1)}
 
 
 def round_cost(cost: Mapping, k: int) -> float:

@@ -5,7 +5,8 @@ import random
 import pytest
 
 from specdec.metrics import (DecodeStats, best_draft_count, discounted_counts, expected_tokens_per_step,
-                             monotone_fit, predicted_speedup, predicted_speedup_mix, round_cost, shrunk_alpha)
+                             linear_round_costs, predicted_speedup, predicted_speedup_mix, robust_line, round_cost,
+                             shrunk_alpha)
 
 
 def _ratios(c, v=1.0, slope=0.05, top=8):
@@ -62,7 +63,7 @@ def test_matches_brute_force_on_random_inputs():
         B = rng.randint(1, 6)
         alphas = [rng.random() for _ in range(B)]
         caps = [rng.randint(0, 10) for _ in range(B)]
-        cost = monotone_fit({k: k * rng.uniform(0.01, 0.5) + rng.uniform(0.8, 1.5) for k in range(1, 9)})
+        cost = {k: k * rng.uniform(0.01, 0.5) + rng.uniform(0.8, 1.5) for k in range(1, 9)}
         if max(caps) == 0:
             continue
         assert best_draft_count(alphas, caps, cost, 8) == _brute(alphas, caps, cost, 8)
@@ -76,16 +77,28 @@ def test_seconds_and_ratios_choose_alike():
         assert best_draft_count([a], [64], cost, 8) == best_draft_count([a], [64], secs, 8)
 
 
-def test_monotone_fit():
-    assert monotone_fit({1: 1.0, 2: 2.0, 3: 3.0}) == {1: 1.0, 2: 2.0, 3: 3.0}
-    assert monotone_fit({1: 1.0, 2: 3.0, 3: 2.0, 4: 5.0}) == {1: 1.0, 2: 2.5, 3: 2.5, 4: 5.0}
-    fit = monotone_fit({1: 4.0, 2: 1.0, 3: 1.0})          # a spike at k=1 pools with its neighbours
-    assert list(fit.values()) == [2.0, 2.0, 2.0]
-    rng = random.Random(1)
-    noisy = {k: k + rng.gauss(0, 1.5) for k in range(1, 9)}
-    fit = monotone_fit(noisy)
-    assert all(fit[k] <= fit[k + 1] for k in range(1, 8))
-    assert sum(fit.values()) == pytest.approx(sum(noisy.values()))   # least squares keeps the mean
+def test_robust_line_ignores_a_burst_of_load():
+    exact = {k: 9.0 + 1.5 * k for k in range(1, 9)}
+    assert robust_line(exact) == pytest.approx((9.0, 1.5))
+    loaded = {**exact, 3: 42.0, 6: 30.0}            # two counts timed while another job ran
+    a, b = robust_line(loaded)
+    assert a == pytest.approx(9.0, abs=0.5) and b == pytest.approx(1.5, abs=0.2)
+    assert robust_line({2: 4.0}) == (0.0, 2.0)
+
+
+def test_linear_round_costs():
+    cost = linear_round_costs({1: 10.0, 2: 11.0, 4: 13.0}, 6)
+    assert cost == pytest.approx({1: 10.0, 2: 11.0, 3: 12.0, 4: 13.0, 5: 14.0, 6: 15.0})
+    # noise that makes larger counts look cheaper is not a reason to draft more: the slope stays >= 0
+    assert linear_round_costs({1: 10.0, 2: 9.0, 3: 8.5}, 4) == pytest.approx({k: 9.0 for k in range(1, 5)})
+    # the bench's first measurement at batch 1 under load (ms): a plateau the old per-k table made auto
+    # jump across (k = 1 or 7); the line keeps the choice among the neighbours of the true optimum
+    loaded = {1: 18.2, 2: 27.8, 3: 42.1, 4: 35.9, 5: 41.0, 6: 32.7, 7: 39.1, 8: 46.8}
+    cost = linear_round_costs(loaded, 8)
+    assert all(cost[k] < cost[k + 1] for k in range(1, 8))
+    ks = {best_draft_count([a], [64], cost, 8) for a in (0.55, 0.6, 0.65, 0.7)}
+    assert max(ks) - min(ks) <= 2
+    assert all(v > 0 for v in linear_round_costs({1: 1.0, 2: 0.1}, 3).values())
 
 
 def test_round_cost_interpolates_and_extends():
