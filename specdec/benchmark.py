@@ -513,13 +513,16 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
             progress.status(f"measuring the step costs c, v at batch size {bs}")
             costs[bs] = measure_costs(inputs.target, inputs.draft, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs,
                                       impl=cfg.impl, cuda_graphs=inputs.engine["cuda_graphs"])
-            if modes:
+            if modes:   # on the first bs prompts: rows that accept differently leave holes, as in the sweep
                 probe = _auto_decoder(cfg, inputs, None)
-                ids = torch.tensor([inputs.ids[0]], device=inputs.device).repeat(bs, 1)
+                enc = inputs.tokenizer.pad({"input_ids": [inputs.ids[i % len(inputs.ids)] for i in range(bs)]},
+                                           padding=True, return_tensors="pt")
+                ids, mask = enc["input_ids"].to(inputs.device), enc["attention_mask"].to(inputs.device)
                 costs[bs]["round_s"] = {}
                 for mode in modes:
                     progress.status(f"timing decode rounds for gamma auto at batch size {bs} ({mode})")
-                    costs[bs]["round_s"][mode] = probe.measure_round_costs(ids, None, mode == "sampling")
+                    costs[bs]["round_s"][mode] = probe.measure_round_costs(ids, mask, mode == "sampling",
+                                                                           new_tokens=cfg.max_new_tokens)
     meta["costs"] = {str(bs): c for bs, c in costs.items()}
     return costs
 

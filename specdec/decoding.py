@@ -334,7 +334,7 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
 AUTO_MAX_GAMMA = 8      # the largest count gamma="auto" considers (and the caches' room for drafts)
 # The estimate's constants were chosen by replaying greedy and sampled decodes of the bundled pair on 24
 # held-out prompts (not the benchmark's) under its measured round costs (tokens per modelled second, no
-# clock): strength 8 beat 2 and 4 (steadier counts), decay 0.9 matched 0.95 and 1.
+# clock): strength 8 beat 2 and 4 (steadier counts); decay 0.95 was no better than 0.9.
 AUTO_PRIOR = 0.6        # alpha before the first verdict of a decode (a typical draft)
 AUTO_STRENGTH = 8.0     # verdicts a prior is worth: AUTO_PRIOR against the pooled ones, the pool against a row's
 AUTO_DECAY = 0.9        # per-round discount of old verdicts: an estimate remembers ~10 rounds
@@ -481,15 +481,15 @@ class SpeculativeDecoder:
         ids, mask, lengths, (tgt, drf) = _start(
             [self.target, self.draft], ["target", "draft"], input_ids, attention_mask, params, self.max_gamma,
             self.impl, self.cuda_graphs)
-        self._gen = _generator(seed, ids.device)
-        self._params = params
         counts = _counts
-        if counts is None and self.gamma == AUTO:
+        if counts is None and self.gamma == AUTO:   # before this decode's own state: a first call times rounds
             t0 = time.perf_counter()
             counts = _AutoCounts(ids.shape[0], self._costs_for(ids, mask, temperature > 0), temperature > 0,
                                  self.max_gamma)
             t_all += time.perf_counter() - t0   # a first measurement of the costs is not decoding time
         counts = counts or _FixedCounts(self.gamma)
+        self._gen = _generator(seed, ids.device)
+        self._params = params
         stats = DecodeStats(gamma=self.max_gamma, prefill_calls=2)
         timer = _Timer(ids.device)
         rows = _Rows(ids.shape[0], params)
@@ -526,24 +526,21 @@ class SpeculativeDecoder:
 
     def _costs_for(self, ids, mask, sampling: bool) -> dict:
         """gamma="auto"'s costs: the table handed over, else the round costs read from the cost cache or
-        measured once per (batch size, context bucket, greedy or sampled) on the longest prompt."""
+        measured once per (batch size, context bucket, greedy or sampled) on this call's own prompts."""
         if self.costs is not None:
             return self.costs
         B = ids.shape[0]
-        longest = int(mask.sum(1).argmax())
-        prompt = ids[longest][mask[longest].bool()]
-        context = context_bucket(prompt.numel())
-        limit = min(m for m in (_max_positions(self.target), _max_positions(self.draft), 1 << 30) if m)
-        context = max(1, min(context, limit - _ROUND_TOKENS - 2 * self.max_gamma - 8))
+        context = context_bucket(ids.shape[1])
         memo = (B, context, sampling)
         if memo not in self._measured:
             gammas = range(1, self.max_gamma + 1)
             key = cost_key(self.target, self.draft, B, context, sampling, gammas, self.impl, self.cuda_graphs,
                            sources=(__file__,))
-            tiled = prompt.repeat(-(-context // prompt.numel()))[:context]   # token values do not change a cost
+            limit = min(m for m in (_max_positions(self.target), _max_positions(self.draft), 1 << 30) if m)
+            room = max(1, min(_ROUND_TOKENS, limit - ids.shape[1]))   # the rows' own raggedness, in context
             self._measured[memo] = CostCache(self.cost_cache).get(key, lambda: {"round_s": {
-                "sampling" if sampling else "greedy": self.measure_round_costs(tiled.repeat(B, 1), None, sampling,
-                                                                               gammas)}})
+                "sampling" if sampling else "greedy": self.measure_round_costs(ids, mask, sampling, gammas,
+                                                                               new_tokens=room)}})
         return {B: self._measured[memo]}
 
     def measure_round_costs(self, input_ids, attention_mask=None, sampling: bool = False, gammas=None,

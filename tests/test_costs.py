@@ -123,3 +123,16 @@ def test_measure_round_costs(pair):
     rc = dec.measure_round_costs(torch.tensor([[3, 4, 5, 6]]).repeat(2, 1), None, sampling=True, repeats=1,
                                  new_tokens=40)
     assert set(rc) == {1, 2, 3} and all(0 < s < 5 for s in rc.values())
+
+
+def test_a_first_call_that_measures_decodes_as_a_call_that_reads(pair, tmp_path):
+    """Timing rounds runs decodes of its own; the call that triggered it must still decode with its own
+    settings and seed (top-k, temperature): the same output as a later call that reads the cache."""
+    target, draft = pair
+    ids = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 8, 9, 10]])
+    mask = (ids != 0).long()
+    kw = dict(max_new_tokens=10, temperature=0.8, top_k=5, seed=3)
+    first = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=3, cost_cache=tmp_path).generate(ids, mask, **kw)
+    assert len(list(tmp_path.glob("costs-*.json"))) == 1
+    again = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=3, cost_cache=tmp_path).generate(ids, mask, **kw)
+    assert first.new_tokens == again.new_tokens
