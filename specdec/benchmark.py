@@ -521,8 +521,7 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
                 costs[bs]["round_s"] = {}
                 for mode in modes:
                     progress.status(f"timing decode rounds for gamma auto at batch size {bs} ({mode})")
-                    costs[bs]["round_s"][mode] = probe.measure_round_costs(ids, mask, mode == "sampling",
-                                                                           new_tokens=cfg.max_new_tokens)
+                    costs[bs]["round_s"][mode] = probe.measure_round_costs(ids, mask, mode == "sampling")
     meta["costs"] = {str(bs): c for bs, c in costs.items()}
     return costs
 

@@ -536,24 +536,24 @@ class SpeculativeDecoder:
             gammas = range(1, self.max_gamma + 1)
             key = cost_key(self.target, self.draft, B, context, sampling, gammas, self.impl, self.cuda_graphs,
                            sources=(__file__,))
-            limit = min(m for m in (_max_positions(self.target), _max_positions(self.draft), 1 << 30) if m)
-            room = max(1, min(_ROUND_TOKENS, limit - ids.shape[1]))   # the rows' own raggedness, in context
             self._measured[memo] = CostCache(self.cost_cache).get(key, lambda: {"round_s": {
-                "sampling" if sampling else "greedy": self.measure_round_costs(ids, mask, sampling, gammas,
-                                                                               new_tokens=room)}})
+                "sampling" if sampling else "greedy": self.measure_round_costs(ids, mask, sampling, gammas)}})
         return {B: self._measured[memo]}
 
     def measure_round_costs(self, input_ids, attention_mask=None, sampling: bool = False, gammas=None,
                             repeats: int = 3, new_tokens: int | None = None) -> dict:
         """k -> seconds of one round drafting k tokens (k in gammas, default 1..max_gamma) on this decoder's
         models and settings, greedy or sampled at temperature 1: `repeats` decodes of new_tokens (default
-        _ROUND_TOKENS) whose rounds cycle through the counts (each decode starting one count further),
+        _ROUND_TOKENS, less where the context ends first) whose rounds cycle through the counts (each decode starting one count further),
         each round timed between the on_round calls around it; per k the lower quartile of its rounds
         (load from other jobs only ever adds time). Rounds that max_new_tokens cut short are left out."""
         gammas = list(gammas or range(1, self.max_gamma + 1))
         if max(gammas) > self.max_gamma or min(gammas) < 1:
             raise ValueError(f"gammas must lie in 1..max_gamma={self.max_gamma}, got {gammas}")
-        kw = dict(max_new_tokens=new_tokens or _ROUND_TOKENS, temperature=1.0 if sampling else 0.0)
+        if new_tokens is None:   # _ROUND_TOKENS, or what the models' context leaves after the prompts
+            limit = min(m for m in (_max_positions(self.target), _max_positions(self.draft), 1 << 30) if m)
+            new_tokens = max(1, min(_ROUND_TOKENS, limit - input_ids.shape[-1]))
+        kw = dict(max_new_tokens=new_tokens, temperature=1.0 if sampling else 0.0)
         samples = {k: [] for k in gammas}
         self.generate(input_ids, attention_mask, seed=0, _counts=_CycleCounts(gammas), **kw)   # warm-up
         for r in range(repeats):
