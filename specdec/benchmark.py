@@ -12,9 +12,10 @@ Timing. Configurations (method, gamma, temperature, batch size) are grouped by (
 size). In a group each configuration gets `warmup` untimed runs of the first batch, then `repeats`
 timed passes over every prompt, interleaved batch by batch: repeat r runs the first batch under every
 configuration of the group (in alternating order), then the next batch, so load drift on a shared
-machine does not bias one method's ratio. Batches are
-consecutive prompts of the prompt list (which is grouped by category), left-padded by the tokenizer.
-c and v (see results.py) are timed once per batch size on a prompt-length cache before the sweep.
+machine does not bias one method's ratio. Batches are consecutive prompts of the prompt list (which is
+grouped by category), left-padded by the tokenizer. c and v (see results.py) are timed once per batch
+size on a prompt-length cache before the sweep; with gamma auto, so are whole decode rounds at each
+count it may choose (decoding.SpeculativeDecoder.measure_round_costs), which auto then chooses by.
 
 The sweep's defaults are one of SWEEPS (`--sweep`); --gamma, --temperature, --batch-size and
 --baselines override single axes. results.json is rewritten atomically after every group, so a crash
@@ -503,9 +504,10 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
 
 
 def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress) -> dict:
-    """batch size -> c and v (and, when gamma auto runs, the round times it chooses by, greedy and/or
-    sampled as the temperatures need), measured on the first prompt (already truncated to fit the
-    context) for each batch size the saved run does not have; recorded in meta["costs"]."""
+    """batch size -> c and v, measured on the first prompt (already truncated to fit the context), and,
+    when gamma auto runs, the round times it chooses by (greedy and/or sampled, as the temperatures
+    need) on the first bs prompts; for each batch size the saved run does not have; recorded in
+    meta["costs"]."""
     costs = baselines.costs_from_json(meta["costs"])
     modes = sorted({"sampling" if t > 0 else "greedy" for t in cfg.temperature}) if AUTO in cfg.gamma else []
     for bs in cfg.batch_size:
