@@ -26,9 +26,10 @@ alpha_r (a Beta posterior whose prior is the batch's pooled estimate, itself shr
 observations discounted by AUTO_DECAY per round) and the cost of a round drafting k at this batch size:
 the seconds of the decoder's own rounds (measure_round_costs; handed over, or read from the cost cache,
 or measured once and cached, see specdec/costs.py), or k c + v(k) from step costs, either way through
-a robust straight line in k (metrics.linear_round_costs: one noisy k cannot make auto skip to another). Every row pays for
-K draft steps and a (K+1)-token verify, so K is chosen for the batch and each row drafts min(K, cap_r).
-Lossless: a round's counts depend only on earlier rounds' verdicts, never on its own.
+a robust straight line in k (metrics.linear_round_costs: one noisy k cannot make auto skip to another).
+Every row pays for K draft steps and a (K+1)-token verify, so K is chosen for the batch and each row
+drafts min(K, cap_r). Lossless: a round's counts depend only on earlier rounds' verdicts, never on its
+own.
 
 Host synchronisation: one read per round of the verified tokens, the accepted counts and a NaN flag
 (needed to decide what each row emits and when it stops). Sampling uses the exponential race, which
@@ -544,9 +545,10 @@ class SpeculativeDecoder:
                             repeats: int = 3, new_tokens: int | None = None) -> dict:
         """k -> seconds of one round drafting k tokens (k in gammas, default 1..max_gamma) on this decoder's
         models and settings, greedy or sampled at temperature 1: `repeats` decodes of new_tokens (default
-        _ROUND_TOKENS, less where the context ends first) whose rounds cycle through the counts (each decode starting one count further),
-        each round timed between the on_round calls around it; per k the lower quartile of its rounds
-        (load from other jobs only ever adds time). Rounds that max_new_tokens cut short are left out."""
+        _ROUND_TOKENS, less where the context ends first) whose rounds cycle through the counts (each
+        decode starting one count further), each round timed between the on_round calls around it; per k
+        the lower quartile of its rounds (load from other jobs only ever adds time). Rounds that
+        max_new_tokens cut short are left out."""
         gammas = list(gammas or range(1, self.max_gamma + 1))
         if max(gammas) > self.max_gamma or min(gammas) < 1:
             raise ValueError(f"gammas must lie in 1..max_gamma={self.max_gamma}, got {gammas}")
