@@ -1,6 +1,7 @@
 """What specdec is measured against, and the step costs its prediction needs.
 
-hf_assisted_generate   transformers' assisted generation (`target.generate(assistant_model=draft)`)
+hf_assisted_generate   transformers' assisted generation (`target.generate(assistant_model=draft)`) under
+                       one of its schedules (HF_SCHEDULES)
 hf_assistant_defaults  the assistant settings transformers uses when none are set
 costs_from_json        the step costs c, v (specdec/costs.py) as read back from a results file
 Plain decoding, the denominator of every speedup, is decoding.autoregressive_generate.
@@ -10,6 +11,19 @@ from __future__ import annotations
 import copy
 
 import torch
+
+from .costs import entry_from_json
+
+
+# The schedules of transformers' assisted generation that specdec is compared with, by result method:
+#   constant   exactly gamma drafts every round, confidence early stop off (hf_assisted)
+#   default    transformers' own assistant settings (5.x: 20 drafts, constant, stop when the draft's
+#              probability of its token falls below 0.4 -- the confidence-threshold schedule)
+#   heuristic  its adaptive schedule (transformers 4.x's default): start at 5 drafts, +2 after a round
+#              that accepted every draft, -1 otherwise; confidence stop off. Each generate starts afresh
+#              (the schedule state lives in the draft's generation_config, copied per run).
+HF_SCHEDULES = {"hf_assisted": "constant", "hf_assisted_default": "default", "hf_assisted_heuristic": "heuristic"}
+HEURISTIC_START = 5
 
 
 class _Counter:
@@ -21,10 +35,12 @@ class _Counter:
 
 
 def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temperature, max_new_tokens,
-                         eos_token_id, pad_token_id, seed):
-    """transformers' assisted generation at batch size 1. gamma None = the assistant's own defaults;
-    else a constant schedule of exactly gamma drafts with the confidence early stop disabled.
+                         eos_token_id, pad_token_id, seed, schedule: str = "constant"):
+    """transformers' assisted generation at batch size 1 under `schedule` (see HF_SCHEDULES): constant
+    (gamma drafts), default (gamma ignored) or heuristic (gamma: its start, default HEURISTIC_START).
     Returns (new tokens, target forward calls)."""
+    if schedule not in HF_SCHEDULES.values():
+        raise ValueError(f"schedule must be one of {sorted(set(HF_SCHEDULES.values()))}, got {schedule!r}")
     from transformers.utils import logging as hf_logging
 
     saved = draft.generation_config
@@ -32,10 +48,13 @@ def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temper
     counter = _Counter()
     handle = target.register_forward_hook(counter)
     try:
-        if gamma is not None:
-            gc = draft.generation_config
+        gc = draft.generation_config
+        if schedule == "constant":
             gc.num_assistant_tokens = int(gamma)
-            gc.num_assistant_tokens_schedule = "constant"
+        elif schedule == "heuristic":
+            gc.num_assistant_tokens = int(gamma) if gamma is not None else HEURISTIC_START
+        if schedule != "default":
+            gc.num_assistant_tokens_schedule = schedule
             gc.assistant_confidence_threshold = 0.0  # 0 disables ConfidenceCriteria (and its ROC tuning)
         kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
                   pad_token_id=pad_token_id, assistant_model=draft)
@@ -71,4 +90,4 @@ def hf_assistant_defaults(draft) -> dict:
 
 def costs_from_json(saved: dict) -> dict:
     """meta["costs"] as read back from results.json (JSON keys are strings) -> batch size -> costs."""
-    return {int(bs): {**c, "v": {int(g): v for g, v in c["v"].items()}} for bs, c in saved.items()}
+    return {int(bs): entry_from_json(c) for bs, c in saved.items()}

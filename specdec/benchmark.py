@@ -10,10 +10,12 @@ Stages, each a function with a typed record between it and the next:
 
 Timing. Configurations (method, gamma, temperature, batch size) are grouped by (temperature, batch
 size). In a group each configuration gets `warmup` untimed runs of the first batch, then `repeats`
-timed passes over every prompt, interleaved: round r runs every configuration of the group once (in
-alternating order), so load drift on a shared machine does not bias one method's ratio. Batches are
-consecutive prompts of the prompt list (which is grouped by category), left-padded by the tokenizer.
-c and v (see results.py) are timed once per batch size on a prompt-length cache before the sweep.
+timed passes over every prompt, interleaved batch by batch: repeat r runs the first batch under every
+configuration of the group (in alternating order), then the next batch, so load drift on a shared
+machine does not bias one method's ratio. Batches are consecutive prompts of the prompt list (which is
+grouped by category), left-padded by the tokenizer. c and v (see results.py) are timed once per batch
+size on a prompt-length cache before the sweep; with gamma auto, so are whole decode rounds at each
+count it may choose (decoding.SpeculativeDecoder.measure_round_costs), which auto then chooses by.
 
 The sweep's defaults are one of SWEEPS (`--sweep`); --gamma, --temperature, --batch-size and
 --baselines override single axes. results.json is rewritten atomically after every group, so a crash
@@ -35,14 +37,14 @@ from . import baselines
 from .costs import measure_costs, sync
 from .config import (add_arguments as _add_arguments, config_from_args, flag_name, option, parse_value, to_argv,
                      to_dict)
-from .decoding import SpeculativeDecoder, _max_positions, autoregressive_generate
+from .decoding import AUTO, AUTO_MAX_GAMMA, SpeculativeDecoder, _max_positions, autoregressive_generate
 from .models import bundled_pair, load_pair, resolve_dtype
 from .quant import QUANTIZE
 from .runner import IMPLS, resolve_impl
 from .plots import FIGURES, plot_files
 from .prompts import load_prompts
-from .results import (BenchRow, Measured, Setting, TimedPass, error_text, make_batches, read_results, summarise,
-                      with_speedups)
+from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, error_text, make_batches,
+                      read_results, summarise, with_speedups)
 from .util import (RUN_FILE, environment, format_table as _table, input_device, prepare_out_dir, resolve_device,
                    write_json_atomic)
 
@@ -51,8 +53,8 @@ BASELINES = ("ar", "hf")
 # The sweeps, in one place. "default" is a first run sized for a small CPU (no gamma 8, a smaller second
 # batch size); "full" is the whole grid. HF assisted generation runs at batch size 1 only.
 SWEEPS = {
-    "default": {"gamma": (1, 2, 4), "temperature": (0.0, 1.0), "batch_size": (1, 4), "baselines": ("ar", "hf")},
-    "full": {"gamma": (1, 2, 4, 8), "temperature": (0.0, 1.0), "batch_size": (1, 8), "baselines": ("ar", "hf")},
+    "default": {"gamma": (1, 2, 4, AUTO), "temperature": (0.0, 1.0), "batch_size": (1, 4), "baselines": ("ar", "hf")},
+    "full": {"gamma": (1, 2, 4, 8, AUTO), "temperature": (0.0, 1.0), "batch_size": (1, 8), "baselines": ("ar", "hf")},
 }
 
 # Settings that may change between a run and its --resume (they do not change what is measured).
@@ -81,10 +83,11 @@ class BenchConfig:
                               "with CUDA and the lean forward)", group="engine", choices=("auto", "on", "off"))
     # sweep
     sweep: str = option("default", "preset of gamma / temperature / batch size / baselines: default "
-                        "(gamma 1,2,4; T 0,1; batch 1,4) or full (gamma 1,2,4,8; T 0,1; batch 1,8)",
+                        "(gamma 1,2,4,auto; T 0,1; batch 1,4) or full (gamma 1,2,4,8,auto; T 0,1; batch 1,8)",
                         group="sweep", choices=tuple(SWEEPS))
-    gamma: tuple[int, ...] | None = option(None, "draft tokens per step, comma-separated (default: the --sweep's)",
-                                           group="sweep")
+    gamma: tuple[str, ...] | None = option(None, "draft tokens per step, comma-separated; auto = chosen each round "
+                                           "from the measured costs and acceptance, e.g. 1,2,4,auto (default: the "
+                                           "--sweep's)", group="sweep")
     temperature: tuple[float, ...] | None = option(None, "sampling temperatures, comma-separated; 0 = greedy "
                                                    "(default: the --sweep's)", group="sweep")
     batch_size: tuple[int, ...] | None = option(None, "batch sizes, comma-separated; HF assisted runs only at 1 "
@@ -118,7 +121,7 @@ class BenchConfig:
         for name, value in preset.items():  # an axis not given takes the preset's values; "1,2" works too
             given = getattr(self, name)
             setattr(self, name, value if given is None else parse_value(given, hints[name], flag_name(name)))
-        self.gamma = tuple(int(g) for g in self.gamma)
+        self.gamma = tuple(_gamma(g) for g in self.gamma)
         self.temperature = tuple(float(t) for t in self.temperature)
         self.batch_size = tuple(int(b) for b in self.batch_size)
         self.baselines = tuple(str(b).strip().lower() for b in self.baselines)
@@ -129,8 +132,11 @@ class BenchConfig:
                              ("--batch-size", self.batch_size)):
             if not values:
                 raise ValueError(f"{flag} needs at least one value (comma-separated)")
-        if any(g < 1 for g in self.gamma):
-            raise ValueError(f"--gamma values must be >= 1 (draft tokens per step), got {min(self.gamma)}")
+        if any(g != AUTO and g < 1 for g in self.gamma):
+            raise ValueError(f"--gamma values must be >= 1 (draft tokens per step) or auto, got "
+                             f"{min(g for g in self.gamma if g != AUTO)}")
+        if len(set(self.gamma)) < len(self.gamma):
+            raise ValueError(f"--gamma lists a value twice: {','.join(map(str, self.gamma))}")
         bad = [t for t in self.temperature if not (0 <= t < float("inf"))]  # also NaN
         if bad:
             raise ValueError(f"--temperature values must be >= 0 and finite (0 = greedy), got {bad[0]}")
@@ -154,6 +160,30 @@ class BenchConfig:
     def prompts_per_category(self) -> int | None:
         return self.num_prompts or None  # 0 and None mean all
 
+    @property
+    def fixed_gammas(self) -> tuple:
+        return tuple(g for g in self.gamma if g != AUTO)
+
+    @property
+    def cost_gammas(self) -> list:
+        """The gammas whose verify cost is measured: the fixed ones, and every one auto may choose."""
+        return sorted(set(self.fixed_gammas) | (set(range(1, AUTO_MAX_GAMMA + 1)) if AUTO in self.gamma else set()))
+
+
+def _gamma(value):
+    """One --gamma value: an integer, or auto."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"--gamma must be an integer or auto, got {value!r}")
+
 
 def plan(cfg: BenchConfig) -> dict:
     """(temperature, batch size) -> the configurations measured together, "ar" first."""
@@ -163,8 +193,8 @@ def plan(cfg: BenchConfig) -> dict:
             group = [Setting("ar", None, temp, bs)] if "ar" in cfg.baselines else []
             group += [Setting("sd", g, temp, bs) for g in cfg.gamma]
             if "hf" in cfg.baselines and bs == 1:
-                group += [Setting("hf_assisted", g, temp, bs) for g in cfg.gamma]
-                group.append(Setting("hf_assisted_default", None, temp, bs))
+                group += [Setting("hf_assisted", g, temp, bs) for g in cfg.fixed_gammas]
+                group += [Setting(m, None, temp, bs) for m in ("hf_assisted_default", "hf_assisted_heuristic")]
             groups[(temp, bs)] = group
     return groups
 
@@ -265,7 +295,7 @@ class BenchInputs:
     prompts: list                # [{"id", "category", "prompt"}]
     prompts_source: str
     ids: list                    # [prompt] token ids, left-truncated to fit the context
-    decoders: dict               # gamma -> SpeculativeDecoder
+    decoders: dict               # gamma -> SpeculativeDecoder (auto: added once the costs are measured)
     engine: dict                 # quantize / impl / cuda_graphs as resolved for this device and pair
 
     @property
@@ -300,7 +330,7 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
               "resolved_impl": {"target": resolve_impl(target, cfg.impl), "draft": resolve_impl(draft, cfg.impl)}}
     engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
     decoders = {g: SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab, impl=cfg.impl,
-                                      cuda_graphs=engine["cuda_graphs"]) for g in cfg.gamma}
+                                      cuda_graphs=engine["cuda_graphs"]) for g in cfg.fixed_gammas}
     return BenchInputs(target, draft, tok, vocab, dev, target_name, draft_name, prompts, source, ids, decoders,
                        engine)
 
@@ -353,57 +383,60 @@ def run_batch(inputs: BenchInputs, cfg: BenchConfig, s: Setting, idx: list, seed
     if s.method == "sd":
         out = inputs.decoders[s.gamma].generate(ids, mask, **kw)
         return out.new_tokens, out.stats, out.stats.target_calls
+    schedule = baselines.HF_SCHEDULES[s.method]
     toks, calls = baselines.hf_assisted_generate(inputs.target, inputs.draft, ids, mask, s.gamma, s.temperature,
-                                                 cfg.max_new_tokens, inputs.eos, inputs.pad, seed)
+                                                 cfg.max_new_tokens, inputs.eos, inputs.pad, seed, schedule)
     return [toks], None, calls
 
 
-def timed_pass(inputs: BenchInputs, cfg: BenchConfig, s: Setting, batches: list, r: int) -> TimedPass:
-    """One timed pass of one configuration over every batch."""
-    rec = TimedPass(walls=[], stats=[], calls=[], outputs=[None] * len(inputs.prompts))
-    for bi, idx in enumerate(batches):
-        seed = cfg.seed + 1000 * r + bi  # the same seeds for every method
-        sync(inputs.device)
-        t0 = time.perf_counter()
-        outs, st, calls = run_batch(inputs, cfg, s, idx, seed)
-        sync(inputs.device)
-        rec.walls.append(time.perf_counter() - t0)
-        rec.stats.append(st)
-        rec.calls.append(calls)
-        for i, o in zip(idx, outs):
-            rec.outputs[i] = list(o)
-    return rec
+def timed_batch(inputs: BenchInputs, cfg: BenchConfig, s: Setting, idx: list, seed: int, rec: TimedPass) -> None:
+    """One timed run of one configuration on one batch, appended to `rec`."""
+    sync(inputs.device)
+    t0 = time.perf_counter()
+    outs, st, calls = run_batch(inputs, cfg, s, idx, seed)
+    sync(inputs.device)
+    rec.walls.append(time.perf_counter() - t0)
+    rec.stats.append(st)
+    rec.calls.append(calls)
+    for i, o in zip(idx, outs):
+        rec.outputs[i] = list(o)
 
 
 def run_group(inputs: BenchInputs, cfg: BenchConfig, settings: list, progress: Progress) -> list[Measured]:
-    """Every configuration at one (temperature, batch size), repeats interleaved: round r runs each
-    configuration once, in alternating order, so load drift on a shared machine hits the methods
-    alike instead of landing on whichever ran last. An HF failure is recorded, not raised."""
+    """Every configuration at one (temperature, batch size), interleaved batch by batch: repeat r runs
+    batch 1 under every configuration (in alternating order), then batch 2, and so on, so that a load
+    change on a shared machine lands on all the methods being compared within seconds of each other
+    instead of on whichever ran last. An HF failure is recorded, not raised."""
     batches = make_batches(len(inputs.prompts), settings[0].batch_size)
     measured = {s: Measured(s, batches) for s in settings}
 
     def guarded(s, fn):
         m = measured[s]
         if m.error is not None:
-            return None
+            return
         if not s.method.startswith("hf"):
-            return fn()
+            fn()
+            return
         try:  # one failing HF baseline must not end the run
-            return fn()
+            fn()
         except Exception as e:  # noqa: BLE001 - recorded in the row
             m.error = error_text(e)
-            return None
 
     for s in settings:
         progress.status(f"warmup {s.method} g={s.gamma} T={s.temperature:g} bs={s.batch_size}")
         for _ in range(cfg.warmup):
             guarded(s, lambda: run_batch(inputs, cfg, s, batches[0], cfg.seed))
     for r in range(cfg.repeats):
-        for s in (settings if r % 2 == 0 else settings[::-1]):
-            progress.status(f"{s.method} g={s.gamma} T={s.temperature:g} bs={s.batch_size} rep {r + 1}/{cfg.repeats}")
-            rec = guarded(s, lambda: timed_pass(inputs, cfg, s, batches, r))
-            if rec is not None:
-                measured[s].passes.append(rec)
+        recs = {s: TimedPass(walls=[], stats=[], calls=[], outputs=[None] * len(inputs.prompts)) for s in settings}
+        for bi, idx in enumerate(batches):
+            seed = cfg.seed + 1000 * r + bi  # the same seeds for every method
+            progress.status(f"T={settings[0].temperature:g} bs={settings[0].batch_size} rep {r + 1}/{cfg.repeats} "
+                            f"batch {bi + 1}/{len(batches)}")
+            for s in (settings if (r + bi) % 2 == 0 else settings[::-1]):
+                guarded(s, lambda: timed_batch(inputs, cfg, s, idx, seed, recs[s]))
+        for s in settings:
+            if measured[s].error is None:
+                measured[s].passes.append(recs[s])
             progress.advance()
     return list(measured.values())
 
@@ -429,6 +462,8 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         inputs = _load(cfg, device, out, progress)
         meta, rows = _start(cfg, inputs, path)
         costs = _costs(cfg, inputs, meta, progress)
+        if AUTO in cfg.gamma:  # auto reads the costs measured in this run (recorded in meta), not the cache
+            inputs.decoders[AUTO] = _auto_decoder(cfg, inputs, costs)
         write_results(path, meta, rows)
         done = {(r.temperature, r.batch_size) for r in rows}
         for (temp, bs), settings in groups.items():
@@ -469,24 +504,41 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
 
 
 def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress) -> dict:
-    """batch size -> c and v, measured on the first prompt (already truncated to fit the context) for
-    each batch size the saved run does not have; recorded in meta["costs"]."""
+    """batch size -> c and v, measured on the first prompt (already truncated to fit the context), and,
+    when gamma auto runs, the round times it chooses by (greedy and/or sampled, as the temperatures
+    need) on the first bs prompts; for each batch size the saved run does not have; recorded in
+    meta["costs"]."""
     costs = baselines.costs_from_json(meta["costs"])
+    modes = sorted({"sampling" if t > 0 else "greedy" for t in cfg.temperature}) if AUTO in cfg.gamma else []
     for bs in cfg.batch_size:
         if bs not in costs:
             progress.status(f"measuring the step costs c, v at batch size {bs}")
-            costs[bs] = measure_costs(inputs.target, inputs.draft, torch.tensor([inputs.ids[0]]), cfg.gamma, bs,
+            costs[bs] = measure_costs(inputs.target, inputs.draft, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs,
                                       impl=cfg.impl, cuda_graphs=inputs.engine["cuda_graphs"])
+            if modes:   # on the first bs prompts: rows that accept differently leave holes, as in the sweep
+                probe = _auto_decoder(cfg, inputs, None)
+                enc = inputs.tokenizer.pad({"input_ids": [inputs.ids[i % len(inputs.ids)] for i in range(bs)]},
+                                           padding=True, return_tensors="pt")
+                ids, mask = enc["input_ids"].to(inputs.device), enc["attention_mask"].to(inputs.device)
+                costs[bs]["round_s"] = {}
+                for mode in modes:
+                    progress.status(f"timing decode rounds for gamma auto at batch size {bs} ({mode})")
+                    costs[bs]["round_s"][mode] = probe.measure_round_costs(ids, mask, mode == "sampling")
     meta["costs"] = {str(bs): c for bs, c in costs.items()}
     return costs
+
+
+def _auto_decoder(cfg: BenchConfig, inputs: BenchInputs, costs) -> SpeculativeDecoder:
+    return SpeculativeDecoder(inputs.target, inputs.draft, gamma=AUTO, vocab_size=inputs.vocab, impl=cfg.impl,
+                              cuda_graphs=inputs.engine["cuda_graphs"], costs=costs)
 
 
 # ----------------------------------------------------------------------------------------------------
 # The command.
 
-TABLE = [("method", "method", 20, "s"), ("gamma", "gamma", 5, "d"), ("temperature", "T", 4, "g"),
-         ("batch_size", "bs", 3, "d"), ("tokens_per_s", "tok/s", 8, ".1f"), ("sd", "±sd", 6, ".1f"),
-         ("speedup", "speedup", 7, ".2f"), ("predicted_speedup", "pred", 5, ".2f"),
+TABLE = [("method", "method", 21, "s"), ("gamma", "gamma", 5, ""), ("mean_gamma", "mean", 4, ".2f"),
+         ("temperature", "T", 4, "g"), ("batch_size", "bs", 3, "d"), ("tokens_per_s", "tok/s", 8, ".1f"),
+         ("sd", "±sd", 6, ".1f"), ("speedup", "speedup", 7, ".2f"), ("predicted_speedup", "pred", 5, ".2f"),
          ("acceptance_rate", "accept", 6, ".3f"), ("alpha", "alpha", 5, ".3f"),
          ("mean_accepted_length", "MAL", 5, ".2f"), ("draft_cost_ratio", "c", 5, ".3f"),
          ("verify_cost_ratio", "v", 5, ".2f"), ("outputs_match_ar", "match", 5, "")]
@@ -502,6 +554,39 @@ def format_table(rows: list[BenchRow], category: str = "all") -> str:
     return "\n".join(lines)
 
 
+AUTO_TABLE = [("temperature", "T", 4, "g"), ("batch_size", "bs", 3, "d"), ("category", "category", 10, "s"),
+              ("auto_tokens_per_s", "auto tok/s", 10, ".1f"), ("auto_mean_gamma", "mean k", 6, ".2f"),
+              ("best_fixed_gamma", "best g", 6, ""), ("auto_vs_best_fixed", "/best g", 7, ".3f"),
+              ("best_hf", "best HF", 23, "s"), ("auto_vs_best_hf", "/best HF", 8, ".3f")]
+
+
+def format_auto_table(rows: list[BenchRow]) -> str:
+    """gamma auto against the best fixed gamma and the best HF schedule, cell by cell ('' if no auto row)."""
+    report = auto_report(rows)
+    return _table(report, AUTO_TABLE) if report else ""
+
+
+SHIFT_TABLE = [("temperature", "T", 4, "g"), ("batch_size", "bs", 3, "d"), ("alpha_before", "alpha before", 12, ".3f"),
+               ("alpha_after", "alpha after", 11, ".3f"), ("mean_gamma_before", "auto k before", 13, ".2f"),
+               ("mean_gamma_after", "auto k after", 12, ".2f"), ("gamma_change", "change", 6, "+.2f"),
+               ("speedup_before", "speedup before", 14, ".2f"), ("speedup_after", "speedup after", 13, ".2f")]
+
+
+def format_auto_shift(before: list[BenchRow], after: list[BenchRow]) -> str:
+    """gamma auto's mean draft count (and alpha, speedup) in two runs of the same cells, e.g. before and
+    after `specdec demo` distils the draft: a table, then each run's count histogram ('' without auto)."""
+    shift = auto_shift(before, after)
+    if not shift:
+        return ""
+    lines = [_table(shift, SHIFT_TABLE)]
+    for r in shift:
+        hist = {when: ", ".join(f"{k}:{n}" for k, n in enumerate(r[f"gamma_counts_{when}"] or []) if n)
+                for when in ("before", "after")}
+        lines.append(f"T={r['temperature']:g} bs={r['batch_size']}: chosen k (row-rounds) before {{{hist['before']}}}"
+                     f"  after {{{hist['after']}}}")
+    return "\n".join(lines)
+
+
 def add_arguments(parser) -> None:
     _add_arguments(parser, BenchConfig)
 
@@ -513,6 +598,10 @@ def run(args) -> int:
     print(f"specdec bench: {m['target']} <- {m['draft']} on {m['device']} ({m['dtype']}), {m['num_prompts']} "
           f"prompts x {cfg.max_new_tokens} new tokens, median of {cfg.repeats}")
     print(format_table(rows))
+    auto = format_auto_table(rows)
+    if auto:
+        print("\ngamma auto against the best fixed gamma and the best HF schedule, per cell:")
+        print(auto)
     if not cfg.no_plots:
         written = plot_files([result.results_path], result.out)
         print(f"plots: {', '.join(str(p) for p in written) or 'none'}")

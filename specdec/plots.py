@@ -2,8 +2,10 @@
 
 Figures (PNG, matplotlib's Agg backend), each skipped when its data is absent:
   acceptance.png     acceptance rate (and the per-token alpha, dashed) and mean acceptance length
-                     against gamma, a line per temperature
-  speedup.png        measured (solid) and predicted (dashed) speedup against gamma; HF assisted as markers
+                     against gamma, a line per temperature; gamma auto as a star at its mean count
+  speedup.png        measured (solid) and predicted (dashed) speedup against gamma; HF assisted as markers,
+                     HF's own schedules (default, heuristic) as horizontal lines; gamma auto as a star at
+                     its mean count
   per_position.png   per-position acceptance, a line per gamma, a panel per temperature
   category.png       speedup per prompt category at each gamma, a panel per temperature
   batch.png          tokens/s against batch size, a line per method / gamma, a panel per temperature
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import add_arguments as _add_arguments, config_from_args, option
+from .metrics import AUTO
 from .results import BenchRow, read_results
 
 FIGURES = ("acceptance", "speedup", "per_position", "category", "batch")
@@ -114,6 +117,24 @@ def _rows(data: Dataset, **match) -> list[BenchRow]:
             and all(getattr(r, k) == v for k, v in match.items())]
 
 
+def _fixed(rows) -> list[BenchRow]:
+    """The rows of a fixed gamma, by gamma (gamma auto is drawn apart: it has no one gamma)."""
+    return sorted((r for r in rows if isinstance(r.gamma, int)), key=lambda r: r.gamma)
+
+
+def _auto(rows) -> BenchRow | None:
+    return next((r for r in rows if r.gamma == AUTO and r.mean_gamma), None)
+
+
+def _gamma_order(g):
+    """Sort key of gammas: integers ascending, then auto, then None."""
+    return (0, g) if isinstance(g, int) else (1, 0) if g == AUTO else (2, 0)
+
+
+def _gamma_text(g) -> str:
+    return "auto" if g == AUTO else f"gamma={g}"
+
+
 def _smallest_bs(data, method="sd"):
     bss = sorted({r.batch_size for r in _rows(data, method=method, category="all")})
     return bss[0] if bss else None
@@ -126,7 +147,7 @@ def _temps(data, method="sd"):
 def _gamma_axis(ax, datasets):
     """log2 x axis with a tick at each gamma measured (plain numbers, not powers of 2)."""
     from matplotlib.ticker import NullFormatter
-    gs = sorted({r.gamma for d in datasets for r in d.runs if r.gamma})
+    gs = sorted({r.gamma for d in datasets for r in d.runs if isinstance(r.gamma, int) and r.gamma > 0})
     ax.set_xscale("log", base=2)
     if gs:
         ax.set_xticks(gs, [str(g) for g in gs])
@@ -171,19 +192,27 @@ def _plot_acceptance(datasets, path) -> bool:
         name = data.name
         bs = _smallest_bs(data)
         for t in _temps(data):
-            rows = sorted(_rows(data, method="sd", category="all", batch_size=bs, temperature=t), key=lambda r: r.gamma)
+            rows = _rows(data, method="sd", category="all", batch_size=bs, temperature=t)
             if rows:
-                series.append((_label(name, multi, f"T={t:g}, bs={bs}"), rows))
+                series.append((_label(name, multi, f"T={t:g}, bs={bs}"), _fixed(rows), _auto(rows)))
     if not series:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, rows in series:
+    for label, rows, auto in series:
         g = [r.gamma for r in rows]
         line, = axes[0].plot(g, [r.acceptance_rate for r in rows], marker="o", label=label)
+        color = line.get_color()
         if any(r.alpha is not None for r in rows):
             axes[0].plot(g, [r.alpha if r.alpha is not None else float("nan") for r in rows], ls="--",
-                         marker="s", mfc="none", color=line.get_color(), label=f"{label}: per-token alpha")
-        axes[1].plot(g, [r.mean_accepted_length for r in rows], marker="o", label=label)
+                         marker="s", mfc="none", color=color, label=f"{label}: per-token alpha")
+        axes[1].plot(g, [r.mean_accepted_length for r in rows], marker="o", color=color, label=label)
+        if auto is not None:
+            axes[0].plot([auto.mean_gamma], [auto.acceptance_rate], marker="*", ms=13, ls="none", color=color,
+                         label=f"{label}: auto (at its mean gamma {auto.mean_gamma:.2f})")
+            if auto.alpha is not None:
+                axes[0].plot([auto.mean_gamma], [auto.alpha], marker="*", ms=13, mfc="none", ls="none", color=color)
+            axes[1].plot([auto.mean_gamma], [auto.mean_accepted_length], marker="*", ms=13, ls="none", color=color,
+                         label=f"{label}: auto")
     axes[0].set(xlabel="gamma (draft tokens per step)", ylabel="acceptance rate (accepted / drafted); alpha dashed",
                 ylim=(0, 1.02))
     axes[1].set(xlabel="gamma (draft tokens per step)", ylabel="mean acceptance length (tokens / step)")
@@ -204,23 +233,35 @@ def _plot_speedup(datasets, path) -> bool:
         name = data.name
         bs = _smallest_bs(data)
         for t in _temps(data):
-            rows = sorted([r for r in _rows(data, method="sd", category="all", batch_size=bs, temperature=t)
-                           if r.speedup is not None], key=lambda r: r.gamma)
-            if not rows:
+            measured = [r for r in _rows(data, method="sd", category="all", batch_size=bs, temperature=t)
+                        if r.speedup is not None]
+            rows, auto = _fixed(measured), _auto(measured)
+            if not rows and auto is None:
                 continue
             any_ = True
             g = [r.gamma for r in rows]
             line, = ax.plot(g, [r.speedup for r in rows], marker="o", label=_label(name, multi, f"specdec T={t:g}, bs={bs}"))
+            color = line.get_color()
             pred = [r.predicted_speedup for r in rows]
             if any(p is not None for p in pred):
                 ax.plot(g, [p if p is not None else float("nan") for p in pred], ls="--", marker="s", mfc="none",
-                        color=line.get_color(),
-                        label=_label(name, multi, f"predicted T={t:g}"))
+                        color=color, label=_label(name, multi, f"predicted T={t:g}"))
+            if auto is not None:
+                ax.plot([auto.mean_gamma], [auto.speedup], marker="*", ms=14, ls="none", color=color,
+                        label=_label(name, multi, f"specdec auto T={t:g} (at its mean gamma {auto.mean_gamma:.2f})"))
+                if auto.predicted_speedup is not None:
+                    ax.plot([auto.mean_gamma], [auto.predicted_speedup], marker="*", ms=14, mfc="none", ls="none",
+                            color=color)
             hf = sorted([r for r in _rows(data, method="hf_assisted", category="all", temperature=t)
-                         if r.speedup is not None], key=lambda r: r.gamma)
+                         if r.speedup is not None and isinstance(r.gamma, int)], key=lambda r: r.gamma)
             if hf:
-                ax.plot([r.gamma for r in hf], [r.speedup for r in hf], ls=":", marker="x", color=line.get_color(),
+                ax.plot([r.gamma for r in hf], [r.speedup for r in hf], ls=":", marker="x", color=color,
                         label=_label(name, multi, f"HF assisted T={t:g}"))
+            for method, ls, what in (("hf_assisted_default", (0, (1, 3)), "HF default (confidence 0.4)"),
+                                     ("hf_assisted_heuristic", (0, (5, 3)), "HF heuristic schedule")):
+                own = [r for r in _rows(data, method=method, category="all", temperature=t) if r.speedup is not None]
+                if own:
+                    ax.axhline(own[0].speedup, ls=ls, lw=1, color=color, label=_label(name, multi, f"{what} T={t:g}"))
     if not any_:
         plt.close(fig)
         return False
@@ -246,11 +287,13 @@ def _plot_per_position(datasets, path) -> bool:
         for data in datasets:
             name = data.name
             bs = _smallest_bs(data)
-            for r in sorted(_rows(data, method="sd", category="all", batch_size=bs, temperature=t), key=lambda r: r.gamma):
+            for r in sorted(_rows(data, method="sd", category="all", batch_size=bs, temperature=t),
+                            key=lambda r: _gamma_order(r.gamma)):
                 pp = r.per_position_acceptance
                 if pp:
                     any_ = True
-                    ax.plot(range(1, len(pp) + 1), pp, marker="o", label=_label(name, multi, f"gamma={r.gamma}"))
+                    ax.plot(range(1, len(pp) + 1), pp, marker="*" if r.gamma == AUTO else "o",
+                            label=_label(name, multi, _gamma_text(r.gamma)))
         ax.set(xlabel="draft position k", ylabel="P(k-th draft accepted)", ylim=(0, 1.02), title=f"T={t:g}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -275,8 +318,9 @@ def _plot_category(datasets, path) -> bool:
             bs = _smallest_bs(data)
             rows = [r for r in _rows(data, method="sd", batch_size=bs, temperature=t)
                     if r.category != "all" and r.speedup is not None]
-            for g in sorted({r.gamma for r in rows}):
-                series.append((_label(name, multi, f"gamma={g}"), {r.category: r.speedup for r in rows if r.gamma == g}))
+            for g in sorted({r.gamma for r in rows}, key=_gamma_order):
+                series.append((_label(name, multi, _gamma_text(g)),
+                               {r.category: r.speedup for r in rows if r.gamma == g}))
         if series:
             panels.append((t, series))
     if not panels:
@@ -308,11 +352,11 @@ def _plot_batch(datasets, path) -> bool:
             name = data.name
             rows = _rows(data, category="all", temperature=t)
             keys = sorted({(r.method, r.gamma) for r in rows if r.method in ("ar", "sd")},
-                          key=lambda k: (k[0] != "ar", k[1] or 0))
+                          key=lambda k: (k[0] != "ar", _gamma_order(k[1])))
             for m, g in keys:
                 pts = sorted((r.batch_size, r.tokens_per_s) for r in rows if r.method == m and r.gamma == g)
                 if len({b for b, _ in pts}) >= 2:
-                    series.append((_label(name, multi, "plain" if m == "ar" else f"specdec gamma={g}"), pts))
+                    series.append((_label(name, multi, "plain" if m == "ar" else f"specdec {_gamma_text(g)}"), pts))
         if series:
             panels.append((t, series))
     if not panels:

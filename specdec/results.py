@@ -3,11 +3,14 @@ summary from one to the other. Nothing here loads a model or reads a clock (no t
 is tested on hand-made passes and `specdec plot` reads results without the engine.
 
 Methods (the `method` field of each row):
-  ar                   plain decoding of the target in the same run; the denominator of every speedup
-  sd                   specdec's SpeculativeDecoder at each gamma
-  hf_assisted          transformers' `target.generate(assistant_model=draft)`, batch size 1, a constant
-                       schedule of exactly gamma drafts (confidence early stop disabled)
-  hf_assisted_default  the same with transformers' own assistant defaults (gamma = null)
+  ar                     plain decoding of the target in the same run; the denominator of every speedup
+  sd                     specdec's SpeculativeDecoder at each gamma; gamma "auto" chooses each round's
+                         count from the costs and the acceptance so far (`gamma_counts` holds the choices)
+  hf_assisted            transformers' `target.generate(assistant_model=draft)`, batch size 1, a constant
+                         schedule of exactly gamma drafts (confidence early stop disabled)
+  hf_assisted_default    the same with transformers' own assistant defaults (gamma = null; in 5.x a
+                         confidence threshold of 0.4 on 20 drafts)
+  hf_assisted_heuristic  the same with its heuristic schedule (start 5, +2 / -1; gamma = null)
 
 Rows. A category gets its own row only where every batch holding its prompts holds nothing else (always
 at batch size 1); the "all" row covers every prompt. tokens_per_s is the median over repeats of (new
@@ -19,7 +22,8 @@ Cost model (REFERENCES.md): predicted speedup = tau / (gamma * c + v) with tau =
 (1 - alpha) from the measured per-token acceptance `alpha` (the paper's alpha, not the vLLM-convention
 `acceptance_rate` = accepted / drafted, which is also reported), c = draft 1-token step / target 1-token
 step and v = target (gamma+1)-token step / target 1-token step. `predicted_speedup_tau` uses the measured
-mean acceptance length as tau instead of the i.i.d. formula.
+mean acceptance length as tau instead of the i.i.d. formula. For gamma auto the prediction averages the
+model over the counts chosen: sum_k n_k tau(alpha, k) / sum_k n_k (k c + v(k)) (n_k = gamma_counts[k]).
 """
 from __future__ import annotations
 
@@ -29,9 +33,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .metrics import DecodeStats, predicted_speedup
+from .metrics import AUTO, DecodeStats, predicted_speedup, predicted_speedup_mix
 
-METHODS = ("ar", "sd", "hf_assisted", "hf_assisted_default")
+METHODS = ("ar", "sd", "hf_assisted", "hf_assisted_default", "hf_assisted_heuristic")
 
 
 @dataclass
@@ -40,7 +44,7 @@ class BenchRow:
     prompt category. A configuration that failed (an HF baseline this transformers cannot run) is a row
     with `error` set and no measurements."""
     method: str
-    gamma: int | None
+    gamma: int | str | None                    # an integer, "auto", or None (ar and HF's own schedules)
     temperature: float
     batch_size: int
     category: str = "all"
@@ -55,6 +59,8 @@ class BenchRow:
     draft_steps: int | None = None
     mean_accepted_length: float | None = None  # 1 + accepted / draft steps; HF: tokens per target forward
     per_position_acceptance: list | None = None
+    mean_gamma: float | None = None            # drafts per draft step (sd)
+    gamma_counts: list | None = None           # [k]: row-rounds that drafted k tokens, over every repeat (sd)
     draft_cost_ratio: float | None = None      # c
     verify_cost_ratio: float | None = None     # v at this gamma
     predicted_speedup: float | None = None
@@ -90,7 +96,7 @@ class BenchRow:
 class Setting:
     """One configuration of the sweep."""
     method: str
-    gamma: int | None
+    gamma: int | str | None
     temperature: float
     batch_size: int
 
@@ -198,10 +204,14 @@ def _row(m: Measured, category: str, batch_ids: list, reference, costs) -> Bench
         st = DecodeStats.merged([p.stats[bi] for p in passes for bi in batch_ids])
         row.acceptance_rate, row.alpha, row.draft_steps = st.acceptance_rate, st.alpha, st.draft_steps
         row.mean_accepted_length, row.per_position_acceptance = st.mean_accepted_length, st.per_position_acceptance
+        row.mean_gamma, row.gamma_counts = st.mean_gamma, st.gamma_counts
     elif row.target_calls:
         # HF exposes no acceptance counts; tokens per target forward is its mean acceptance length.
         row.mean_accepted_length = toks[0] / row.target_calls
-    if costs is not None and s.gamma is not None:
+    if costs is not None and s.gamma == AUTO:
+        row.draft_cost_ratio = costs["c"]
+        row.predicted_speedup = predicted_speedup_mix(row.alpha, row.gamma_counts, costs["c"], costs["v"])
+    elif costs is not None and s.gamma is not None:
         c, v = costs["c"], costs["v"][s.gamma]
         row.draft_cost_ratio, row.verify_cost_ratio = c, v
         if s.method == "sd":
@@ -242,3 +252,48 @@ def read_results(path) -> tuple[dict, list[BenchRow]]:
                          "bench results.json?")
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
     return meta, [BenchRow.from_dict(r, f"{path}: row {i}") for i, r in enumerate(runs)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# gamma auto against the fixed gammas and HF's schedules (the bench's summary, the demo's comparison).
+
+def auto_report(rows: list[BenchRow]) -> list[dict]:
+    """Per (temperature, batch size, category) cell holding a gamma-auto row: auto's tokens/s and mean
+    count, the best fixed gamma's, the best HF schedule's (constant, default, heuristic) and the ratios
+    auto / best fixed and auto / best HF (None where that side has no measured row)."""
+    ok = [r for r in rows if r.error is None and r.tokens_per_s]
+    out = []
+    for a in (r for r in ok if r.method == "sd" and r.gamma == AUTO):
+        cell = [r for r in ok if r.key == a.key]
+        fixed = max((r for r in cell if r.method == "sd" and r.gamma != AUTO), key=lambda r: r.tokens_per_s,
+                    default=None)
+        hf = max((r for r in cell if r.method.startswith("hf_assisted")), key=lambda r: r.tokens_per_s, default=None)
+        out.append({"temperature": a.temperature, "batch_size": a.batch_size, "category": a.category,
+                    "auto_tokens_per_s": a.tokens_per_s, "auto_mean_gamma": a.mean_gamma, "auto_speedup": a.speedup,
+                    "best_fixed_gamma": fixed and fixed.gamma, "best_fixed_tokens_per_s": fixed and fixed.tokens_per_s,
+                    "auto_vs_best_fixed": fixed and a.tokens_per_s / fixed.tokens_per_s,
+                    "best_hf": hf and (hf.method if hf.gamma is None else f"{hf.method} {hf.gamma}"),
+                    "best_hf_tokens_per_s": hf and hf.tokens_per_s,
+                    "auto_vs_best_hf": hf and a.tokens_per_s / hf.tokens_per_s})
+    return out
+
+
+def auto_shift(before: list[BenchRow], after: list[BenchRow], category: str = "all") -> list[dict]:
+    """gamma auto's choices in two runs of the same cells (e.g. before and after distilling the draft):
+    per (temperature, batch size), the mean count, the histogram, alpha and the speedup of each, and the
+    change of the mean count (positive: auto drafts more, as it should when alpha rises)."""
+    def autos(rows):
+        return {(r.temperature, r.batch_size): r for r in rows
+                if r.method == "sd" and r.gamma == AUTO and r.category == category and r.error is None}
+
+    b, a = autos(before), autos(after)
+    out = []
+    for key in sorted(set(b) & set(a)):
+        x, y = b[key], a[key]
+        out.append({"temperature": key[0], "batch_size": key[1],
+                    "alpha_before": x.alpha, "alpha_after": y.alpha,
+                    "mean_gamma_before": x.mean_gamma, "mean_gamma_after": y.mean_gamma,
+                    "gamma_change": (y.mean_gamma or 0.0) - (x.mean_gamma or 0.0),
+                    "gamma_counts_before": x.gamma_counts, "gamma_counts_after": y.gamma_counts,
+                    "speedup_before": x.speedup, "speedup_after": y.speedup})
+    return out

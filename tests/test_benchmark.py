@@ -46,9 +46,13 @@ def bench(pair, out, *extra):
 
 @pytest.fixture(scope="module")
 def results(pair, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    rc = bench(pair, out, "--gamma", "1,3", "--temperature", "0,1", "--batch-size", "1,2", "--baselines", "ar,hf")
+    out, cache = tmp_path_factory.mktemp("bench"), tmp_path_factory.mktemp("cost_cache")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("SPECDEC_CACHE_DIR", str(cache))
+        rc = bench(pair, out, "--gamma", "1,3,auto", "--temperature", "0,1", "--batch-size", "1,2", "--baselines",
+                   "ar,hf")
     assert rc == 0
+    assert not any(cache.rglob("*.json"))   # auto read the costs measured in the run, not the cache
     return json.loads((out / "results.json").read_text())
 
 
@@ -58,6 +62,10 @@ def test_results_schema(results):
     assert META_KEYS <= set(meta)
     assert {"torch", "transformers", "python", "specdec"} <= set(meta["versions"])
     assert set(meta["costs"]) == {"1", "2"}
+    for c in meta["costs"].values():   # auto's round times: every count it may choose, greedy and sampled
+        assert set(c["round_s"]) == {"greedy", "sampling"}
+        assert all(set(t) == {str(k) for k in range(1, 9)} for t in c["round_s"].values())
+        assert set(c["v"]) == {str(k) for k in range(1, 9)}
     for r in runs:
         assert set(r) == RUN_KEYS, RUN_KEYS ^ set(r)
         assert r["method"] in results_mod.METHODS
@@ -71,13 +79,23 @@ def test_results_schema(results):
                                          all(a[k] == r[k] for k in ("temperature", "batch_size", "category"))))
         if r["method"] == "sd":
             assert 0 <= r["acceptance_rate"] <= r["alpha"] <= 1
-            assert len(r["per_position_acceptance"]) == r["gamma"]
             # vLLM conventions: MAL = 1 + accepted / steps, acceptance rate = accepted / drafted
             assert r["mean_accepted_length"] >= 1 + r["acceptance_rate"] - 1e-9
-            assert r["predicted_speedup"] > 0 and r["draft_cost_ratio"] > 0 and r["verify_cost_ratio"] > 0
+            assert r["predicted_speedup"] > 0 and r["draft_cost_ratio"] > 0
+            # the chosen counts: a histogram over every row-round of every repeat
+            counts = r["gamma_counts"]
+            assert sum(n * k for k, n in enumerate(counts)) / sum(counts[1:]) == pytest.approx(r["mean_gamma"])
+            if r["gamma"] == "auto":
+                assert len(r["per_position_acceptance"]) == len(counts) - 1 <= 9
+                assert r["verify_cost_ratio"] is None
+            else:
+                assert len(r["per_position_acceptance"]) == r["gamma"] == len(counts) - 1
+                assert r["verify_cost_ratio"] > 0
     keys = {(r["method"], r["gamma"], r["temperature"], r["batch_size"]) for r in runs}
     # HF assisted only at batch size 1, with and without our gamma
     assert ("hf_assisted", 3, 1.0, 1) in keys and ("hf_assisted_default", None, 0.0, 1) in keys
+    assert ("hf_assisted_heuristic", None, 1.0, 1) in keys and ("sd", "auto", 0.0, 2) in keys
+    assert not any(m == "hf_assisted" and g == "auto" for m, g, _, _ in keys)   # HF has no auto
     assert not any(m.startswith("hf") and bs == 2 for m, _, _, bs in keys)
     # batch 1: a row per category and "all"; batch 2 mixes letters/numbers, so only the pure ones
     cats1 = {r["category"] for r in runs if r["method"] == "sd" and r["batch_size"] == 1}
@@ -119,7 +137,7 @@ def test_hf_failure_is_recorded_not_fatal(pair, tmp_path, monkeypatch):
     assert bench(pair, tmp_path, "--gamma", "2", "--temperature", "0", "--batch-size", "1", "--repeats", "1") == 0
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     hf = [r for r in runs if r["method"].startswith("hf")]
-    assert len(hf) == 2 and all("assistant_model not supported" in r["error"] for r in hf)
+    assert len(hf) == 3 and all("assistant_model not supported" in r["error"] for r in hf)
     assert any(r["method"] == "sd" and r["speedup"] for r in runs)
 
 
@@ -133,6 +151,8 @@ def _one_line_error(capsys, argv, match):
 @pytest.mark.parametrize("flags, match", [
     (["--gamma", "0"], "--gamma values must be >= 1"),
     (["--gamma", "two"], "--gamma must be an integer"),
+    (["--gamma", "1,fast"], "--gamma must be an integer or auto"),
+    (["--gamma", "2,auto,2"], "--gamma lists a value twice"),
     (["--temperature", "0,-1"], "--temperature values must be >= 0"),
     (["--prompts", "/no/such/prompts.jsonl"], "does not exist"),
     (["--target", "/no/such/model"], "does not exist"),
@@ -178,6 +198,9 @@ def test_pure_helpers():
     assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
     cfg = benchmark.BenchConfig(gamma="1, 2", temperature="0", batch_size=(4,), baselines="")
     assert cfg.gamma == (1, 2) and cfg.temperature == (0.0,) and cfg.baselines == ()
+    cfg = benchmark.BenchConfig(gamma="2,Auto", temperature="0")
+    assert cfg.gamma == (2, "auto") and cfg.fixed_gammas == (2,) and cfg.cost_gammas == list(range(1, 9))
+    assert benchmark.BenchConfig(gamma=(3, 5)).cost_gammas == [3, 5]
 
 
 @pytest.mark.parametrize("alpha, gamma", [(0.0, 3), (0.3, 1), (0.5, 4), (0.9, 8), (1.0, 2)])
@@ -344,10 +367,12 @@ def test_temperature_must_be_finite_in_the_api():
 
 def test_default_sweep_is_smaller_and_full_is_the_whole_grid():
     small, full = benchmark.BenchConfig(), benchmark.BenchConfig(sweep="full")
-    assert (full.gamma, full.temperature, full.batch_size, full.baselines) == ((1, 2, 4, 8), (0.0, 1.0), (1, 8),
-                                                                                ("ar", "hf"))
+    assert (full.gamma, full.temperature, full.batch_size, full.baselines) == ((1, 2, 4, 8, "auto"), (0.0, 1.0),
+                                                                                (1, 8), ("ar", "hf"))
+    assert small.gamma == (1, 2, 4, "auto")
     n = {name: sum(len(g) for g in benchmark.plan(c).values()) for name, c in (("small", small), ("full", full))}
-    assert n["small"] < n["full"] == 30
+    # per temperature: batch 1 = ar + 5 sd + 4 HF constant + HF default + HF heuristic, batch 8 = ar + 5 sd
+    assert n["small"] < n["full"] == 2 * (12 + 6)
     # an axis given explicitly wins over the preset
     assert benchmark.BenchConfig(sweep="full", gamma=(3,)).gamma == (3,)
     hf = [s for g in benchmark.plan(full).values() for s in g if s.method.startswith("hf")]
@@ -396,3 +421,19 @@ def test_truncated_weights_are_one_line(pair, tmp_path):
                         "--out", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stderr.strip().count("\n") == 0 and "truncated or corrupt" in r.stderr
+
+
+def test_format_auto_shift():
+    """What the demo prints to show that auto drafts more once the draft is distilled."""
+    def auto_row(alpha, mean, counts, speedup, temp=0.0):
+        return BenchRow("sd", "auto", temp, 1, alpha=alpha, mean_gamma=mean, gamma_counts=counts, speedup=speedup,
+                        tokens_per_s=100.0)
+
+    before = [auto_row(0.55, 1.8, [1, 20, 10], 1.10), auto_row(0.5, 1.5, [1, 10, 5], 1.0, temp=1.0)]
+    after = [auto_row(0.75, 3.4, [1, 0, 5, 10, 5], 1.40), auto_row(0.7, 2.9, [1, 2, 8, 6], 1.3, temp=1.0)]
+    text = benchmark.format_auto_shift(before, after)
+    lines = text.splitlines()
+    assert "auto k before" in lines[0] and "auto k after" in lines[0]
+    assert "+1.60" in lines[2] and "+1.40" in lines[3]
+    assert "before {0:1, 1:20, 2:10}  after {0:1, 2:5, 3:10, 4:5}" in text
+    assert benchmark.format_auto_shift([], after) == ""

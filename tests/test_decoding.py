@@ -7,6 +7,7 @@ import torch
 
 from conftest import ALPHA, chi2_pvalue, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
+from specdec.metrics import DecodeStats
 from specdec.sampling import mask_logits, probs_from_logits
 
 
@@ -256,3 +257,142 @@ def test_nan_temperature_and_nan_models_are_errors(target_model, draft_model):
             SpeculativeDecoder(broken, draft_model, gamma=2).generate(ids, mask, temperature=temperature)
         with pytest.raises(ValueError, match="target produced NaN logits"):
             autoregressive_generate(broken, ids, mask, temperature=temperature)
+
+
+# ---------------------------------------------------------------------------------------------- gamma auto
+
+def _round_costs(per_draft, top=8):
+    """A handed-over cost table: seconds of a round drafting k = 1 + per_draft k, at batch size 1."""
+    return {1: {"round_s": {"greedy": {k: 1.0 + per_draft * k for k in range(1, top + 1)},
+                            "sampling": {k: 1.0 + per_draft * k for k in range(1, top + 1)}}}}
+
+
+AUTO_COSTS = _round_costs(0.25)   # alpha 0.5 -> 1 draft, 0.65 -> 2, 0.8 -> 3: the counts vary with the rows
+
+
+@pytest.mark.parametrize("impl", ["lean", "hf"])
+def test_auto_greedy_equals_plain(target_model, partial_draft, impl):
+    ids, mask = _batch(B=5, seed=7)
+    ar = autoregressive_generate(target_model, ids, mask, max_new_tokens=30, impl=impl)
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS, impl=impl)
+    batched = dec.generate(ids, mask, max_new_tokens=30)
+    assert batched.new_tokens == ar.new_tokens
+    chosen = {k for k, n in enumerate(batched.stats.gamma_counts) if n and k > 0}
+    assert len(chosen) >= 2, batched.stats.gamma_counts        # the schedule really varied
+    for r in (0, 3):   # batch size 1
+        row = ids[r: r + 1, mask[r].argmax():]
+        one = dec.generate(row, max_new_tokens=30)
+        assert one.new_tokens[0] == ar.new_tokens[r]
+
+
+def test_auto_never_drafts_past_max_new_tokens(target_model):
+    """An identical draft and free drafting: auto drafts max_gamma, then only what the length leaves."""
+    ids, mask = _batch(B=2)
+    flat = {1: {"round_s": {"greedy": {k: 1.0 for k in range(1, 9)}}}}
+    s = SpeculativeDecoder(target_model, target_model, gamma="auto", costs=flat).generate(
+        ids, mask, max_new_tokens=23).stats
+    assert s.gamma_counts == [0, 0, 0, 0, 2, 0, 0, 0, 4]   # per row: 9 + 9 tokens, then 4 drafts + 1 = 23
+    s = SpeculativeDecoder(target_model, target_model, gamma="auto", costs=flat, max_gamma=3).generate(
+        ids, mask, max_new_tokens=10).stats
+    assert s.gamma_counts == [0, 2, 0, 4]                  # 4 + 4 tokens, then 1 draft + 1 = 10
+
+
+def test_auto_count_never_depends_on_the_current_round(target_model, partial_draft):
+    """Round t's target logits are corrupted (every row rejects its first draft): the counts of rounds
+    0..t are exactly those of the clean run, because a round's count is fixed before its target runs;
+    only later rounds, which learn from round t's verdict, may differ."""
+    ids, mask = _batch(B=5, seed=7)
+
+    class Spy(SpeculativeDecoder):
+        def __init__(self, corrupt_round):
+            super().__init__(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS)
+            self.corrupt_round, self.counts = corrupt_round, []
+
+        def _score(self, tgt, live, drafts, stats):
+            logits = super()._score(tgt, live, drafts, stats)
+            if len(self.counts) == self.corrupt_round and drafts.shape[1] > 0:
+                logits[torch.arange(drafts.shape[0]), 0, drafts[:, 0]] = -1e4
+            return logits
+
+        def _verify(self, p_logits, q_logits, drafts, n_row, stats):
+            self.counts.append(list(n_row))
+            return super()._verify(p_logits, q_logits, drafts, n_row, stats)
+
+    clean = Spy(None)
+    clean.generate(ids, mask, max_new_tokens=30)
+    later_changed = False
+    for t in (0, 2, 4, 6):
+        spy = Spy(t)
+        spy.generate(ids, mask, max_new_tokens=30)
+        assert spy.counts[: t + 1] == clean.counts[: t + 1], t
+        later_changed |= spy.counts[t + 1:] != clean.counts[t + 1:]
+    assert later_changed   # the corruption did reach the estimate: the check above is not vacuous
+
+
+class _Peeking(SpeculativeDecoder):
+    """Lossy on purpose: a row's count is cut to its accepted prefix after the target's verdict, so its
+    next token is sampled from p where the residual norm(max(0, p - q)) belongs."""
+
+    def _verify(self, p_logits, q_logits, drafts, n_row, stats):
+        res, host = super()._verify(p_logits, q_logits, drafts, n_row, stats)
+        p = self._params
+        probs = probs_from_logits(mask_logits(p_logits, p.temperature, p.top_k, p.top_p), p.temperature)
+        for b, row in enumerate(host):
+            a = row[-1]
+            if a < n_row[b]:
+                tok = int(torch.multinomial(probs[b, a], 1, generator=self._gen))
+                res.tokens[b, a] = tok
+                row[a] = tok
+        return res, host
+
+
+def _exact_three_token_dist(model, prompt, V, temperature):
+    """Exact P(t1, t2, t3 | prompt) of the target at `temperature`: [V, V, V]."""
+    with torch.no_grad():
+        p12 = _exact_two_token_dist(model, prompt, V, temperature, 0, 1.0)                  # [V, V]
+        pairs = torch.cartesian_prod(torch.arange(V), torch.arange(V))                       # [V*V, 2]
+        seqs = torch.cat([prompt.expand(V * V, -1), pairs], 1)
+        l3 = model(seqs).logits[:, -1, :V]
+        p3 = probs_from_logits(mask_logits(l3, temperature, 0, 1.0), temperature).view(V, V, V)
+    return p12[:, :, None] * p3
+
+
+def test_auto_generate_is_lossless():
+    """The first three tokens follow the target's exact joint distribution (chi-square at ALPHA) under
+    gamma auto, whose counts vary between rounds and rows with the verdicts of earlier rounds (batches
+    of 40 rows: each decode's estimates differ; 8 new tokens, so the third token often comes from a round
+    whose count was chosen from earlier verdicts). Negative control: a schedule that decides a row's count
+    after its verdict (_Peeking) fails the same test at the same sample size."""
+    V, N, B = 8, 4000, 40
+    target = tiny_llama(vocab_size=V, hidden_size=16, heads=2, kv_heads=1, seed=21)
+    draft = _noisy_copy(target, 0.1, seed=22)
+    prompt = torch.tensor([[3, 5, 1, 6]])
+    exact = _exact_three_token_dist(target, prompt, V, 1.0).flatten()
+
+    def sample(cls):
+        dec = cls(target, draft, gamma="auto", costs=_round_costs(0.15))
+        seqs, stats = [], []
+        for i in range(N // B):
+            out = dec.generate(prompt.expand(B, -1), max_new_tokens=8, temperature=1.0, seed=1000 + i)
+            seqs += [o[0] * V * V + o[1] * V + o[2] for o in out.new_tokens]
+            stats.append(out.stats)
+        return torch.bincount(torch.tensor(seqs), minlength=V ** 3), DecodeStats.merged(stats)
+
+    counts, st = sample(SpeculativeDecoder)
+    assert sum(n > 100 for n in st.gamma_counts[1:]) >= 3, st.gamma_counts   # the counts varied
+    assert 0.2 < st.acceptance_rate < 0.95
+    assert chi2_pvalue(counts, exact) > ALPHA
+    peeked, _ = sample(_Peeking)
+    assert chi2_pvalue(peeked, exact) < ALPHA
+
+
+def test_auto_bad_inputs(target_model, draft_model):
+    for gamma in ("fast", 0, 2.5, True):
+        with pytest.raises(ValueError, match="gamma"):
+            SpeculativeDecoder(target_model, draft_model, gamma=gamma)
+    with pytest.raises(ValueError, match="max_gamma"):
+        SpeculativeDecoder(target_model, draft_model, gamma="auto", max_gamma=0)
+    for bad in ({}, {1: {"c": 0.1}}, {1: {"round_s": {"greedy": {1: -1.0}}}}, {0: {"c": 0.1, "v": {1: 1.0}}},
+                {1: {"c": float("nan"), "v": {1: 1.0}}}, [1, 2]):
+        with pytest.raises(ValueError, match="costs must map a batch size"):
+            SpeculativeDecoder(target_model, draft_model, gamma="auto", costs=bad)

@@ -8,7 +8,7 @@ from specdec import plots
 from specdec.cli import main
 
 
-def fake_results(scale=1.0, temps=(0.0, 1.0), batch_sizes=(1, 8), gammas=(1, 2, 4), categories=("a", "b")):
+def fake_results(scale=1.0, temps=(0.0, 1.0), batch_sizes=(1, 8), gammas=(1, 2, 4), categories=("a", "b"), auto=False):
     """A results.json as specdec bench writes it (only the fields the plots read)."""
     runs = []
     for t in temps:
@@ -26,6 +26,14 @@ def fake_results(scale=1.0, temps=(0.0, 1.0), batch_sizes=(1, 8), gammas=(1, 2, 
                     if bs == 1:
                         runs.append({"method": "hf_assisted", "gamma": g, "temperature": t, "batch_size": 1,
                                      "category": cat, "tokens_per_s": 90.0, "speedup": 0.9})
+                if auto:
+                    runs.append({"method": "sd", "gamma": "auto", "temperature": t, "batch_size": bs, "category": cat,
+                                 "tokens_per_s": 150.0 * bs ** 0.7, "speedup": 1.5, "predicted_speedup": 1.6,
+                                 "acceptance_rate": 0.5, "alpha": 0.7, "mean_accepted_length": 2.4, "mean_gamma": 2.6,
+                                 "gamma_counts": [0, 2, 5, 9, 1], "per_position_acceptance": [0.7, 0.5, 0.35, 0.2]})
+                    if bs == 1:
+                        runs.append({"method": "hf_assisted_heuristic", "gamma": None, "temperature": t,
+                                     "batch_size": 1, "category": cat, "tokens_per_s": 95.0, "speedup": 0.95})
     runs.append({"method": "hf_assisted_default", "gamma": None, "temperature": 0.0, "batch_size": 1,
                  "category": "all", "tokens_per_s": None, "error": "TypeError: nope"})
     meta = {"target": "/m/target", "draft": "/m/draft", "device": "cpu", "device_name": "Test CPU", "dtype": "float32"}
@@ -58,6 +66,36 @@ def test_overlay_of_two_files_through_cli(tmp_path, capsys):
     plots.plot_files([a], single)
     # the overlay draws twice the series, so it is a different (larger) picture
     assert (out / "acceptance.png").stat().st_size > (single / "acceptance.png").stat().st_size
+
+
+def test_auto_is_drawn(tmp_path, monkeypatch):
+    """gamma auto is a star at its mean count in the acceptance and speedup figures, a line in the
+    per-position figure, a bar per category and a line against batch size; HF's heuristic schedule a
+    horizontal line in the speedup figure."""
+    import matplotlib.axes
+
+    labels = {}
+    real_plot, real_bar, real_hline = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.bar, matplotlib.axes.Axes.axhline
+
+    def spy(real):
+        def wrapped(self, *a, **k):
+            labels.setdefault(self.figure, []).append(str(k.get("label")))
+            return real(self, *a, **k)
+        return wrapped
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy(real_plot))
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy(real_bar))
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy(real_hline))
+    res = _write(tmp_path / "r" / "results.json", fake_results(auto=True))
+    written = plots.plot_files([res], tmp_path / "o")
+    assert sorted(p.stem for p in written) == sorted(plots.FIGURES)
+    per_figure = list(labels.values())   # in FIGURES order
+    drawn = dict(zip(plots.FIGURES, per_figure))
+    assert any("auto (at its mean gamma 2.60)" in x for x in drawn["acceptance"])
+    assert any("specdec auto T=0" in x for x in drawn["speedup"])
+    assert any("HF heuristic schedule" in x for x in drawn["speedup"])
+    for name in ("per_position", "category", "batch"):
+        assert any("auto" in x for x in drawn[name]), name
 
 
 def test_absent_data_is_skipped(tmp_path):

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from specdec.metrics import DecodeStats, predicted_speedup
-from specdec.results import BenchRow, Measured, Setting, TimedPass, read_results, summarise, with_speedups
+from specdec.results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, read_results, summarise,
+                             with_speedups)
 
 CATS = ["a", "a", "b", "b"]          # 4 prompts, two categories
 COSTS = {1: {"c": 0.1, "v": {2: 1.5}}, 2: {"c": 0.2, "v": {2: 1.2}}}
@@ -124,3 +125,45 @@ def test_read_results_round_trip_and_errors(tmp_path):
         path.write_text(json.dumps({"meta": {}, "runs": runs}))
         with pytest.raises(ValueError, match=match):
             read_results(path)
+
+
+def _auto_sweep():
+    """ar, sd gamma 2 and gamma auto (rounds of 1 and 3 drafts) at batch size 1, and HF's heuristic."""
+    auto_stats = DecodeStats(gamma=8)
+    auto_stats.observe([1], [1])
+    auto_stats.observe([3], [1])
+    auto = _measured("sd", "auto", 1, [[0.4, 0.4, 1.0, 1.0], [0.4, 0.4, 1.0, 1.0]], OUT, stats=auto_stats)
+    hf = _measured("hf_assisted_heuristic", None, 1, [[0.8] * 4, [0.8] * 4], OUT)
+    return _sweep() + [auto, hf]
+
+
+def test_auto_rows_carry_the_chosen_counts_and_a_mixed_prediction():
+    costs = {1: {"c": 0.1, "v": {1: 1.2, 2: 1.5, 3: 1.6}}}
+    row = _by_key(summarise(_auto_sweep(), CATS, costs))[("sd", "auto", 0.0, 1, "all")]
+    assert row.gamma_counts == [0, 8, 0, 8]          # 8 batches pooled, each a 1-draft and a 3-draft round
+    assert row.mean_gamma == pytest.approx(2.0)
+    assert row.verify_cost_ratio is None and row.draft_cost_ratio == 0.1
+    alpha = row.alpha                                   # 2 accepted, 1 rejection per batch
+    assert alpha == pytest.approx(2 / 3)
+    tau = lambda k: (1 - alpha ** (k + 1)) / (1 - alpha)  # noqa: E731
+    assert row.predicted_speedup == pytest.approx((tau(1) + tau(3)) / (0.1 + 1.2 + 0.3 + 1.6))
+    assert row.outputs_match_ar is True
+
+
+def test_auto_report_and_shift():
+    rows = summarise(_auto_sweep(), CATS, COSTS)
+    report = {r["category"]: r for r in auto_report(rows)}
+    assert set(report) == {"all", "a", "b"}
+    a = report["a"]   # auto 3 tokens / 0.8 s; gamma 2 3 tokens / 1.0 s; HF heuristic 3 tokens / 1.6 s
+    assert a["best_fixed_gamma"] == 2 and a["auto_vs_best_fixed"] == pytest.approx(1.0 / 0.8)
+    assert a["best_hf"] == "hf_assisted_heuristic" and a["auto_vs_best_hf"] == pytest.approx(1.6 / 0.8)
+    assert auto_report(summarise(_sweep(), CATS, COSTS)) == []          # no auto row, no report
+    before = summarise(_auto_sweep(), CATS, COSTS)
+    st = DecodeStats(gamma=8)
+    st.observe([4], [4])
+    after = summarise(_sweep() + [_measured("sd", "auto", 1, [[0.4] * 4], OUT, stats=st)], CATS, COSTS)
+    (shift,) = auto_shift(before, after)
+    assert (shift["temperature"], shift["batch_size"]) == (0.0, 1)
+    assert shift["mean_gamma_before"] == pytest.approx(2.0) and shift["mean_gamma_after"] == pytest.approx(4.0)
+    assert shift["gamma_change"] == pytest.approx(2.0) and shift["gamma_counts_after"] == [0, 0, 0, 0, 4]
+    assert shift["alpha_after"] == 1.0

@@ -1,0 +1,138 @@
+"""The cost table and its cache: what the key holds, that a stale or foreign table is never read, the
+round costs gamma="auto" reads, and the decoder measuring once and reading the cache afterwards."""
+import copy
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_llama
+from specdec import SpeculativeDecoder, costs
+from specdec.quant import quantize_model
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_llama(seed=0), tiny_llama(seed=1, num_layers=1, hidden_size=16, heads=2, kv_heads=1)
+
+
+def _key(pair, **kw):
+    args = dict(batch_size=2, context=32, sampling=False, gammas=range(1, 5))
+    args.update(kw)
+    return costs.cost_key(*pair, **args)
+
+
+def test_key_holds_what_a_round_costs_depends_on(pair, monkeypatch):
+    base = _key(pair)
+    assert base == _key(pair)                                   # deterministic
+    for change in (dict(batch_size=3), dict(context=64), dict(sampling=True), dict(gammas=range(1, 9)),
+                   dict(impl="hf"), dict(cuda_graphs=True)):
+        assert _key(pair, **change) != base, change
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
+    assert _key(pair) != base                                   # another thread count
+    monkeypatch.undo()
+    assert _key((pair[1], pair[0])) != base                     # target and draft swapped
+    # weights do not change a step's cost (a retrained model keeps its table); its architecture does
+    retrained = tiny_llama(seed=5)
+    assert _key((retrained, pair[1])) == base
+    assert _key((tiny_llama(seed=0, num_layers=3), pair[1])) != base
+    int8 = quantize_model(copy.deepcopy(pair[0]), "int8")
+    assert _key((int8, pair[1])) != base
+
+
+def test_key_changes_with_the_engine_source(pair, tmp_path):
+    src = tmp_path / "loop.py"
+    src.write_text("a = 1\n")
+    before = _key(pair, sources=[src])
+    src.write_text("a = 2\n")
+    assert _key(pair, sources=[src]) != before
+
+
+def test_cache_round_trip_and_refusals(pair, tmp_path):
+    cache = costs.CostCache(tmp_path)
+    key = _key(pair)
+    entry = {"round_s": {"greedy": {1: 0.01, 2: 0.012}}}
+    assert cache.load(key) is None
+    cache.store(key, entry)
+    assert cache.load(key) == entry                              # JSON's string keys come back as ints
+    # a foreign file at this key's path (another pair, machine or engine, or an edited file) is not read
+    path = cache.path(key)
+    data = json.loads(path.read_text())
+    for field, value in (("threads", 99), ("engine", "0" * 64), ("device_name", "another CPU"), ("target", "x")):
+        stale = dict(data, key={**data["key"], field: value})
+        path.write_text(json.dumps(stale))
+        assert cache.load(key) is None, field
+    path.write_text("{ not json")
+    assert cache.load(key) is None
+    path.write_text(json.dumps({"key": data["key"], "costs": "garbage"}))
+    assert cache.load(key) is None
+    # get: measures when nothing usable is stored, then reads what it stored
+    calls = []
+    assert cache.get(key, lambda: calls.append(1) or entry) == entry
+    assert cache.get(key, lambda: calls.append(1) or entry) == entry
+    assert calls == [1]
+
+
+def test_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "a"))
+    assert costs.default_cache_dir() == tmp_path / "a" / "costs"
+    monkeypatch.delenv("SPECDEC_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert costs.default_cache_dir() == tmp_path / "xdg" / "specdec" / "costs"
+    # an unwritable cache costs a measurement, nothing else
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    costs.CostCache(blocked / "sub").store({"k": 1}, {"round_s": {}})
+
+
+def test_round_costs_and_nearest_batch_size():
+    entry = {"c": 0.1, "v": {1: 1.0, 2: 1.2}, "round_s": {"greedy": {1: 0.010, 2: 0.012}}}
+    assert costs.round_costs(entry, sampling=False) == {1: 0.010, 2: 0.012}
+    assert costs.round_costs(entry, sampling=True) == {1: 0.010, 2: 0.012}     # the other mode's
+    assert costs.round_costs({"c": 0.1, "v": {1: 1.0, 2: 1.2}}, False) == pytest.approx({1: 1.1, 2: 1.4})
+    table = {1: "one", 4: "four", 16: "sixteen"}
+    assert [costs.costs_at(table, b) for b in (1, 2, 3, 5, 8, 12, 64)] == \
+        ["one", "four", "four", "four", "four", "sixteen", "sixteen"]
+    back = costs.entry_from_json(json.loads(json.dumps(entry)))
+    assert back == entry
+
+
+def test_auto_measures_once_then_reads_the_cache(pair, tmp_path, monkeypatch):
+    target, _ = pair
+    draft = copy.deepcopy(target)
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9]])
+    dec = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=4, cost_cache=tmp_path)
+    first = dec.generate(ids, max_new_tokens=12)
+    files = list(tmp_path.glob("costs-*.json"))
+    assert len(files) == 1
+    stored = json.loads(files[0].read_text())
+    assert stored["key"]["gammas"] == [1, 2, 3, 4] and stored["key"]["sampling"] is False
+    assert set(stored["costs"]["round_s"]["greedy"]) == {"1", "2", "3", "4"}
+    # a new decoder (a new process) reads the table instead of measuring
+    monkeypatch.setattr(SpeculativeDecoder, "measure_round_costs", lambda *a, **k: pytest.fail("measured again"))
+    again = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=4, cost_cache=tmp_path)
+    assert again.generate(ids, max_new_tokens=12).new_tokens == first.new_tokens
+    # sampling is its own key (it costs more per draft): measured apart
+    with pytest.raises(pytest.fail.Exception, match="measured again"):
+        again.generate(ids, max_new_tokens=12, temperature=1.0, seed=0)
+
+
+def test_measure_round_costs(pair):
+    target, draft = pair
+    dec = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=3)
+    rc = dec.measure_round_costs(torch.tensor([[3, 4, 5, 6]]).repeat(2, 1), None, sampling=True, repeats=1,
+                                 new_tokens=40)
+    assert set(rc) == {1, 2, 3} and all(0 < s < 5 for s in rc.values())
+
+
+def test_a_first_call_that_measures_decodes_as_a_call_that_reads(pair, tmp_path):
+    """Timing rounds runs decodes of its own; the call that triggered it must still decode with its own
+    settings and seed (top-k, temperature): the same output as a later call that reads the cache."""
+    target, draft = pair
+    ids = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 8, 9, 10]])
+    mask = (ids != 0).long()
+    kw = dict(max_new_tokens=10, temperature=0.8, top_k=5, seed=3)
+    first = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=3, cost_cache=tmp_path).generate(ids, mask, **kw)
+    assert len(list(tmp_path.glob("costs-*.json"))) == 1
+    again = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=3, cost_cache=tmp_path).generate(ids, mask, **kw)
+    assert first.new_tokens == again.new_tokens
