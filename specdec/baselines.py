@@ -34,6 +34,35 @@ class _Counter:
         self.n += 1
 
 
+def hf_generate(target, input_ids, attention_mask, temperature, max_new_tokens, eos_token_id, pad_token_id,
+                seed) -> tuple[list, int]:
+    """transformers' plain `target.generate()` (no assistant) on a left-padded batch: what plain decoding
+    (`ar`, specdec's loop on the same model) is compared with. Returns (new tokens per row, forwards)."""
+    from transformers.utils import logging as hf_logging
+
+    counter = _Counter()
+    handle = target.register_forward_hook(counter)
+    kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
+              pad_token_id=pad_token_id)
+    kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else \
+        kw.update(do_sample=False)
+    torch.manual_seed(seed)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        out = target.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        handle.remove()
+    P = input_ids.shape[1]
+    rows = []
+    for row in out[:, P:].tolist():   # generate pads finished rows with pad_token_id after their EOS
+        if eos_token_id is not None and eos_token_id in row:
+            row = row[:row.index(eos_token_id) + 1]
+        rows.append(row)
+    return rows, counter.n
+
+
 def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temperature, max_new_tokens,
                          eos_token_id, pad_token_id, seed, schedule: str = "constant"):
     """transformers' assisted generation at batch size 1 under `schedule` (see HF_SCHEDULES): constant

@@ -192,6 +192,8 @@ def plan(cfg: BenchConfig) -> dict:
         for bs in cfg.batch_size:
             group = [Setting("ar", None, temp, bs)] if "ar" in cfg.baselines else []
             group += [Setting("sd", g, temp, bs) for g in cfg.gamma]
+            if "hf" in cfg.baselines:   # transformers' plain generate, against specdec's plain loop
+                group.append(Setting("hf_generate", None, temp, bs))
             if "hf" in cfg.baselines and bs == 1:
                 group += [Setting("hf_assisted", g, temp, bs) for g in cfg.fixed_gammas]
                 group += [Setting(m, None, temp, bs) for m in ("hf_assisted_default", "hf_assisted_heuristic")]
@@ -383,6 +385,10 @@ def run_batch(inputs: BenchInputs, cfg: BenchConfig, s: Setting, idx: list, seed
     if s.method == "sd":
         out = inputs.decoders[s.gamma].generate(ids, mask, **kw)
         return out.new_tokens, out.stats, out.stats.target_calls
+    if s.method == "hf_generate":
+        toks, calls = baselines.hf_generate(inputs.target, ids, mask, s.temperature, cfg.max_new_tokens, inputs.eos,
+                                            inputs.pad, seed)
+        return toks, None, calls
     schedule = baselines.HF_SCHEDULES[s.method]
     toks, calls = baselines.hf_assisted_generate(inputs.target, inputs.draft, ids, mask, s.gamma, s.temperature,
                                                  cfg.max_new_tokens, inputs.eos, inputs.pad, seed, schedule)

@@ -11,7 +11,7 @@ import torch
 
 from .config import add_arguments as _add_arguments, config_from_args, option
 from .corpus import builtin_prompts
-from .decoding import SamplingParams, SpeculativeDecoder, autoregressive_generate
+from .decoding import AUTO, SamplingParams, SpeculativeDecoder, autoregressive_generate
 from .models import load_pair, resolve_dtype
 from .quant import QUANTIZE
 from .runner import IMPLS
@@ -32,7 +32,8 @@ class GenerateConfig:
                            choices=QUANTIZE)
     impl: str = option("auto", "forward: lean (Llama-family), hf (any model), auto", group="models", choices=IMPLS)
     # decoding
-    gamma: int = option(4, "draft tokens per step", group="decoding")
+    gamma: str = option("4", "draft tokens per step, or auto (chosen each round from the cost model)",
+                        group="decoding")
     max_new_tokens: int = option(64, "new tokens per prompt", group="decoding")
     temperature: float = option(0.0, "sampling temperature; 0 = greedy", group="decoding")
     top_k: int = option(0, "top-k filter; 0 = off", group="decoding")
@@ -45,8 +46,11 @@ class GenerateConfig:
     no_progress: bool = option(False, "no status lines on stderr (and no model-loading bars)", group="output")
 
     def __post_init__(self):
-        if self.gamma < 1:
-            raise ValueError(f"--gamma must be >= 1 (draft tokens per step), got {self.gamma}")
+        self.gamma = str(self.gamma).strip().lower()
+        if self.gamma != AUTO and not (self.gamma.isdigit() and int(self.gamma) >= 1):
+            raise ValueError(f"--gamma must be an integer >= 1 or auto (draft tokens per step), got {self.gamma!r}")
+        if self.gamma != AUTO:
+            self.gamma = int(self.gamma)
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"--temperature must be finite and >= 0 (0 = greedy), got {self.temperature}")
         if self.threads is not None and self.threads < 1:
@@ -94,11 +98,13 @@ def generate(cfg: GenerateConfig) -> dict:
     t_sd = time.perf_counter() - t0
     s = sd.stats
     summary = {"gamma": cfg.gamma, "temperature": p.temperature, "new_tokens": s.new_tokens,
-               "quantize": cfg.quantize, "acceptance_rate": round(s.acceptance_rate, 4), "alpha": round(s.alpha, 4),
+               "quantize": cfg.quantize, "mean_gamma": round(s.mean_gamma, 3),
+               "acceptance_rate": round(s.acceptance_rate, 4), "alpha": round(s.alpha, 4),
                "mean_accepted_length": round(s.mean_accepted_length, 3),
                "per_position_acceptance": [round(x, 3) for x in s.per_position_acceptance],
                "target_calls_sd": s.target_calls, "target_calls_ar": ar.stats.target_calls,
-               "sd_tokens_per_s": round(s.new_tokens / t_sd, 2),
+               # the decoder's own clock: a first gamma=auto call's one-off timing of its rounds is not decoding
+               "sd_tokens_per_s": round(s.tokens_per_s, 2),
                "ar_tokens_per_s": round(ar.stats.new_tokens / t_ar, 2),
                "outputs_match_ar": sd.new_tokens == ar.new_tokens if p.temperature == 0 else None}
     texts = [(prompt, len(tok(prompt).input_ids), tok.decode(out)) for prompt, out in zip(prompts, sd.new_tokens)]

@@ -8,6 +8,9 @@ Methods (the `method` field of each row):
                          count from the costs and the acceptance so far (`gamma_counts` holds the choices)
   hf_assisted            transformers' `target.generate(assistant_model=draft)`, batch size 1, a constant
                          schedule of exactly gamma drafts (confidence early stop disabled)
+  hf_generate            transformers' plain `target.generate()` (no assistant), every batch size: what
+                         plain decoding of the same model costs through transformers (its speedup
+                         below 1 is how much faster specdec's plain loop is)
   hf_assisted_default    the same with transformers' own assistant defaults (gamma = null; in 5.x a
                          confidence threshold of 0.4 on 20 drafts)
   hf_assisted_heuristic  the same with its heuristic schedule (start 5, +2 / -1; gamma = null)
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from .metrics import AUTO, DecodeStats, predicted_speedup, predicted_speedup_mix
 
-METHODS = ("ar", "sd", "hf_assisted", "hf_assisted_default", "hf_assisted_heuristic")
+METHODS = ("ar", "sd", "hf_generate", "hf_assisted", "hf_assisted_default", "hf_assisted_heuristic")
 
 
 @dataclass

@@ -96,7 +96,9 @@ def test_results_schema(results):
     assert ("hf_assisted", 3, 1.0, 1) in keys and ("hf_assisted_default", None, 0.0, 1) in keys
     assert ("hf_assisted_heuristic", None, 1.0, 1) in keys and ("sd", "auto", 0.0, 2) in keys
     assert not any(m == "hf_assisted" and g == "auto" for m, g, _, _ in keys)   # HF has no auto
-    assert not any(m.startswith("hf") and bs == 2 for m, _, _, bs in keys)
+    assert not any(m.startswith("hf_assisted") and bs == 2 for m, _, _, bs in keys)
+    # transformers' plain generate beside specdec's plain loop, at every batch size
+    assert {("hf_generate", None, t, bs) for t in (0.0, 1.0) for bs in (1, 2)} <= keys
     # batch 1: a row per category and "all"; batch 2 mixes letters/numbers, so only the pure ones
     cats1 = {r["category"] for r in runs if r["method"] == "sd" and r["batch_size"] == 1}
     assert cats1 == {"all", "letters", "numbers", "default"}
@@ -136,8 +138,9 @@ def test_hf_failure_is_recorded_not_fatal(pair, tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark.baselines, "hf_assisted_generate", broken)
     assert bench(pair, tmp_path, "--gamma", "2", "--temperature", "0", "--batch-size", "1", "--repeats", "1") == 0
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    hf = [r for r in runs if r["method"].startswith("hf")]
+    hf = [r for r in runs if r["method"].startswith("hf_assisted")]
     assert len(hf) == 3 and all("assistant_model not supported" in r["error"] for r in hf)
+    assert next(r for r in runs if r["method"] == "hf_generate")["error"] is None   # plain generate still ran
     assert any(r["method"] == "sd" and r["speedup"] for r in runs)
 
 
@@ -371,11 +374,12 @@ def test_default_sweep_is_smaller_and_full_is_the_whole_grid():
                                                                                 (1, 8), ("ar", "hf"))
     assert small.gamma == (1, 2, 4, "auto")
     n = {name: sum(len(g) for g in benchmark.plan(c).values()) for name, c in (("small", small), ("full", full))}
-    # per temperature: batch 1 = ar + 5 sd + 4 HF constant + HF default + HF heuristic, batch 8 = ar + 5 sd
-    assert n["small"] < n["full"] == 2 * (12 + 6)
+    # per temperature: batch 1 = ar + 5 sd + HF generate + 4 HF constant + HF default + HF heuristic,
+    # batch 8 = ar + 5 sd + HF generate
+    assert n["small"] < n["full"] == 2 * (13 + 7)
     # an axis given explicitly wins over the preset
     assert benchmark.BenchConfig(sweep="full", gamma=(3,)).gamma == (3,)
-    hf = [s for g in benchmark.plan(full).values() for s in g if s.method.startswith("hf")]
+    hf = [s for g in benchmark.plan(full).values() for s in g if s.method.startswith("hf_assisted")]
     assert hf and {s.batch_size for s in hf} == {1}
 
 

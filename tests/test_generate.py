@@ -27,6 +27,14 @@ def test_json_output_without_progress(pair, capsys, monkeypatch):  # noqa: F811
     assert captured.err == "" and threads == [1]
 
 
+def test_gamma_auto_and_int8(pair, capsys, monkeypatch, tmp_path):  # noqa: F811
+    monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path))
+    assert main(_argv(pair, "--json", "--no-progress", "--gamma", "auto", "--quantize", "int8")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["gamma"] == "auto" and summary["quantize"] == "int8" and summary["outputs_match_ar"] is True
+    assert summary["mean_gamma"] >= 1
+
+
 def test_status_lines_and_prompts_with_commas(pair, capsys):  # noqa: F811
     assert main(_argv(pair)) == 0
     captured = capsys.readouterr()
