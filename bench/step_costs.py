@@ -13,7 +13,9 @@ all timed interleaved in one run. Paths:
   numpy        the same lean forward in NumPy (float32 on the CPU; what small drafts run there)
   lean+graphs  the lean forward replayed as CUDA graphs (CUDA only)
 Precisions: the model dtype (fp32 on the CPU, bf16 on CUDA) and, on the CPU, int8 (specdec.quant).
-The floor of a step is the bytes of its weights (in the precision used) / the read bandwidth this
+The draft is also timed "in a round": gamma steps back to back after a target verify, as decoding runs
+it (the first finds its weights evicted by the target's, the next find them cached); its c is that mean
+over the target's one-token step. The floor of a step is the bytes of its weights (in the precision used) / the read bandwidth this
 machine measured in the same run: a one-token decode step must stream every weight once.
 --shapes real (CUDA): randomly initialised Llama models shaped like a ~0.5B draft and a ~7B target in
 bf16 (no download exists on the device); the bundled pair otherwise.
@@ -125,6 +127,13 @@ class _DynamicStepper:
         return dt
 
 
+def _in_round(target_stepper, draft_stepper, gamma: int) -> float:
+    """Mean seconds of a draft step as a round runs it: a (gamma+1)-token verify of the target (untimed;
+    it streams the target's weights through the cache), then gamma draft steps back to back."""
+    target_stepper.step(gamma + 1)
+    return sum(draft_stepper.step(1) for _ in range(gamma)) / gamma
+
+
 def _real_pair(device):
     """Random Llama models shaped like Qwen2.5-0.5B (draft) and Llama-2-7B (target), bf16."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -168,7 +177,7 @@ def measure(cfg: StepCostsConfig) -> dict:
     models, dtype = _models(cfg, device)
     prompt = torch.randint(3, 1000, (1, cfg.prompt_len))
     bandwidth = read_bandwidth(device)
-    jobs, meta = {}, {}
+    jobs, meta, steppers = {}, {}, {}
     for name, model in models.items():
         variants = {"model": model}
         if device.type == "cpu":
@@ -182,24 +191,32 @@ def measure(cfg: StepCostsConfig) -> dict:
                                     cuda_graphs=path.endswith("graphs"))
             prec = dtype if precision == "model" else "int8"
             meta[(name, path, prec)] = weight_bytes(m)
+            steppers[(name, path, prec)] = stepper
             for S in (1, cfg.gamma + 1):
                 jobs[(name, path, prec, S)] = (lambda st, s: (lambda: st.step(s)))(stepper, S)
+    for path, precision in _paths(device):   # the draft as a round runs it: gamma steps after a verify
+        prec = dtype if precision == "model" else "int8"
+        tstep, dstep = steppers[("target", path, prec)], steppers[("draft", path, prec)]
+        jobs[("draft", path, prec, "round")] = (lambda ts, ds: (lambda: _in_round(ts, ds, cfg.gamma)))(tstep, dstep)
     med = interleaved_medians(jobs, cfg.iters, warmup=3)
     rows = []
     for (name, path, prec, S), secs in med.items():
         floor = meta[(name, path, prec)] / bandwidth
         one = med[(name, path, prec, 1)]
         target_one = med.get(("target", path, prec, 1))
-        rows.append({"model": name, "path": path, "precision": prec, "tokens": S, "ms": 1e3 * secs,
+        in_round = S == "round"
+        rows.append({"model": name, "path": path, "precision": prec, "tokens": 1 if in_round else S,
+                     "when": "in a round" if in_round else "alone", "ms": 1e3 * secs,
                      "weight_MB": meta[(name, path, prec)] / 1e6, "floor_ms": 1e3 * floor,
-                     "x_floor": secs / floor if S == 1 else None, "v": secs / one if S > 1 else None,
-                     "c": one / target_one if name != "target" and S == 1 and target_one else None})
+                     "x_floor": secs / floor if S == 1 or in_round else None,
+                     "v": secs / one if not in_round and S > 1 else None,
+                     "c": secs / target_one if name != "target" and (S == 1 or in_round) and target_one else None})
     return {"env": environment(device), "config": to_dict(cfg), "read_bandwidth_GBps": bandwidth / 1e9,
             "rows": rows}
 
 
 COLUMNS = [("model", "model", 10, "s"), ("path", "path", 12, "s"), ("precision", "prec", 8, "s"),
-           ("tokens", "S", 2, "d"), ("ms", "ms", 8, ".3f"), ("weight_MB", "MB", 7, ".1f"),
+           ("tokens", "S", 2, "d"), ("when", "when", 10, "s"), ("ms", "ms", 8, ".3f"), ("weight_MB", "MB", 7, ".1f"),
            ("floor_ms", "floor", 7, ".3f"), ("x_floor", "x floor", 7, ".2f"), ("v", "v", 5, ".2f"),
            ("c", "c", 5, ".3f")]
 

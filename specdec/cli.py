@@ -57,8 +57,8 @@ def _one_line(e: BaseException) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # NumPy's OpenBLAS (the small-model forward, specdec/lean_numpy.py) starts its own thread pool when
-    # NumPy is imported: at these sizes a second pool only spins against PyTorch's threads and the other
-    # tenants of a small CPU. One thread unless the user says otherwise; set before any import of NumPy.
+    # NumPy is imported, whose idle threads spin against PyTorch's: one thread unless the user says
+    # otherwise (set before any import of NumPy; lean_numpy.blas_single_threaded reads it).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     name = next((a for a in argv if not a.startswith("-")), None)
     prog = f"specdec {name}" if name in COMMANDS else "specdec"

@@ -11,13 +11,16 @@ Scope: float32 models on the CPU, with plain Linear projections, that the lean f
 (`supports`). `runner.resolve_impl("auto")` takes it for small models (SMALL_MODEL_PARAMS: weights
 that stay in the CPU's cache, where dispatch dominates); a large target streams its weights from
 memory either way, and its int8 path is PyTorch's.
-OpenBLAS keeps its own thread pool: two threads spinning against each other on a shared 2-core CPU
-cost more than they give at these sizes; the CLI sets OPENBLAS_NUM_THREADS=1 with `--threads 1`.
+OpenBLAS keeps its own thread pool, whose idle threads spin after every call and take the cores from
+PyTorch's: `auto` takes this path only when OpenBLAS runs one thread (`blas_single_threaded`; the
+`specdec` commands set OPENBLAS_NUM_THREADS=1; a Python program sets it before importing NumPy).
 
 Equivalence: logits equal transformers' forward up to float rounding (tests/test_runner.py); plain and
 speculative decoding of a model use the same forward, so greedy output stays exact.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -43,6 +46,18 @@ def supports(model) -> str | None:
 
 def is_small(model) -> bool:
     return sum(p.numel() for p in model.parameters()) <= SMALL_MODEL_PARAMS
+
+
+def blas_single_threaded() -> bool:
+    """Whether NumPy's OpenBLAS runs one thread (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS, read when
+    NumPy loads it). With more, its idle threads spin after every call and take the cores from PyTorch's
+    (measured: the int8 target's step 2.3x slower beside them), so impl="auto" takes the NumPy path only
+    with one; `specdec` commands set it."""
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name)
+        if value:
+            return value.strip() == "1"
+    return (os.cpu_count() or 1) == 1
 
 
 def _softmax_(s):

@@ -55,13 +55,15 @@ def lean_forward_of(model) -> lean.LeanForward:
 
 def resolve_impl(model, impl: str = "auto") -> str:
     """The forward a model runs on. auto: the NumPy lean forward for small float32 models on the CPU
-    (dispatch-bound), the PyTorch lean forward for other Llama-family models, transformers' otherwise."""
+    (dispatch-bound) when NumPy's BLAS runs one thread, the PyTorch lean forward for other Llama-family
+    models, transformers' forward otherwise."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         if lean.supports(model) is not None:
             return "hf"
-        return "numpy" if lean_numpy.supports(model) is None and lean_numpy.is_small(model) else "lean"
+        small = lean_numpy.is_small(model) and lean_numpy.blas_single_threaded()
+        return "numpy" if small and lean_numpy.supports(model) is None else "lean"
     check = {"lean": lean.supports, "numpy": lean_numpy.supports}.get(impl)
     reason = check(model) if check else None
     if reason is not None:

@@ -1,7 +1,11 @@
 """Shared test setup: tiny models built in-process, and Triton's interpreter on machines without CUDA."""
 import os
 
-import torch
+# NumPy's OpenBLAS reads its thread count when NumPy loads (torch imports it): one thread, as the
+# `specdec` commands run it (specdec/lean_numpy.py), so small models take the NumPy forward here too.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 # Triton reads TRITON_INTERPRET when a kernel is defined, so this must run before any kernel module
 # is imported. With no GPU, `backend="triton"` then runs the kernels on CPU tensors (slowly).
