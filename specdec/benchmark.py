@@ -53,8 +53,10 @@ BASELINES = ("ar", "hf")
 # The sweeps, in one place. "default" is a first run sized for a small CPU (no gamma 8, a smaller second
 # batch size); "full" is the whole grid. HF assisted generation runs at batch size 1 only.
 SWEEPS = {
-    "default": {"gamma": (1, 2, 4, AUTO), "temperature": (0.0, 1.0), "batch_size": (1, 4), "baselines": ("ar", "hf")},
-    "full": {"gamma": (1, 2, 4, 8, AUTO), "temperature": (0.0, 1.0), "batch_size": (1, 8), "baselines": ("ar", "hf")},
+    "default": {"gamma": (2, 4, AUTO), "temperature": (0.0, 1.0), "batch_size": (1,), "baselines": ("ar", "hf"),
+                "repeats": 2},
+    "full": {"gamma": (1, 2, 4, 8, AUTO), "temperature": (0.0, 1.0), "batch_size": (1, 8), "baselines": ("ar", "hf"),
+             "repeats": 3},
 }
 
 # Settings that may change between a run and its --resume (they do not change what is measured).
@@ -82,8 +84,9 @@ class BenchConfig:
     cuda_graphs: str = option("auto", "replay the draft step and the verify as CUDA graphs: on, off, auto (on "
                               "with CUDA and the lean forward)", group="engine", choices=("auto", "on", "off"))
     # sweep
-    sweep: str = option("default", "preset of gamma / temperature / batch size / baselines: default "
-                        "(gamma 1,2,4,auto; T 0,1; batch 1,4) or full (gamma 1,2,4,8,auto; T 0,1; batch 1,8)",
+    sweep: str = option("default", "preset of gamma / temperature / batch size / baselines / repeats: default "
+                        "(gamma 2,4,auto; T 0,1; batch 1; 2 repeats: a first run of a few minutes on a small "
+                        "CPU) or full (gamma 1,2,4,8,auto; T 0,1; batch 1,8; 3 repeats)",
                         group="sweep", choices=tuple(SWEEPS))
     gamma: tuple[str, ...] | None = option(None, "draft tokens per step, comma-separated; auto = chosen each round "
                                            "from the measured costs and acceptance, e.g. 1,2,4,auto (default: the "
@@ -101,8 +104,8 @@ class BenchConfig:
     max_new_tokens: int = option(64, "new tokens per prompt", group="prompts")
     # timing
     warmup: int = option(1, "untimed runs of the first batch per configuration", group="timing")
-    repeats: int = option(3, "timed passes over all prompts per configuration (median and spread reported)",
-                          group="timing")
+    repeats: int | None = option(None, "timed passes over all prompts per configuration (median and spread "
+                                 "reported; default: the --sweep's, 2 or 3)", group="timing")
     seed: int = option(0, "base seed of the samplers", group="timing")
     # output
     out: str = option("bench_out", "output folder: results.json and the plots (a new or empty folder, or a "

@@ -372,7 +372,7 @@ def test_default_sweep_is_smaller_and_full_is_the_whole_grid():
     small, full = benchmark.BenchConfig(), benchmark.BenchConfig(sweep="full")
     assert (full.gamma, full.temperature, full.batch_size, full.baselines) == ((1, 2, 4, 8, "auto"), (0.0, 1.0),
                                                                                 (1, 8), ("ar", "hf"))
-    assert small.gamma == (1, 2, 4, "auto")
+    assert (small.gamma, small.batch_size, small.repeats, full.repeats) == ((2, 4, "auto"), (1,), 2, 3)
     n = {name: sum(len(g) for g in benchmark.plan(c).values()) for name, c in (("small", small), ("full", full))}
     # per temperature: batch 1 = ar + 5 sd + HF generate + 4 HF constant + HF default + HF heuristic,
     # batch 8 = ar + 5 sd + HF generate
