@@ -547,7 +547,8 @@ def _auto_decoder(cfg: BenchConfig, inputs: BenchInputs, costs) -> SpeculativeDe
 
 TABLE = [("method", "method", 21, "s"), ("gamma", "gamma", 5, ""), ("mean_gamma", "mean", 4, ".2f"),
          ("temperature", "T", 4, "g"), ("batch_size", "bs", 3, "d"), ("tokens_per_s", "tok/s", 8, ".1f"),
-         ("sd", "±sd", 6, ".1f"), ("speedup", "speedup", 7, ".2f"), ("predicted_speedup", "pred", 5, ".2f"),
+         ("sd", "±sd", 6, ".1f"), ("speedup", "speedup", 7, ".2f"), ("decode_speedup", "decode", 6, ".2f"),
+         ("predicted_speedup", "pred", 5, ".2f"),
          ("acceptance_rate", "accept", 6, ".3f"), ("alpha", "alpha", 5, ".3f"),
          ("mean_accepted_length", "MAL", 5, ".2f"), ("draft_cost_ratio", "c", 5, ".3f"),
          ("verify_cost_ratio", "v", 5, ".2f"), ("outputs_match_ar", "match", 5, "")]

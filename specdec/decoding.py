@@ -274,11 +274,14 @@ def _start(models, names, input_ids, attention_mask, params: SamplingParams, gam
         _check_context(model, name, lengths, params.max_new_tokens)
     capacity = capacity_for(ids.shape[1], params.max_new_tokens, gamma)
     runners = []
+    t0 = time.perf_counter()
     for model in models:
         runner = ModelRunner(model, ids.shape[0], capacity, impl=impl, cuda_graphs=cuda_graphs)
         runner.prefill(ids, mask)
         runners.append(runner)
-    return ids, mask, lengths, runners
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)   # once per decode: the prefill's share of the wall time
+    return ids, mask, lengths, runners, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -295,11 +298,11 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
     """
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
     t_all = time.perf_counter()
-    ids, mask, lengths, (tgt,) = _start([target], ["target"], input_ids, attention_mask, params, 0, impl,
-                                        cuda_graphs)
+    ids, mask, lengths, (tgt,), prefill_s = _start([target], ["target"], input_ids, attention_mask, params, 0,
+                                                   impl, cuda_graphs)
     device = ids.device
     gen = _generator(seed, device)
-    stats = DecodeStats(gamma=0, prefill_calls=1)
+    stats = DecodeStats(gamma=0, prefill_calls=1, prefill_s=prefill_s)
     timer = _Timer(device)
     rows = _Rows(ids.shape[0], params)
     pending = ids[:, -1:]                                  # [B, 1]
@@ -479,7 +482,7 @@ class SpeculativeDecoder:
         _counts: the draft counts' strategy in place of gamma's (measure_round_costs times rounds so)."""
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
         t_all = time.perf_counter()
-        ids, mask, lengths, (tgt, drf) = _start(
+        ids, mask, lengths, (tgt, drf), prefill_s = _start(
             [self.target, self.draft], ["target", "draft"], input_ids, attention_mask, params, self.max_gamma,
             self.impl, self.cuda_graphs)
         counts = _counts
@@ -491,7 +494,7 @@ class SpeculativeDecoder:
         counts = counts or _FixedCounts(self.gamma)
         self._gen = _generator(seed, ids.device)
         self._params = params
-        stats = DecodeStats(gamma=self.max_gamma, prefill_calls=2)
+        stats = DecodeStats(gamma=self.max_gamma, prefill_calls=2, prefill_s=prefill_s)
         timer = _Timer(ids.device)
         rows = _Rows(ids.shape[0], params)
         pending = ids[:, -1]

@@ -162,6 +162,7 @@ class DecodeStats:
     target_calls: int = 0         # target forwards after the prompt (prefill not counted)
     draft_calls: int = 0          # draft forwards after the prompt
     prefill_calls: int = 0
+    prefill_s: float = 0.0        # the prompt's forwards (both models'), inside total_s
     draft_s: float = 0.0
     target_s: float = 0.0
     verify_s: float = 0.0
@@ -229,7 +230,7 @@ class DecodeStats:
 
     @property
     def other_s(self) -> float:
-        return max(0.0, self.total_s - self.draft_s - self.target_s - self.verify_s)
+        return max(0.0, self.total_s - self.prefill_s - self.draft_s - self.target_s - self.verify_s)
 
     @property
     def tokens_per_s(self) -> float:

@@ -56,6 +56,8 @@ class BenchRow:
     wall_s: float | None = None                # median over repeats
     tokens_per_s: float | None = None          # median over repeats
     speedup: float | None = None               # tokens_per_s / that of "ar" (same temperature, batch, category)
+    decode_tokens_per_s: float | None = None   # the same without the prompts' prefill (ar and sd rows)
+    decode_speedup: float | None = None        # decode_tokens_per_s / that of "ar"
     target_calls: int | None = None            # target forwards of the first repeat
     acceptance_rate: float | None = None       # accepted / drafted
     alpha: float | None = None                 # per-token acceptance (metrics.per_token_acceptance)
@@ -195,8 +197,12 @@ def _row(m: Measured, category: str, batch_ids: list, reference, costs) -> Bench
     toks = [sum(len(p.outputs[i]) for i in prompts) for p in passes]       # [repeat]
     walls = [sum(p.walls[bi] for bi in batch_ids) for p in passes]         # [repeat]
     tps = [t / w if w > 0 else 0.0 for t, w in zip(toks, walls)]
+    decode = None
+    if all(st is not None for p in passes for st in p.stats):   # specdec's own rows: prefill timed apart
+        dec_walls = [w - sum(p.stats[bi].prefill_s for bi in batch_ids) for w, p in zip(walls, passes)]
+        decode = median([t / w if w > 0 else 0.0 for t, w in zip(toks, dec_walls)])
     row = BenchRow(s.method, s.gamma, s.temperature, s.batch_size, category, num_prompts=len(prompts),
-                   new_tokens=toks[0], wall_s=median(walls), tokens_per_s=median(tps),
+                   new_tokens=toks[0], wall_s=median(walls), tokens_per_s=median(tps), decode_tokens_per_s=decode,
                    target_calls=sum(passes[0].calls[bi] for bi in batch_ids),
                    repeats={"tokens_per_s": spread(tps), "wall_s": spread(walls), "new_tokens": toks})
     if reference is not None:
@@ -225,13 +231,18 @@ def _row(m: Measured, category: str, batch_ids: list, reference, costs) -> Bench
 
 def with_speedups(rows: list[BenchRow]) -> list[BenchRow]:
     """Every non-"ar" row's speedup over the "ar" row with the same temperature, batch size and category
-    (None where that row is absent or failed)."""
-    base = {r.key: r.tokens_per_s for r in rows if r.method == "ar" and r.error is None}
+    (None where that row is absent or failed), and the same for the decode phase alone."""
+    base = {r.key: r for r in rows if r.method == "ar" and r.error is None}
+
+    def ratio(x, b):
+        return x / b if b and x is not None else None
+
     out = []
     for r in rows:
+        b = base.get(r.key)
         if r.method != "ar":
-            b = base.get(r.key)
-            r = dataclasses.replace(r, speedup=r.tokens_per_s / b if b and r.tokens_per_s is not None else None)
+            r = dataclasses.replace(r, speedup=ratio(r.tokens_per_s, b and b.tokens_per_s),
+                                    decode_speedup=ratio(r.decode_tokens_per_s, b and b.decode_tokens_per_s))
         out.append(r)
     return out
 

@@ -77,7 +77,12 @@ def test_results_schema(results):
             assert r["speedup"] == pytest.approx(
                 r["tokens_per_s"] / next(a["tokens_per_s"] for a in runs if a["method"] == "ar" and
                                          all(a[k] == r[k] for k in ("temperature", "batch_size", "category"))))
+        if r["method"] in ("ar", "sd"):   # the prompts' prefill is timed apart: decode-only rates are higher
+            assert r["decode_tokens_per_s"] > r["tokens_per_s"]
+        else:
+            assert r["decode_tokens_per_s"] is None and r["decode_speedup"] is None
         if r["method"] == "sd":
+            assert r["decode_speedup"] > 0
             assert 0 <= r["acceptance_rate"] <= r["alpha"] <= 1
             # vLLM conventions: MAL = 1 + accepted / steps, acceptance rate = accepted / drafted
             assert r["mean_accepted_length"] >= 1 + r["acceptance_rate"] - 1e-9
