@@ -63,16 +63,13 @@ def supports(model) -> str | None:
 
 class _Linear:
     """y = x W^T (+ b) for one fused or plain projection (x 2-D). `module` keeps an int8 (or any
-    non-Linear) projection module as is; `norm`, when set, is the RMSNorm weight the input is
-    multiplied by first (when it could not be folded into W). `wt`, when set, is W^T as a contiguous
-    [in, out] copy (the CPU's folded weights): mm/addmm on it skip the transpose dispatch of F.linear."""
+    non-Linear) projection module as is. `wt`, when set, is W^T as a contiguous [in, out] copy (the
+    CPU's folded weights): mm / addmm on it skip the transpose dispatch of F.linear."""
 
-    def __init__(self, weight=None, bias=None, module=None, norm=None, wt=None):
-        self.weight, self.bias, self.module, self.norm, self.wt = weight, bias, module, norm, wt
+    def __init__(self, weight=None, bias=None, module=None, wt=None):
+        self.weight, self.bias, self.module, self.wt = weight, bias, module, wt
 
     def __call__(self, x):
-        if self.norm is not None:
-            x = x * self.norm
         if self.module is not None:
             return self.module(x)
         if self.wt is not None:
@@ -81,7 +78,7 @@ class _Linear:
 
     def add_to(self, residual, x):
         """residual + self(x); one fused multiply-add where the projection is a plain matrix."""
-        if self.module is None and self.bias is None and self.norm is None:
+        if self.module is None and self.bias is None:
             return torch.addmm(residual, x, self.wt if self.wt is not None else self.weight.t())
         return residual + self(x)
 
@@ -90,44 +87,39 @@ def _is_plain(m) -> bool:
     return type(m) is torch.nn.Linear
 
 
-def _projection(mods, norm=None, fold: bool = False) -> _Linear:
-    """One projection computing every module of `mods` (outputs concatenated in order). fold: on the
-    CPU, plain weights are concatenated into one matrix and the preceding RMSNorm weight `norm` is
-    multiplied into its columns (x (g W)^T = (x g) W^T: one matmul, no separate scaling op)."""
-    if not all(_is_plain(m) for m in mods) or not fold:
-        if len(mods) != 1:
-            raise ValueError("separate projections are called one by one")
-        m = mods[0]
-        if _is_plain(m):
-            return _Linear(m.weight.detach(), None if m.bias is None else m.bias.detach(), norm=norm)
-        return _Linear(module=m, norm=norm)
-    w = torch.cat([m.weight.detach() for m in mods])
-    if norm is not None:
-        w = w * norm[None, :].to(w.dtype)
-    b = None if all(m.bias is None for m in mods) else torch.cat(
-        [m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in mods])
-    return _Linear(bias=b, wt=w.t().contiguous())
+def _plain(m) -> _Linear:
+    if _is_plain(m):
+        return _Linear(m.weight.detach(), None if m.bias is None else m.bias.detach())
+    return _Linear(module=m)
 
 
-def _projections(mods, norm, fold: bool) -> list[_Linear]:
-    """[one fused projection] when every module is a plain Linear and fold is on (or every module is
-    int8: concatenated exactly, the norm weight still applied to the input), else one per module."""
+def _projections(mods, norm=None, fold: bool = False):
+    """The projections computing `mods` (outputs concatenated in order) from one input, and the RMSNorm
+    weight still to multiply that input by (None where it is folded in).
+    fold (the CPU): plain weights become one contiguous W^T with `norm` multiplied into its rows
+    (x (g W)^T = (x g) W^T: one matmul, no scaling op); int8 layers are concatenated exactly (the norm
+    still applied to the input). Otherwise (CUDA: no copies of big weights) one projection per module."""
     if fold and all(_is_plain(m) for m in mods):
-        return [_projection(mods, norm, fold=True)]
+        w = torch.cat([m.weight.detach() for m in mods])
+        if norm is not None:
+            w = w * norm[None, :].to(w.dtype)
+        b = None if all(m.bias is None for m in mods) else torch.cat(
+            [m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in mods])
+        return [_Linear(bias=b, wt=w.t().contiguous())], None
     if fold and len(mods) > 1 and all(isinstance(m, RowwiseInt8Linear) for m in mods):
-        return [_Linear(module=RowwiseInt8Linear.concat(mods), norm=norm)]
-    return [_projection([m], norm) for m in mods]
+        return [_Linear(module=RowwiseInt8Linear.concat(mods))], norm
+    return [_plain(m) for m in mods], norm
 
 
 class _Layer:
     def __init__(self, layer, fold: bool):
         a, mlp = layer.self_attn, layer.mlp
-        norm1 = layer.input_layernorm.weight.detach()
-        norm2 = layer.post_attention_layernorm.weight.detach()
-        self.qkv = _projections([a.q_proj, a.k_proj, a.v_proj], norm1, fold)
-        self.o = _projections([a.o_proj], None, fold)[0]
-        self.gate_up = _projections([mlp.gate_proj, mlp.up_proj], norm2, fold)
-        self.down = _projections([mlp.down_proj], None, fold)[0]
+        self.qkv, self.norm1 = _projections([a.q_proj, a.k_proj, a.v_proj],
+                                            layer.input_layernorm.weight.detach(), fold)
+        self.gate_up, self.norm2 = _projections([mlp.gate_proj, mlp.up_proj],
+                                                layer.post_attention_layernorm.weight.detach(), fold)
+        self.o = _projections([a.o_proj], None, fold)[0][0]
+        self.down = _projections([mlp.down_proj], None, fold)[0][0]
 
 
 def _version_key(model) -> tuple:
@@ -138,7 +130,9 @@ def _version_key(model) -> tuple:
 class LeanForward:
     """The lean forward of one model. `__call__(ids, pos, cache, mask, logits_to_keep)` -> logits."""
 
-    def __init__(self, model):
+    def __init__(self, model, fold: bool | None = None):
+        """fold: fuse and fold weights (default: on the CPU only; tests turn it off to check the CUDA
+        layout on the CPU)."""
         reason = supports(model)
         if reason is not None:
             raise ValueError(f"the lean forward does not support this model: {reason}")
@@ -150,16 +144,17 @@ class LeanForward:
         self.eps = cfg.rms_norm_eps
         self.scale = self.D ** -0.5
         self._key = None
+        self._fold = fold
         self._build()
 
     def _build(self):
         m = self.model
         inner = m.model
         dev = inner.embed_tokens.weight.device
-        fold = dev.type == "cpu"
+        fold = dev.type == "cpu" if self._fold is None else self._fold
         self.embed = inner.embed_tokens.weight.detach()
         self.layers = [_Layer(layer, fold) for layer in inner.layers]
-        self.head = _projections([m.lm_head], inner.norm.weight.detach(), fold)[0]
+        (self.head,), self.head_norm = _projections([m.lm_head], inner.norm.weight.detach(), fold)
         head = m.get_output_embeddings()
         self.vocab = int(getattr(head, "out_features", None) or head.weight.shape[0])
         rot = inner.rotary_emb
@@ -186,13 +181,15 @@ class LeanForward:
             self._rope_len = n
         return self._rope
 
-    def _rms(self, x):
-        """transformers' LlamaRMSNorm without its weight (applied by the next projection): in fp32,
-        then back to the input dtype."""
+    def _rms(self, x, weight=None):
+        """transformers' LlamaRMSNorm: in fp32, then back to the input dtype, times `weight` (None where
+        the next projection has it folded in)."""
         if x.dtype == torch.float32:   # skip two no-op casts: each still costs a dispatch
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        else:
+            xf = x.float()
+            x = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return x if weight is None else weight * x
 
     def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0):
         """ids, pos: [B, S] int64; cache: KVCache (begin() already called; mask [B, 1, S, L] from it).
@@ -206,7 +203,7 @@ class LeanForward:
         G = H // Hkv                                                          # query heads per KV head
         gmask = mask if G == 1 else mask.repeat(1, 1, G, 1)                   # [B, 1, G*S, L]
         for i, layer in enumerate(self.layers):
-            h = self._rms(x)
+            h = self._rms(x, layer.norm1)
             if len(layer.qkv) == 1:
                 qkv = layer.qkv[0](h).view(-1, H + 2 * Hkv, D)                # [N, H+2Hkv, D]
                 qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
@@ -225,7 +222,7 @@ class LeanForward:
             o = F.scaled_dot_product_attention(q, K, V, attn_mask=gmask, scale=self.scale)
             o = o.transpose(1, 2) if G == 1 else o.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4)
             x = layer.o.add_to(x, o.reshape(-1, H * D))
-            h = self._rms(x)
+            h = self._rms(x, layer.norm2)
             if len(layer.gate_up) == 1:
                 g, u = layer.gate_up[0](h).chunk(2, dim=-1)
             else:
@@ -233,4 +230,4 @@ class LeanForward:
             x = layer.down.add_to(x, F.silu(g) * u)
         if logits_to_keep and logits_to_keep < S:
             x = x.view(B, S, -1)[:, -logits_to_keep:].reshape(B * logits_to_keep, -1)
-        return self.head(self._rms(x)).view(B, -1, self.vocab)
+        return self.head(self._rms(x, self.head_norm)).view(B, -1, self.vocab)

@@ -78,6 +78,9 @@ class NumpyLeanForward:
         """NumPy views of the LeanForward's folded weights, rebuilt when it rebuilds them."""
         f = self.fwd
         if self._built_for is not f.layers:
+            if any(n is not None for layer in f.layers for n in (layer.norm1, layer.norm2)) or f.head_norm is not None:
+                raise ValueError("the NumPy forward needs folded float32 projections")
+
             def proj(p):
                 if p.wt is None:
                     raise ValueError("the NumPy forward needs folded float32 projections")

@@ -87,6 +87,21 @@ def test_lean_forwards_match_transformers(impl):
         torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
 
 
+def test_unfolded_layout_matches_transformers():
+    """The layout CUDA runs (separate projections, norm weights applied to the input, no fused copies),
+    checked here on the CPU, for plain and int8 projections."""
+    from specdec.kvcache import KVCache
+    from specdec.lean import LeanForward
+    from specdec.quant import quantize_model
+    for model in (tiny_llama(seed=7, kv_heads=2), quantize_model(tiny_llama(seed=8))):
+        ids, mask = _prompt(B=2, P=9)
+        pos = (mask.cumsum(1) - 1).clamp_min(0)
+        kv = KVCache(2, 32, torch.float32, "cpu")
+        got = LeanForward(model, fold=False)(ids, pos, kv, kv.begin(mask.bool()))
+        want = model(ids, attention_mask=mask, position_ids=pos).logits
+        torch.testing.assert_close(got[mask.bool()], want[mask.bool()], atol=1e-4, rtol=1e-4)
+
+
 def test_auto_picks_numpy_for_small_float_models_only():
     from specdec.quant import quantize_model
     from specdec.runner import resolve_impl
