@@ -14,7 +14,8 @@ import torch
 
 from distill_helpers import ROOT, assert_same_weights, make_cfg, save_pair
 from specdec.distill import DistillConfig, train
-from specdec.distill.data import PromptSet, left_pad, make_batch
+from specdec.distill.data import PromptSet, assemble, continuation_logits, left_pad, make_batch
+from specdec.distill.rollout import Rollout, pick, sample_rows
 from specdec.distill.schedule import warmup_cosine
 from specdec.distill.skd import skd_generate, skd_replace
 from specdec.distill.trainer import learning_rate
@@ -58,10 +59,41 @@ def test_skd_generate_with_k_equal_v_is_the_drafts_greedy_output(target_model, d
     ids, mask = left_pad([ids[0].tolist(), ids[1, 2:].tolist(), ids[2, 4:].tolist()], 0)
     got = skd_generate(target_model, draft_model, ids, mask, 6, 0.0, 64, 64)
     ref = autoregressive_generate(draft_model, ids, mask, max_new_tokens=6).new_tokens
-    assert got == ref
+    assert got.rows() == ref
     # K = 1 at greedy: every token is the target's argmax, i.e. the target's greedy output
     got = skd_generate(target_model, draft_model, ids, mask, 6, 0.0, 1, 64)
-    assert got == autoregressive_generate(target_model, ids, mask, max_new_tokens=6).new_tokens
+    assert got.rows() == autoregressive_generate(target_model, ids, mask, max_new_tokens=6).new_tokens
+
+
+def test_skd_keeps_the_targets_logits_of_a_forward_over_the_sequence(target_model, draft_model):
+    """The kept logits replace the trainer's target forward: they must be what that forward computes,
+    position by position, on rows of different prompt lengths (left padding) at temperature 1."""
+    ids = torch.randint(3, 64, (3, 9), generator=torch.Generator().manual_seed(2))
+    ids, mask = left_pad([ids[0].tolist(), ids[1, 3:].tolist(), ids[2, 6:].tolist()], 0)
+    g = torch.Generator().manual_seed(0)
+    out = skd_generate(target_model, draft_model, ids, mask, 7, 1.0, 3, 64, g)
+    batch = assemble([r[r != 0].tolist() for r in ids], out.rows(), 7, 0, "skd")
+    torch.testing.assert_close(out.kept[batch.cont_mask], continuation_logits(target_model, batch, 64),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_rollout_rows_are_cut_after_the_first_eos():
+    r = Rollout(torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8]]), None)
+    assert r.rows([2]) == [[5, 2], [5, 6, 7, 8]] and r.rows() == [[5, 2, 7, 2], [5, 6, 7, 8]]
+
+
+def test_sample_rows_draws_each_rows_distribution():
+    """Inverse-CDF sampling, one uniform per row: chi-square against the row's distribution (false-alarm
+    rate 1e-3 per row), zero-mass ids never drawn, unnormalised rows accepted."""
+    from conftest import chi2_pvalue
+    probs = torch.tensor([[0.5, 0.0, 0.25, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0, 3.0], [0.1, 0.2, 0.3, 0.4, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_rows(probs, g) for _ in range(4000)])                    # [n, 3]
+    for row in range(3):
+        counts = torch.bincount(draws[:, row], minlength=5)
+        assert (counts[probs[row] == 0] == 0).all()
+        assert chi2_pvalue(counts, probs[row]) > 1e-3, (row, counts)
+    assert torch.equal(pick(torch.tensor([[0.1, 3.0, -1.0]]), 0.0), torch.tensor([1]))
 
 
 # ---------------------------------------------------------------------------------------------- data
