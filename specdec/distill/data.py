@@ -30,10 +30,11 @@ import json
 import random
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from ..corpus import CATEGORIES, read_source, split_files
+from ..corpus import CATEGORIES, read_source, split_files, stdlib_root
 from ..prompts import builtin, load_prompts_file
 from .rollout import pick, rollout
 from .skd import skd_generate
@@ -172,6 +173,29 @@ def heldout_prompts(tokenizer, n: int, prompt_tokens: int) -> list:
     by_cat = [[it for it in items if it["category"] == c] for c in CATEGORIES]
     order = [it for group in zip(*by_cat) for it in group] or items
     return [tokenizer(it["prompt"], add_special_tokens=False).input_ids[-prompt_tokens:] for it in order[:n]]
+
+
+UNSEEN_CATEGORIES = ("test", "window")
+
+
+def unseen_prompts(per_category: int, chars: int = 800, root: Path | None = None) -> list[dict]:
+    """Prompts of categories that neither the trainer nor the built-in sets hold: `test` (the stdlib's own
+    test modules, which the corpus leaves out of both splits) and `window` (held-out modules cut at an
+    arbitrary line, not at a function, class, docstring or comment). Each prompt is about `chars`
+    characters from the first line start after the middle of its file, ending at a line end.
+    Deterministic (files sorted, `per_category` spread evenly over them). Records as prompts.builtin."""
+    root = stdlib_root() if root is None else Path(root)
+    files = {"test": sorted((root / "test").glob("test_*.py")), "window": split_files(root)[1]}
+    out = []
+    for cat in UNSEEN_CATEGORIES:
+        big = [f for f in files[cat] if f.stat().st_size >= 4 * chars]      # a stat each; read only the picks
+        for i in range(min(per_category, len(big))):
+            path = big[i * len(big) // per_category]
+            text = read_source(path)
+            start = text.find("\n", len(text) // 2) + 1
+            window = text[start:start + chars]
+            out.append({"id": f"{cat}-{path.stem}", "category": cat, "prompt": window[:window.rfind("\n") + 1]})
+    return out
 
 
 def left_pad(prompts: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
