@@ -55,6 +55,8 @@ TEMPS = (0.0, 1.0)
 class MatrixConfig:
     out: str = option(None, "output folder (before.json, cells.jsonl, runs/, curve.png)", group="output", required=True)
     report: bool = option(False, "only tabulate and plot what DIR holds", group="output")
+    also: tuple[str, ...] = option((), "--report: other matrix folders whose cells join the plot (each cell's gain "
+                                   "relative to its own undistilled draft; names prefixed by the folder)", group="output")
     keep_models: bool = option(False, "keep each cell's distilled draft (else only its metrics)", group="output")
     cells: tuple[str, ...] = option(("fkl:student",), "divergence:source[:lr] cells; sources: " +
                                     ", ".join(SOURCES + CACHED), group="cells")
@@ -204,14 +206,15 @@ COLUMNS = [("cell", "cell", 28, "s"), ("tokens", "tokens", 9, "d"), ("minutes", 
            ("gain_T1", "gain %", 7, "+.1f"), ("est_T0", "est T0", 7, ".3f"), ("est_T1", "est T1", 7, ".3f")]
 
 
-def plot(before_row: dict, cells: list[dict], path: Path) -> Path:
-    """MAL gain (%) against training minutes and trained tokens, greedy and T 1, one line per cell."""
+def plot(runs: list[tuple[dict, list]], path: Path) -> Path:
+    """MAL gain (%) against training minutes and trained tokens, greedy and T 1, one line per cell.
+    runs: (undistilled evaluation, cells) per matrix folder; each cell is relative to its own folder's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharey="row")
-    for c in cells:
+    for before_row, c in [(b, c) for b, cells in runs for c in cells]:
         pts = [{"tokens": 0, "train_s": 0.0, **{k: before_row[k] for k in before_row if k.endswith(("_T0", "_T1"))}}]
         pts += c["curve"]
         for row, T in enumerate(("T0", "T1")):
@@ -233,11 +236,21 @@ def plot(before_row: dict, cells: list[dict], path: Path) -> Path:
     return path
 
 
-def report(out: Path) -> int:
-    before_row = json.loads((out / "before.json").read_text())["eval"]
-    cells, _ = read_jsonl(out / "cells.jsonl") if (out / "cells.jsonl").is_file() else ([], 0)
+def load(folder: Path, prefix: str = "") -> tuple[dict, list]:
+    """(the undistilled evaluation, the finished cells) of a matrix folder; cell names get `prefix`."""
+    before_row = json.loads((folder / "before.json").read_text())["eval"]
+    cells, _ = read_jsonl(folder / "cells.jsonl") if (folder / "cells.jsonl").is_file() else ([], 0)
+    return before_row, [{**c, "cell": prefix + c["cell"]} for c in cells]
+
+
+def report(out: Path, also=()) -> int:
+    before_row, cells = load(out)
     print(format_table(table_rows(before_row, cells), COLUMNS))
-    written = plot(before_row, cells, out / "curve.png") if cells else None
+    runs = [(before_row, cells)]
+    for other in also:
+        runs.append(load(Path(other), Path(other).name + ": "))
+        print(f"\n{other}:\n" + format_table(table_rows(*runs[-1]), COLUMNS))
+    written = plot(runs, out / "curve.png") if cells else None
     print(json.dumps({"out": str(out), "cells": len(cells), "plot": None if written is None else str(written)}))
     return 0
 
@@ -251,7 +264,7 @@ def main(argv=None) -> int:
         ap.error(str(e))
     out = Path(args.out)
     if args.report:
-        return report(out)
+        return report(out, args.also)
     torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in to_dict(args).items() if k not in ("cells", "report", "keep_models", "threads")}
@@ -274,7 +287,7 @@ def main(argv=None) -> int:
               f"{p['mean_accepted_length_T0']:.3f} ({g['gain_mean_accepted_length_T0']:+.1f}%), T1 "
               f"{p['mean_accepted_length_T1']:.3f} ({g['gain_mean_accepted_length_T1']:+.1f}%)", flush=True)
     print()
-    return report(out)
+    return report(out, args.also)
 
 
 if __name__ == "__main__":
