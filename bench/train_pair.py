@@ -13,6 +13,12 @@ Stages (each one re-runnable; scratch files live in bench/_work/, which git igno
   # 4. pair report: decode-step costs, their ratio, teacher-forced greedy agreement, shipped sizes
   python3 bench/train_pair.py --report
 
+  # a larger draft candidate for the shipped pair (same tokenizer, same data, same recipe), exported
+  # beside the results rather than into specdec/assets:
+  python3 bench/train_pair.py --streams
+  python3 bench/train_pair.py --model draft3m --max-minutes 30 --threads 1
+  python3 bench/train_pair.py --model draft3m --export --export-dir bench/results/draft3m
+
 Training stops at --max-steps or at the --max-minutes wall-clock budget, whichever comes first; the
 learning rate follows warmup + cosine over the *larger* of the two progress fractions, so a run cut
 by the budget still ends annealed. That makes the schedule depend on machine speed (the data order
@@ -63,15 +69,24 @@ MODELS = {
                    num_attention_heads=8, num_key_value_heads=8),
     "draft": dict(num_hidden_layers=2, hidden_size=128, intermediate_size=384,
                   num_attention_heads=4, num_key_value_heads=4),
+    # ~3.2M parameters: is the 0.95M draft what limits distillation? Two layers like the draft (a decode
+    # step's cost on a CPU grows with depth more than with width), twice as wide.
+    "draft3m": dict(num_hidden_layers=2, hidden_size=256, intermediate_size=1024,
+                    num_attention_heads=4, num_key_value_heads=4),
 }
 MAX_POSITIONS = 1024
+PAIR = ("target", "draft")   # the shipped pair (--report measures these)
 
 
 @dataclass
 class Stage:
     """Which stage to run (default: pretrain --model)."""
     tokenizer: bool = option(False, "train the BPE and tokenise the corpus", group="stages")
+    streams: bool = option(False, "tokenise the corpus with the SHIPPED tokenizer (specdec/assets/draft), no BPE "
+                           "training: the data of a new model for the shipped pair", group="stages")
     export: bool = option(False, "export --model's last checkpoint to specdec/assets", group="stages")
+    export_dir: str | None = option(None, "--export into this folder instead of specdec/assets/<model>",
+                                    group="stages")
     report: bool = option(False, "measure the exported pair (costs, agreement)", group="stages")
     resume: bool = option(False, "continue --model's checkpoint", group="stages")
 
@@ -102,7 +117,7 @@ class TrainConfig:
         if self.model not in MODELS:
             raise ValueError(f"--model must be one of {sorted(MODELS)}, got {self.model!r}")
         if self.lr is None:
-            self.lr = {"target": 1.5e-3, "draft": 3e-3}[self.model]
+            self.lr = {"target": 1.5e-3, "draft": 3e-3, "draft3m": 3e-3}[self.model]
         if self.seq_len + 1 > MAX_POSITIONS:
             raise ValueError(f"--seq-len must be < {MAX_POSITIONS}")
         if self.max_minutes <= 0 or self.max_steps <= 0:
@@ -129,6 +144,13 @@ def build_tokenizer(vocab_size: int) -> None:
                                    pad_token=PAD, model_max_length=MAX_POSITIONS)
     fast.save_pretrained(TOKENIZER_DIR)
     print(f"tokenizer: {len(fast)} tokens, trained in {time.time() - t0:.0f}s -> {TOKENIZER_DIR}")
+
+
+def use_shipped_tokenizer() -> None:
+    """The shipped pair's tokenizer as the working one (a new model must share the target's ids)."""
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(ASSETS / "draft").save_pretrained(TOKENIZER_DIR)
+    print(f"tokenizer: the shipped one ({ASSETS / 'draft'}) -> {TOKENIZER_DIR}")
 
 
 def load_tokenizer():
@@ -314,35 +336,32 @@ def train(cfg: TrainConfig, resume: bool) -> None:
 
 # ----------------------------------------------------------------------------- measurement
 
-def load_exported(name: str, attn: str = "eager"):
-    """The shipped folder loaded the way the engine does: plain transformers, fp32, CPU."""
+def load_exported(name, attn: str = "eager"):
+    """An exported folder (a model name under specdec/assets, or a path) loaded the way the engine does:
+    plain transformers, fp32, CPU."""
     from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(ASSETS / name, dtype=torch.float32,
+    path = ASSETS / name if isinstance(name, str) else name
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                 attn_implementation=attn).eval()
 
 
 @torch.inference_mode()
 def decode_step_ms(model, n_new: int, context: int = 256, steps: int = 40, repeats: int = 5) -> float:
-    """Median wall time (ms) of one cached forward over n_new tokens after a `context`-token prefill.
+    """Median wall time (ms) of one cached forward over n_new tokens after a `context`-token prefill, on
+    the decoders' own path (specdec.costs.StepTimer: ModelRunner, the lean forward, the in-place cache).
 
-    After each step the cache is cropped back to `context` tokens, so every step sees the same
-    context length (the cost a speculative verify or draft step pays, not a growing one).
+    Each step's tokens are forgotten afterwards, so every step sees the same context length (the cost a
+    speculative verify or draft step pays, not a growing one). Median over `repeats` of the mean of
+    `steps` steps.
     """
+    from specdec.costs import StepTimer
+
     g = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
-    prefix = torch.randint(0, vocab, (1, context), generator=g)
-    xs = torch.randint(0, vocab, (steps, 1, n_new), generator=g)
-    cache = model(prefix, use_cache=True).cache
-    for x in xs[:5]:  # warm-up
-        model(x, cache=cache, use_cache=True)
-        cache.crop(-n_new)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for x in xs:
-            model(x, cache=cache, use_cache=True)
-            cache.crop(-n_new)
-        times.append((time.perf_counter() - t0) / steps * 1e3)
+    prefix = torch.randint(0, model.config.vocab_size, (1, context), generator=g)
+    timer = StepTimer(model, prefix, batch_size=1, max_tokens=n_new)
+    for _ in range(5):  # warm-up
+        timer.step(n_new)
+    times = [sum(timer.step(n_new) for _ in range(steps)) / steps * 1e3 for _ in range(repeats)]
     return statistics.median(times)
 
 
@@ -357,7 +376,7 @@ def pair_step_costs(threads: tuple[int, ...] = (2, 1), rounds: int = 2) -> dict:
     """{threads: {model: {ms_1tok, ms_5tok}}}: the two models timed alternately, `rounds` times, the
     best round kept per model, so a burst of load from other jobs on the shared CPU hits one round of
     one model rather than the whole ratio."""
-    models = {name: load_exported(name) for name in MODELS}
+    models = {name: load_exported(name) for name in PAIR}
     out = {}
     for t in threads:
         best: dict = {}
@@ -425,7 +444,7 @@ tok = AutoTokenizer.from_pretrained(path)
 COSTS_BEGIN, COSTS_END = "<!-- decode-step costs: written by --report -->", "<!-- end of costs -->"
 COSTS_PENDING = "Decode-step costs: not measured yet (`python3 bench/train_pair.py --report`)."
 COSTS = """Cost per decode step, measured by `python3 bench/train_pair.py --report`: one cached forward after
-a 256-token prefill, HF eager attention, fp32, CPU ({cpu}, {cpu_count} cores, shared with other jobs,
+a 256-token prefill on the decoders' path (ModelRunner, lean forward, in-place cache), fp32, CPU ({cpu}, {cpu_count} cores, shared with other jobs,
 load average {load} at the start), median of 5 x 40 steps, best of {rounds} rounds interleaved with
 the other model, {date}.
 
@@ -438,10 +457,13 @@ ROLES = {
               "speculative decoding must reproduce.",
     "draft": "The draft of specdec's bundled speculative-decoding pair: an ordinary small model "
              "pretrained on the same data as the target (not distilled from it).",
+    "draft3m": "A larger draft candidate for specdec's bundled pair (not shipped): an ordinary model "
+               "pretrained like the bundled draft, on the same data and with the same tokenizer, twice as "
+               "wide (not distilled from the target).",
 }
 
 
-def export(name: str, held_windows_n: int = 256) -> dict:
+def export(name: str, held_windows_n: int = 256, folder: str | None = None) -> dict:
     from transformers import GenerationConfig
 
     path = ckpt_path(name)
@@ -451,7 +473,7 @@ def export(name: str, held_windows_n: int = 256) -> dict:
     tok = load_tokenizer()
     model = make_model(name, tok)
     model.load_state_dict(ck["model"])
-    out = ASSETS / name
+    out = ASSETS / name if folder is None else Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.safetensors"):
         old.unlink()
@@ -462,7 +484,7 @@ def export(name: str, held_windows_n: int = 256) -> dict:
                      pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(out)
 
     torch.set_num_threads(2)
-    shipped = load_exported(name, attn="sdpa")
+    shipped = load_exported(out, attn="sdpa")
     seq_len = ck["config"]["seq_len"]
     held = heldout_windows(load_stream("heldout"), held_windows_n, seq_len)
     held_loss = eval_loss(shipped, held)
@@ -513,7 +535,7 @@ def greedy_agreement(target, draft, windows: torch.Tensor, batch: int = 16) -> f
 def write_costs_into_cards(by_threads: dict, env: dict) -> None:
     rows = []
     for t, per_model in by_threads.items():
-        for name in MODELS:
+        for name in PAIR:
             ms = per_model[name]
             ratio = per_model["target"]["ms_1tok"] / per_model["draft"]["ms_1tok"]
             rows.append(f"| {name}, {t} thread{'s' if t > 1 else ''} | {ms['ms_1tok']:.2f} ms "
@@ -521,7 +543,7 @@ def write_costs_into_cards(by_threads: dict, env: dict) -> None:
     load = "n/a" if env["loadavg"] is None else f"{env['loadavg'][0]:.1f}"
     text = COSTS.format(cpu=env["cpu"], cpu_count=env["cpu_count"], load=load, rounds=2,
                         date=env["date"], rows="\n".join(rows))
-    for name in MODELS:
+    for name in PAIR:
         card = ASSETS / name / "README.md"
         body = card.read_text()
         if COSTS_BEGIN not in body or COSTS_END not in body:
@@ -533,7 +555,7 @@ def write_costs_into_cards(by_threads: dict, env: dict) -> None:
 
 def report(windows_n: int = 256, seq_len: int = 256) -> dict:
     torch.set_num_threads(2)
-    for name in MODELS:
+    for name in PAIR:
         if not (ASSETS / name / "config.json").exists():
             raise FileNotFoundError(f"{ASSETS / name} missing; run --model {name} --export first")
     env = cpu_environment()  # before timing: its load average says how busy the CPU was
@@ -542,7 +564,7 @@ def report(windows_n: int = 256, seq_len: int = 256) -> dict:
     target, draft = load_exported("target", "sdpa"), load_exported("draft", "sdpa")
     held = heldout_windows(load_stream("heldout"), windows_n, seq_len)
     agreement = greedy_agreement(target, draft, held)
-    sizes = {name: weight_bytes(ASSETS / name) for name in MODELS}
+    sizes = {name: weight_bytes(ASSETS / name) for name in PAIR}
     out = {
         "step_ms": costs,
         "ratio_1tok": costs["target"]["ms_1tok"] / costs["draft"]["ms_1tok"],
@@ -583,8 +605,11 @@ def main(argv=None) -> None:
     if args.tokenizer:
         build_tokenizer(cfg.vocab_size)
         build_streams()
+    elif args.streams:
+        use_shipped_tokenizer()
+        build_streams()
     elif args.export:
-        export(cfg.model)
+        export(cfg.model, folder=args.export_dir)
     elif args.report:
         report()
     else:

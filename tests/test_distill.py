@@ -14,7 +14,8 @@ import torch
 
 from distill_helpers import ROOT, assert_same_weights, make_cfg, save_pair
 from specdec.distill import DistillConfig, train
-from specdec.distill.data import PromptSet, left_pad, make_batch
+from specdec.distill.data import PromptSet, assemble, continuation_logits, left_pad, make_batch, unseen_prompts
+from specdec.distill.rollout import Rollout, pick, sample_rows
 from specdec.distill.schedule import warmup_cosine
 from specdec.distill.skd import skd_generate, skd_replace
 from specdec.distill.trainer import learning_rate
@@ -58,10 +59,41 @@ def test_skd_generate_with_k_equal_v_is_the_drafts_greedy_output(target_model, d
     ids, mask = left_pad([ids[0].tolist(), ids[1, 2:].tolist(), ids[2, 4:].tolist()], 0)
     got = skd_generate(target_model, draft_model, ids, mask, 6, 0.0, 64, 64)
     ref = autoregressive_generate(draft_model, ids, mask, max_new_tokens=6).new_tokens
-    assert got == ref
+    assert got.rows() == ref
     # K = 1 at greedy: every token is the target's argmax, i.e. the target's greedy output
     got = skd_generate(target_model, draft_model, ids, mask, 6, 0.0, 1, 64)
-    assert got == autoregressive_generate(target_model, ids, mask, max_new_tokens=6).new_tokens
+    assert got.rows() == autoregressive_generate(target_model, ids, mask, max_new_tokens=6).new_tokens
+
+
+def test_skd_keeps_the_targets_logits_of_a_forward_over_the_sequence(target_model, draft_model):
+    """The kept logits replace the trainer's target forward: they must be what that forward computes,
+    position by position, on rows of different prompt lengths (left padding) at temperature 1."""
+    ids = torch.randint(3, 64, (3, 9), generator=torch.Generator().manual_seed(2))
+    ids, mask = left_pad([ids[0].tolist(), ids[1, 3:].tolist(), ids[2, 6:].tolist()], 0)
+    g = torch.Generator().manual_seed(0)
+    out = skd_generate(target_model, draft_model, ids, mask, 7, 1.0, 3, 64, g)
+    batch = assemble([r[r != 0].tolist() for r in ids], out.rows(), 7, 0, "skd")
+    torch.testing.assert_close(out.kept[batch.cont_mask], continuation_logits(target_model, batch, 64),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_rollout_rows_are_cut_after_the_first_eos():
+    r = Rollout(torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8]]), None)
+    assert r.rows([2]) == [[5, 2], [5, 6, 7, 8]] and r.rows() == [[5, 2, 7, 2], [5, 6, 7, 8]]
+
+
+def test_sample_rows_draws_each_rows_distribution():
+    """Inverse-CDF sampling, one uniform per row: chi-square against the row's distribution (false-alarm
+    rate 1e-3 per row), zero-mass ids never drawn, unnormalised rows accepted."""
+    from conftest import chi2_pvalue
+    probs = torch.tensor([[0.5, 0.0, 0.25, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0, 3.0], [0.1, 0.2, 0.3, 0.4, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_rows(probs, g) for _ in range(4000)])                    # [n, 3]
+    for row in range(3):
+        counts = torch.bincount(draws[:, row], minlength=5)
+        assert (counts[probs[row] == 0] == 0).all()
+        assert chi2_pvalue(counts, probs[row]) > 1e-3, (row, counts)
+    assert torch.equal(pick(torch.tensor([[0.1, 3.0, -1.0]]), 0.0), torch.tensor([1]))
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -83,6 +115,69 @@ def test_batches_are_deterministic_and_masked(pair_dirs):
     # mix: the fraction of student batches follows lmbda
     srcs = [make_batch(ps, source="mix", lmbda=0.25, step=s, micro=0, **kw).source for s in range(40)]
     assert 3 <= srcs.count("student") <= 18 and set(srcs) == {"student", "dataset"}
+
+
+def test_teacher_source_keeps_the_targets_logits_and_the_trainer_uses_them(pair_dirs):
+    """The teacher source samples from the target and keeps its logits: they equal the target's forward
+    over the finished sequence, and the loss reads them instead of running the target again."""
+    from types import SimpleNamespace
+    from specdec.distill.trainer import micro_loss
+    from specdec.models import load_model, load_tokenizer
+    tok = load_tokenizer(pair_dirs["draft"])
+    target, draft = load_model(pair_dirs["target"]), load_model(pair_dirs["draft"])
+    V = len(tok)
+    ps = PromptSet(tok, 12, 6, jsonl=pair_dirs["data"])
+    b = make_batch(ps, source="teacher", batch_size=3, seed=0, step=1, micro=0, temperature=1.0,
+                   pad_id=tok.pad_token_id, vocab_size=V, target=target)
+    assert b.teacher_logits.shape == (b.num_tokens, V)
+    torch.testing.assert_close(b.teacher_logits, continuation_logits(target, b, V), atol=1e-4, rtol=1e-4)
+    cfg = DistillConfig(out="x", divergence="fkl")
+
+    def refuse(*a, **k):
+        raise AssertionError("the target ran although the batch carries its logits")
+    job = SimpleNamespace(cfg=cfg, model=draft, target=refuse, vocab=V)
+    kept = micro_loss(job, b, None, normalizer=b.num_tokens)
+    b.teacher_logits = None
+    job.target = target
+    assert float(kept) == pytest.approx(float(micro_loss(job, b, None, normalizer=b.num_tokens)), rel=1e-4)
+
+
+def _fake_stdlib(root):
+    """A stdlib-shaped folder: test/test_*.py modules and modules on both sides of the held-out split."""
+    import zlib
+    lines = "".join(f"x{i} = {i}  # line {i}\n" for i in range(200))
+    (root / "test").mkdir(parents=True)
+    for i in range(3):
+        (root / "test" / f"test_m{i}.py").write_text(lines)
+    (root / "test" / "test_tiny.py").write_text("x = 1\n")
+    held = [n for n in (f"mod{i}.py" for i in range(60)) if zlib.crc32(n.encode()) % 10 == 0]
+    for name in held[:2] + ["not_held_a.py", "not_held_b.py"]:
+        (root / name).write_text(lines)
+    return held[:2]
+
+
+def test_unseen_prompts_are_windows_of_tests_and_held_out_modules(tmp_path):
+    held = _fake_stdlib(tmp_path)
+    got = unseen_prompts(2, chars=300, root=tmp_path)
+    assert [p["category"] for p in got] == ["test", "test", "window", "window"]
+    assert {p["id"] for p in got if p["category"] == "window"} == {f"window-{n[:-3]}" for n in held}
+    for p in got:  # whole lines, from the middle of the file, at most `chars` long
+        assert p["prompt"].endswith("\n") and p["prompt"].startswith("x") and 0 < len(p["prompt"]) <= 300
+        assert int(p["prompt"].split(" ")[0][1:]) >= 100
+    assert got == unseen_prompts(2, chars=300, root=tmp_path)
+
+
+def test_evaluation_reports_every_temperature(target_model, draft_model):
+    from specdec.distill.evaluate import evaluate
+    cfg = DistillConfig(out="x", eval_temperatures=(0.0, 1.0), eval_new_tokens=5, eval_gamma=2)
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    row = evaluate(target_model, draft_model, prompts, cfg, 64, 0, spec=True)
+    for key in ("est_acceptance", "mean_accepted_length", "alpha", "eval_divergence"):
+        assert row[key] == row[f"{key}_T0"] and f"{key}_T1" in row
+    assert row["eval_tokens"] == 10 and not draft_model.training
+    assert DistillConfig(out="x", temperature=0.0).eval_temperatures == (0.0,)
+    with pytest.raises(ValueError, match="--eval-temperatures"):
+        DistillConfig(out="x", eval_temperatures=(float("nan"),))
 
 
 def test_prompt_only_jsonl_rejects_the_dataset_source(tmp_path, pair_dirs):

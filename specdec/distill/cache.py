@@ -204,7 +204,8 @@ def _cache_step(step: int, cfg: CacheConfig, prompts: PromptSet, target, tok, vo
         b = make_batch(prompts, source=cfg.data_source, batch_size=cfg.batch_size, seed=cfg.seed, step=step,
                        micro=micro, temperature=cfg.temperature, pad_id=pad_id, eos_ids=eos_ids,
                        vocab_size=vocab, target=target, device=device)
-        idx, logp, tail = teacher_topk(continuation_logits(target, b, vocab), cfg.topk, cfg.temperature)
+        t_logits = b.teacher_logits if b.teacher_logits is not None else continuation_logits(target, b, vocab)
+        idx, logp, tail = teacher_topk(t_logits, cfg.topk, cfg.temperature)
         b = b.to("cpu")
         out.append({"input_ids": b.input_ids, "attention_mask": b.attention_mask, "cont_mask": b.cont_mask,
                     "source": b.source, "topk_idx": idx.to(torch.int32).cpu(), "topk_logp": logp.cpu(),

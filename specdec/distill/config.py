@@ -65,6 +65,9 @@ class DistillConfig:
                                   group="evaluation")
     eval_prompts: int = option(16, "held-out prompts used by the evaluations", group="evaluation")
     eval_gamma: int = option(4, "gamma of the speculative evaluation run", group="evaluation")
+    eval_temperatures: tuple[float, ...] | None = option(None, "temperatures the evaluations run at, comma-separated "
+                                                         "(default: --temperature)", group="evaluation")
+    eval_new_tokens: int = option(64, "tokens each evaluation generates per prompt", group="evaluation")
     # checkpoints
     save_every: int = option(50, "atomic checkpoint every N steps (0 = only the final output)", group="checkpoints")
     keep_checkpoints: int = option(2, "checkpoints kept on disk", group="checkpoints")
@@ -97,12 +100,17 @@ class DistillConfig:
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ValueError("--weight-decay and --max-grad-norm must be >= 0")
         for name in ("steps", "batch_size", "grad_accum", "prompt_tokens", "new_tokens", "chunk_size",
-                     "eval_prompts", "eval_gamma", "keep_checkpoints", "skd_topk"):
+                     "eval_prompts", "eval_gamma", "eval_new_tokens", "keep_checkpoints", "skd_topk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{config.flag_name(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every", "spec_eval_every", "save_every", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{config.flag_name(name)} must be >= 0, got {getattr(self, name)}")
+        if self.eval_temperatures is None:
+            self.eval_temperatures = (self.temperature,)
+        self.eval_temperatures = tuple(float(t) for t in self.eval_temperatures)
+        if not self.eval_temperatures or any(not math.isfinite(t) or t < 0 for t in self.eval_temperatures):
+            raise ValueError(f"--eval-temperatures must be finite numbers >= 0, got {self.eval_temperatures}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.resume and self.overwrite:

@@ -12,7 +12,9 @@ Data sources (what the sequences y of the loss E_y[D(p || q)] are):
   mix       per batch, the draft samples with probability lmbda, else the dataset (GKD's lambda)
   skd       the draft proposes each token; a proposal outside the target's top-K is replaced by a
             sample of the target (SKD, Xu et al. 2024)
-All sampling is at the deployment temperature with the project's helpers (specdec.sampling).
+All sampling is at the deployment temperature, on the shared cached-decode helper (rollout.py). The
+teacher and skd sources run the target while sampling and keep its logits (Batch.teacher_logits): their
+loss needs no second target forward.
 
 Determinism: every batch is a pure function of (seed, step, global micro-batch index) and the config, so a
 resumed run draws the same data and the same samples as an uninterrupted one, and the data position
@@ -28,12 +30,13 @@ import json
 import random
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from ..corpus import CATEGORIES, read_source, split_files
-from ..decoding import autoregressive_generate
+from ..corpus import CATEGORIES, read_source, split_files, stdlib_root
 from ..prompts import builtin, load_prompts_file
+from .rollout import pick, rollout
 from .skd import skd_generate
 
 SOURCES = ("dataset", "teacher", "student", "mix", "skd")
@@ -46,11 +49,14 @@ class Batch:
     input_ids, attention_mask: [B, P + C]; cont_mask: [B, C] bool, True where continuation token c is
     real (not padding after EOS). The logits at column P - 1 + c predict continuation token c, so the
     loss reads the last C + 1 logit columns but the last (logits_to_keep = C + 1, drop the final one).
+    teacher_logits: [N, V'] the target's logits on the N real continuation tokens, where sampling the
+    batch computed them (teacher, skd); None: the trainer runs the target.
     """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     cont_mask: torch.Tensor
     source: str
+    teacher_logits: torch.Tensor | None = None
 
     @property
     def new_tokens(self) -> int:
@@ -64,7 +70,9 @@ class Batch:
         return (self.attention_mask.cumsum(1) - 1).clamp_min(0)
 
     def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.cont_mask.to(device), self.source)
+        t = None if self.teacher_logits is None else self.teacher_logits.to(device)
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.cont_mask.to(device), self.source,
+                     t)
 
 
 @dataclass
@@ -167,6 +175,29 @@ def heldout_prompts(tokenizer, n: int, prompt_tokens: int) -> list:
     return [tokenizer(it["prompt"], add_special_tokens=False).input_ids[-prompt_tokens:] for it in order[:n]]
 
 
+UNSEEN_CATEGORIES = ("test", "window")
+
+
+def unseen_prompts(per_category: int, chars: int = 800, root: Path | None = None) -> list[dict]:
+    """Prompts of categories that neither the trainer nor the built-in sets hold: `test` (the stdlib's own
+    test modules, which the corpus leaves out of both splits) and `window` (held-out modules cut at an
+    arbitrary line, not at a function, class, docstring or comment). Each prompt is about `chars`
+    characters from the first line start after the middle of its file, ending at a line end.
+    Deterministic (files sorted, `per_category` spread evenly over them). Records as prompts.builtin."""
+    root = stdlib_root() if root is None else Path(root)
+    files = {"test": sorted((root / "test").glob("test_*.py")), "window": split_files(root)[1]}
+    out = []
+    for cat in UNSEEN_CATEGORIES:
+        big = [f for f in files[cat] if f.stat().st_size >= 4 * chars]      # a stat each; read only the picks
+        for i in range(min(per_category, len(big))):
+            path = big[i * len(big) // per_category]
+            text = read_source(path)
+            start = text.find("\n", len(text) // 2) + 1
+            window = text[start:start + chars]
+            out.append({"id": f"{cat}-{path.stem}", "category": cat, "prompt": window[:window.rfind("\n") + 1]})
+    return out
+
+
 def left_pad(prompts: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """list of id lists -> (ids [B, P], mask [B, P]) left-padded."""
     P = max(len(p) for p in prompts)
@@ -219,28 +250,32 @@ def make_batch(prompts: PromptSet, *, source: str, batch_size: int, seed: int, s
     if src == "dataset":
         prompts.check_source(src)
         return assemble(p_ids, [e[1] for e in examples], C, pad_id, src).to(device)
-    gseed = stream_seed(seed, "sample", step, micro)
+    g = torch.Generator(device=device).manual_seed(stream_seed(seed, "sample", step, micro))
     ids, mask = left_pad(p_ids, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    eos = list(eos_ids) or None
-    if src in ("teacher", "student"):
-        model = target if src == "teacher" else draft
-        if model is None:
-            raise ValueError(f"data source {src!r} needs the {'target' if src == 'teacher' else 'draft'} model")
-        conts = autoregressive_generate(model, ids, mask, max_new_tokens=C, temperature=temperature, seed=gseed,
-                                        eos_token_id=eos, vocab_size=vocab_size).new_tokens
+    if src == "student":
+        if draft is None:
+            raise ValueError("data source 'student' needs the draft model")
+        out = rollout([draft], ids, mask, C, vocab_size, lambda lg: pick(lg[0], temperature, g))
+    elif src == "teacher":
+        if target is None:
+            raise ValueError("data source 'teacher' needs the target model")
+        out = rollout([target], ids, mask, C, vocab_size, lambda lg: pick(lg[0], temperature, g), keep=0)
     elif src == "skd":
         if target is None or draft is None:
             raise ValueError("data source 'skd' needs both the target and the draft")
-        g = torch.Generator(device=ids.device).manual_seed(gseed)
-        conts = skd_generate(target, draft, ids, mask, C, temperature, skd_topk, vocab_size, g, set(eos_ids))
+        out = skd_generate(target, draft, ids, mask, C, temperature, skd_topk, vocab_size, g)
     else:
         raise ValueError(f"data source must be one of {SOURCES}, got {src!r}")
-    return assemble(p_ids, conts, C, pad_id, src).to(device)
+    batch = assemble(p_ids, out.rows(eos_ids), C, pad_id, src).to(device)
+    if out.kept is not None:
+        batch.teacher_logits = out.kept[batch.cont_mask]                                  # [N, V']
+    return batch
 
 
 class LiveSource:
-    """Micro-batches built while training (make_batch); the teacher side is the live target's forward."""
+    """Micro-batches built while training (make_batch); the teacher side is the target's logits the
+    sampling kept (teacher, skd) or, for the others, the trainer's forward of the target."""
 
     def __init__(self, prompts: PromptSet, cfg, *, target, draft, pad_id: int, eos_ids, vocab_size: int, device):
         self.prompts, self.cfg = prompts, cfg

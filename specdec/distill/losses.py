@@ -52,24 +52,26 @@ def loss_temperature(temperature: float) -> float:
 def _plogq(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """p * (log p - log q) with 0 * (anything) = 0 (empty buckets, e.g. the tail when K = V).
 
-    The masked-out branch is fed finite values so no NaN appears in either direction."""
+    The masked-out branch is fed finite values so no NaN appears in either direction (a NaN in the
+    unselected branch of a where still poisons the gradient: d(p * d)/dp = d). Scalar fills: no [N, V]
+    tensor of zeros is allocated."""
     pos = p > 0
-    diff = torch.where(pos, logp - torch.where(pos, logq, torch.zeros_like(logq)), torch.zeros_like(logp))
-    return p * diff
+    return p * torch.where(pos, logp - torch.where(pos, logq, 0.0), 0.0)
 
 
 def divergence_from_logprobs(t_logp: torch.Tensor, s_logp: torch.Tensor, kind: str, beta: float = 0.5) -> torch.Tensor:
     """Per-token divergence between two distributions given as log-probabilities (fp32).
 
     t_logp, s_logp: [N, V] (or [N, K+1] buckets), each row a normalised log-distribution (-inf allowed
-    for empty buckets). Returns [N].
+    for empty buckets). Returns [N]. Only the probabilities a divergence reads are exponentiated.
     """
     _check(kind, beta)
-    p, q = t_logp.exp(), s_logp.exp()                                        # [N, V]
     if kind == "fkl":
-        return _plogq(p, t_logp, s_logp).sum(-1)
+        return _plogq(t_logp.exp(), t_logp, s_logp).sum(-1)
+    q = s_logp.exp()                                                          # [N, V]
     if kind == "rkl":
         return _plogq(q, s_logp, t_logp).sum(-1)
+    p = t_logp.exp()                                                          # [N, V]
     if kind == "tvd":
         return 0.5 * (p - q).abs().sum(-1)
     # jsd: log m = log(beta p + (1 - beta) q), computed as a logaddexp of the two weighted log-probs.

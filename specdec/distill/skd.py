@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..decoding import cache_kwarg
-from ..sampling import mask_logits, sample_tokens
+from .rollout import Rollout, pick, rollout
 
 
 def skd_replace(proposed: torch.Tensor, target_logits: torch.Tensor, k: int, temperature: float,
@@ -19,43 +18,17 @@ def skd_replace(proposed: torch.Tensor, target_logits: torch.Tensor, k: int, tem
     k = min(int(k), target_logits.shape[-1])
     topk = torch.topk(target_logits, k, dim=-1).indices                                 # [B, k]
     inside = (topk == proposed[:, None]).any(-1)                                         # [B]
-    own = sample_tokens(mask_logits(target_logits, temperature), temperature, generator)  # [B]
+    own = pick(target_logits, temperature, generator)                                    # [B]
     return torch.where(inside, proposed, own), ~inside
 
 
-@torch.no_grad()
 def skd_generate(target, draft, ids, mask, new_tokens: int, temperature: float, k: int, vocab_size: int,
-                 generator=None, eos_ids=()) -> list:
-    """Continuations under SKD. ids, mask: [B, P] left-padded. Returns per-row id lists (cut after EOS).
+                 generator=None) -> Rollout:
+    """Continuations under SKD. ids, mask: [B, P] left-padded. Both models decode on their own
+    ModelRunner (one single-token forward of each per step); the target's logits at every continuation
+    position are kept (Rollout.kept: the teacher side of the loss, without a second target forward)."""
+    def choose(logits):
+        d_logits, t_logits = logits
+        return skd_replace(pick(d_logits, temperature, generator), t_logits, k, temperature, generator)[0]
 
-    Both models keep a KV cache; each step costs one single-token forward of each model.
-    """
-    from transformers import DynamicCache
-
-    B = ids.shape[0]
-    caches = [DynamicCache(), DynamicCache()]
-    models = [target, draft]
-    kws = [cache_kwarg(m) for m in models]
-    pos = (mask.cumsum(1) - 1).clamp_min(0)
-    att = mask.clone()
-    logits = [m(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1,
-                **{kw: c}).logits[:, -1, :vocab_size] for m, kw, c in zip(models, kws, caches)]
-    nxt_pos = pos[:, -1:] + 1
-    out = torch.empty((B, 0), dtype=torch.long, device=ids.device)
-    for _ in range(int(new_tokens)):
-        t_logits, d_logits = logits
-        proposed = sample_tokens(mask_logits(d_logits, temperature), temperature, generator)   # [B]
-        tok, _ = skd_replace(proposed, t_logits, k, temperature, generator)
-        out = torch.cat([out, tok[:, None]], 1)
-        att = torch.cat([att, torch.ones_like(tok[:, None])], 1)
-        logits = [m(input_ids=tok[:, None], attention_mask=att, position_ids=nxt_pos, use_cache=True,
-                    **{kw: c}).logits[:, -1, :vocab_size] for m, kw, c in zip(models, kws, caches)]
-        nxt_pos = nxt_pos + 1
-    return [cut_at_eos(row, eos_ids) for row in out.tolist()]
-
-
-def cut_at_eos(row: list, eos_ids) -> list:
-    for i, t in enumerate(row):
-        if t in eos_ids:
-            return row[:i + 1]
-    return row
+    return rollout([draft, target], ids, mask, new_tokens, vocab_size, choose, keep=1)

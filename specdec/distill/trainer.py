@@ -207,15 +207,18 @@ def train_step(job: Job, step: int) -> dict:
 
 def micro_loss(job: Job, batch, teacher: TeacherTopK | None, normalizer) -> torch.Tensor:
     """sum over the micro-batch's generated tokens of D(p || q) / normalizer (a differentiable scalar).
-    The teacher side is the cached top-K + tail when the source read one, else the live target."""
+    The teacher side is the cached top-K + tail when the source read one, else the target's logits the
+    sampling kept, else a forward of the live target."""
     cfg = job.cfg
     s = continuation_logits(job.model, batch, job.vocab)                      # [N, V]
     if teacher is not None:
         t = teacher.to(s.device)
         return divergence_topk(t.idx, t.logp, t.tail, s, cfg.divergence, cfg.beta, cfg.temperature,
                                normalizer=normalizer, chunk_size=cfg.chunk_size)
-    with torch.no_grad():
-        t_logits = continuation_logits(job.target, batch, job.vocab)          # [N, V]
+    t_logits = batch.teacher_logits
+    if t_logits is None:
+        with torch.no_grad():
+            t_logits = continuation_logits(job.target, batch, job.vocab)      # [N, V]
     return divergence(t_logits, s, cfg.divergence, cfg.beta, cfg.temperature, normalizer=normalizer,
                       chunk_size=cfg.chunk_size)
 
