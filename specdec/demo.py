@@ -26,14 +26,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .benchmark import BenchConfig, run_bench
+from .benchmark import BenchConfig, format_auto_shift, run_bench
 from .config import add_arguments as _add_arguments, config_from_args, option, to_dict
 from .distill.data import SOURCES, UNSEEN_CATEGORIES, unseen_prompts
 from .distill.losses import KINDS
 from .distill.trainer import DistillConfig, train
 from .plots import plot_files
 from .prompts import builtin
-from .results import BenchRow
+from .metrics import AUTO
+from .results import BenchRow, auto_shift
 from .util import (format_table as _table, prepare_out_dir, read_jsonl, resolve_device, write_json_atomic,
                    write_text_atomic)
 
@@ -111,10 +112,12 @@ def _distill_config(cfg: DemoConfig) -> DistillConfig:
 def bench_config(cfg: DemoConfig, draft: str | None, out: Path, prompts: Path | None = None) -> BenchConfig:
     """Stage 1's and 3's settings: the same prompts and seeds, only the draft differs. prompts: the file
     stage 0 wrote (None: the built-in sets, to check every other setting before the file exists)."""
-    return BenchConfig(target=cfg.target, draft=draft, device=cfg.device, threads=cfg.threads, gamma=cfg.gamma,
-                       temperature=(0.0, 1.0), batch_size=(1,), baselines=("ar",),
-                       prompts=None if prompts is None else str(prompts), num_prompts=0, max_new_tokens=cfg.max_new_tokens, repeats=cfg.repeats, warmup=1,
-                       seed=cfg.seed, out=str(out), no_plots=True, no_progress=cfg.no_progress)
+    # gamma auto beside the fixed gammas: the summary shows the count it picks before and after.
+    return BenchConfig(target=cfg.target, draft=draft, device=cfg.device, threads=cfg.threads,
+                       gamma=tuple(cfg.gamma) + (AUTO,), temperature=(0.0, 1.0), batch_size=(1,), baselines=("ar",),
+                       prompts=None if prompts is None else str(prompts), num_prompts=0,
+                       max_new_tokens=cfg.max_new_tokens, repeats=cfg.repeats, warmup=1, seed=cfg.seed, out=str(out),
+                       no_plots=True, no_progress=cfg.no_progress)
 
 
 def prompts_path(cfg: DemoConfig) -> Path:
@@ -134,9 +137,11 @@ def write_prompts(cfg: DemoConfig) -> list[dict]:
 # The comparison (pure functions of the two benchmarks' rows).
 
 def _sd_rows(rows: list[BenchRow], category: str = "all") -> dict:
-    """(temperature, gamma) -> the speculative row of `category` at batch size 1."""
-    return {(float(r.temperature), int(r.gamma)): r for r in rows
-            if r.method == "sd" and r.category == category and r.batch_size == 1 and r.mean_accepted_length is not None}
+    """(temperature, gamma) -> the speculative row of `category` at batch size 1, fixed gammas only (auto's
+    rows are summarised by auto_shift)."""
+    return {(float(r.temperature), r.gamma): r for r in rows
+            if r.method == "sd" and isinstance(r.gamma, int) and r.category == category and r.batch_size == 1
+            and r.mean_accepted_length is not None}
 
 
 def compare(before: list[BenchRow], after: list[BenchRow]) -> list[dict]:
@@ -191,7 +196,7 @@ def group_gains(before: list[BenchRow], after: list[BenchRow], gamma: int = GOAL
     return out
 
 
-def goals(rows: list[dict], groups: list[dict]) -> dict:
+def goals(rows: list[dict], groups: list[dict], shift: list[dict] = ()) -> dict:
     """The closed loop's goals, from the summary's own numbers (None where a figure is missing)."""
     gain = {(g["group"], g["temperature"]): g["mal_gain_pct"] for g in groups}
     bb, ba = best_gamma(rows, "before"), best_gamma(rows, "after")
@@ -200,7 +205,9 @@ def goals(rows: list[dict], groups: list[dict]) -> dict:
     return {"mal_gain_builtin_T0_pct": gain.get(("built-in", 0.0)), "mal_gain_builtin_T1_pct": gain.get(("built-in", 1.0)),
             "mal_gain_unseen_T0_pct": gain.get(("unseen", 0.0)), "mal_gain_unseen_T1_pct": gain.get(("unseen", 1.0)),
             "best_speedup_ratio": {f"T{T:g}": v for T, v in ratio.items()},
-            "greedy_equals_plain": bool(matches) and all(m is True for m in matches)}
+            "greedy_equals_plain": bool(matches) and all(m is True for m in matches),
+            # positive: gamma auto drafts more after distillation, unasked (issue 13's goal)
+            "auto_mean_gamma_change": {f"T{r['temperature']:g}": r["gamma_change"] for r in shift}}
 
 
 TABLE = [("temperature", "T", 3, "g"), ("gamma", "gamma", 5, "d"), ("acc_before", "acc rate", 8, ".3f"),
@@ -297,14 +304,16 @@ def summarise(cfg: DemoConfig, dcfg: DistillConfig, before: list, after: list, t
           f"{', '.join(UNSEEN_CATEGORIES)}):")
     print(_table(groups, GROUP_TABLE))
     print("\n" + format_best(rows))
+    shift = auto_shift(before, after)
+    if shift:
+        print("\ngamma auto (the count chosen each round from alpha and the measured step costs), before -> after:")
+        print(format_auto_shift(before, after))
     plots = [str(p) for p in plot_files(results_paths, out / "plots", ["before", "after"])]
     plots.append(str(plot_training(Path(dcfg.out) / "metrics.jsonl", out / "plots")))
     summary = {"config": to_dict(cfg), "distill": to_dict(dcfg), "rows": rows, "groups": groups,
                "best_gamma": {"before": best_gamma(rows, "before"), "after": best_gamma(rows, "after")},
-               # gamma="auto" (chosen per row from the cost model): the gammas it picks before and after go
-               # here once the benchmark measures it; until then the demo reports the fixed gammas only.
-               "auto_gamma": None,
-               "goals": goals(rows, groups), "times_s": times, "total_s": sum(times.values()), "plots": plots}
+               "auto_gamma": shift,
+               "goals": goals(rows, groups, shift), "times_s": times, "total_s": sum(times.values()), "plots": plots}
     write_json_atomic(out / "summary.json", summary, indent=2)
     print(f"plots: {', '.join(plots) or 'none'}")
     print(json.dumps({"summary": str(out / "summary.json"), "total_s": round(summary["total_s"], 1),

@@ -121,7 +121,10 @@ def test_quick_demo_end_to_end(tiny_pair, tmp_path, capsys):
     # the unseen categories were benchmarked beside the built-in ones, and every greedy row matched
     assert {g["group"] for g in summary["groups"]} >= {"built-in", "unseen", "test", "window"}
     assert summary["goals"]["greedy_equals_plain"] is True and set(summary["best_gamma"]["after"]) == {"0.0", "1.0"}
-    assert "auto_gamma" in summary
+    # gamma auto ran beside the fixed gammas in both benchmarks: its counts before and after, per temperature
+    assert {r["temperature"] for r in summary["auto_gamma"]} == {0.0, 1.0}
+    assert all(sum(r["gamma_counts_after"]) > 0 for r in summary["auto_gamma"])
+    assert set(summary["goals"]["auto_mean_gamma_change"]) == {"T0", "T1"}
     assert (out / "draft" / "model.safetensors").exists() and (out / "plots" / "training.png").exists()
     for stage in ("before", "after"):
         assert json.loads((out / stage / "results.json").read_text())["meta"]["command"].startswith("specdec bench")
