@@ -244,7 +244,7 @@ def load(folder: Path, prefix: str = "") -> tuple[dict, list]:
 
 
 def report(out: Path, also=()) -> int:
-    before_row, cells = load(out)
+    before_row, cells = load(out, out.name + ": " if also else "")   # overlaid: every cell names its folder
     print(format_table(table_rows(before_row, cells), COLUMNS))
     runs = [(before_row, cells)]
     for other in also:
