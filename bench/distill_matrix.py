@@ -26,7 +26,7 @@ excluded.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdec.config import add_arguments, config_from_args, option, to_dict  # noqa: E402
+from specdec.config import option, parse_script_args, to_dict  # noqa: E402
 from specdec.distill import CacheConfig, DistillConfig, build_cache, train  # noqa: E402
 from specdec.distill.data import SOURCES, heldout_prompts  # noqa: E402
 from specdec.distill.evaluate import evaluate  # noqa: E402
@@ -76,8 +76,13 @@ class MatrixConfig:
     threads: int = option(1, "torch CPU threads (1: fastest on a busy shared CPU)", group="training")
 
     def __post_init__(self):
+        # Every cell's trainer settings are checked here, before any model loads (DistillConfig validates).
         for c in self.cells:
-            parse_cell(c, self.lr)
+            _, _, lr = parse_cell(c, self.lr)
+            try:
+                dataclasses.replace(base_config(self, Path("unused")), lr=lr)
+            except ValueError as e:
+                raise ValueError(f"{e} (cell {c!r})") from None
 
 
 def parse_cell(cell: str, default_lr: float) -> tuple[str, str, float]:
@@ -256,12 +261,7 @@ def report(out: Path, also=()) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap, MatrixConfig)
-    try:
-        args = config_from_args(ap.parse_args(argv), MatrixConfig)
-    except ValueError as e:
-        ap.error(str(e))
+    args = parse_script_args(argv, __doc__, MatrixConfig)
     out = Path(args.out)
     if args.report:
         return report(out, args.also)

@@ -22,7 +22,6 @@ fixed-width table and ends with one JSON line; the JSON file is rewritten after 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdec.config import add_arguments, config_from_args, option, to_dict  # noqa: E402
+from specdec.config import option, parse_script_args, to_dict  # noqa: E402
 from specdec.distill import CacheConfig, DistillConfig, build_cache  # noqa: E402
 from specdec.distill.data import SOURCES, PromptSet, make_batch  # noqa: E402
 from specdec.distill.dist import Dist  # noqa: E402
@@ -159,12 +158,7 @@ COLUMNS = [("job", "job", 14, "s"), ("kind", "kind", 24, "s"), ("tokens_per_s", 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap, ThroughputConfig)
-    try:
-        cfg = config_from_args(ap.parse_args(argv), ThroughputConfig)
-    except ValueError as e:
-        ap.error(str(e))
+    cfg = parse_script_args(argv, __doc__, ThroughputConfig)
     torch.set_num_threads(cfg.threads)
     tmp = Path(tempfile.mkdtemp(prefix="distill_throughput_"))
     total = 1 + cfg.rounds * cfg.steps

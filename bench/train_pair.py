@@ -30,7 +30,6 @@ The draft is an ordinary small model pretrained on the same data, never distille
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -48,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from specdec import corpus  # noqa: E402
-from specdec.config import add_arguments, config_from_args, option  # noqa: E402
+from specdec.config import option, parse_script_args  # noqa: E402
 from specdec.distill.schedule import warmup_cosine  # noqa: E402
 from specdec.util import environment, write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -590,14 +589,7 @@ def report(windows_n: int = 256, seq_len: int = 256) -> dict:
 # ----------------------------------------------------------------------------- CLI
 
 def parse_args(argv=None) -> tuple[Stage, TrainConfig]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap, Stage)
-    add_arguments(ap, TrainConfig)
-    ns = ap.parse_args(argv)
-    try:
-        return config_from_args(ns, Stage), config_from_args(ns, TrainConfig)
-    except ValueError as e:
-        ap.error(str(e))
+    return parse_script_args(argv, __doc__, Stage, TrainConfig)
 
 
 def main(argv=None) -> None:

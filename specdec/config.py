@@ -165,6 +165,20 @@ def config_from_args(args: argparse.Namespace, cls, **overrides):
     return cls(**kw)
 
 
+def parse_script_args(argv, description: str | None, *classes):
+    """A script's command line -> one config per class in `classes` (their flags share one parser); a bad
+    value is argparse's usage error (one line, exit code 2). For the bench/ scripts."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for cls in classes:
+        add_arguments(ap, cls)
+    ns = ap.parse_args(argv)
+    try:
+        configs = tuple(config_from_args(ns, cls) for cls in classes)
+    except ValueError as e:
+        ap.error(str(e))
+    return configs[0] if len(configs) == 1 else configs
+
+
 def to_argv(cfg) -> list[str]:
     """The flags that rebuild `cfg` from the command's defaults: only the settings that differ."""
     hints, argv = _hints(type(cfg)), []

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from specdec.config import add_arguments, config_from_args, differences, option
+from specdec.config import add_arguments, config_from_args, differences, option, parse_script_args
 from specdec.util import RUN_FILE, prepare_out_dir, write_json_atomic
 
 
@@ -110,3 +110,23 @@ def test_to_argv_rebuilds_the_config():
     p = argparse.ArgumentParser()
     add_arguments(p, _Listed)
     assert config_from_args(p.parse_args(to_argv(listed)), _Listed) == listed
+
+
+@dataclass
+class _Other:
+    steps: int = option(10, "steps")
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+
+
+def test_script_args_one_parser_for_several_configs(capsys):
+    """bench/ scripts: one command line -> one config per class; a value a config rejects is argparse's
+    usage error (exit code 2), not a traceback."""
+    cfg, other = parse_script_args(["--out", "x", "--lr", "0.01", "--steps", "3"], "doc", _Cfg, _Other)
+    assert (cfg.out, cfg.lr, other.steps) == ("x", 0.01, 3)
+    assert parse_script_args(["--steps", "4"], None, _Other).steps == 4
+    with pytest.raises(SystemExit) as e:
+        parse_script_args(["--out", "x", "--steps", "0"], "doc", _Cfg, _Other)
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith("--steps must be >= 1, got 0")

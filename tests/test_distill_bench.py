@@ -2,6 +2,7 @@
 bench/distill_throughput.py (rates and goals), without training anything."""
 import importlib.util
 import json
+import re
 import sys
 
 import pytest
@@ -27,6 +28,21 @@ def test_matrix_cells_parse_and_reject_bad_ones(monkeypatch):
             m.parse_cell(bad, 1e-3)
     with pytest.raises(ValueError, match="--cells"):
         m.MatrixConfig(out="x", cells=("fkl:student", "tvd:cache-student"))
+
+
+def test_matrix_settings_fail_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    """A trainer setting the matrix cannot run (--steps 0, a cell's negative lr) is argparse's usage error
+    (exit code 2), not a traceback after the models and the first evaluation (it once was)."""
+    m = _script("distill_matrix", monkeypatch)
+    monkeypatch.setattr(m, "before", lambda *a: pytest.fail("reached the models"))
+    for argv, match in ((["--steps", "0"], "--steps must be >= 1"),
+                        (["--cells", "fkl:skd:-1"], "--lr must be > 0.*fkl:skd:-1")):
+        with pytest.raises(SystemExit) as e:
+            m.main(["--out", str(tmp_path / "m"), *argv])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and re.search(match, err.splitlines()[-1])
+    assert not (tmp_path / "m").exists()
 
 
 def test_matrix_curve_counts_tokens_and_time_up_to_each_evaluation(tmp_path, monkeypatch):
