@@ -7,11 +7,12 @@
     3. DIR/after/results.json    the benchmark of the distilled draft on the same prompts
     4. tables on stdout, DIR/summary.json, and plots in DIR/plots/: acceptance and speedup against gamma,
        before and after overlaid, and the training curves from DIR/draft/metrics.jsonl.
-Each benchmark covers greedy and temperature 1 at batch size 1 over every gamma. The summary reports,
-per temperature and gamma, acceptance rate, alpha, mean acceptance length (MAL) and speedup before and
-after; the best gamma before and after with its speedup; the MAL gain at gamma 4 on the built-in and on
-the unseen categories; whether greedy output equals plain decoding before and after. Every setting of
-all three stages is built and checked before the first one starts.
+Each benchmark covers greedy and temperature 1 at batch size 1 over every gamma and gamma auto. The
+summary reports, per temperature and gamma, acceptance rate, alpha, mean acceptance length (MAL) and
+speedup before and after; the best gamma before and after with its speedup; the MAL gain at gamma 4 on
+the built-in and on the unseen categories; whether greedy output equals plain decoding before and after;
+the mean count gamma auto chose before and after. Every setting of all three stages is built and
+checked before the first one starts.
 
 The default distillation settings are the recipe measured by bench/distill_matrix.py (bench/RESULTS.md,
 "DistillSpec"): forward KL on SKD samples (the draft proposes, the target replaces proposals outside
@@ -63,8 +64,8 @@ class DemoConfig:
                                     group="distillation")
     prompt_tokens: int = option(16, "prompt tokens of each distillation sequence", group="distillation")
     new_tokens: int = option(112, "trained (continuation) tokens of each distillation sequence", group="distillation")
-    gamma: tuple[int, ...] | None = option(None, "gammas benchmarked, comma-separated (default: 1,2,3,4,6; quick: 2,4)",
-                                           group="benchmark")
+    gamma: tuple[int, ...] | None = option(None, "fixed gammas benchmarked, comma-separated, beside gamma auto "
+                                           "(default: 1,2,3,4,6; quick: 2,4)", group="benchmark")
     num_prompts: int | None = option(None, "held-out prompts per built-in category in the benchmarks (default: 2; "
                                      "quick: 1)", group="benchmark")
     unseen_prompts: int | None = option(None, "prompts per unseen category (default: 2; quick: 1; 0: none)",
@@ -306,7 +307,8 @@ def summarise(cfg: DemoConfig, dcfg: DistillConfig, before: list, after: list, t
     print("\n" + format_best(rows))
     shift = auto_shift(before, after)
     if shift:
-        print("\ngamma auto (the count chosen each round from alpha and the measured step costs), before -> after:")
+        print("\ngamma auto (the count chosen each round from each row's acceptance and the measured round costs), "
+              "before -> after:")
         print(format_auto_shift(before, after))
     plots = [str(p) for p in plot_files(results_paths, out / "plots", ["before", "after"])]
     plots.append(str(plot_training(Path(dcfg.out) / "metrics.jsonl", out / "plots")))
