@@ -1,0 +1,50 @@
+"""The timing scripts under bench/ run end to end on the bundled pair at tiny settings (what they report
+is measured by running them for real; here: that they run, write what they say, and clean up)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name, monkeypatch):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, mod)  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_round_phases_times_every_step_and_restores_the_decoder(tmp_path, monkeypatch, capsys):
+    from specdec import decoding, runner
+    before = dict(decoding.SpeculativeDecoder.__dict__), runner.ModelRunner.forward
+    m = _script("round_phases", monkeypatch)
+    out = tmp_path / "phases.json"
+    assert m.main(["--gamma", "2", "--temperature", "0,1", "--num-prompts", "1", "--max-new-tokens", "6",
+                   "--repeats", "2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["gamma"], r["temperature"]) for r in rows] == [(2, 0.0), (2, 1.0)]   # one row each, over both passes
+    for r in rows:
+        assert r["rounds"] > 0 and r["round_ms"] > 0
+        assert all(r[f"{s}_ms"] > 0 for s in ("draft", "score", "verify", "commit", "retire"))
+    # the wrappers are gone: the decoder's methods are the originals again
+    assert all(decoding.SpeculativeDecoder.__dict__[n] is before[0][n] for n in m.STEPS)
+    assert runner.ModelRunner.forward is before[1]
+    with pytest.raises(SystemExit) as e:
+        m.main(["--repeats", "0"])
+    assert e.value.code == 2
+
+
+def test_step_costs_reports_every_path_beside_its_floor(tmp_path, monkeypatch):
+    m = _script("step_costs", monkeypatch)
+    out = tmp_path / "steps.json"
+    assert m.main(["--device", "cpu", "--threads", "1", "--iters", "1", "--prompt-len", "8", "--gamma", "1",
+                   "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["read_bandwidth_GBps"] > 0
+    paths = {(r["model"], r["path"], r["precision"]) for r in d["rows"]}
+    assert {("target", "lean", "int8"), ("draft", "numpy", "float32"), ("target", "hf-dynamic", "float32")} <= paths
+    assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in d["rows"])
