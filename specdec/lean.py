@@ -219,7 +219,8 @@ class LeanForward:
             q = qk[:, :H].view(B, S, H, D)
             q = q.transpose(1, 2) if G == 1 else \
                 q.reshape(B, S, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * S, D)
-            o = F.scaled_dot_product_attention(q, K, V, attn_mask=gmask, scale=self.scale)
+            # A float64 cache (int8 models, runner.cache_dtype): attention runs in float64, back to x's dtype.
+            o = F.scaled_dot_product_attention(q.to(K.dtype), K, V, attn_mask=gmask, scale=self.scale).to(x.dtype)
             o = o.transpose(1, 2) if G == 1 else o.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4)
             x = layer.o.add_to(x, o.reshape(-1, H * D))
             h = self._rms(x, layer.norm2)

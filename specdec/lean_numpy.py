@@ -101,7 +101,10 @@ class NumpyLeanForward:
         return cache.numpy_views()
 
     def _rms(self, x):
-        return x * (1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.fwd.eps))
+        # np.mean's own steps (a sum reduction, then a true divide) without its Python wrapper: the same
+        # values, ~20 us less per call, five calls per draft step
+        ms = np.add.reduce(x * x, axis=-1, keepdims=True) / x.shape[-1]
+        return x * (1.0 / np.sqrt(ms + self.fwd.eps))
 
     def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0):
         f = self.fwd
@@ -123,7 +126,8 @@ class NumpyLeanForward:
             if bqkv is not None:
                 qkv += bqkv
             qkv = qkv.reshape(-1, H + 2 * Hkv, D)
-            qk = qkv[:, :H + Hkv] * cos + np.roll(qkv[:, :H + Hkv], D // 2, axis=-1) * sin   # RoPE
+            a = qkv[:, :H + Hkv]
+            qk = a * cos + np.concatenate((a[..., D // 2:], a[..., :D // 2]), -1) * sin   # RoPE (np.roll by D/2)
             Kb[:, :, start:stop] = qk[:, H:].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
             Vb[:, :, start:stop] = qkv[:, H + Hkv:].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
             K, V = (Kb, Vb) if cache.static else (Kb[:, :, :stop], Vb[:, :, :stop])   # [B, Hkv, L, D]
@@ -133,7 +137,7 @@ class NumpyLeanForward:
             o = (p @ V).reshape(B, Hkv, G, S, D).transpose(0, 3, 1, 2, 4).reshape(B * S, H * D)
             x = x + o @ wo
             gu = self._rms(x) @ wgu
-            g, u = np.split(gu, 2, axis=-1)
+            g, u = gu[:, :gu.shape[1] // 2], gu[:, gu.shape[1] // 2:]             # np.split's halves, as views
             x = x + (g * (0.5 + 0.5 * np.tanh(0.5 * g)) * u) @ wd                 # SiLU(g) * u, no overflow
         if logits_to_keep and logits_to_keep < S:
             x = x.reshape(B, S, -1)[:, -logits_to_keep:].reshape(B * logits_to_keep, -1)

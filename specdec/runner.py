@@ -16,7 +16,7 @@ import inspect
 
 import torch
 
-from . import lean, lean_numpy
+from . import lean, lean_numpy, quant
 from .kvcache import KVCache, hf_cache
 from .util import input_device
 
@@ -80,6 +80,22 @@ def numpy_forward_of(model) -> lean_numpy.NumpyLeanForward:
     return npf
 
 
+def cache_dtype(model, impl: str) -> torch.dtype:
+    """The KV cache's dtype: the model's, except float64 for an int8 model on the lean forward.
+
+    Why: attention sums over the cache's columns, and where padding and holes sit (which differs between
+    a row decoded alone, in a ragged batch, or as a speculative verify) changes the order of those sums
+    and so the last bits of the result. In float32 that is float rounding. An int8 model then rounds every
+    activation row to 255 levels, and a last-bit change that lands on a rounding boundary moves a level:
+    measured on the bundled int8 target at batch 8, a row's greedy output changed with the batch it was in.
+    With K, V (and so the scores and both reductions) in float64, the result rounded back to float32 no
+    longer depends on the layout (beyond ~1e-9 per element). The cost is attention arithmetic and cache
+    memory, both small next to the projections at these sizes (bench/RESULTS.md, "Fast decode path")."""
+    if impl == "lean" and quant.quantization_of(model) == "int8":
+        return torch.float64
+    return model_dtype(model)
+
+
 class ModelRunner:
     def __init__(self, model, batch: int, capacity: int, impl: str = "auto", cuda_graphs: bool = False,
                  static: bool | None = None):
@@ -96,7 +112,7 @@ class ModelRunner:
             raise ValueError("CUDA graphs need the static cache")
         if static:
             capacity = -(-capacity // 64) * 64   # SDPA's fused kernels want an aligned mask width
-        self.kv = KVCache(batch, capacity, model_dtype(model), self.device, static=static)
+        self.kv = KVCache(batch, capacity, cache_dtype(model, self.impl), self.device, static=static)
         self.graphs = None
         if self.impl == "lean":
             self._lean = lean_forward_of(model)
