@@ -152,7 +152,8 @@ def costs_at(table: dict, batch_size: int):
 # The cost table cache (see the module docstring).
 
 SCHEMA = 1
-_ENGINE_MODULES = ("runner", "lean", "kvcache", "quant", "graphs", "verify", "sampling", "metrics", "costs")
+_ENGINE_MODULES = ("runner", "lean", "lean_numpy", "kvcache", "quant", "graphs", "verify", "sampling", "metrics",
+                   "costs")
 
 
 def default_cache_dir() -> Path:
@@ -178,8 +179,8 @@ def model_fingerprint(model) -> str:
 
 
 def engine_fingerprint(sources=()) -> str:
-    """A hash of the engine's source: runner, lean forward, KV cache, int8, graphs, verification,
-    sampling, metrics, this file, and `sources` (the decode loop passes its own file)."""
+    """A hash of the engine's source: runner, lean forwards (torch, NumPy), KV cache, int8, graphs,
+    verification, sampling, metrics, this file, and `sources` (the decode loop passes its own file)."""
     h = hashlib.sha256()
     here = Path(__file__).parent
     for path in sorted({str(here / f"{m}.py") for m in _ENGINE_MODULES} | {str(p) for p in sources}):

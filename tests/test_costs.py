@@ -48,6 +48,20 @@ def test_key_changes_with_the_engine_source(pair, tmp_path):
     assert _key(pair, sources=[src]) != before
 
 
+def test_the_engine_fingerprint_covers_every_module_a_forward_runs():
+    """Every specdec module that runner.py imports (the forwards, the cache, int8) is hashed into the
+    key: a change to any of them must not reuse round costs measured before it (lean_numpy once was not)."""
+    import ast
+    from pathlib import Path
+    import specdec.runner
+    tree = ast.parse(Path(specdec.runner.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            imported |= {node.module} if node.module else {a.name for a in node.names}
+    assert imported - {"util"} <= set(costs._ENGINE_MODULES), imported - set(costs._ENGINE_MODULES)
+
+
 def test_cache_round_trip_and_refusals(pair, tmp_path):
     cache = costs.CostCache(tmp_path)
     key = _key(pair)
