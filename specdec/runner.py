@@ -89,8 +89,10 @@ def cache_dtype(model, impl: str) -> torch.dtype:
     activation row to 255 levels, and a last-bit change that lands on a rounding boundary moves a level:
     measured on the bundled int8 target at batch 8, a row's greedy output changed with the batch it was in.
     With K, V (and so the scores and both reductions) in float64, the result rounded back to float32 no
-    longer depends on the layout (beyond ~1e-9 per element). The cost is attention arithmetic and cache
-    memory, both small next to the projections at these sizes (bench/RESULTS.md, "Fast decode path")."""
+    longer depends on the layout (beyond ~1e-9 per element). The cost is attention arithmetic and twice
+    the cache's bytes: measured on the bundled pair, +16% on a plain decode step at batch 1, and at batch
+    8 (where the cache outweighs the int8 weights) plain decoding fell from 268 to 162 tokens/s
+    (bench/RESULTS.md, "Fast decode path")."""
     if impl == "lean" and quant.quantization_of(model) == "int8":
         return torch.float64
     return model_dtype(model)

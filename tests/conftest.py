@@ -86,3 +86,16 @@ def binom_pvalue(successes: int, n: int, prob: float) -> float:
 # random seed. Seeds are fixed, so CI is deterministic; each such test also has a negative control
 # showing that a real defect is caught at the same threshold.
 ALPHA = 1e-3
+
+
+def bench_script(name: str, monkeypatch):
+    """bench/<name>.py loaded as module `name` (registered in sys.modules for the test: its dataclasses
+    look their module up)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, mod)
+    spec.loader.exec_module(mod)
+    return mod

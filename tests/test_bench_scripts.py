@@ -1,27 +1,16 @@
 """The timing scripts under bench/ run end to end on the bundled pair at tiny settings (what they report
 is measured by running them for real; here: that they run, write what they say, and clean up)."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name, monkeypatch):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, mod)  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import bench_script
 
 
 def test_round_phases_times_every_step_and_restores_the_decoder(tmp_path, monkeypatch, capsys):
     from specdec import decoding, runner
     before = dict(decoding.SpeculativeDecoder.__dict__), runner.ModelRunner.forward
-    m = _script("round_phases", monkeypatch)
+    m = bench_script("round_phases", monkeypatch)
     out = tmp_path / "phases.json"
     assert m.main(["--gamma", "2", "--temperature", "0,1", "--num-prompts", "1", "--max-new-tokens", "6",
                    "--repeats", "2", "--out", str(out)]) == 0
@@ -39,7 +28,7 @@ def test_round_phases_times_every_step_and_restores_the_decoder(tmp_path, monkey
 
 
 def test_step_costs_reports_every_path_beside_its_floor(tmp_path, monkeypatch):
-    m = _script("step_costs", monkeypatch)
+    m = bench_script("step_costs", monkeypatch)
     out = tmp_path / "steps.json"
     assert m.main(["--device", "cpu", "--threads", "1", "--iters", "1", "--prompt-len", "8", "--gamma", "1",
                    "--out", str(out)]) == 0

@@ -1,7 +1,6 @@
 """DistillSpec trainer and data sources on tiny models built in-process (the teacher cache:
 test_teacher_cache.py; output folders, resume and user errors: test_distill_runs.py)."""
 import ast
-import importlib.util
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from conftest import bench_script
 from distill_helpers import ROOT, assert_same_weights, make_cfg, save_pair
 from specdec.distill import DistillConfig, train
 from specdec.distill.data import PromptSet, assemble, continuation_logits, left_pad, make_batch, unseen_prompts
@@ -213,10 +213,7 @@ def test_one_warmup_cosine_schedule_for_distillation_and_pretraining(monkeypatch
     assert learning_rate(cfg, 0) == pytest.approx(2.5e-4)
     assert learning_rate(cfg, 9) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
     # bench/train_pair.py's pretraining uses the same function (progress: its step or time budget)
-    spec = importlib.util.spec_from_file_location("train_pair", ROOT / "bench" / "train_pair.py")
-    train_pair = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "train_pair", train_pair)  # its dataclasses look their module up
-    spec.loader.exec_module(train_pair)
+    train_pair = bench_script("train_pair", monkeypatch)
     tc = train_pair.TrainConfig(model="draft", lr=2e-3, warmup_steps=4)
     assert train_pair.lr_at(0.5, 9, tc) == pytest.approx(2e-3 * warmup_cosine(9, 4, 0.5))
 

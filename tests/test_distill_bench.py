@@ -1,25 +1,15 @@
 """The distillation benchmark scripts' pure parts: bench/distill_matrix.py (cells, curves, gains) and
 bench/distill_throughput.py (rates and goals), without training anything."""
-import importlib.util
 import json
 import re
-import sys
 
 import pytest
 
-from distill_helpers import ROOT
-
-
-def _script(name, monkeypatch):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, mod)  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import bench_script
 
 
 def test_matrix_cells_parse_and_reject_bad_ones(monkeypatch):
-    m = _script("distill_matrix", monkeypatch)
+    m = bench_script("distill_matrix", monkeypatch)
     assert m.parse_cell("fkl:student", 1e-3) == ("fkl", "student", 1e-3)
     assert m.parse_cell("rkl:cache-dataset:3e-3", 1e-3) == ("rkl", "cache-dataset", 3e-3)
     assert m.cell_name("rkl", "cache-dataset", 3e-3) == "rkl-cache-dataset-lr0.003"
@@ -33,7 +23,7 @@ def test_matrix_cells_parse_and_reject_bad_ones(monkeypatch):
 def test_matrix_settings_fail_before_any_model_loads(tmp_path, monkeypatch, capsys):
     """A trainer setting the matrix cannot run (--steps 0, a cell's negative lr) is argparse's usage error
     (exit code 2), not a traceback after the models and the first evaluation (it once was)."""
-    m = _script("distill_matrix", monkeypatch)
+    m = bench_script("distill_matrix", monkeypatch)
     monkeypatch.setattr(m, "before", lambda *a: pytest.fail("reached the models"))
     for argv, match in ((["--steps", "0"], "--steps must be >= 1"),
                         (["--cells", "fkl:skd:-1"], "--lr must be > 0.*fkl:skd:-1")):
@@ -46,7 +36,7 @@ def test_matrix_settings_fail_before_any_model_loads(tmp_path, monkeypatch, caps
 
 
 def test_matrix_curve_counts_tokens_and_time_up_to_each_evaluation(tmp_path, monkeypatch):
-    m = _script("distill_matrix", monkeypatch)
+    m = bench_script("distill_matrix", monkeypatch)
     rows = [{"step": 1, "kind": "train", "tokens": 100, "step_s": 2.0},
             {"step": 2, "kind": "train", "tokens": 90, "step_s": 3.0},
             {"step": 2, "kind": "eval", "mean_accepted_length_T0": 2.5, "mean_accepted_length_T1": 2.0,
@@ -67,7 +57,7 @@ def test_matrix_curve_counts_tokens_and_time_up_to_each_evaluation(tmp_path, mon
 
 
 def test_throughput_rates_are_medians_over_rounds_and_goals_by_kind(monkeypatch):
-    t = _script("distill_throughput", monkeypatch)
+    t = bench_script("distill_throughput", monkeypatch)
     times = {"raw": [(1000, 1.0), (1000, 0.5), (1000, 2.0)], "cache:dataset": [(600, 1.0), (600, 1.0), (600, 2.0)],
              "student": [(150, 1.0), (150, 1.0), (250, 1.0)], "dataset": [(300, 1.0)]}
     rows = {r["job"]: r for r in t.summarise(times)}
