@@ -16,12 +16,12 @@ import sys
 
 import torch
 
-from specdec import decoding
+from specdec.engine import decoding
 from specdec.costs import entry_from_json, round_costs
-from specdec.decoding import SpeculativeDecoder
+from specdec.engine.decoding import SpeculativeDecoder
 from specdec.metrics import linear_round_costs
 from specdec.models import bundled_pair, load_pair
-from specdec.prompts import load_prompts
+from specdec.data.prompts import load_prompts
 
 
 def held_out(tok, per_category: int, skip: int) -> list:

@@ -49,16 +49,11 @@ PY
 git log --oneline -1 2>/dev/null || true
 
 step "making specdec importable"
-if ! $PY -c "import specdec.kernels.verify_triton" 2>/dev/null; then
-  $PY -m pip install --no-deps --no-build-isolation -q -e . 2>&1 | tail -2 || true
-fi
-if ! $PY -c "import specdec.kernels.verify_triton" 2>/dev/null; then
-  # no install possible: expose kernels/ as specdec/kernels in this (throwaway) copy of the tree
-  ln -sfn ../kernels specdec/kernels && export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+# Every module lives under specdec/ (kernels included): the tree itself is importable, installed or not.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 $PY -c "import specdec.kernels.verify_triton as m; print('kernel module:', m.__file__)"
 } 2>&1 | tee "$OUT/env.log"
-[ -e specdec/kernels ] && export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 step "tests on CUDA: kernel (compiled) and engine (graphs)" | tee "$OUT/tests.log"
 timeout 170 $PY -m pytest -q -p no:cacheprovider -rs --durations=8 --junitxml="$OUT/tests.xml" \

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from specdec.verify import verify_reference
+from specdec.engine.verify import verify_reference
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@
 The cost model (bench's `predicted`) counts only forwards: gamma draft steps and one verify. This script
 decodes the bench's built-in prompts with the bench's engine (`--quantize auto`: int8 target, float draft
 on the CPU) and times, per round, the decoder's named steps (draft, score, verify, commit, retire:
-specdec/decoding.py) and every forward inside them, so the time a round spends outside the forwards
+specdec/engine/decoding.py) and every forward inside them, so the time a round spends outside the forwards
 (sampling, the rejection test, the host read, cache bookkeeping) shows beside them. Per (gamma,
 temperature): the median of each step and of each forward shape over the rounds of the timed passes
 (one untimed pass first), and the decode milliseconds per round (prefill excluded). Timing wraps the
@@ -26,10 +26,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # as the CLI: the NumPy dra
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from specdec import SpeculativeDecoder, decoding, runner  # noqa: E402
+from specdec import SpeculativeDecoder  # noqa: E402
+from specdec.engine import decoding, runner  # noqa: E402
 from specdec.config import option, parse_script_args, to_dict  # noqa: E402
 from specdec.models import load_pair  # noqa: E402
-from specdec.prompts import builtin  # noqa: E402
+from specdec.data.prompts import builtin  # noqa: E402
 from specdec.util import environment, format_table, resolve_device, write_json_atomic  # noqa: E402
 
 STEPS = ("_draft", "_score", "_verify", "_commit", "_retire")

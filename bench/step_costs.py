@@ -12,7 +12,7 @@ all timed interleaved in one run. Paths:
   lean         specdec's lean forward over the same cache (Llama-family models)
   numpy        the same lean forward in NumPy (float32 on the CPU; what small drafts run there)
   lean+graphs  the lean forward replayed as CUDA graphs (CUDA only)
-Precisions: the model dtype (fp32 on the CPU, bf16 on CUDA) and, on the CPU, int8 (specdec.quant).
+Precisions: the model dtype (fp32 on the CPU, bf16 on CUDA) and, on the CPU, int8 (specdec.engine.quant).
 The draft is also timed "in a round": gamma steps back to back after a target verify, as decoding runs
 it (the first finds its weights evicted by the target's, the next find them cached); its c is that mean
 over the target's one-token step. The floor of a step is the bytes of its weights (in the precision used) / the read bandwidth this
@@ -34,7 +34,7 @@ import torch
 
 from specdec.config import add_arguments, config_from_args, option, to_dict
 from specdec.costs import interleaved_medians, sync, StepTimer
-from specdec.quant import RowwiseInt8Linear, quantize_model
+from specdec.engine.quant import RowwiseInt8Linear, quantize_model
 from specdec.util import environment, format_table, resolve_device, write_json_atomic
 
 
@@ -105,7 +105,7 @@ class _DynamicStepper:
     def __init__(self, model, prompt_ids, batch_size):
         from transformers import DynamicCache
 
-        from specdec.runner import cache_kwarg
+        from specdec.engine.runner import cache_kwarg
         dev = model.get_input_embeddings().weight.device
         self.ids = prompt_ids.to(dev).repeat(batch_size, 1)
         self.model, self.kw, self.cache = model, cache_kwarg(model), DynamicCache()

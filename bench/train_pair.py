@@ -46,7 +46,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from specdec import corpus  # noqa: E402
+from specdec.data import corpus  # noqa: E402
 from specdec.config import option, parse_script_args  # noqa: E402
 from specdec.distill.schedule import warmup_cosine  # noqa: E402
 from specdec.util import environment, write_json_atomic, write_text_atomic  # noqa: E402
@@ -405,7 +405,7 @@ CARD = """# specdec bundled {name}
 {role}
 
 Trained by specdec's own script on the Python source of the standard library (Python {pyver}), train
-split only (a module is held out iff `zlib.crc32(relpath) % 10 == 0`, see `specdec/corpus.py`).
+split only (a module is held out iff `zlib.crc32(relpath) % 10 == 0`, see `specdec/data/corpus.py`).
 Byte-level BPE tokenizer ({vocab} tokens, `{eos}` = eos/bos, `{pad}` = pad), shared by target and draft.
 
 Built with:

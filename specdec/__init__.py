@@ -7,10 +7,11 @@ import sys
 import types
 
 _EXPORTS = {
-    "SpeculativeDecoder": "decoding", "autoregressive_generate": "decoding", "GenerationOutput": "decoding",
-    "SamplingParams": "decoding", "DecodeStats": "metrics", "predicted_speedup": "metrics",
-    "expected_tokens_per_step": "metrics", "bundled_pair": "models", "load_pair": "models", "load_model": "models",
-    "load_tokenizer": "models", "check_vocab": "models", "verify": "verify", "VerifyResult": "verify",
+    "SpeculativeDecoder": "engine.decoding", "autoregressive_generate": "engine.decoding",
+    "GenerationOutput": "engine.decoding", "SamplingParams": "engine.decoding", "DecodeStats": "metrics",
+    "predicted_speedup": "metrics", "expected_tokens_per_step": "metrics", "bundled_pair": "models",
+    "load_pair": "models", "load_model": "models", "load_tokenizer": "models", "check_vocab": "models",
+    "verify": "engine.verify", "VerifyResult": "engine.verify",
 }
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"
@@ -29,8 +30,8 @@ def __dir__():
 
 
 class _Package(types.ModuleType):
-    """Importing a submodule sets it as an attribute of its package; `specdec.verify` the submodule would
-    then hide `specdec.verify` the function. An exported name keeps meaning the export."""
+    """Importing a submodule sets it as an attribute of its package; `specdec.engine.verify` the submodule would
+    then hide `specdec.engine.verify` the function. An exported name keeps meaning the export."""
 
     def __setattr__(self, name, value):
         if name in _EXPORTS and isinstance(value, types.ModuleType):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from .runner import ModelRunner, resolve_impl
+from .engine.runner import ModelRunner, resolve_impl
 from .util import device_name, input_device, write_json_atomic
 
 
@@ -152,8 +152,7 @@ def costs_at(table: dict, batch_size: int):
 # The cost table cache (see the module docstring).
 
 SCHEMA = 1
-_ENGINE_MODULES = ("runner", "lean", "lean_numpy", "kvcache", "quant", "graphs", "verify", "sampling", "metrics",
-                   "costs")
+_COST_MODULES = ("metrics.py", "costs.py")   # beside every file of engine/
 
 
 def default_cache_dir() -> Path:
@@ -178,12 +177,17 @@ def model_fingerprint(model) -> str:
     return _sha([type(model).__name__, cfg, modules, tensors])
 
 
-def engine_fingerprint(sources=()) -> str:
-    """A hash of the engine's source: runner, lean forwards (torch, NumPy), KV cache, int8, graphs,
-    verification, sampling, metrics, this file, and `sources` (the decode loop passes its own file)."""
-    h = hashlib.sha256()
+def engine_sources() -> list[Path]:
+    """The files a round's cost depends on: every module of the engine (the decode loop, forwards, cache,
+    int8, graphs, verification, sampling) and the cost model's own."""
     here = Path(__file__).parent
-    for path in sorted({str(here / f"{m}.py") for m in _ENGINE_MODULES} | {str(p) for p in sources}):
+    return sorted(here.glob("engine/*.py")) + [here / m for m in _COST_MODULES]
+
+
+def engine_fingerprint(sources=()) -> str:
+    """A hash of the engine's source (engine_sources) and of `sources`."""
+    h = hashlib.sha256()
+    for path in sorted({str(p) for p in engine_sources()} | {str(p) for p in sources}):
         h.update(Path(path).read_bytes())
     return h.hexdigest()
 

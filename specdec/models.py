@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .quant import QUANTIZE, quantize_model
+from .engine.quant import QUANTIZE, quantize_model
 from .util import input_device, logit_width
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -35,7 +35,7 @@ def resolve_dtype(dtype) -> torch.dtype | str:
 
 def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, quantize: str = "none"):
     """AutoModelForCausalLM from a local folder or a hub id, in eval mode with gradients off.
-    quantize "int8": row-independent int8 projections (specdec.quant; CPU only)."""
+    quantize "int8": row-independent int8 projections (specdec.engine.quant; CPU only)."""
     from transformers import AutoModelForCausalLM
 
     _check_exists(name_or_path)
@@ -105,7 +105,7 @@ def check_vocab(target_tok, draft_tok, target_name="target", draft_name="draft")
 def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map=None, quantize: str = "none",
               draft_quantize: str | None = None):
     """(target_model, draft_model, tokenizer, shared_vocab) for two paths or hub ids; None = bundled pair.
-    quantize "int8": row-independent int8 projections (specdec.quant; CPU only) for the target, and for
+    quantize "int8": row-independent int8 projections (specdec.engine.quant; CPU only) for the target, and for
     the draft unless draft_quantize says otherwise."""
     if target is None or draft is None:
         bt, bd = bundled_pair()

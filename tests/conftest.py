@@ -2,7 +2,7 @@
 import os
 
 # NumPy's OpenBLAS reads its thread count when NumPy loads (torch imports it): one thread, as the
-# `specdec` commands run it (specdec/lean_numpy.py), so small models take the NumPy forward here too.
+# `specdec` commands run it (specdec/engine/lean_numpy.py), so small models take the NumPy forward here too.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch  # noqa: E402

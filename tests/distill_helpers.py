@@ -28,7 +28,7 @@ def save_pair(root: Path) -> dict:
         m.save_pretrained(root / name)
         tok.save_pretrained(root / name)
         dirs[name] = str(root / name)
-    src = (ROOT / "specdec" / "decoding.py").read_text().splitlines()
+    src = (ROOT / "specdec" / "engine" / "decoding.py").read_text().splitlines()
     lines = [json.dumps({"prompt": "\n".join(src[i:i + 6]), "completion": "\n".join(src[i + 6:i + 12])})
              for i in range(0, 240, 12)]
     (root / "data.jsonl").write_text("\n".join(lines) + "\n")

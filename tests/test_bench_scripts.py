@@ -8,7 +8,7 @@ from conftest import bench_script
 
 
 def test_round_phases_times_every_step_and_restores_the_decoder(tmp_path, monkeypatch, capsys):
-    from specdec import decoding, runner
+    from specdec.engine import decoding, runner
     before = dict(decoding.SpeculativeDecoder.__dict__), runner.ModelRunner.forward
     m = bench_script("round_phases", monkeypatch)
     out = tmp_path / "phases.json"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_llama
-from specdec import benchmark, results as results_mod
+from specdec.benchmark import bench as benchmark, results as results_mod
 from specdec.cli import main
 from specdec.metrics import per_token_acceptance
-from specdec.results import BenchRow
+from specdec.benchmark.results import BenchRow
 from test_prompts import tiny_tokenizer
 
 DATA = Path(__file__).parent / "data"

@@ -36,19 +36,19 @@ def test_top_level_help_imports_no_heavy_module():
     """`specdec --help` lists every command without importing torch, transformers or a command module
     (they took seconds at every start)."""
     mods = _imported_after("import specdec.cli as c\n    try: c.main(['--help'])\n    except SystemExit: pass")
-    heavy = {"torch", "transformers", "matplotlib", "specdec.benchmark", "specdec.distill.trainer", "specdec.demo"}
+    heavy = {"torch", "transformers", "matplotlib", "specdec.benchmark.bench", "specdec.distill.trainer", "specdec.cli.demo"}
     assert not mods & heavy, mods & heavy
 
 
 def test_plot_help_imports_no_torch():
     mods = _imported_after("import specdec.cli as c\n    try: c.main(['plot', '--help'])\n    except SystemExit: pass")
-    assert "torch" not in mods and "specdec.plots" in mods
+    assert "torch" not in mods and "specdec.benchmark.plots" in mods
 
 
 def test_public_api_is_still_importable_from_the_package():
-    import specdec.decoding  # noqa: F401 - imports the submodule specdec.verify first
+    import specdec.engine.decoding  # noqa: F401 - imports the submodule specdec.engine.verify first
     from specdec import SpeculativeDecoder, verify
-    from specdec.verify import verify as verify_fn
+    from specdec.engine.verify import verify as verify_fn
 
     assert verify is verify_fn and callable(SpeculativeDecoder)
 

@@ -5,7 +5,7 @@ import zlib
 
 import pytest
 
-from specdec import corpus
+from specdec.data import corpus
 
 
 # Pinned: the rule is zlib.crc32(relpath) % 10 == 0, so these answers hold on every machine and

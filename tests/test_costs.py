@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_llama
 from specdec import SpeculativeDecoder, costs
-from specdec.quant import quantize_model
+from specdec.engine.quant import quantize_model
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +53,15 @@ def test_the_engine_fingerprint_covers_every_module_a_forward_runs():
     key: a change to any of them must not reuse round costs measured before it (lean_numpy once was not)."""
     import ast
     from pathlib import Path
-    import specdec.runner
-    tree = ast.parse(Path(specdec.runner.__file__).read_text())
+    import specdec.engine.runner
+    path = Path(specdec.engine.runner.__file__)
+    tree = ast.parse(path.read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 1:
-            imported |= {node.module} if node.module else {a.name for a in node.names}
-    assert imported - {"util"} <= set(costs._ENGINE_MODULES), imported - set(costs._ENGINE_MODULES)
+            names = [node.module] if node.module else [a.name for a in node.names]
+            imported |= {path.parent / f"{n}.py" for n in names}
+    assert imported and imported <= set(costs.engine_sources()), imported - set(costs.engine_sources())
 
 
 def test_cache_round_trip_and_refusals(pair, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from conftest import ALPHA, chi2_pvalue, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
 from specdec.metrics import DecodeStats
-from specdec.sampling import mask_logits, probs_from_logits
+from specdec.engine.sampling import mask_logits, probs_from_logits
 
 
 def _noisy_copy(model, scale, seed=0):
@@ -114,7 +114,7 @@ def test_caches_hold_exactly_the_accepted_prefix(target_model, partial_draft, im
 
 def test_holes_are_compacted(target_model, partial_draft, monkeypatch):
     """Ragged runs compact the cache once holes pile up; output still equals plain decoding."""
-    from specdec import kvcache
+    from specdec.engine import kvcache
     monkeypatch.setattr(kvcache, "COMPACT_SLACK", 4)
     calls = []
     orig = kvcache.KVCache.compact

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_llama
-from specdec import demo
+from specdec.cli import demo
 from specdec.cli import main
-from specdec.results import BenchRow
+from specdec.benchmark.results import BenchRow
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "specdec" / "assets" / "draft"
 

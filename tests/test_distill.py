@@ -54,7 +54,7 @@ def test_skd_keeps_topk_proposals_and_replaces_the_rest():
 
 
 def test_skd_generate_with_k_equal_v_is_the_drafts_greedy_output(target_model, draft_model):
-    from specdec.decoding import autoregressive_generate
+    from specdec.engine.decoding import autoregressive_generate
     ids = torch.randint(3, 64, (3, 7), generator=torch.Generator().manual_seed(0))
     ids, mask = left_pad([ids[0].tolist(), ids[1, 2:].tolist(), ids[2, 4:].tolist()], 0)
     got = skd_generate(target_model, draft_model, ids, mask, 6, 0.0, 64, 64)
@@ -220,13 +220,17 @@ def test_one_warmup_cosine_schedule_for_distillation_and_pretraining(monkeypatch
 
 # ---------------------------------------------------------------------------------------------- structure
 
-MINE = sorted((ROOT / "specdec" / "distill").glob("*.py")) + [ROOT / "specdec" / "prompts.py",
-                                                             ROOT / "specdec" / "corpus.py"]
+MINE = sorted((ROOT / "specdec" / "distill").glob("*.py")) + [ROOT / "specdec" / "data" / "prompts.py",
+                                                             ROOT / "specdec" / "data" / "corpus.py"]
+
+
+def _module(path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
 def _specdec_imports(path, tree_nodes):
     """Names of the specdec modules imported by these import nodes of `path`."""
-    package = ["specdec"] + (["distill"] if path.parent.name == "distill" else [])
+    package = list(path.relative_to(ROOT).parent.parts)
     out = []
     for node in tree_nodes:
         if isinstance(node, ast.ImportFrom) and node.level:
@@ -251,8 +255,7 @@ def test_no_import_cycles_not_even_function_local():
         local = [n for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                  for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
         assert not _specdec_imports(path, local), f"{path.name} imports a specdec module inside a function"
-        name = "specdec." + ("distill." if path.parent.name == "distill" else "") + path.stem
-        graph[name.removesuffix(".__init__")] = set(_specdec_imports(path, tree.body))
+        graph[_module(path)] = set(_specdec_imports(path, tree.body))
 
     def visit(node, stack):
         assert node not in stack, "import cycle: " + " -> ".join(stack + [node])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from specdec import generate
+from specdec.cli import generate
 from specdec.cli import main
 from test_benchmark import pair  # noqa: F401 - the tiny saved pair fixture
 

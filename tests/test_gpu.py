@@ -5,7 +5,7 @@ import torch
 
 from conftest import tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
-from specdec.runner import ModelRunner
+from specdec.engine.runner import ModelRunner
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from specdec import plots
+from specdec.benchmark import plots
 from specdec.cli import main
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from specdec.prompts import builtin, categories, limit_per_category, load_prompts, load_prompts_file
+from specdec.data.prompts import builtin, categories, limit_per_category, load_prompts, load_prompts_file
 
 DATA = Path(__file__).parent / "data"
 WORDS = "a b c d e f g h one two three four sea poem email friend write short about the to an if what is".split()

@@ -8,7 +8,7 @@ import torch
 
 from conftest import ALPHA, chi2_pvalue, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
-from specdec.quant import RowwiseInt8Linear, quantization_of, quantize_model
+from specdec.engine.quant import RowwiseInt8Linear, quantization_of, quantize_model
 from test_decoding import _batch, _exact_two_token_dist, _noisy_copy
 
 
@@ -67,7 +67,7 @@ def test_a_quantized_rows_logits_do_not_depend_on_padding_or_holes():
     scored S tokens at a time, on the lean path (its attention runs on a float64 cache: in float32 the
     sums over padded / holed columns round differently, and int8 activation rounding turns that into
     different levels; the bundled int8 target's greedy output changed with its batch at batch 8)."""
-    from specdec.runner import ModelRunner
+    from specdec.engine.runner import ModelRunner
     model = quantize_model(tiny_llama(seed=3, hidden_size=64, heads=4, kv_heads=2, num_layers=2))
     g = torch.Generator().manual_seed(0)
     rows = [torch.randint(3, 64, (n,), generator=g) for n in (37, 11, 60, 5)]

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from specdec.metrics import DecodeStats, predicted_speedup
-from specdec.results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, read_results, summarise,
+from specdec.benchmark.results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, read_results, summarise,
                              with_speedups)
 
 CATS = ["a", "a", "b", "b"]          # 4 prompts, two categories

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from specdec import SpeculativeDecoder, autoregressive_generate, lean
-from specdec.kvcache import KVCache
-from specdec.runner import ModelRunner
+from specdec import SpeculativeDecoder, autoregressive_generate
+from specdec.engine import lean
+from specdec.engine.kvcache import KVCache
+from specdec.engine.runner import ModelRunner
 
 
 def _prompt(B=3, P=7, V=64, seed=0):
@@ -90,9 +91,9 @@ def test_lean_forwards_match_transformers(impl):
 def test_unfolded_layout_matches_transformers():
     """The layout CUDA runs (separate projections, norm weights applied to the input, no fused copies),
     checked here on the CPU, for plain and int8 projections."""
-    from specdec.kvcache import KVCache
-    from specdec.lean import LeanForward
-    from specdec.quant import quantize_model
+    from specdec.engine.kvcache import KVCache
+    from specdec.engine.lean import LeanForward
+    from specdec.engine.quant import quantize_model
     for model in (tiny_llama(seed=7, kv_heads=2), quantize_model(tiny_llama(seed=8))):
         ids, mask = _prompt(B=2, P=9)
         pos = (mask.cumsum(1) - 1).clamp_min(0)
@@ -103,8 +104,8 @@ def test_unfolded_layout_matches_transformers():
 
 
 def test_auto_picks_numpy_for_small_float_models_only():
-    from specdec.quant import quantize_model
-    from specdec.runner import resolve_impl
+    from specdec.engine.quant import quantize_model
+    from specdec.engine.runner import resolve_impl
     small = tiny_llama(seed=1)
     assert resolve_impl(small) == "numpy"
     assert resolve_impl(quantize_model(tiny_llama(seed=1))) == "lean"      # int8 runs on PyTorch

@@ -4,7 +4,7 @@ import math
 import torch
 
 from conftest import ALPHA, chi2_pvalue
-from specdec.sampling import mask_logits, probs_from_logits, sample_from_probs, sample_tokens
+from specdec.engine.sampling import mask_logits, probs_from_logits, sample_from_probs, sample_tokens
 
 
 def test_top_k_and_top_p_by_hand():

@@ -10,8 +10,8 @@ import torch
 
 from conftest import ALPHA, binom_pvalue, chi2_pvalue
 from specdec import verify
-from specdec.sampling import probs_from_logits
-from specdec.verify import lenient_target
+from specdec.engine.sampling import probs_from_logits
+from specdec.engine.verify import lenient_target
 
 HAS_TRITON_KERNEL = importlib.util.find_spec("specdec.kernels.verify_triton") is not None
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(

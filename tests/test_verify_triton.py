@@ -1,4 +1,4 @@
-"""The fused Triton verification (kernels/verify_triton.py) against the PyTorch reference.
+"""The fused Triton verification (specdec/kernels/verify_triton.py) against the PyTorch reference.
 
 On a machine without CUDA the kernels run under Triton's interpreter (TRITON_INTERPRET=1, set before
 triton is imported), so shapes stay small: the interpreter costs tens of milliseconds per batch row.
@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 import specdec.kernels.verify_triton as vt  # noqa: E402
 from specdec.kernels.verify_triton import verify_triton  # noqa: E402
-from specdec.verify import verify, verify_reference  # noqa: E402
+from specdec.engine.verify import verify, verify_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The interpreter evaluates masked-off lanes too (log 0, exp overflow in lanes a select discards).

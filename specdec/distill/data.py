@@ -1,6 +1,6 @@
 """Prompts and the DistillSpec data sources: what one micro-batch of sequences is, and where it comes from.
 
-Prompts come from a JSONL file read by specdec.prompts (`{"prompt": str, "completion": str (optional)}`
+Prompts come from a JSONL file read by specdec.data.prompts (`{"prompt": str, "completion": str (optional)}`
 per line; Spec-Bench questions too) or, by default, from the bundled corpus' train split (a window of a
 stdlib train-split module, cut at a line start: the first `prompt_tokens` tokens are the prompt, the
 next `new_tokens` its fixed continuation).
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from ..corpus import CATEGORIES, read_source, split_files, stdlib_root
-from ..prompts import builtin, load_prompts_file
+from ..data.corpus import CATEGORIES, read_source, split_files, stdlib_root
+from ..data.prompts import builtin, load_prompts_file
 from .rollout import pick, rollout
 from .skd import skd_generate
 

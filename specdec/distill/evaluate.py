@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..decoding import SpeculativeDecoder, autoregressive_generate
+from ..engine.decoding import SpeculativeDecoder, autoregressive_generate
 from ..metrics import DecodeStats
 from ..util import input_device
 from .data import assemble, continuation_logits, left_pad, stream_seed

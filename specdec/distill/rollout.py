@@ -1,5 +1,5 @@
 """Continuations sampled while training (the student, teacher and skd sources) and by the teacher
-cache, on the shared cached-decode helper (specdec.runner.ModelRunner: the in-place KV cache and the
+cache, on the shared cached-decode helper (specdec.engine.runner.ModelRunner: the in-place KV cache and the
 lean forward where the model supports it).
 
 A rollout feeds a batch of left-padded prompts and picks `new_tokens` tokens for every row, every step
@@ -14,7 +14,7 @@ Kept logits are the target's distribution at every continuation position, from t
 cached forwards: a source that keeps them needs no second target forward over the sequence for its loss.
 
 Sampling draws one uniform per row and searches the cumulative distribution (`sample_rows`) instead of
-the decode loop's exponential race (specdec.sampling), which draws B x V exponentials per step: on a CPU
+the decode loop's exponential race (specdec.engine.sampling), which draws B x V exponentials per step: on a CPU
 that costs more than the draft's own forward (3.3 ms of an 8 ms step at batch 32, V 4096), and the
 race's virtue, no host sync on a GPU, is not needed here (the rollout never reads a token on the host).
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..runner import ModelRunner
+from ..engine.runner import ModelRunner
 
 
 def sample_rows(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

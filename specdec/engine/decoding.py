@@ -1,6 +1,6 @@
 """The decode loops: plain autoregressive decoding (the baseline) and batched speculative decoding.
 
-Each model runs on a ModelRunner (specdec/runner.py): its KV cache is preallocated and written in
+Each model runs on a ModelRunner (specdec/engine/runner.py): its KV cache is preallocated and written in
 place, with holes. A row that rejects drafts does not shrink its cache: the rejected columns become
 holes that attention skips, and positions come from an explicit per-row counter, so each row advances
 by its own accepted count and no row is cut back to the batch minimum or recomputed for another's
@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .costs import CostCache, context_bucket, cost_key, costs_at, entry_from_json, round_costs, sync
-from .metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, linear_round_costs, shrunk_alpha
+from ..costs import CostCache, context_bucket, cost_key, costs_at, entry_from_json, round_costs, sync
+from ..metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, linear_round_costs, shrunk_alpha
 from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
 from .sampling import mask_logits, sample_tokens
-from .util import input_device, logit_width
+from ..util import input_device, logit_width
 from .verify import LENIENCE_KINDS, verify
 
 

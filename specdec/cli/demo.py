@@ -27,16 +27,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .benchmark import BenchConfig, format_auto_shift, run_bench
-from .config import add_arguments as _add_arguments, config_from_args, option, to_dict
-from .distill.data import SOURCES, UNSEEN_CATEGORIES, unseen_prompts
-from .distill.losses import KINDS
-from .distill.trainer import DistillConfig, train
-from .plots import plot_files
-from .prompts import builtin
-from .metrics import AUTO
-from .results import BenchRow, auto_shift
-from .util import (format_table as _table, prepare_out_dir, read_jsonl, resolve_device, write_json_atomic,
+from ..benchmark.bench import BenchConfig, format_auto_shift, run_bench
+from ..config import add_arguments as _add_arguments, config_from_args, option, to_dict
+from ..distill.data import SOURCES, UNSEEN_CATEGORIES, unseen_prompts
+from ..distill.losses import KINDS
+from ..distill.trainer import DistillConfig, train
+from ..benchmark.plots import plot_files
+from ..data.prompts import builtin
+from ..metrics import AUTO
+from ..benchmark.results import BenchRow, auto_shift
+from ..util import (format_table as _table, prepare_out_dir, read_jsonl, resolve_device, write_json_atomic,
                    write_text_atomic)
 
 GOAL_GAMMA = 4          # the gamma the MAL goal is stated at

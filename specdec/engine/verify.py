@@ -213,7 +213,7 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
         if not _triton_usable(target_logits):
             raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before importing "
                              "triton to run it on the CPU; use backend='torch' or 'auto' otherwise")
-        from .kernels.verify_triton import verify_triton  # heavy optional dependency: imported on use
+        from ..kernels.verify_triton import verify_triton  # heavy optional dependency: imported on use
         out = verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
                             generator, lenience, lenience_eps)
         return VerifyResult(tokens=out.tokens, num_accepted=out.num_accepted)

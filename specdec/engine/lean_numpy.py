@@ -3,7 +3,7 @@
 Why: a small draft's step is per-operation overhead. On the project's CPUs a PyTorch operation costs a
 few microseconds of dispatch before any arithmetic, and its fp32 GEMV is 2-3x slower than OpenBLAS at
 these sizes, while a NumPy operation costs about a microsecond (bench/RESULTS.md, "Fast decode path").
-This is the same math as specdec/lean.py (fused, norm-folded projections, RoPE on q and k at once,
+This is the same math as specdec/engine/lean.py (fused, norm-folded projections, RoPE on q and k at once,
 grouped-query attention without copying K/V), on NumPy views of the same weights and of the same KV
 cache buffers (zero-copy), so the engine's cache bookkeeping is unchanged.
 

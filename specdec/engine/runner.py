@@ -1,9 +1,9 @@
 """One model with its KV cache: the cached decode step that every loop in specdec runs on.
 
-`ModelRunner(model, batch, capacity)` owns a KVCache (specdec/kvcache.py) and runs the model over it:
-  * the lean forward (specdec/lean.py) for Llama-family models, else the transformers forward with
+`ModelRunner(model, batch, capacity)` owns a KVCache (specdec/engine/kvcache.py) and runs the model over it:
+  * the lean forward (specdec/engine/lean.py) for Llama-family models, else the transformers forward with
     the cache behind transformers' public Cache API (`impl="auto"` picks; both write in place);
-  * optionally as CUDA graphs (specdec/graphs.py): every (batch, tokens) shape captured once, then
+  * optionally as CUDA graphs (specdec/engine/graphs.py): every (batch, tokens) shape captured once, then
     replayed, so a decode step costs one graph launch instead of hundreds of kernel launches.
 `forward(ids, pos, valid)` appends S columns (valid = which of them are real) and returns logits;
 `peek` does the same and forgets them; `prefill` feeds a left-padded prompt but its last token.
@@ -18,7 +18,7 @@ import torch
 
 from . import lean, lean_numpy, quant
 from .kvcache import KVCache, hf_cache
-from .util import input_device
+from ..util import input_device
 
 IMPLS = ("auto", "lean", "numpy", "hf")
 

@@ -1,6 +1,6 @@
 """Fused batched draft verification in Triton: the kernels and their host wrapper `verify_triton`.
 
-Semantics are those of `specdec.verify.verify_reference` (read its docstring for the terms accepted /
+Semantics are those of `specdec.engine.verify.verify_reference` (read its docstring for the terms accepted /
 recovered / bonus): greedy rows (temperature 0) accept iff x_i == argmax p_i and emit argmax p_j;
 sampled rows accept x_i iff u_i * q_i(x_i) < f(p_i(x_i)) and emit one token from norm(max(0, p_j - q_j))
 (recovered, falling back to p_j when that residual is empty) or from p_n (bonus).

@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from .costs import entry_from_json
+from ..costs import entry_from_json
 
 
 # The schedules of transformers' assisted generation that specdec is compared with, by result method:

@@ -12,12 +12,12 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "generate": ("specdec.generate", "speculative generation on a few prompts, with acceptance statistics"),
-    "bench": ("specdec.benchmark", "latency benchmark and acceptance curves (speculative vs plain vs HF assisted)"),
-    "plot": ("specdec.plots", "plots from one or more results.json files"),
+    "generate": ("specdec.cli.generate", "speculative generation on a few prompts, with acceptance statistics"),
+    "bench": ("specdec.benchmark.bench", "latency benchmark and acceptance curves (speculative vs plain vs HF assisted)"),
+    "plot": ("specdec.benchmark.plots", "plots from one or more results.json files"),
     "distill": ("specdec.distill.trainer", "DistillSpec: train the draft toward the target"),
     "cache-teacher": ("specdec.distill.cache", "cache the target's top-K log-probabilities for distillation"),
-    "demo": ("specdec.demo", "the closed loop on the bundled pair: bench, distill, bench again"),
+    "demo": ("specdec.cli.demo", "the closed loop on the bundled pair: bench, distill, bench again"),
 }
 
 # What a user or the machine got wrong (OSError covers a missing, unwritable or read-only path).
@@ -56,7 +56,7 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # NumPy's OpenBLAS (the small-model forward, specdec/lean_numpy.py) starts its own thread pool when
+    # NumPy's OpenBLAS (the small-model forward, specdec/engine/lean_numpy.py) starts its own thread pool when
     # NumPy is imported, whose idle threads spin against PyTorch's: one thread unless the user says
     # otherwise (set before any import of NumPy; lean_numpy.blas_single_threaded reads it).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

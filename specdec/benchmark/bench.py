@@ -34,18 +34,18 @@ from pathlib import Path
 import torch
 
 from . import baselines
-from .costs import measure_costs, sync
-from .config import (add_arguments as _add_arguments, config_from_args, flag_name, option, parse_value, to_argv,
+from ..costs import measure_costs, sync
+from ..config import (add_arguments as _add_arguments, config_from_args, flag_name, option, parse_value, to_argv,
                      to_dict)
-from .decoding import AUTO, AUTO_MAX_GAMMA, SpeculativeDecoder, _max_positions, autoregressive_generate
-from .models import bundled_pair, load_pair, resolve_dtype
-from .quant import QUANTIZE
-from .runner import IMPLS, resolve_impl
+from ..engine.decoding import AUTO, AUTO_MAX_GAMMA, SpeculativeDecoder, _max_positions, autoregressive_generate
+from ..models import bundled_pair, load_pair, resolve_dtype
+from ..engine.quant import QUANTIZE
+from ..engine.runner import IMPLS, resolve_impl
 from .plots import FIGURES, plot_files
-from .prompts import load_prompts
+from ..data.prompts import load_prompts
 from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, error_text, make_batches,
                       read_results, summarise, with_speedups)
-from .util import (RUN_FILE, environment, format_table as _table, input_device, prepare_out_dir, resolve_device,
+from ..util import (RUN_FILE, environment, format_table as _table, input_device, prepare_out_dir, resolve_device,
                    write_json_atomic)
 
 BASELINES = ("ar", "hf")

@@ -35,7 +35,7 @@ class Prompt(_PromptBase, total=False):
 
 
 def builtin(max_per_category: int | None = None) -> list[dict]:
-    """The bundled pair's held-out stdlib prompts (see specdec/corpus.py); no file needed."""
+    """The bundled pair's held-out stdlib prompts (see specdec/data/corpus.py); no file needed."""
     return [{"id": str(p["id"]), "category": p["category"], "prompt": p["prompt"]}
             for p in builtin_prompts(max_per_category=max_per_category)]
 
@@ -124,7 +124,7 @@ def limit_per_category(prompts: list[dict], n: int | None) -> list[dict]:
 def load_prompts(source=None, tokenizer=None, num_per_category: int | None = None) -> tuple[list[dict], str]:
     """(prompts, description of the source). source None = built-in sets."""
     if source is None:
-        return builtin(max_per_category=num_per_category), "builtin (held-out stdlib, specdec/corpus.py)"
+        return builtin(max_per_category=num_per_category), "builtin (held-out stdlib, specdec/data/corpus.py)"
     prompts = limit_per_category(load_prompts_file(source, tokenizer), num_per_category)
     return prompts, str(source)
 
