@@ -39,13 +39,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdec.config import option, parse_script_args, to_dict  # noqa: E402
+from specdec.common.config import option, parse_script_args, to_dict  # noqa: E402
 from specdec.distill import CacheConfig, DistillConfig, build_cache, train  # noqa: E402
 from specdec.distill.data import SOURCES, heldout_prompts  # noqa: E402
 from specdec.distill.evaluate import evaluate  # noqa: E402
 from specdec.distill.losses import KINDS  # noqa: E402
 from specdec.models import bundled_pair, load_model, load_tokenizer  # noqa: E402
-from specdec.util import append_jsonl, environment, format_table, read_jsonl, write_json_atomic  # noqa: E402
+from specdec.common.env import environment  # noqa: E402
+from specdec.common.files import append_jsonl, read_jsonl, write_json_atomic  # noqa: E402
+from specdec.common.table import format_table  # noqa: E402
 
 CACHED = ("cache-dataset", "cache-teacher")
 TEMPS = (0.0, 1.0)

@@ -37,13 +37,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdec.config import option, parse_script_args, to_dict  # noqa: E402
+from specdec.common.config import option, parse_script_args, to_dict  # noqa: E402
 from specdec.distill import CacheConfig, DistillConfig, build_cache  # noqa: E402
 from specdec.distill.data import SOURCES, PromptSet, make_batch  # noqa: E402
 from specdec.distill.dist import Dist  # noqa: E402
 from specdec.distill.trainer import setup, train_step  # noqa: E402
 from specdec.models import bundled_pair, load_model, load_tokenizer  # noqa: E402
-from specdec.util import environment, format_table, write_json_atomic  # noqa: E402
+from specdec.common.env import environment  # noqa: E402
+from specdec.common.files import write_json_atomic  # noqa: E402
+from specdec.common.table import format_table  # noqa: E402
 
 CACHEABLE = ("dataset", "teacher")
 ON_POLICY = ("student", "mix", "skd")

@@ -28,10 +28,13 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specdec import SpeculativeDecoder  # noqa: E402
 from specdec.engine import decoding, runner  # noqa: E402
-from specdec.config import option, parse_script_args, to_dict  # noqa: E402
+from specdec.common.config import option, parse_script_args, to_dict  # noqa: E402
 from specdec.models import load_pair  # noqa: E402
 from specdec.data.prompts import builtin  # noqa: E402
-from specdec.util import environment, format_table, resolve_device, write_json_atomic  # noqa: E402
+from specdec.common.env import environment  # noqa: E402
+from specdec.common.files import write_json_atomic  # noqa: E402
+from specdec.common.table import format_table  # noqa: E402
+from specdec.engine.devices import resolve_device  # noqa: E402
 
 STEPS = ("_draft", "_score", "_verify", "_commit", "_retire")
 

@@ -32,10 +32,13 @@ from pathlib import Path
 
 import torch
 
-from specdec.config import add_arguments, config_from_args, option, to_dict
+from specdec.common.config import add_arguments, config_from_args, option, to_dict
 from specdec.costs import interleaved_medians, sync, StepTimer
 from specdec.engine.quant import RowwiseInt8Linear, quantize_model
-from specdec.util import environment, format_table, resolve_device, write_json_atomic
+from specdec.common.env import environment
+from specdec.common.files import write_json_atomic
+from specdec.common.table import format_table
+from specdec.engine.devices import resolve_device
 
 
 @dataclass

@@ -47,9 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from specdec.data import corpus  # noqa: E402
-from specdec.config import option, parse_script_args  # noqa: E402
+from specdec.common.config import option, parse_script_args  # noqa: E402
 from specdec.distill.schedule import warmup_cosine  # noqa: E402
-from specdec.util import environment, write_json_atomic, write_text_atomic  # noqa: E402
+from specdec.common.env import environment  # noqa: E402
+from specdec.common.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 WORK = REPO / "bench" / "_work"
 ASSETS = REPO / "specdec" / "assets"

@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 
 from .engine.runner import ModelRunner, resolve_impl
-from .util import device_name, input_device, write_json_atomic
+from .common.env import device_name
+from .common.files import write_json_atomic
+from .engine.devices import input_device
 
 
 def sync(device) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from .engine.quant import QUANTIZE, quantize_model
-from .util import input_device, logit_width
+from .engine.devices import input_device, logit_width
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 

@@ -325,7 +325,7 @@ def test_bad_device_and_values_fail_before_loading(pair, tmp_path, capsys, monke
 def test_out_that_cannot_be_written_fails_before_loading(tmp_path, capsys, monkeypatch):
     import errno
 
-    from specdec import util
+    from specdec.common import outdir
 
     _no_model_loads(monkeypatch)
     a_file = tmp_path / "file.txt"
@@ -337,7 +337,7 @@ def test_out_that_cannot_be_written_fails_before_loading(tmp_path, capsys, monke
     def read_only(*a, **k):  # as root, chmod cannot make a read-only folder: fail the way EROFS does
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(util, "write_json_atomic", read_only)
+    monkeypatch.setattr(outdir, "write_json_atomic", read_only)
     _one_line_error(capsys, ["bench", "--out", str(tmp_path / "ro"), "--no-progress"], "Read-only file system")
 
 

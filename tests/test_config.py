@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from specdec.config import add_arguments, config_from_args, differences, option, parse_script_args
-from specdec.util import RUN_FILE, prepare_out_dir, write_json_atomic
+from specdec.common.config import add_arguments, config_from_args, differences, option, parse_script_args
+from specdec.common.files import write_json_atomic
+from specdec.common.outdir import RUN_FILE, prepare_out_dir
 
 
 @dataclass
@@ -100,7 +101,7 @@ def test_positional_and_repeated_fields_keep_the_text():
 
 
 def test_to_argv_rebuilds_the_config():
-    from specdec.config import to_argv
+    from specdec.common.config import to_argv
 
     cfg = _Cfg(out="x", threads=1, lr=1e-3, gamma=(2, 8), quick=True, progress=False)
     argv = to_argv(cfg)

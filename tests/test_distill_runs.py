@@ -9,7 +9,7 @@ import pytest
 from distill_helpers import assert_same_weights, make_cfg, save_pair
 from specdec.cli import main
 from specdec.distill import DistillConfig, train
-from specdec.util import RUN_FILE
+from specdec.common.outdir import RUN_FILE
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,8 @@ import torch
 
 from . import baselines
 from ..costs import measure_costs, sync
-from ..config import (add_arguments as _add_arguments, config_from_args, flag_name, option, parse_value, to_argv,
-                     to_dict)
+from ..common.config import (add_arguments as _add_arguments, config_from_args, flag_name, option, parse_value,
+                             to_argv, to_dict)
 from ..engine.decoding import AUTO, AUTO_MAX_GAMMA, SpeculativeDecoder, _max_positions, autoregressive_generate
 from ..models import bundled_pair, load_pair, resolve_dtype
 from ..engine.quant import QUANTIZE
@@ -45,8 +45,11 @@ from .plots import FIGURES, plot_files
 from ..data.prompts import load_prompts
 from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, error_text, make_batches,
                       read_results, summarise, with_speedups)
-from ..util import (RUN_FILE, environment, format_table as _table, input_device, prepare_out_dir, resolve_device,
-                   write_json_atomic)
+from ..common.env import environment
+from ..common.files import write_json_atomic
+from ..common.outdir import RUN_FILE, prepare_out_dir
+from ..common.table import format_table as _table
+from ..engine.devices import input_device, resolve_device
 
 BASELINES = ("ar", "hf")
 

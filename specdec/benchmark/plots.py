@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import add_arguments as _add_arguments, config_from_args, option
+from ..common.config import add_arguments as _add_arguments, config_from_args, option
 from ..metrics import AUTO
 from .results import BenchRow, read_results
 

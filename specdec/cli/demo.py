@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..benchmark.bench import BenchConfig, format_auto_shift, run_bench
-from ..config import add_arguments as _add_arguments, config_from_args, option, to_dict
+from ..common.config import add_arguments as _add_arguments, config_from_args, option, to_dict
 from ..distill.data import SOURCES, UNSEEN_CATEGORIES, unseen_prompts
 from ..distill.losses import KINDS
 from ..distill.trainer import DistillConfig, train
@@ -36,8 +36,10 @@ from ..benchmark.plots import plot_files
 from ..data.prompts import builtin
 from ..metrics import AUTO
 from ..benchmark.results import BenchRow, auto_shift
-from ..util import (format_table as _table, prepare_out_dir, read_jsonl, resolve_device, write_json_atomic,
-                   write_text_atomic)
+from ..common.files import read_jsonl, write_json_atomic, write_text_atomic
+from ..common.outdir import prepare_out_dir
+from ..common.table import format_table as _table
+from ..engine.devices import resolve_device
 
 GOAL_GAMMA = 4          # the gamma the MAL goal is stated at
 

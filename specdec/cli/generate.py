@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import add_arguments as _add_arguments, config_from_args, option
+from ..common.config import add_arguments as _add_arguments, config_from_args, option
 from ..data.corpus import builtin_prompts
 from ..engine.decoding import AUTO, SamplingParams, SpeculativeDecoder, autoregressive_generate
 from ..models import load_pair, resolve_dtype
 from ..engine.quant import QUANTIZE
 from ..engine.runner import IMPLS
-from ..util import resolve_device
+from ..engine.devices import resolve_device
 
 
 @dataclass

@@ -32,10 +32,12 @@ from pathlib import Path
 
 import torch
 
-from .. import config
-from ..config import option
+from ..common import config
+from ..common.config import option
 from ..models import bundled_pair, load_model, load_tokenizer
-from ..util import prepare_out_dir, resolve_device, write_json_atomic, write_text_atomic
+from ..common.files import write_json_atomic, write_text_atomic
+from ..common.outdir import prepare_out_dir
+from ..engine.devices import resolve_device
 from .data import Batch, PromptSet, TeacherTopK, continuation_logits, make_batch
 from .losses import teacher_topk
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..util import append_jsonl, read_jsonl, write_text_atomic
+from ..common.files import append_jsonl, read_jsonl, write_text_atomic
 
 STATE_FILE = "trainer_state.pt"
 _STATE_KEYS = ("step", "model", "optimizer", "rng")

@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from .. import config
-from ..config import option
+from ..common import config
+from ..common.config import option
 from .data import SOURCES
 from .losses import KINDS
 
 # Settings that may change when a run is resumed: they do not change the trained weights or the meaning
-# of a metrics row. Every other setting must equal the checkpoint's (util.prepare_out_dir names the ones
+# of a metrics row. Every other setting must equal the checkpoint's (common.outdir.prepare_out_dir names the ones
 # that differ).
 FREE_ON_RESUME = ("out", "resume", "overwrite", "threads", "progress", "device", "eval_every", "spec_eval_every",
                   "save_every", "keep_checkpoints")

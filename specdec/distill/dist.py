@@ -13,7 +13,7 @@ import torch
 import torch.distributed
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..util import resolve_device
+from ..engine.devices import resolve_device
 
 
 @dataclass

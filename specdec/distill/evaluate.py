@@ -13,7 +13,7 @@ import torch
 
 from ..engine.decoding import SpeculativeDecoder, autoregressive_generate
 from ..metrics import DecodeStats
-from ..util import input_device
+from ..engine.devices import input_device
 from .data import assemble, continuation_logits, left_pad, stream_seed
 from .losses import acceptance, divergence
 

@@ -8,7 +8,7 @@ One step = `grad_accum` micro-batches per process. The loss of a step is
 where the count is all_reduced before any backward (losses.py explains why per-micro-batch means are
 wrong). DDP averages gradients over ranks, so each rank scales its sum by world_size / count.
 
-Outputs in DIR (an output folder holds one run: util.prepare_out_dir): the trained draft as a Hugging
+Outputs in DIR (an output folder holds one run: common.outdir.prepare_out_dir): the trained draft as a Hugging
 Face checkpoint with its tokenizer (loadable by AutoModelForCausalLM and `specdec bench --draft DIR`),
 `distill_config.json`, `metrics.jsonl` (train loss every step, eval rows every --eval-every /
 --spec-eval-every steps), and `checkpoints/step_NNNNNN/` every --save-every steps (checkpoint.py).
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from .. import config
-from ..config import config_from_args
+from ..common import config
+from ..common.config import config_from_args
 from ..models import bundled_pair, check_vocab, load_model, load_tokenizer
-from ..util import prepare_out_dir, write_json_atomic
+from ..common.files import write_json_atomic
+from ..common.outdir import prepare_out_dir
 from .cache import TeacherCache
 from .checkpoint import MetricsLog, export_hf, load_latest, save_checkpoint, set_rng_state
 from .config import FREE_ON_RESUME, DistillConfig

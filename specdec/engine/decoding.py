@@ -48,7 +48,7 @@ from ..costs import CostCache, context_bucket, cost_key, costs_at, entry_from_js
 from ..metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, linear_round_costs, shrunk_alpha
 from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
 from .sampling import mask_logits, sample_tokens
-from ..util import input_device, logit_width
+from .devices import input_device, logit_width
 from .verify import LENIENCE_KINDS, verify
 
 

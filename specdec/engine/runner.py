@@ -18,7 +18,7 @@ import torch
 
 from . import lean, lean_numpy, quant
 from .kvcache import KVCache, hf_cache
-from ..util import input_device
+from .devices import input_device
 
 IMPLS = ("auto", "lean", "numpy", "hf")
 
