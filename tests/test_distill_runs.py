@@ -22,7 +22,7 @@ def no_models(monkeypatch):
     """Any model load fails the test: the error under test must come first."""
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
-    monkeypatch.setattr("specdec.models.load_model", boom)
+    monkeypatch.setattr("specdec.models.load.load_model", boom)
     monkeypatch.setattr("specdec.distill.trainer.load_model", boom, raising=False)
 
 

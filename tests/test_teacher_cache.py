@@ -103,7 +103,7 @@ def test_resume_finishes_an_interrupted_build(tmp_path, pair_dirs):
 def test_cli_out_that_is_a_file_fails_before_the_target_loads(tmp_path, pair_dirs, monkeypatch, capsys):
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
-    monkeypatch.setattr("specdec.models.load_model", boom)
+    monkeypatch.setattr("specdec.models.load.load_model", boom)
     monkeypatch.setattr("specdec.distill.cache.load_model", boom, raising=False)
     (tmp_path / "f").write_text("x")
     args = ["cache-teacher", "--target", pair_dirs["target"], "--data", pair_dirs["data"], "--device", "cpu",

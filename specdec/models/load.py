@@ -5,10 +5,10 @@ from pathlib import Path
 
 import torch
 
-from .engine.quant import QUANTIZE, quantize_model
-from .engine.devices import input_device, logit_width
+from ..engine.quant import QUANTIZE, quantize_model
+from ..engine.devices import input_device, logit_width
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": "auto"}
