@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_llama
 from specdec.benchmark import bench as benchmark, results as results_mod
 from specdec.cli import main
-from specdec.metrics import per_token_acceptance
+from specdec.engine.stats import per_token_acceptance
 from specdec.benchmark.results import BenchRow
 from test_prompts import tiny_tokenizer
 

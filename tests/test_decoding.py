@@ -7,7 +7,7 @@ import torch
 
 from conftest import ALPHA, chi2_pvalue, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
-from specdec.metrics import DecodeStats
+from specdec.engine.stats import DecodeStats
 from specdec.engine.sampling import mask_logits, probs_from_logits
 
 
@@ -396,3 +396,43 @@ def test_auto_bad_inputs(target_model, draft_model):
                 {1: {"c": float("nan"), "v": {1: 1.0}}}, [1, 2]):
         with pytest.raises(ValueError, match="costs must map a batch size"):
             SpeculativeDecoder(target_model, draft_model, gamma="auto", costs=bad)
+
+
+def test_the_draft_count_policy_is_an_object(target_model, partial_draft):
+    """gamma takes a policy object (FixedGamma(3) decodes as gamma=3), and generate(policy=...) runs one
+    call under another policy (the timing cycle) without changing the decoder's."""
+    from specdec.costmodel import CycleGammas, FixedGamma
+    ids, mask = _batch(B=3, seed=7)
+    plain = autoregressive_generate(target_model, ids, mask, max_new_tokens=20).new_tokens
+    three = SpeculativeDecoder(target_model, partial_draft, gamma=3).generate(ids, mask, max_new_tokens=20)
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma=FixedGamma(3))
+    assert dec.max_gamma == 3
+    assert dec.generate(ids, mask, max_new_tokens=20).new_tokens == three.new_tokens == plain
+    cycle = CycleGammas([1, 5])
+    out = dec.generate(ids, mask, max_new_tokens=20, policy=cycle)
+    assert out.new_tokens == plain
+    assert [k for k, _ in cycle.log[:4]] == [1, 5, 1, 5]
+    assert {k for k, n in enumerate(out.stats.gamma_counts) if n} <= {0, 1, 2, 3, 4, 5}
+    assert out.stats.gamma_counts[5] > 0 and out.stats.gamma_counts[1] > 0
+    assert len(dec.generate(ids, mask, max_new_tokens=20).stats.gamma_counts) == 4   # the decoder's own again
+    with pytest.raises(ValueError, match="gamma='auto' settings"):
+        SpeculativeDecoder(target_model, partial_draft, gamma=3, costs=AUTO_COSTS)
+
+
+def test_auto_constants_are_a_config_passed_in(target_model, partial_draft):
+    """AutoConfig's fields steer the choice (a prior worth a million verdicts outweighs what the decode
+    sees): a pessimistic prior drafts one token a round, a confident one max_gamma; bad values are
+    refused by name."""
+    from specdec.costmodel import AutoConfig
+    ids, mask = _batch(B=1)
+    low = SpeculativeDecoder(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS,
+                             auto=AutoConfig(prior=0.05, strength=1e6)).generate(ids, mask, max_new_tokens=12)
+    high = SpeculativeDecoder(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS,
+                              auto=AutoConfig(prior=0.999, strength=1e6, max_gamma=6)).generate(ids, mask,
+                                                                                                max_new_tokens=12)
+    assert low.stats.gamma_counts[1] == sum(low.stats.gamma_counts[1:])       # always one draft
+    assert high.stats.gamma_counts[6] >= 1 and len(high.stats.gamma_counts) == 7   # max_gamma drafts, no more
+    for bad, match in ((dict(prior=1.5), "prior"), (dict(strength=0), "strength"), (dict(decay=-0.1), "decay"),
+                       (dict(max_gamma=0), "max_gamma")):
+        with pytest.raises(ValueError, match=match):
+            AutoConfig(**bad)

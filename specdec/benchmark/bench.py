@@ -15,7 +15,7 @@ configuration of the group (in alternating order), then the next batch, so load 
 machine does not bias one method's ratio. Batches are consecutive prompts of the prompt list (which is
 grouped by category), left-padded by the tokenizer. c and v (see results.py) are timed once per batch
 size on a prompt-length cache before the sweep; with gamma auto, so are whole decode rounds at each
-count it may choose (decoding.SpeculativeDecoder.measure_round_costs), which auto then chooses by.
+count it may choose (costmodel.measure_round_costs), which auto then chooses by.
 
 The sweep's defaults are one of SWEEPS (`--sweep`); --gamma, --temperature, --batch-size and
 --baselines override single axes. results.json is rewritten atomically after every group, so a crash
@@ -34,10 +34,13 @@ from pathlib import Path
 import torch
 
 from . import baselines
-from ..costs import measure_costs, sync
+from ..costmodel import AUTO
+from ..costmodel.measure import measure_round_costs, measure_step_costs, sync
+from ..costmodel.policy import AutoConfig
+from ..costmodel.table import read_table
 from ..common.config import (add_arguments as _add_arguments, config_from_args, flag_name, option, parse_value,
                              to_argv, to_dict)
-from ..engine.decoding import AUTO, AUTO_MAX_GAMMA, SpeculativeDecoder, _max_positions, autoregressive_generate
+from ..engine.decoding import SpeculativeDecoder, _max_positions, autoregressive_generate
 from ..models import bundled_pair, load_pair, resolve_dtype
 from ..engine.quant import QUANTIZE
 from ..engine.runner import IMPLS, resolve_impl
@@ -173,7 +176,7 @@ class BenchConfig:
     @property
     def cost_gammas(self) -> list:
         """The gammas whose verify cost is measured: the fixed ones, and every one auto may choose."""
-        return sorted(set(self.fixed_gammas) | (set(range(1, AUTO_MAX_GAMMA + 1)) if AUTO in self.gamma else set()))
+        return sorted(set(self.fixed_gammas) | (set(range(1, AutoConfig().max_gamma + 1)) if AUTO in self.gamma else set()))
 
 
 def _gamma(value):
@@ -518,26 +521,39 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
 def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress) -> dict:
     """batch size -> c and v, measured on the first prompt (already truncated to fit the context), and,
     when gamma auto runs, the round times it chooses by (greedy and/or sampled, as the temperatures
-    need) on the first bs prompts; for each batch size the saved run does not have; recorded in
-    meta["costs"]."""
-    costs = baselines.costs_from_json(meta["costs"])
+    need) on the first bs prompts; for each batch size the saved run does not have (or has costs no
+    prediction may use: measured again); recorded in meta["costs"]."""
+    costs = _saved_costs(meta["costs"])
     modes = sorted({"sampling" if t > 0 else "greedy" for t in cfg.temperature}) if AUTO in cfg.gamma else []
+    probe = SpeculativeDecoder(inputs.target, inputs.draft, gamma=1, vocab_size=inputs.vocab, impl=cfg.impl,
+                               cuda_graphs=inputs.engine["cuda_graphs"])
     for bs in cfg.batch_size:
         if bs not in costs:
             progress.status(f"measuring the step costs c, v at batch size {bs}")
-            costs[bs] = measure_costs(inputs.target, inputs.draft, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs,
-                                      impl=cfg.impl, cuda_graphs=inputs.engine["cuda_graphs"])
+            costs[bs] = measure_step_costs(probe, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs)
             if modes:   # on the first bs prompts: rows that accept differently leave holes, as in the sweep
-                probe = _auto_decoder(cfg, inputs, None)
                 enc = inputs.tokenizer.pad({"input_ids": [inputs.ids[i % len(inputs.ids)] for i in range(bs)]},
                                            padding=True, return_tensors="pt")
                 ids, mask = enc["input_ids"].to(inputs.device), enc["attention_mask"].to(inputs.device)
                 costs[bs]["round_s"] = {}
                 for mode in modes:
                     progress.status(f"timing decode rounds for gamma auto at batch size {bs} ({mode})")
-                    costs[bs]["round_s"][mode] = probe.measure_round_costs(ids, mask, mode == "sampling")
+                    costs[bs]["round_s"][mode] = measure_round_costs(
+                        probe, ids, mask, mode == "sampling", range(1, AutoConfig().max_gamma + 1))
     meta["costs"] = {str(bs): c for bs, c in costs.items()}
     return costs
+
+
+def _saved_costs(saved: dict) -> dict:
+    """meta["costs"] of the run being resumed, batch size -> entry, leaving out any entry that cannot be
+    used (a damaged or edited file: zeros, negatives, missing tables), so that it is measured again."""
+    out = {}
+    for bs, entry in (saved or {}).items():
+        try:
+            out.update(read_table({bs: entry}))
+        except ValueError:
+            continue
+    return out
 
 
 def _auto_decoder(cfg: BenchConfig, inputs: BenchInputs, costs) -> SpeculativeDecoder:

@@ -36,7 +36,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..metrics import AUTO, DecodeStats, predicted_speedup, predicted_speedup_mix
+from ..costmodel import AUTO
+from ..costmodel.predict import predicted_speedup, predicted_speedup_mix
+from ..engine.stats import DecodeStats
 
 METHODS = ("ar", "sd", "hf_generate", "hf_assisted", "hf_assisted_default", "hf_assisted_heuristic")
 

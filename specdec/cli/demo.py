@@ -34,7 +34,7 @@ from ..distill.losses import KINDS
 from ..distill.trainer import DistillConfig, train
 from ..benchmark.plots import plot_files
 from ..data.prompts import builtin
-from ..metrics import AUTO
+from ..costmodel import AUTO
 from ..benchmark.results import BenchRow, auto_shift
 from ..common.files import read_jsonl, write_json_atomic, write_text_atomic
 from ..common.outdir import prepare_out_dir

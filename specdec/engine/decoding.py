@@ -9,8 +9,9 @@ is every hole); when holes pile up inside the batch the cache is compacted with 
 rows (EOS or length) leave the batch.
 
 One speculative round, over the live rows (named steps below):
-  count   each row's draft count: gamma, or with gamma="auto" the K that maximises the batch's expected
-          tokens per unit of cost (below), never past what max_new_tokens leaves;
+  count   each row's draft count from the draft-count policy (specdec/costmodel/policy.py: gamma every
+          round, or with gamma="auto" the K that maximises the batch's expected tokens per unit of
+          cost), never past what max_new_tokens leaves;
   draft   the draft proposes K tokens autoregressively (K = the largest per-row count this round);
   verify  the target scores [pending, d_1..d_K] in one forward; `verify` accepts a prefix per row and
           emits one recovered or bonus token after it;
@@ -18,18 +19,8 @@ One speculative round, over the live rows (named steps below):
   retire  rows that hit EOS or their length limit leave the batch.
 The draft cache lags the committed sequence by at most one token: when a row accepts all K drafts,
 the draft never saw d_K, so the next round feeds [d_K, bonus] (2 tokens); rows that rejected feed a
-masked dummy in that first column.
-
-gamma="auto": before each round, K = argmax_k sum_r tau(alpha_r, min(k, cap_r)) / cost(k)
-(metrics.best_draft_count) over k in 1..max_gamma, from each live row's running acceptance estimate
-alpha_r (a Beta posterior whose prior is the batch's pooled estimate, itself shrunk towards AUTO_PRIOR;
-observations discounted by AUTO_DECAY per round) and the cost of a round drafting k at this batch size:
-the seconds of the decoder's own rounds (measure_round_costs; handed over, or read from the cost cache,
-or measured once and cached, see specdec/costs.py), or k c + v(k) from step costs, either way through
-a robust straight line in k (metrics.linear_round_costs: one noisy k cannot make auto skip to another).
-Every row pays for K draft steps and a (K+1)-token verify, so K is chosen for the batch and each row
-drafts min(K, cap_r). Lossless: a round's counts depend only on earlier rounds' verdicts, never on its
-own.
+masked dummy in that first column. Lossless whatever the policy: a round's counts depend only on
+earlier rounds' verdicts, never on its own.
 
 Host synchronisation: one read per round of the verified tokens, the accepted counts and a NaN flag
 (needed to decide what each row emits and when it stops). Sampling uses the exponential race, which
@@ -37,18 +28,20 @@ needs no sync.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from ..costs import CostCache, context_bucket, cost_key, costs_at, entry_from_json, round_costs, sync
-from ..metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, linear_round_costs, shrunk_alpha
-from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
-from .sampling import mask_logits, sample_tokens
+from ..costmodel import AUTO
+from ..costmodel.policy import AutoConfig, AutoGamma, FixedGamma
 from .devices import input_device, logit_width
+from .runner import IMPLS, ModelRunner, cache_kwarg, resolve_impl  # noqa: F401 (cache_kwarg re-exported)
+from .sampling import mask_logits, sample_tokens
+from .stats import DecodeStats
+from .timing import StepTimer
 from .verify import LENIENCE_KINDS, verify
 
 
@@ -173,32 +166,6 @@ def _check_finite(flag: int, what: str, round_no: int) -> None:
     if flag:
         raise ValueError(f"the {what} produced NaN logits (decode round {round_no}); the model or its dtype is "
                          "broken (float16 overflow? try bfloat16 or float32)")
-
-
-def _check_costs(costs):
-    """A cost table handed to gamma="auto", checked: batch size -> a costs entry (see specdec/costs.py)."""
-    if costs is None:
-        return None
-    hint = ("costs must map a batch size to a costs entry: measure_costs's {'c': float > 0, 'v': {gamma: float "
-            "> 0}} and/or round times {'round_s': {'greedy' or 'sampling': {gamma: seconds > 0}}}")
-
-    def positive(table):
-        return bool(table) and all(int(k) >= 1 and math.isfinite(x) and x > 0 for k, x in table.items())
-
-    try:
-        table = {int(bs): entry_from_json(e) for bs, e in dict(costs).items()}
-        ok = bool(table) and all(b >= 1 for b in table)
-        for e in table.values():
-            rounds = [t for t in (e.get("round_s") or {}).values() if t]
-            if rounds:
-                ok = ok and all(positive(t) for t in rounds)
-            else:
-                ok = ok and math.isfinite(e["c"]) and e["c"] > 0 and positive(e["v"])
-    except (TypeError, ValueError, KeyError, AttributeError):
-        ok = False
-    if not ok:
-        raise ValueError(hint)
-    return table
 
 
 class _Rows:
@@ -335,80 +302,6 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
 # ----------------------------------------------------------------------------------------------------
 # Speculative decoding.
 
-AUTO_MAX_GAMMA = 8      # the largest count gamma="auto" considers (and the caches' room for drafts)
-# The estimate's constants were chosen by replaying greedy and sampled decodes of the bundled pair on 24
-# held-out prompts (not the benchmark's) under its measured round costs (tokens per modelled second, no
-# clock): strength 8 beat 2 and 4 (steadier counts); decay 0.95 was no better than 0.9.
-AUTO_PRIOR = 0.6        # alpha before the first verdict of a decode (a typical draft)
-AUTO_STRENGTH = 8.0     # verdicts a prior is worth: AUTO_PRIOR against the pooled ones, the pool against a row's
-AUTO_DECAY = 0.9        # per-round discount of old verdicts: an estimate remembers ~10 rounds
-_ROUND_TOKENS = 64      # new tokens per decode when round costs are measured (~3 cycles through k = 1..8)
-
-
-def _lower_quartile(xs: list) -> float:
-    return statistics.quantiles(xs, n=4, method="inclusive")[0] if len(xs) > 1 else xs[0]
-
-
-class _FixedCounts:
-    """Each round's per-row draft counts (the loop asks `choose(caps)` before drafting, reports the
-    round's verdicts to `observe` after it and the surviving rows to `select`): here gamma, or what
-    max_new_tokens leaves (caps)."""
-
-    def __init__(self, gamma: int):
-        self.gamma = gamma
-
-    def choose(self, caps: list) -> list:
-        return [min(self.gamma, cap) for cap in caps]
-
-    def observe(self, drafted: list, accepted: list) -> None:
-        pass
-
-    def select(self, keep: list) -> None:
-        pass
-
-
-class _CycleCounts(_FixedCounts):
-    """Round i drafts gammas[(i + offset) % len(gammas)] (for timing rounds: every count in turn, so a
-    load change on a shared machine hits each count alike); `log` holds (count, cut short by caps)."""
-
-    def __init__(self, gammas: list, offset: int = 0):
-        self.gammas, self.offset, self.log = list(gammas), offset, []
-
-    def choose(self, caps: list) -> list:
-        k = self.gammas[(len(self.log) + self.offset) % len(self.gammas)]
-        self.log.append((k, min(caps) < k))
-        return [min(k, cap) for cap in caps]
-
-
-class _AutoCounts(_FixedCounts):
-    """gamma="auto": the live rows' acceptance estimates and each round's draft counts from them.
-    Fed only the verdicts of finished rounds (observe), so a round's counts never depend on its own."""
-
-    def __init__(self, batch: int, costs: dict, sampling: bool, max_gamma: int):
-        self.rows = [(0.0, 0.0)] * batch     # [B] discounted (accepted, rejections) per live row
-        self.pooled = (0.0, 0.0)             # the same over every row of this decode
-        # batch size -> {k: cost of a round drafting k}, the robust line through what was measured
-        self.cost = {b: linear_round_costs(round_costs(entry, sampling), max_gamma) for b, entry in costs.items()}
-        self.max_gamma = max_gamma
-
-    def alphas(self) -> list:
-        prior = shrunk_alpha(*self.pooled, AUTO_PRIOR, AUTO_STRENGTH)
-        return [shrunk_alpha(a, r, prior, AUTO_STRENGTH) for a, r in self.rows]
-
-    def choose(self, caps: list) -> list:
-        k = best_draft_count(self.alphas(), caps, costs_at(self.cost, len(caps)), self.max_gamma)
-        return [min(k, cap) for cap in caps]
-
-    def observe(self, drafted: list, accepted: list) -> None:
-        self.rows = discounted_counts(self.rows, drafted, accepted, AUTO_DECAY)
-        rounds = discounted_counts([(0.0, 0.0)] * len(drafted), drafted, accepted, 0.0)
-        self.pooled = (self.pooled[0] * AUTO_DECAY + sum(a for a, _ in rounds),
-                       self.pooled[1] * AUTO_DECAY + sum(r for _, r in rounds))
-
-    def select(self, keep: list) -> None:
-        self.rows = [self.rows[b] for b in keep]
-
-
 @dataclass
 class _Live:
     """Device state of the live rows, re-indexed together when rows retire."""
@@ -424,30 +317,43 @@ class _Live:
         self.any_prev_needed = any_prev_needed
 
 
+def _policy_of(gamma, max_gamma, costs, cost_cache, auto):
+    """The decoder's draft-count policy from its arguments (one check of gamma: FixedGamma's)."""
+    if gamma == AUTO:
+        config = auto or AutoConfig()
+        if max_gamma is not None:
+            config = dataclasses.replace(config, max_gamma=max_gamma)
+        return AutoGamma(config, costs, cost_cache)
+    if (max_gamma, costs, cost_cache, auto) != (None, None, None, None):
+        raise ValueError(f"max_gamma, costs, cost_cache and auto are gamma='{AUTO}' settings; gamma is {gamma!r}")
+    return gamma if hasattr(gamma, "start") else FixedGamma(gamma)
+
+
 class SpeculativeDecoder:
     """Batched, lossless speculative decoding of `target` with `draft` (two HF causal LMs sharing a
     tokenizer). Greedy output equals plain greedy decoding of the target token for token; sampled output
     is distributed exactly as the target's (after the same temperature / top-k / top-p), unless a lossy
     `lenience` ("lin", "sq", "exp" with lenience_eps in (0, 1]) is asked for.
 
-    gamma: draft tokens per round, or "auto": each round's count from the cost model (module docstring),
-    at most max_gamma. costs (auto): batch size -> a costs entry (specdec/costs.py: round times
-    `{"round_s": {"greedy" | "sampling": {k: seconds}}}` and/or step costs `{"c", "v"}`; the benchmark
-    hands over its own measurement); without them the round times are read from the cost cache
-    (`cost_cache`: a folder, default `costs.default_cache_dir()`) or measured once per batch size,
-    context bucket and greedy / sampled (a few seconds) and stored there.
-    impl: "auto" (the lean forward for Llama-family models, else transformers'), "lean" or "hf".
+    gamma: the draft-count policy: draft tokens per round (an int: FixedGamma), "auto" (AutoGamma: each
+    round's count from the cost model, specdec/costmodel/policy.py), or any policy object
+    (`start`, `max_gamma`; the protocol is in specdec/costmodel/policy.py). For "auto": `auto` an
+    AutoConfig (prior, strength, decay, max_gamma; `max_gamma` alone overrides its field); costs: batch
+    size -> a costs entry (specdec/costmodel/table.py: round times `{"round_s": {"greedy" | "sampling":
+    {k: seconds}}}` and/or step costs `{"c", "v"}`; the benchmark hands over its own measurement);
+    without them the round times are read from the cost cache (`cost_cache`: a folder, default
+    `costmodel.default_cache_dir()`) or measured once per batch size, context bucket and greedy /
+    sampled (a few seconds) and stored there.
+    impl: "auto" (the lean forward for Llama-family models, else transformers'), "lean", "numpy" or "hf".
     cuda_graphs: capture the draft step and the verify as CUDA graphs (CUDA and the lean forward).
     """
 
-    def __init__(self, target, draft, gamma: int | str = 4, vocab_size: int | None = None, backend: str = "auto",
+    def __init__(self, target, draft, gamma=4, vocab_size: int | None = None, backend: str = "auto",
                  lenience: str | None = None, lenience_eps: float = 1.0, impl: str = "auto",
-                 cuda_graphs: bool = False, max_gamma: int = AUTO_MAX_GAMMA, costs: dict | None = None,
-                 cost_cache=None):
-        if gamma != AUTO and (isinstance(gamma, (str, bool)) or int(gamma) != gamma or gamma < 1):
-            raise ValueError(f"gamma (draft tokens per step) must be an integer >= 1 or 'auto', got {gamma!r}")
-        if isinstance(max_gamma, bool) or int(max_gamma) != max_gamma or max_gamma < 1:
-            raise ValueError(f"max_gamma must be an integer >= 1, got {max_gamma!r}")
+                 cuda_graphs: bool = False, max_gamma: int | None = None, costs: dict | None = None,
+                 cost_cache=None, auto: AutoConfig | None = None):
+        self.policy = _policy_of(gamma, max_gamma, costs, cost_cache, auto)
+        self.gamma = gamma if gamma == AUTO or not isinstance(self.policy, FixedGamma) else self.policy.gamma
         if lenience is not None and lenience not in LENIENCE_KINDS:
             raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {lenience!r}")
         if not (0.0 < lenience_eps <= 1.0):
@@ -455,11 +361,6 @@ class SpeculativeDecoder:
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.target, self.draft = target, draft
-        self.gamma = AUTO if gamma == AUTO else int(gamma)
-        self.max_gamma = int(max_gamma) if gamma == AUTO else self.gamma   # the widest round
-        self.costs = _check_costs(costs)
-        self.cost_cache = cost_cache
-        self._measured: dict = {}   # (batch size, context, sampled) -> costs measured or read by this decoder
         self.device = input_device(target)
         ddev = input_device(draft)
         if ddev != self.device:
@@ -475,26 +376,46 @@ class SpeculativeDecoder:
         self.backend, self.lenience, self.lenience_eps = backend, lenience, lenience_eps
         self.impl, self.cuda_graphs = impl, cuda_graphs
 
+    @property
+    def max_gamma(self) -> int:
+        """The widest round the decoder's policy may draft."""
+        return self.policy.max_gamma
+
+    @property
+    def resolved_impl(self) -> tuple[str, str]:
+        """The forward each model runs (target, draft): what impl="auto" picks for them."""
+        return resolve_impl(self.target, self.impl), resolve_impl(self.draft, self.impl)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The smaller of the two models' contexts (None when neither states one)."""
+        limits = [m for m in (_max_positions(self.target), _max_positions(self.draft)) if m]
+        return min(limits) if limits else None
+
+    def step_timers(self, prompt_ids, batch_size: int, max_tokens: int) -> tuple[StepTimer, StepTimer]:
+        """(target, draft) StepTimers on this decoder's path (forward, cache, CUDA graphs), each prefilled
+        with prompt_ids [1, P] repeated batch_size times: what costmodel.measure_step_costs times."""
+        return tuple(StepTimer(m, prompt_ids, batch_size, max_tokens, self.impl, self.cuda_graphs)
+                     for m in (self.target, self.draft))
+
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0,
-                 seed=None, eos_token_id=None, on_round=None, _counts=None) -> GenerationOutput:
-        """Decode; on_round(RoundInfo) is called after every round (for inspection and tests).
-        _counts: the draft counts' strategy in place of gamma's (measure_round_costs times rounds so)."""
+                 seed=None, eos_token_id=None, on_round=None, policy=None) -> GenerationOutput:
+        """Decode; on_round(RoundInfo) is called after every round (for inspection and tests). policy: a
+        draft-count policy for this call in place of the decoder's (e.g. costmodel.CycleGammas, which
+        measure_round_costs times rounds with)."""
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
+        policy = self.policy if policy is None else policy
         t_all = time.perf_counter()
         ids, mask, lengths, (tgt, drf), prefill_s = _start(
-            [self.target, self.draft], ["target", "draft"], input_ids, attention_mask, params, self.max_gamma,
+            [self.target, self.draft], ["target", "draft"], input_ids, attention_mask, params, policy.max_gamma,
             self.impl, self.cuda_graphs)
-        counts = _counts
-        if counts is None and self.gamma == AUTO:   # before this decode's own state: a first call times rounds
-            t0 = time.perf_counter()
-            counts = _AutoCounts(ids.shape[0], self._costs_for(ids, mask, temperature > 0), temperature > 0,
-                                 self.max_gamma)
-            t_all += time.perf_counter() - t0   # a first measurement of the costs is not decoding time
-        counts = counts or _FixedCounts(self.gamma)
+        t0 = time.perf_counter()
+        counts = policy.start(self, ids, mask, temperature > 0)   # auto's first call may time rounds first
+        t_all += time.perf_counter() - t0   # a first measurement of the costs is not decoding time
         self._gen = _generator(seed, ids.device)
         self._params = params
-        stats = DecodeStats(gamma=self.max_gamma, prefill_calls=2, prefill_s=prefill_s)
+        stats = DecodeStats(gamma=policy.max_gamma, prefill_calls=2, prefill_s=prefill_s)
         timer = _Timer(ids.device)
         rows = _Rows(ids.shape[0], params)
         pending = ids[:, -1]
@@ -527,53 +448,6 @@ class SpeculativeDecoder:
         timer.finish(stats, t_all)
         stats.new_tokens = sum(len(o) for o in rows.out)
         return GenerationOutput(new_tokens=rows.out, stats=stats)
-
-    def _costs_for(self, ids, mask, sampling: bool) -> dict:
-        """gamma="auto"'s costs: the table handed over, else the round costs read from the cost cache or
-        measured once per (batch size, context bucket, greedy or sampled) on this call's own prompts."""
-        if self.costs is not None:
-            return self.costs
-        B = ids.shape[0]
-        context = context_bucket(ids.shape[1])
-        memo = (B, context, sampling)
-        if memo not in self._measured:
-            gammas = range(1, self.max_gamma + 1)
-            key = cost_key(self.target, self.draft, B, context, sampling, gammas, self.impl, self.cuda_graphs,
-                           sources=(__file__,))
-            self._measured[memo] = CostCache(self.cost_cache).get(key, lambda: {"round_s": {
-                "sampling" if sampling else "greedy": self.measure_round_costs(ids, mask, sampling, gammas)}})
-        return {B: self._measured[memo]}
-
-    def measure_round_costs(self, input_ids, attention_mask=None, sampling: bool = False, gammas=None,
-                            repeats: int = 3, new_tokens: int | None = None) -> dict:
-        """k -> seconds of one round drafting k tokens (k in gammas, default 1..max_gamma) on this decoder's
-        models and settings, greedy or sampled at temperature 1: `repeats` decodes of new_tokens (default
-        _ROUND_TOKENS, less where the context ends first) whose rounds cycle through the counts (each
-        decode starting one count further), each round timed between the on_round calls around it; per k
-        the lower quartile of its rounds (load from other jobs only ever adds time). Rounds that
-        max_new_tokens cut short are left out."""
-        gammas = list(gammas or range(1, self.max_gamma + 1))
-        if max(gammas) > self.max_gamma or min(gammas) < 1:
-            raise ValueError(f"gammas must lie in 1..max_gamma={self.max_gamma}, got {gammas}")
-        if new_tokens is None:   # _ROUND_TOKENS, or what the models' context leaves after the prompts
-            limit = min(m for m in (_max_positions(self.target), _max_positions(self.draft), 1 << 30) if m)
-            new_tokens = max(1, min(_ROUND_TOKENS, limit - input_ids.shape[-1]))
-        kw = dict(max_new_tokens=new_tokens, temperature=1.0 if sampling else 0.0)
-        samples = {k: [] for k in gammas}
-        self.generate(input_ids, attention_mask, seed=0, _counts=_CycleCounts(gammas), **kw)   # warm-up
-        for r in range(repeats):
-            cycle, stamps = _CycleCounts(gammas, offset=r), []
-
-            def stamp(_info):
-                sync(self.device)
-                stamps.append(time.perf_counter())
-
-            self.generate(input_ids, attention_mask, seed=r, on_round=stamp, _counts=cycle, **kw)
-            for i in range(1, len(stamps)):   # round i ran between the calls after rounds i-1 and i
-                k, cut = cycle.log[i]
-                if not cut:
-                    samples[k].append(stamps[i] - stamps[i - 1])
-        return {k: _lower_quartile(v) for k, v in samples.items() if v}
 
     def _draft(self, drf: ModelRunner, live: _Live, K: int, stats: DecodeStats):
         """K draft tokens per row. Returns drafts [B, K], q logits [B, K, V] (None when greedy: the

@@ -1,5 +1,6 @@
-"""The cost table and its cache: what the key holds, that a stale or foreign table is never read, the
-round costs gamma="auto" reads, and the decoder measuring once and reading the cache afterwards."""
+"""The cost model's table, cache and measurement (specdec/costmodel/): what the key holds, that a stale or
+foreign table is never read, the round costs gamma="auto" reads, and the decoder measuring once and
+reading the cache afterwards."""
 import copy
 import json
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from specdec import SpeculativeDecoder, costs
+from specdec import SpeculativeDecoder
+from specdec.costmodel import cache as costcache
+from specdec.costmodel import measure, table
 from specdec.engine.quant import quantize_model
 
 
@@ -19,14 +22,14 @@ def pair():
 def _key(pair, **kw):
     args = dict(batch_size=2, context=32, sampling=False, gammas=range(1, 5))
     args.update(kw)
-    return costs.cost_key(*pair, **args)
+    return costcache.cost_key(*pair, **args)
 
 
 def test_key_holds_what_a_round_costs_depends_on(pair, monkeypatch):
     base = _key(pair)
     assert base == _key(pair)                                   # deterministic
     for change in (dict(batch_size=3), dict(context=64), dict(sampling=True), dict(gammas=range(1, 9)),
-                   dict(impl="hf"), dict(cuda_graphs=True)):
+                   dict(impl="hf"), dict(impl=("auto", "hf")), dict(cuda_graphs=True)):
         assert _key(pair, **change) != base, change
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
     assert _key(pair) != base                                   # another thread count
@@ -61,11 +64,11 @@ def test_the_engine_fingerprint_covers_every_module_a_forward_runs():
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             names = [node.module] if node.module else [a.name for a in node.names]
             imported |= {path.parent / f"{n}.py" for n in names}
-    assert imported and imported <= set(costs.engine_sources()), imported - set(costs.engine_sources())
+    assert imported and imported <= set(costcache.engine_sources()), imported - set(costcache.engine_sources())
 
 
 def test_cache_round_trip_and_refusals(pair, tmp_path):
-    cache = costs.CostCache(tmp_path)
+    cache = costcache.CostCache(tmp_path)
     key = _key(pair)
     entry = {"round_s": {"greedy": {1: 0.01, 2: 0.012}}}
     assert cache.load(key) is None
@@ -91,25 +94,25 @@ def test_cache_round_trip_and_refusals(pair, tmp_path):
 
 def test_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "a"))
-    assert costs.default_cache_dir() == tmp_path / "a" / "costs"
+    assert costcache.default_cache_dir() == tmp_path / "a" / "costs"
     monkeypatch.delenv("SPECDEC_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert costs.default_cache_dir() == tmp_path / "xdg" / "specdec" / "costs"
+    assert costcache.default_cache_dir() == tmp_path / "xdg" / "specdec" / "costs"
     # an unwritable cache costs a measurement, nothing else
     blocked = tmp_path / "file"
     blocked.write_text("")
-    costs.CostCache(blocked / "sub").store({"k": 1}, {"round_s": {}})
+    costcache.CostCache(blocked / "sub").store({"k": 1}, {"round_s": {}})
 
 
 def test_round_costs_and_nearest_batch_size():
     entry = {"c": 0.1, "v": {1: 1.0, 2: 1.2}, "round_s": {"greedy": {1: 0.010, 2: 0.012}}}
-    assert costs.round_costs(entry, sampling=False) == {1: 0.010, 2: 0.012}
-    assert costs.round_costs(entry, sampling=True) == {1: 0.010, 2: 0.012}     # the other mode's
-    assert costs.round_costs({"c": 0.1, "v": {1: 1.0, 2: 1.2}}, False) == pytest.approx({1: 1.1, 2: 1.4})
-    table = {1: "one", 4: "four", 16: "sixteen"}
-    assert [costs.costs_at(table, b) for b in (1, 2, 3, 5, 8, 12, 64)] == \
+    assert table.round_costs(entry, sampling=False) == {1: 0.010, 2: 0.012}
+    assert table.round_costs(entry, sampling=True) == {1: 0.010, 2: 0.012}     # the other mode's
+    assert table.round_costs({"c": 0.1, "v": {1: 1.0, 2: 1.2}}, False) == pytest.approx({1: 1.1, 2: 1.4})
+    by_size = {1: "one", 4: "four", 16: "sixteen"}
+    assert [table.costs_at(by_size, b) for b in (1, 2, 3, 5, 8, 12, 64)] == \
         ["one", "four", "four", "four", "four", "sixteen", "sixteen"]
-    back = costs.entry_from_json(json.loads(json.dumps(entry)))
+    back = table.read_entry(json.loads(json.dumps(entry)))
     assert back == entry
 
 
@@ -125,7 +128,7 @@ def test_auto_measures_once_then_reads_the_cache(pair, tmp_path, monkeypatch):
     assert stored["key"]["gammas"] == [1, 2, 3, 4] and stored["key"]["sampling"] is False
     assert set(stored["costs"]["round_s"]["greedy"]) == {"1", "2", "3", "4"}
     # a new decoder (a new process) reads the table instead of measuring
-    monkeypatch.setattr(SpeculativeDecoder, "measure_round_costs", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(costcache, "measure_round_costs", lambda *a, **k: pytest.fail("measured again"))
     again = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=4, cost_cache=tmp_path)
     assert again.generate(ids, max_new_tokens=12).new_tokens == first.new_tokens
     # sampling is its own key (it costs more per draft): measured apart
@@ -136,8 +139,8 @@ def test_auto_measures_once_then_reads_the_cache(pair, tmp_path, monkeypatch):
 def test_measure_round_costs(pair):
     target, draft = pair
     dec = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=3)
-    rc = dec.measure_round_costs(torch.tensor([[3, 4, 5, 6]]).repeat(2, 1), None, sampling=True, repeats=1,
-                                 new_tokens=40)
+    rc = measure.measure_round_costs(dec, torch.tensor([[3, 4, 5, 6]]).repeat(2, 1), None, sampling=True,
+                                     repeats=1, new_tokens=40)
     assert set(rc) == {1, 2, 3} and all(0 < s < 5 for s in rc.values())
 
 
