@@ -41,7 +41,7 @@ from .devices import input_device, logit_width
 from .runner import IMPLS, ModelRunner, cache_kwarg, resolve_impl  # noqa: F401 (cache_kwarg re-exported)
 from .sampling import mask_logits, sample_tokens
 from .stats import DecodeStats
-from .timing import StepTimer
+from .timing import DecodeClock, StepTimer
 from .verify import LENIENCE_KINDS, verify
 
 
@@ -199,40 +199,6 @@ class _Rows:
         return keep
 
 
-class _Timer:
-    """Wall-time sections. On CUDA it records events and reads them once at the end (no per-step sync)."""
-
-    def __init__(self, device):
-        self.cuda = torch.device(device).type == "cuda"
-        self.totals: dict = {}
-        self.events: list = []
-
-    def start(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            return e
-        return time.perf_counter()
-
-    def stop(self, name, t0):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            self.events.append((name, t0, e))
-        else:
-            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
-
-    def finish(self, stats: DecodeStats, t_all: float) -> None:
-        if self.events:
-            torch.cuda.synchronize()
-            for name, a, b in self.events:
-                self.totals[name] = self.totals.get(name, 0.0) + a.elapsed_time(b) / 1000.0
-            self.events = []
-        for name, secs in self.totals.items():
-            setattr(stats, name, secs)
-        stats.total_s = time.perf_counter() - t_all
-
-
 def _start(models, names, input_ids, attention_mask, params: SamplingParams, gamma: int, impl, cuda_graphs):
     """Validated inputs and one prefilled ModelRunner per model (the setup both loops share)."""
     device = input_device(models[0])
@@ -270,18 +236,18 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
     device = ids.device
     gen = _generator(seed, device)
     stats = DecodeStats(gamma=0, prefill_calls=1, prefill_s=prefill_s)
-    timer = _Timer(device)
+    clock = DecodeClock(device)
     rows = _Rows(ids.shape[0], params)
     pending = ids[:, -1:]                                  # [B, 1]
     pos = mask.sum(1, keepdim=True) - 1                    # [B, 1] position of the pending token
     ones = torch.ones_like(pending, dtype=torch.bool)
     while rows.live:
-        t0 = timer.start()
+        t0 = clock.start("score")
         logits = tgt.forward(pending, pos, ones[:pending.shape[0]])[:, -1]   # [B, V]
         if vocab_size is not None:
             logits = logits[:, :vocab_size]
         nxt = sample_tokens(mask_logits(logits, temperature, top_k, top_p), temperature, gen)  # [B]
-        timer.stop("target_s", t0)
+        clock.stop("score", t0)
         host = torch.cat([nxt, logits.isnan().any().view(1)]).tolist()   # the one host sync per step
         stats.target_calls += 1
         _check_finite(host[-1], "target", stats.target_calls)
@@ -294,7 +260,7 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
             idx = torch.tensor(keep, device=device)
             tgt.select_rows(idx)
             pending, pos = pending.index_select(0, idx), pos.index_select(0, idx)
-    timer.finish(stats, t_all)
+    clock.finish(stats, t_all)
     stats.new_tokens = sum(len(o) for o in rows.out)
     return GenerationOutput(new_tokens=rows.out, stats=stats)
 
@@ -346,13 +312,18 @@ class SpeculativeDecoder:
     sampled (a few seconds) and stored there.
     impl: "auto" (the lean forward for Llama-family models, else transformers'), "lean", "numpy" or "hf".
     cuda_graphs: capture the draft step and the verify as CUDA graphs (CUDA and the lean forward).
+    verifier: the rejection test, a function with `verify`'s signature and result (default: `verify`,
+    backend `backend`); anything else makes losslessness the caller's business (tests inject faults so).
+    The decoder holds settings only: each generate call keeps its own state, so one decoder may serve
+    nested calls (from on_round, or a cost measurement inside a call) and several threads.
     """
 
     def __init__(self, target, draft, gamma=4, vocab_size: int | None = None, backend: str = "auto",
                  lenience: str | None = None, lenience_eps: float = 1.0, impl: str = "auto",
                  cuda_graphs: bool = False, max_gamma: int | None = None, costs: dict | None = None,
-                 cost_cache=None, auto: AutoConfig | None = None):
+                 cost_cache=None, auto: AutoConfig | None = None, verifier=None):
         self.policy = _policy_of(gamma, max_gamma, costs, cost_cache, auto)
+        self.verifier = verify if verifier is None else verifier
         self.gamma = gamma if gamma == AUTO or not isinstance(self.policy, FixedGamma) else self.policy.gamma
         if lenience is not None and lenience not in LENIENCE_KINDS:
             raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {lenience!r}")
@@ -400,59 +371,77 @@ class SpeculativeDecoder:
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0,
-                 seed=None, eos_token_id=None, on_round=None, policy=None) -> GenerationOutput:
-        """Decode; on_round(RoundInfo) is called after every round (for inspection and tests). policy: a
-        draft-count policy for this call in place of the decoder's (e.g. costmodel.CycleGammas, which
-        measure_round_costs times rounds with)."""
+                 seed=None, eos_token_id=None, on_round=None, policy=None, on_section=None) -> GenerationOutput:
+        """Decode. Every call keeps its state to itself (_Call), so calls may nest or run in threads.
+
+        on_round(RoundInfo): after every round, caches settled (for inspection and tests).
+        policy: a draft-count policy for this call in place of the decoder's (e.g. costmodel.CycleGammas,
+        which measure_round_costs times rounds with).
+        on_section(name, seconds, tokens): after each named step of a round ("draft", "score", "verify",
+        "commit", "retire") and each forward inside them ("draft_forward", "target_forward", tokens = the
+        tokens it fed per row): host wall time, no sync added (bench/round_phases.py times rounds so)."""
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
         policy = self.policy if policy is None else policy
         t_all = time.perf_counter()
-        ids, mask, lengths, (tgt, drf), prefill_s = _start(
+        ids, mask, lengths, runners, prefill_s = _start(
             [self.target, self.draft], ["target", "draft"], input_ids, attention_mask, params, policy.max_gamma,
             self.impl, self.cuda_graphs)
         t0 = time.perf_counter()
         counts = policy.start(self, ids, mask, temperature > 0)   # auto's first call may time rounds first
         t_all += time.perf_counter() - t0   # a first measurement of the costs is not decoding time
-        self._gen = _generator(seed, ids.device)
-        self._params = params
         stats = DecodeStats(gamma=policy.max_gamma, prefill_calls=2, prefill_s=prefill_s)
-        timer = _Timer(ids.device)
-        rows = _Rows(ids.shape[0], params)
+        call = _Call(self, params, ids, mask, lengths, runners, counts, DecodeClock(ids.device, on_section), stats)
+        call.run(on_round)
+        call.clock.finish(stats, t_all)
+        stats.new_tokens = sum(len(o) for o in call.rows.out)
+        return GenerationOutput(new_tokens=call.rows.out, stats=stats)
+
+
+class _Call:
+    """One generate call: the loop's state (the sampling settings and generator, both runners, the live
+    rows on the device and the host, the policy's call state, statistics, the clock) and the round's
+    named steps (module docstring). A new one per call: calls share nothing but the decoder's settings."""
+
+    def __init__(self, dec: SpeculativeDecoder, params: SamplingParams, ids, mask, lengths, runners, counts,
+                 clock: DecodeClock, stats: DecodeStats):
+        self.dec, self.params, self.counts, self.clock, self.stats = dec, params, counts, clock, stats
+        self.gen = _generator(params.seed, ids.device)
+        self.tgt, self.drf = runners
+        self.lengths = lengths
+        self.rows = _Rows(ids.shape[0], params)
         pending = ids[:, -1]
-        live = _Live(pending=pending, pos=mask.sum(1) - 1, prev=pending.clone(),
-                     prev_needed=torch.zeros_like(pending, dtype=torch.bool), any_prev_needed=False)
+        self.live = _Live(pending=pending, pos=mask.sum(1) - 1, prev=pending.clone(),
+                          prev_needed=torch.zeros_like(pending, dtype=torch.bool), any_prev_needed=False)
+
+    def run(self, on_round) -> None:
+        rows, live, counts = self.rows, self.live, self.counts
         while rows.live:
             # Per-row draft count: never draft past max_new_tokens (the last token needs no draft).
-            caps = [r - 1 for r in rows.remaining()]
-            n_row = counts.choose(caps)
+            n_row = counts.choose([r - 1 for r in rows.remaining()])
             K = max(n_row)
-            t0 = timer.start()
-            drafts, q_logits, h = self._draft(drf, live, K, stats)
-            timer.stop("draft_s", t0)
-            t0 = timer.start()
-            p_logits = self._score(tgt, live, drafts, stats)
-            timer.stop("target_s", t0)
-            t0 = timer.start()
-            res, host = self._verify(p_logits, q_logits, drafts, n_row, stats)
-            timer.stop("verify_s", t0)
+            drafts, q_logits, h = self.timed("draft", self.draft, K)
+            p_logits = self.timed("score", self.score, drafts)
+            res, host = self.timed("verify", self.verify, p_logits, q_logits, drafts, n_row)
             accepted = [row[-1] for row in host]
-            stats.observe(n_row, accepted)
+            self.stats.observe(n_row, accepted)
             counts.observe(n_row, accepted)
-            self._commit(tgt, drf, live, drafts, res, K, h, max(accepted))
-            keep = self._retire(rows, tgt, drf, live, lengths, [row[:a + 1] for row, a in zip(host, accepted)],
-                                accepted, K)
+            self.timed("commit", self.commit, drafts, res, K, h, max(accepted))
+            keep = self.timed("retire", self.retire, [row[:a + 1] for row, a in zip(host, accepted)], accepted, K)
             counts.select(keep)
             if on_round is not None and rows.live:
-                on_round(RoundInfo(tgt, drf, live.pending, live.pos, live.prev, live.prev_needed,
+                on_round(RoundInfo(self.tgt, self.drf, live.pending, live.pos, live.prev, live.prev_needed,
                                    list(rows.live), rows.out))
-        timer.finish(stats, t_all)
-        stats.new_tokens = sum(len(o) for o in rows.out)
-        return GenerationOutput(new_tokens=rows.out, stats=stats)
 
-    def _draft(self, drf: ModelRunner, live: _Live, K: int, stats: DecodeStats):
+    def timed(self, name: str, step, *args):
+        t0 = self.clock.start(name)
+        out = step(*args)
+        self.clock.stop(name, t0)
+        return out
+
+    def draft(self, K: int):
         """K draft tokens per row. Returns drafts [B, K], q logits [B, K, V] (None when greedy: the
         greedy test needs no q) and h (1 if this round fed the owed d_K first)."""
-        p, V = self._params, self.vocab_size
+        p, V, live = self.params, self.dec.vocab_size, self.live
         B = live.pending.shape[0]
         drafts = torch.empty((B, K), dtype=torch.long, device=live.pending.device)
         q_logits = None if p.temperature == 0 else []
@@ -468,48 +457,52 @@ class SpeculativeDecoder:
             valid = torch.ones((B, 1), dtype=torch.bool, device=ids.device)
         ones = valid[:, -1:]
         for k in range(K):
-            logits = drf.forward(ids, pos, valid, logits_to_keep=1)[:, -1, :V]      # [B, V]
-            stats.draft_calls += 1
+            t0 = self.clock.start("draft_forward")
+            logits = self.drf.forward(ids, pos, valid, logits_to_keep=1)[:, -1, :V]      # [B, V]
+            self.clock.stop("draft_forward", t0, ids.shape[1])
+            self.stats.draft_calls += 1
             masked = mask_logits(logits, p.temperature, p.top_k, p.top_p)
-            tok = sample_tokens(masked, p.temperature, self._gen)                    # [B]
+            tok = sample_tokens(masked, p.temperature, self.gen)                       # [B]
             drafts[:, k] = tok
             if q_logits is not None:
                 q_logits.append(masked)
             if k + 1 < K:  # d_K itself is fed next round, only where it is accepted
                 ids, pos, valid = tok[:, None], live.pos[:, None] + (k + 1), ones
-        q = None if q_logits is None else torch.stack(q_logits, 1)                  # [B, K, V]
+        q = None if q_logits is None else torch.stack(q_logits, 1)                     # [B, K, V]
         return drafts, q, h
 
-    def _score(self, tgt: ModelRunner, live: _Live, drafts, stats: DecodeStats):
+    def score(self, drafts):
         """One target forward over [pending, d_1..d_K]: logits [B, K+1, V] on the decoder's device."""
-        K = drafts.shape[1]
-        ids = torch.cat([live.pending[:, None], drafts], 1)                         # [B, K+1]
-        pos = live.pos[:, None] + torch.arange(K + 1, device=ids.device)            # [B, K+1]
-        logits = tgt.forward(ids, pos, torch.ones_like(ids, dtype=torch.bool))
-        stats.target_calls += 1
-        return logits[:, :, :self.vocab_size].to(self.device)
+        K, live = drafts.shape[1], self.live
+        ids = torch.cat([live.pending[:, None], drafts], 1)                            # [B, K+1]
+        pos = live.pos[:, None] + torch.arange(K + 1, device=ids.device)               # [B, K+1]
+        t0 = self.clock.start("target_forward")
+        logits = self.tgt.forward(ids, pos, torch.ones_like(ids, dtype=torch.bool))
+        self.clock.stop("target_forward", t0, K + 1)
+        self.stats.target_calls += 1
+        return logits[:, :, :self.dec.vocab_size].to(self.dec.device)
 
-    def _verify(self, p_logits, q_logits, drafts, n_row, stats: DecodeStats):
+    def verify(self, p_logits, q_logits, drafts, n_row):
         """The rejection test on the target's logits [B, K+1, V] and the draft's q logits [B, K, V]
         (None when greedy). Returns the VerifyResult and the round's one host read: per row its K+1
         emitted-token slots, then its accepted count."""
-        p = self._params
+        p, dec = self.params, self.dec
         B, K = drafts.shape
         p_masked = mask_logits(p_logits, p.temperature, p.top_k, p.top_p)             # same as q's
         greedy = q_logits is None
         q = p_masked[:, :K] if greedy else q_logits.to(p_masked.dtype)  # greedy never reads q
-        res = verify(p_masked, q, drafts, temperature=p.temperature,
-                     num_draft_tokens=torch.tensor(n_row, device=drafts.device), generator=self._gen,
-                     backend=self.backend, lenience=self.lenience, lenience_eps=self.lenience_eps,
-                     validate=False)
+        res = dec.verifier(p_masked, q, drafts, temperature=p.temperature,
+                           num_draft_tokens=torch.tensor(n_row, device=drafts.device), generator=self.gen,
+                           backend=dec.backend, lenience=dec.lenience, lenience_eps=dec.lenience_eps,
+                           validate=False)
         nan = p_logits.isnan().any() if greedy else (p_logits.isnan().any() | q_logits.isnan().any())
         host = torch.cat([res.tokens, res.num_accepted[:, None], nan.view(1, 1).expand(B, 1)], 1).tolist()
-        _check_finite(host[0][-1], "target" if greedy else "target or draft", stats.target_calls)
+        _check_finite(host[0][-1], "target" if greedy else "target or draft", self.stats.target_calls)
         return res, [row[:-1] for row in host]
 
-    @staticmethod
-    def _commit(tgt: ModelRunner, drf: ModelRunner, live: _Live, drafts, res, K: int, h: int, max_acc: int):
+    def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
         """Both caches keep exactly the accepted prefix as valid columns; trailing holes are cropped."""
+        tgt, drf, live = self.tgt, self.drf, self.live
         acc = res.num_accepted                                                       # [B]
         ar = torch.arange(K + 1, device=acc.device)[None]
         tgt.set_tail_validity(ar <= acc[:, None])             # pending + accepted drafts
@@ -529,22 +522,22 @@ class SpeculativeDecoder:
         live.any_prev_needed = K > 0 and max_acc == K
         live.pos = live.pos + acc + 1
 
-    @staticmethod
-    def _retire(rows: _Rows, tgt, drf, live: _Live, lengths, emitted, accepted, K: int) -> list:
+    def retire(self, emitted, accepted, K: int) -> list:
         """Emit each row's tokens; rows that hit EOS or their length leave the batch; compact if holes
         waste much of the caches. Returns the batch indices of the rows still live."""
+        rows, live = self.rows, self.live
         keep = rows.emit(emitted)
         if len(keep) < len(emitted):
             rows.live = [rows.live[b] for b in keep]
             if not keep:
                 return keep
             idx = torch.tensor(keep, device=live.pending.device)
-            for runner in (tgt, drf):
+            for runner in (self.tgt, self.drf):
                 runner.select_rows(idx)
             live.select(idx, K > 0 and any(accepted[b] == K for b in keep))
         # Valid columns of the longest row >= its committed tokens minus the pending one (and minus d_K
         # for the draft): a host-side bound, so the exact count is read only when compaction may pay.
-        longest = max(lengths[r] + len(rows.out[r]) for r in rows.live) - 2
-        tgt.maybe_compact(longest)
-        drf.maybe_compact(longest)
+        longest = max(self.lengths[r] + len(rows.out[r]) for r in rows.live) - 2
+        self.tgt.maybe_compact(longest)
+        self.drf.maybe_compact(longest)
         return keep
