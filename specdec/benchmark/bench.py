@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 import time
 import typing
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_
 from ..common.env import environment
 from ..common.files import write_json_atomic
 from ..common.outdir import RUN_FILE, prepare_out_dir
+from ..common.progress import Progress
 from ..common.table import format_table as _table
 from ..engine.devices import input_device, resolve_device
 
@@ -208,27 +208,6 @@ def plan(cfg: BenchConfig) -> dict:
                 group += [Setting(m, None, temp, bs) for m in ("hf_assisted_default", "hf_assisted_heuristic")]
             groups[(temp, bs)] = group
     return groups
-
-
-# ----------------------------------------------------------------------------------------------------
-# Progress: a bar from the first second (loading and the cost measurement show as its status).
-
-class Progress:
-    def __init__(self, total: int, enabled: bool):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="bench", unit="pass", disable=not enabled, file=sys.stderr,
-                        dynamic_ncols=True)
-
-    def status(self, text: str) -> None:
-        self.bar.set_postfix_str(text, refresh=True)
-
-    def advance(self, n: int = 1) -> None:
-        self.bar.update(n)
-
-    def close(self, keep: bool = True) -> None:
-        self.bar.leave = keep
-        self.bar.close()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -472,7 +451,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     groups = plan(cfg)
     out = _claim_out(cfg)
     path = out / "results.json"
-    progress = Progress(sum(len(g) for g in groups.values()) * cfg.repeats, enabled=not cfg.no_progress)
+    # a bar from the first second: loading and the cost measurement show as its status
+    progress = Progress(sum(len(g) for g in groups.values()) * cfg.repeats, "bench", enabled=not cfg.no_progress,
+                        unit="pass")
     try:
         inputs = _load(cfg, device, out, progress)
         meta, rows = _start(cfg, inputs, path)
