@@ -13,7 +13,7 @@ size). In a group each configuration gets `warmup` untimed runs of the first bat
 timed passes over every prompt, interleaved batch by batch: repeat r runs the first batch under every
 configuration of the group (in alternating order), then the next batch, so load drift on a shared
 machine does not bias one method's ratio. Batches are consecutive prompts of the prompt list (which is
-grouped by category), left-padded by the tokenizer. c and v (see results.py) are timed once per batch
+grouped by category), left-padded by the tokenizer. c and v (specdec/costmodel/predict.py) are timed once per batch
 size on a prompt-length cache before the sweep; with gamma auto, so are whole decode rounds at each
 count it may choose (costmodel.measure_round_costs), which auto then chooses by.
 
