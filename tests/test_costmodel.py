@@ -84,7 +84,8 @@ def test_cache_round_trip_and_refusals(pair, tmp_path):
     path.write_text("{ not json")
     assert cache.load(key) is None
     path.write_text(json.dumps({"key": data["key"], "costs": "garbage"}))
-    assert cache.load(key) is None
+    with pytest.warns(UserWarning, match="unusable costs"):
+        assert cache.load(key) is None
     # get: measures when nothing usable is stored, then reads what it stored
     calls = []
     assert cache.get(key, lambda: calls.append(1) or entry) == entry
@@ -155,3 +156,62 @@ def test_a_first_call_that_measures_decodes_as_a_call_that_reads(pair, tmp_path)
     assert len(list(tmp_path.glob("costs-*.json"))) == 1
     again = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=3, cost_cache=tmp_path).generate(ids, mask, **kw)
     assert first.new_tokens == again.new_tokens
+
+
+# ------------------------------------------------------------------ damaged costs (issue 19, class 8)
+
+def _cached_file(pair, tmp_path, round_s):
+    """The cache file a gamma="auto" decoder of `pair` (batch 1, 7-token prompt, greedy, max_gamma 4)
+    reads, written by hand with the given round times."""
+    target, _ = pair
+    draft = copy.deepcopy(target)
+    dec = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=4, cost_cache=tmp_path)
+    key = costcache.cost_key(target, draft, 1, costcache.context_bucket(7), False, range(1, 5), dec.resolved_impl,
+                             False, dec.device)
+    path = costcache.CostCache(tmp_path).path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "costs": {"round_s": {"greedy": round_s}}}))
+    return dec, path
+
+
+@pytest.mark.parametrize("seconds", [0.0, -0.01])
+def test_a_cache_file_of_zero_or_negative_costs_is_measured_again(pair, tmp_path, seconds):
+    """A cost cache file whose round times are zero (a ZeroDivisionError inside the choice) or negative
+    (auto then drafted nothing, K = 0, every round) is never used: it is measured again, with a warning
+    naming the file, and replaced."""
+    dec, path = _cached_file(pair, tmp_path, {str(k): seconds for k in range(1, 5)})
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9]])
+    with pytest.warns(UserWarning, match=f"{path.name}.*unusable costs.*measuring them again"):
+        out = dec.generate(ids, max_new_tokens=12)
+    assert sum(out.stats.gamma_counts[1:]) > 0             # rounds drafted: K >= 1
+    stored = json.loads(path.read_text())["costs"]["round_s"]["greedy"]
+    assert set(stored) == {"1", "2", "3", "4"} and all(s > 0 for s in stored.values())
+
+
+def test_a_cache_file_missing_a_count_or_a_mode_is_measured_again(pair, tmp_path):
+    dec, path = _cached_file(pair, tmp_path, {})
+    with pytest.warns(UserWarning, match="unusable costs"):
+        dec.generate(torch.tensor([[3, 4, 5, 6, 7, 8, 9]]), max_new_tokens=6)
+    assert json.loads(path.read_text())["costs"]["round_s"]["greedy"]
+
+
+@pytest.mark.parametrize("entry, field", [
+    ({"c": 0.0, "v": {"1": 1.1}}, "c"), ({"c": 0.1, "v": {"1": -1.0}}, "v"), ({"c": 0.1, "v": {}}, "v"),
+    ({"c": 0.1, "v": {"x": 1.0}}, "integer keys"), ({"c": 0.1, "v": {"0": 1.0}}, "count 0"),
+    ({"c": float("nan"), "v": {"1": 1.0}}, "c"), ({"c": True, "v": {"1": 1.0}}, "c"),
+    ({"round_s": {"greedy": {"1": 0.0}}}, "round_s.greedy"), ({"round_s": {"fast": {"1": 1.0}}}, "unknown mode"),
+    ({"c": 0.1}, "neither round times"), ({"target_step_s": -1.0, "c": 0.1, "v": {"1": 1.0}}, "target_step_s"),
+    ("garbage", "not a costs entry"), (None, "not"),
+])
+def test_read_entry_refuses_costs_no_prediction_may_use(entry, field):
+    with pytest.raises(ValueError, match=field):
+        table.read_entry(entry)
+
+
+def test_read_table_names_the_batch_size():
+    good = {"c": 0.1, "v": {"1": 1.1}}
+    assert table.read_table({"1": good, "8": good}) == {1: {"c": 0.1, "v": {1: 1.1}}, 8: {"c": 0.1, "v": {1: 1.1}}}
+    with pytest.raises(ValueError, match="batch size 8: c = 0"):
+        table.read_table({"1": good, "8": {"c": 0, "v": {"1": 1.1}}})
+    with pytest.raises(ValueError, match="batch size '0' is not an integer >= 1"):
+        table.read_table({"0": good})

@@ -387,7 +387,8 @@ def test_auto_bad_inputs(target_model, draft_model):
             SpeculativeDecoder(target_model, draft_model, gamma=gamma)
     with pytest.raises(ValueError, match="max_gamma"):
         SpeculativeDecoder(target_model, draft_model, gamma="auto", max_gamma=0)
-    for bad in ({}, {1: {"c": 0.1}}, {1: {"round_s": {"greedy": {1: -1.0}}}}, {0: {"c": 0.1, "v": {1: 1.0}}},
+    for bad in ({}, {1: {"c": 0.1}}, {1: {"round_s": {"greedy": {1: -1.0}}}}, {1: {"round_s": {"greedy": {1: 0.0}}}},
+                {1: {"c": 0.0, "v": {1: 1.0}}}, {0: {"c": 0.1, "v": {1: 1.0}}},
                 {1: {"c": float("nan"), "v": {1: 1.0}}}, [1, 2]):
         with pytest.raises(ValueError, match="costs must map a batch size"):
             SpeculativeDecoder(target_model, draft_model, gamma="auto", costs=bad)
