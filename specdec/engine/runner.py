@@ -12,11 +12,9 @@ anything.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from . import lean, lean_numpy, quant
+from . import families, lean, lean_numpy, quant
 from .kvcache import KVCache, hf_cache
 from .devices import input_device
 
@@ -25,17 +23,7 @@ IMPLS = ("auto", "lean", "numpy", "hf")
 
 def cache_kwarg(model) -> str:
     """transformers 5.24 renamed forward's `past_key_values` to `cache`; accept both."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def num_attention_layers(model) -> int:
-    cfg = model.config
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    raise ValueError(f"cannot tell how many layers {type(model).__name__} has (no num_hidden_layers in its config)")
+    return families.cache_kwarg(model) or "past_key_values"
 
 
 def model_dtype(model) -> torch.dtype:
@@ -112,14 +100,17 @@ class ModelRunner:
             raise ValueError("CUDA graphs need the static cache")
         if static:
             capacity = -(-capacity // 64) * 64   # SDPA's fused kernels want an aligned mask width
-        self.kv = KVCache(batch, capacity, cache_dtype(model, self.impl), self.device, static=static)
+        # Windowed layers (the lean forwards have none: lean.supports) need each column's position.
+        self._plan = families.mask_plan(model.config) if self.impl == "hf" else None
+        self.kv = KVCache(batch, capacity, cache_dtype(model, self.impl), self.device, static=static,
+                          positions=self._plan is not None)
         self.graphs = None
         if self.impl == "lean":
             self._lean = lean_forward_of(model)
         elif self.impl == "numpy":
             self._lean = numpy_forward_of(model)
         else:
-            self._hf_cache = hf_cache(self.kv, num_attention_layers(model))
+            self._hf_cache = hf_cache(self.kv, [w for _, w in families.layer_windows(model.config)])
             self._kw = cache_kwarg(model)
         if cuda_graphs:
             from .graphs import GraphSet
@@ -130,13 +121,23 @@ class ModelRunner:
         """One forward over the cache whose begin() produced `mask`. ids, pos: [B, S]."""
         if self.impl in ("lean", "numpy"):
             return self._lean(ids, pos, self.kv, mask, logits_to_keep)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+        out = self.model(input_ids=ids, attention_mask=self._layer_masks(mask), position_ids=pos, use_cache=True,
                          logits_to_keep=logits_to_keep, **{self._kw: self._hf_cache})
         return out.logits
 
+    def _layer_masks(self, mask):
+        """The attention_mask the transformers forward gets (families.mask_plan): the full-attention mask,
+        one windowed mask, or a mask per layer type."""
+        plan = self._plan
+        if plan is None:
+            return mask
+        if isinstance(plan, families.Window):
+            return self.kv.windowed(mask, plan)
+        return {t: mask if w is None else self.kv.windowed(mask, w) for t, w in plan.items()}
+
     def forward(self, ids, pos, valid, logits_to_keep: int = 0):
         """Append S columns (ids, pos: [B, S] int64; valid: [B, S] bool); logits [B, S', V]."""
-        mask = self.kv.begin(valid)
+        mask = self.kv.begin(valid, pos)
         if self.graphs is not None and self.graphs.eligible(ids.shape[1]):
             logits = self.graphs.run(ids, pos, mask, logits_to_keep)
         else:
