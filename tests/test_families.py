@@ -168,3 +168,74 @@ def test_windowed_cache_survives_compaction_and_row_selection():
     for i, b in enumerate((0, 2)):
         want = model(torch.tensor([seqs[b] + [int(pending[b])]])).logits[0, -1]
         torch.testing.assert_close(got[i], want, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- refused
+
+# name: (model_type, config overrides, what the error says). Checked from the config alone.
+REFUSED = {
+    "bloom": ("bloom", {}, "ALiBi"),
+    "falcon_alibi": ("falcon", {"alibi": True}, "ALiBi"),
+    "mpt": ("mpt", {}, "ALiBi"),
+    "gpt_neo_local": ("gpt_neo", {"attention_types": [[["global", "local"], 1]], "window_size": WINDOW},
+                      "local layers count their window"),
+    "mamba": ("mamba", {}, "recurrent state"),
+    "rwkv": ("rwkv", {}, "recurrent state"),
+    "recurrent_gemma": ("recurrent_gemma", {}, "recurrent"),
+    "jamba": ("jamba", {}, "linear_attention"),
+    "qwen3_next": ("qwen3_next", {}, "linear_attention"),
+    "lfm2_conv": ("lfm2", {"layer_types": ["conv", "full_attention"]}, "conv"),
+    "falcon_h1": ("falcon_h1", {}, "hybrid"),
+    "gemma3n_text": ("gemma3n_text", {}, "share KV caches"),
+    "bart": ("bart", {}, "encoder-decoder"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_refused_families_name_their_type(name):
+    from transformers import AutoConfig
+
+    model_type, over, why = REFUSED[name]
+    cfg = AutoConfig.for_model(model_type, **{**BASE, **over})
+    with pytest.raises(ValueError, match=f"specdec cannot run model_type '{model_type}' exactly: .*{why}"):
+        families.check(cfg)
+    assert "\n" not in families.unsupported(cfg)
+
+
+def test_refused_models_fail_before_decoding_with_one_line():
+    """Bloom once failed inside transformers with `too many values to unpack`; openai-gpt's forward takes
+    no cache; BartForCausalLM counts positions in cache columns (exact at batch size 1 only)."""
+    from transformers import BartConfig, BartForCausalLM
+
+    bart = BartForCausalLM(BartConfig(vocab_size=VOCAB, d_model=32, decoder_layers=2, encoder_layers=2,
+                                      decoder_attention_heads=4, encoder_attention_heads=4, decoder_ffn_dim=64,
+                                      encoder_ffn_dim=64, max_position_embeddings=128)).eval()
+    ids, mask = ragged()
+    cases = [(build("bloom", n_head=4), "bloom", "ALiBi"), (build("falcon", alibi=True), "falcon", "ALiBi"),
+             (build("openai-gpt", n_positions=128), "openai-gpt", "takes no KV cache"),
+             (bart, "bart", "no position_ids")]
+    for model, kind, why in cases:
+        with pytest.raises(ValueError, match=f"^specdec cannot run model_type '{kind}' exactly: [^\n]*{why}"):
+            autoregressive_generate(model, ids, mask, max_new_tokens=4)
+        with pytest.raises(ValueError, match=f"model_type '{kind}'"):
+            SpeculativeDecoder(model, model, gamma=2).generate(ids, mask, max_new_tokens=4)
+
+
+def test_load_refuses_from_the_config_before_any_weights(tmp_path):
+    """A folder with only a Bloom config.json: the family error comes first (no weights are read)."""
+    from transformers import AutoConfig
+
+    from specdec.models import load_model
+    AutoConfig.for_model("bloom", **BASE).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="^specdec cannot run model_type 'bloom' exactly: ALiBi"):
+        load_model(tmp_path)
+
+
+def test_cli_refuses_with_one_line_and_exit_2(tmp_path, capsys):
+    from transformers import AutoConfig
+
+    from specdec.cli import main
+    AutoConfig.for_model("mpt", **BASE).save_pretrained(tmp_path)
+    assert main(["generate", "--target", str(tmp_path), "--draft", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "specdec cannot run model_type 'mpt' exactly: ALiBi" in err, err

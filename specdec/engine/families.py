@@ -1,4 +1,4 @@
-"""The attention window of each layer of a model, as specdec's masks honour it.
+"""Which models the engine runs exactly, and the attention window of each of their layers.
 
 specdec runs a model over its own KV cache (kvcache.py): K/V written in place, rejected drafts left
 behind as holes that the mask hides, each row's positions given explicitly. That reproduces the model
@@ -12,6 +12,19 @@ else every layer sliding when `sliding_window` is set, else chunked when `attent
 Windows are measured in positions, never in cache columns: holes (and left padding) sit between
 columns, so a column distance overstates how far back a token is. transformers counts columns, which
 equals positions in its own cache (no holes, padding only on the left).
+
+Refused, with one line naming the model type (`check`):
+  * ALiBi (bloom, falcon with alibi=True, mpt): transformers derives the biases from a 2-D padding mask
+    (bloom, falcon fails with `too many values to unpack` on a 4-D one) or from cache columns (mpt);
+  * layers that keep a recurrent or convolution state instead of (or beside) a KV cache: layer types such
+    as linear_attention, conv, hybrid (Mamba, Jamba, Qwen3-Next, LFM2, Falcon-H1, ...), and RWKV, xLSTM,
+    RecurrentGemma;
+  * KV caches shared between layers (Gemma3n, Gemma4): their cache layers are not one per layer;
+  * encoder-decoders;
+  * positions or windows counted in cache columns by the model itself: forwards without position_ids
+    (the decoder halves of encoder-decoders such as BartForCausalLM: exact at batch size 1, not once a
+    batch holds holes), GPT-Neo's local layers;
+  * forwards that take no KV cache (openai-gpt).
 """
 from __future__ import annotations
 
@@ -20,6 +33,9 @@ from dataclasses import dataclass
 
 # Layer types whose attention is a mask over a plain KV cache.
 WINDOW_KINDS = {"full_attention": None, "sliding_attention": "sliding", "chunked_attention": "chunked"}
+# Models without layer_types whose state is recurrent (not one K/V entry per token).
+RECURRENT_TYPES = ("rwkv", "xlstm", "recurrent_gemma", "mamba", "mamba2", "falcon_mamba")
+ALIBI_TYPES = ("bloom",)   # always ALiBi; falcon and mpt have a flag
 
 
 @dataclass(frozen=True)
@@ -104,8 +120,58 @@ def mask_plan(config):
     return by_type
 
 
+def _alibi(cfg) -> bool:
+    if getattr(cfg, "model_type", None) in ALIBI_TYPES or getattr(cfg, "alibi", False) is True:
+        return True
+    attn = getattr(cfg, "attn_config", None)   # mpt
+    return bool(getattr(attn, "alibi", False) if not isinstance(attn, dict) else attn.get("alibi", False))
+
+
+def unsupported(config) -> str | None:
+    """Why specdec cannot run a model of this config exactly (a short phrase), or None."""
+    cfg = text_config(config)
+    kind = getattr(cfg, "model_type", None)
+    if _alibi(cfg):
+        return "ALiBi position biases (transformers builds them from a 2-D padding mask or from cache columns)"
+    if getattr(cfg, "is_encoder_decoder", False):
+        return "an encoder-decoder (specdec decodes decoder-only causal LMs)"
+    if kind in RECURRENT_TYPES:
+        return "a recurrent state, not a KV cache"
+    other = sorted({t for t in layer_types(cfg) if t not in WINDOW_KINDS})
+    if other:
+        return f"layers of type {', '.join(other)} keep a recurrent or convolution state, not a KV cache"
+    if getattr(cfg, "num_kv_shared_layers", 0) or any(getattr(cfg, "kv_sharing_modes", None) or ()):
+        return "layers share KV caches"
+    local = "local" in (getattr(cfg, "attention_layers", None) or ())
+    if local and getattr(cfg, "window_size", 0) < (getattr(cfg, "max_position_embeddings", None) or 1 << 30):
+        return f"its local layers count their window ({cfg.window_size}) in cache columns, where specdec leaves holes"
+    try:
+        mask_plan(cfg)
+    except ValueError as e:
+        return str(e).split("exactly: ", 1)[-1]
+    return None
+
+
 def cache_kwarg(model) -> str | None:
     """The name of forward's KV-cache argument (transformers 5.24 renamed `past_key_values` to `cache`),
     or None if it takes none."""
     params = inspect.signature(model.forward).parameters
     return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def check(model_or_config) -> None:
+    """Raise ValueError (one line naming the model type) if specdec cannot run this model exactly."""
+    model = None if hasattr(model_or_config, "model_type") else model_or_config
+    config = model_or_config if model is None else getattr(model, "config", None)
+    if config is None:
+        raise ValueError(f"{type(model).__name__} has no config: specdec runs transformers causal LMs")
+    reason = unsupported(config)
+    if reason is None and model is not None:
+        params = inspect.signature(model.forward).parameters
+        if cache_kwarg(model) is None:
+            reason = "its forward takes no KV cache"
+        elif "position_ids" not in params:
+            reason = "its forward takes no position_ids (it counts positions in cache columns, where specdec leaves holes)"
+    if reason is not None:
+        kind = getattr(text_config(config), "model_type", None)
+        raise ValueError(f"specdec cannot run model_type {kind!r} exactly: {reason}")

@@ -89,6 +89,7 @@ class ModelRunner:
                  static: bool | None = None):
         """static: the cache's static mode (default: on with cuda_graphs); tests force it on the CPU to
         check that the shapes graphs need compute the same logits."""
+        families.check(model)
         self.model = model
         self.device = input_device(model)
         self.impl = resolve_impl(model, impl)

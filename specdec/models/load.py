@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine import families
 from ..engine.quant import QUANTIZE, quantize_model
 from ..engine.devices import input_device, logit_width
 
@@ -41,6 +42,7 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, qua
     _check_exists(name_or_path)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    check_family(name_or_path)
     kwargs = {"dtype": resolve_dtype(dtype)}
     if device_map is not None:
         kwargs["device_map"] = device_map  # transformers/accelerate place the layers across devices
@@ -52,10 +54,23 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, qua
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"cannot load a causal LM from {name_or_path!r}: {first} (a truncated or corrupt "
                          "weights file? download or copy it again)") from None
+    families.check(model)   # what only the model tells (its forward's arguments)
     if device_map is None:
         model = model.to(device)
     model.eval().requires_grad_(False)
     return quantize_model(model, quantize)
+
+
+def check_family(name_or_path) -> None:
+    """Refuse a model specdec cannot run exactly (ALiBi, recurrent state, ...: engine/families.py) from
+    its config, before any weights load. A config that cannot be read is left to load_model to report."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_path))
+    except (OSError, ValueError):
+        return
+    families.check(config)
 
 
 def load_tokenizer(name_or_path):
@@ -111,6 +126,9 @@ def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map
         bt, bd = bundled_pair()
         target = bt if target is None else target
         draft = bd if draft is None else draft
+    for name in (target, draft):
+        _check_exists(name)
+        check_family(name)
     ttok, dtok = load_tokenizer(target), load_tokenizer(draft)
     vocab = check_vocab(ttok, dtok, str(target), str(draft))
     tmodel = load_model(target, dtype, device, device_map, quantize)
