@@ -14,14 +14,32 @@ from specdec.engine.kvcache import KVCache
 from specdec.engine.runner import ModelRunner
 from test_decoding import AUTO_COSTS, _noisy_copy
 
-VOCAB, NEW, EOS, WINDOW = 128, 16, 2, 6
+VOCAB, NEW, WINDOW = 128, 16, 6
+# No EOS: every row decodes all NEW tokens (the EOS logic does not depend on the family: test_decoding).
 BASE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=EOS, pad_token_id=0)
+            num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=None, pad_token_id=0)
 
 # name: (model_type, config overrides, weight scale). Windows (6) are shorter than every decode here (up to
-# 9 + 16 positions). The scale gives each family peaked but varied outputs (Gemma's scaled embeddings
-# and norms saturate into one repeated token at 0.3).
+# 9 + 16 positions). The scale gives each family peaked but varied outputs (Gemma2 and Gemma3, with their
+# scaled embeddings and extra norms, saturate into one repeated token at 0.3).
 FAMILIES = {
+    "llama": ("llama", {}, 0.3),
+    "qwen2": ("qwen2", {}, 0.3),
+    "qwen3": ("qwen3", {"head_dim": 8}, 0.3),
+    "gemma": ("gemma", {"head_dim": 8}, 0.3),
+    "phi": ("phi", {}, 0.3),
+    "gpt2": ("gpt2", {}, 0.3),
+    "gpt_neox": ("gpt_neox", {}, 0.3),
+    "gptj": ("gptj", {"rotary_dim": 4}, 0.3),
+    "opt": ("opt", {"word_embed_proj_dim": 32, "ffn_dim": 64}, 0.3),
+    "falcon": ("falcon", {}, 0.3),
+    "cohere": ("cohere", {}, 0.3),
+    "olmo": ("olmo", {}, 0.3),
+    "olmo2": ("olmo2", {}, 0.3),
+    "stablelm": ("stablelm", {}, 0.3),
+    "gpt_bigcode": ("gpt_bigcode", {}, 0.3),
+    "codegen": ("codegen", {"rotary_dim": 4}, 0.3),
+    "granite": ("granite", {}, 0.3),
     "mistral_window": ("mistral", {"sliding_window": WINDOW}, 0.3),
     "qwen2_window": ("qwen2", {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 1}, 0.3),
     "gemma2": ("gemma2", {"sliding_window": WINDOW, "head_dim": 8}, 0.02),
@@ -31,6 +49,7 @@ FAMILIES = {
     "cohere2": ("cohere2", {"sliding_window": WINDOW}, 0.3),
     "mixtral_window": ("mixtral", {"sliding_window": WINDOW, "num_local_experts": 4}, 0.3),
     "gpt_oss": ("gpt_oss", {"sliding_window": WINDOW, "num_local_experts": 4, "head_dim": 8}, 0.3),
+    "olmo3": ("olmo3", {"sliding_window": WINDOW}, 0.3),
     "llama4_text_chunked": ("llama4_text", {"attention_chunk_size": WINDOW, "head_dim": 8, "num_local_experts": 2,
                                             "intermediate_size_mlp": 64}, 0.3),
 }
@@ -61,15 +80,10 @@ def ragged(B=3, P=9, seed=5):
     return ids, mask
 
 
-def upto_eos(tokens: list) -> list:
-    """generate() pads a row after its EOS; specdec stops the row there."""
-    return tokens[:tokens.index(EOS) + 1] if EOS in tokens else tokens
-
-
 def hf_generate(model, ids, mask) -> list:
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
-                         eos_token_id=EOS)
-    return [upto_eos(row[ids.shape[1]:].tolist()) for row in out]
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                         pad_token_id=0)
+    return [row[ids.shape[1]:].tolist() for row in out]
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -87,31 +101,26 @@ def family(request):
 
 def test_plain_equals_generate(family):
     f = family
-    got = autoregressive_generate(f.target, f.ids, f.mask, max_new_tokens=NEW, eos_token_id=EOS).new_tokens
-    assert got == f.want
-    got = autoregressive_generate(f.target, f.one, max_new_tokens=NEW, eos_token_id=EOS).new_tokens
-    assert got == f.want_one
+    assert autoregressive_generate(f.target, f.ids, f.mask, max_new_tokens=NEW).new_tokens == f.want
+    assert autoregressive_generate(f.target, f.one, max_new_tokens=NEW).new_tokens == f.want_one
+    if families.mask_plan(f.target.config) is not None:
+        # Negative control: the same weights without the window decode differently here, so these
+        # equalities check the window (a decode that ignored it would fail them).
+        wide = copy.deepcopy(f.target)
+        for name in ("sliding_window", "attention_chunk_size"):
+            if getattr(wide.config, name, None) is not None:
+                setattr(wide.config, name, 10 ** 6)
+        assert hf_generate(wide, f.ids, f.mask) != f.want
 
 
 @pytest.mark.parametrize("gamma", [1, 3, "auto"])
 def test_speculative_equals_generate(family, gamma):
     f = family
     dec = SpeculativeDecoder(f.target, f.draft, gamma=gamma, costs=AUTO_COSTS if gamma == "auto" else None)
-    out = dec.generate(f.ids, f.mask, max_new_tokens=NEW, eos_token_id=EOS)
+    out = dec.generate(f.ids, f.mask, max_new_tokens=NEW)
     assert out.new_tokens == f.want
     assert 0.0 < out.stats.acceptance_rate < 1.0      # rejections happened: holes in a ragged batch
-    assert dec.generate(f.one, max_new_tokens=NEW, eos_token_id=EOS).new_tokens == f.want_one
-
-
-def test_the_window_matters(family):
-    """Negative control: the same weights without the window decode differently here, so the equalities
-    above check the window (a decode that ignored it would fail them)."""
-    f = family
-    wide = copy.deepcopy(f.target)
-    for name in ("sliding_window", "attention_chunk_size"):
-        if getattr(wide.config, name, None) is not None:
-            setattr(wide.config, name, 10 ** 6)
-    assert hf_generate(wide, f.ids, f.mask) != f.want
+    assert dec.generate(f.one, max_new_tokens=NEW).new_tokens == f.want_one
 
 
 def test_windows_follow_transformers_rule():
@@ -145,12 +154,14 @@ def test_windowed_mask_counts_positions_not_columns():
     assert seen.tolist() == [[False, False, False, False, False, True], [False, False, False, False, False, True]]
 
 
-def test_windowed_cache_survives_compaction_and_row_selection():
+@pytest.mark.parametrize("static", [False, True])
+def test_windowed_cache_survives_compaction_and_row_selection(static):
     """Positions move with their columns: after a compaction and a finished row, the windowed runner's
-    next logits still equal a cache-free forward over the row's last WINDOW tokens (sliding window)."""
+    next logits still equal a cache-free forward over the row's last WINDOW tokens (sliding window), in
+    the dynamic and the static (CUDA-graph) cache layout."""
     model = build("mistral", sliding_window=WINDOW)
     ids, mask = ragged(B=3, P=9)
-    r = ModelRunner(model, batch=3, capacity=64)
+    r = ModelRunner(model, batch=3, capacity=64, static=static)
     r.prefill(ids, mask)
     seqs = [ids[b, mask[b].bool()].tolist()[:-1] for b in range(3)]
     pos, pending = mask.sum(1) - 1, ids[:, -1]
@@ -239,3 +250,18 @@ def test_cli_refuses_with_one_line_and_exit_2(tmp_path, capsys):
     assert main(["generate", "--target", str(tmp_path), "--draft", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "specdec cannot run model_type 'mpt' exactly: ALiBi" in err, err
+
+
+def test_lean_forwards_refuse_windows_shorter_than_the_context():
+    """The lean and NumPy forwards attend to every column: windowed models take transformers' forward
+    (impl auto), and asking for lean says why not."""
+    from specdec.engine import lean
+    from specdec.engine.runner import resolve_impl
+    for model in (build("mistral", sliding_window=WINDOW), build("qwen2", use_sliding_window=True,
+                                                                   sliding_window=WINDOW, max_window_layers=1)):
+        assert lean.supports(model) == f"attention window {WINDOW} shorter than the context"
+        assert resolve_impl(model) == "hf"
+        with pytest.raises(ValueError, match="impl='lean' does not support .*attention window 6"):
+            ModelRunner(model, 1, 8, impl="lean")
+    for model in (build("mistral", sliding_window=128), build("qwen2", sliding_window=WINDOW)):
+        assert lean.supports(model) is None            # the window never binds / is switched off

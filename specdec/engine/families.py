@@ -19,7 +19,7 @@ Refused, with one line naming the model type (`check`):
   * layers that keep a recurrent or convolution state instead of (or beside) a KV cache: layer types such
     as linear_attention, conv, hybrid (Mamba, Jamba, Qwen3-Next, LFM2, Falcon-H1, ...), and RWKV, xLSTM,
     RecurrentGemma;
-  * KV caches shared between layers (Gemma3n, Gemma4): their cache layers are not one per layer;
+  * KV caches shared between layers (Gemma3n, Gemma4 with shared layers): not one cache layer per layer;
   * encoder-decoders;
   * positions or windows counted in cache columns by the model itself: forwards without position_ids
     (the decoder halves of encoder-decoders such as BartForCausalLM: exact at batch size 1, not once a
@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+
+import torch
 
 # Layer types whose attention is a mask over a plain KV cache.
 WINDOW_KINDS = {"full_attention": None, "sliding_attention": "sliding", "chunked_attention": "chunked"}
@@ -140,7 +142,7 @@ def unsupported(config) -> str | None:
     other = sorted({t for t in layer_types(cfg) if t not in WINDOW_KINDS})
     if other:
         return f"layers of type {', '.join(other)} keep a recurrent or convolution state, not a KV cache"
-    if getattr(cfg, "num_kv_shared_layers", 0) or any(getattr(cfg, "kv_sharing_modes", None) or ()):
+    if getattr(cfg, "num_kv_shared_layers", 0) or "reuse" in (getattr(cfg, "kv_sharing_modes", None) or ()):
         return "layers share KV caches"
     local = "local" in (getattr(cfg, "attention_layers", None) or ())
     if local and getattr(cfg, "window_size", 0) < (getattr(cfg, "max_position_embeddings", None) or 1 << 30):
@@ -161,14 +163,15 @@ def cache_kwarg(model) -> str | None:
 
 def check(model_or_config) -> None:
     """Raise ValueError (one line naming the model type) if specdec cannot run this model exactly."""
-    model = None if hasattr(model_or_config, "model_type") else model_or_config
+    model = model_or_config if isinstance(model_or_config, torch.nn.Module) else None
     config = model_or_config if model is None else getattr(model, "config", None)
     if config is None:
         raise ValueError(f"{type(model).__name__} has no config: specdec runs transformers causal LMs")
     reason = unsupported(config)
     if reason is None and model is not None:
-        params = inspect.signature(model.forward).parameters
-        if cache_kwarg(model) is None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model   # a PEFT wrapper's model
+        params = inspect.signature(base.forward).parameters
+        if cache_kwarg(base) is None:
             reason = "its forward takes no KV cache"
         elif "position_ids" not in params:
             reason = "its forward takes no position_ids (it counts positions in cache columns, where specdec leaves holes)"
