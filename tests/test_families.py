@@ -19,6 +19,7 @@ VOCAB, NEW, WINDOW = 128, 16, 6
 BASE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=None, pad_token_id=0)
 
+MIXED = ["sliding_attention", "full_attention"]   # per-layer masks (a dict by layer type)
 # name: (model_type, config overrides, weight scale). Windows (6) are shorter than every decode here (up to
 # 9 + 16 positions). The scale gives each family peaked but varied outputs (Gemma2 and Gemma3, with their
 # scaled embeddings and extra norms, saturate into one repeated token at 0.3).
@@ -43,15 +44,16 @@ FAMILIES = {
     "mistral_window": ("mistral", {"sliding_window": WINDOW}, 0.3),
     "qwen2_window": ("qwen2", {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 1}, 0.3),
     "gemma2": ("gemma2", {"sliding_window": WINDOW, "head_dim": 8}, 0.02),
-    "gemma3_text": ("gemma3_text", {"sliding_window": WINDOW, "head_dim": 8}, 0.02),
+    "gemma3_text": ("gemma3_text", {"sliding_window": WINDOW, "head_dim": 8, "layer_types": MIXED}, 0.02),
     "phi3_window": ("phi3", {"sliding_window": WINDOW}, 0.3),
     "starcoder2_window": ("starcoder2", {"sliding_window": WINDOW}, 0.3),
-    "cohere2": ("cohere2", {"sliding_window": WINDOW}, 0.3),
+    "cohere2": ("cohere2", {"sliding_window": WINDOW, "layer_types": MIXED}, 0.3),
     "mixtral_window": ("mixtral", {"sliding_window": WINDOW, "num_local_experts": 4}, 0.3),
     "gpt_oss": ("gpt_oss", {"sliding_window": WINDOW, "num_local_experts": 4, "head_dim": 8}, 0.3),
-    "olmo3": ("olmo3", {"sliding_window": WINDOW}, 0.3),
+    "olmo3": ("olmo3", {"sliding_window": WINDOW, "layer_types": MIXED}, 0.3),
     "llama4_text_chunked": ("llama4_text", {"attention_chunk_size": WINDOW, "head_dim": 8, "num_local_experts": 2,
-                                            "intermediate_size_mlp": 64}, 0.3),
+                                            "intermediate_size_mlp": 64,
+                                            "layer_types": ["chunked_attention", "full_attention"]}, 0.3),
 }
 
 
