@@ -8,7 +8,7 @@ import types
 
 _EXPORTS = {
     "SpeculativeDecoder": "engine.decoding", "autoregressive_generate": "engine.decoding",
-    "GenerationOutput": "engine.decoding", "SamplingParams": "engine.decoding", "DecodeStats": "metrics",
+    "GenerationOutput": "engine.decoding", "SamplingParams": "engine.params", "DecodeStats": "metrics",
     "predicted_speedup": "metrics", "expected_tokens_per_step": "metrics", "bundled_pair": "models",
     "load_pair": "models", "load_model": "models", "load_tokenizer": "models", "check_vocab": "models",
     "verify": "engine.verify", "VerifyResult": "engine.verify",

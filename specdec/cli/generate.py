@@ -11,7 +11,8 @@ import torch
 
 from ..common.config import add_arguments as _add_arguments, config_from_args, option
 from ..data.corpus import builtin_prompts
-from ..engine.decoding import AUTO, SamplingParams, SpeculativeDecoder, autoregressive_generate
+from ..engine.decoding import AUTO, SpeculativeDecoder, autoregressive_generate
+from ..engine.params import SamplingParams
 from ..models import load_pair, resolve_dtype
 from ..engine.quant import QUANTIZE
 from ..engine.runner import IMPLS

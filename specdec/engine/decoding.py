@@ -49,39 +49,8 @@ from ..metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, li
 from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
 from .sampling import mask_logits, sample_tokens
 from .devices import input_device, logit_width
+from .params import SamplingParams, check_context, max_positions, prepare_inputs
 from .verify import LENIENCE_KINDS, verify
-
-
-# ----------------------------------------------------------------------------------------------------
-# Parameters: one source of truth for defaults.
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0   # 0 = greedy
-    top_k: int = 0             # 0 = off
-    top_p: float = 1.0         # 1 = off
-    seed: int | None = None
-    eos_token_id: int | list | None = None  # None = no stop token
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) \
-                or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
-
-    @property
-    def eos_ids(self) -> set:
-        if self.eos_token_id is None:
-            return set()
-        if isinstance(self.eos_token_id, int):
-            return {self.eos_token_id}
-        return set(int(e) for e in self.eos_token_id)
 
 
 @dataclass
@@ -111,48 +80,6 @@ class RoundInfo:
 
 # ----------------------------------------------------------------------------------------------------
 # Shared input handling and bookkeeping.
-
-def _max_positions(model) -> int | None:
-    cfg = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def _prepare_inputs(input_ids, attention_mask, device):
-    """Validate a (left-padded) batch. Returns ids [B, P], mask [B, P] long, lengths (host list)."""
-    if not isinstance(input_ids, torch.Tensor):
-        raise ValueError("input_ids must be a [B, P] tensor of token ids (use the tokenizer with padding_side='left')")
-    if input_ids.dim() == 1:
-        input_ids = input_ids.unsqueeze(0)
-    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
-        raise ValueError(f"input_ids must be [B, P] with B >= 1, got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] == 0:
-        raise ValueError("empty prompt: every row needs at least one token (e.g. the BOS token)")
-    input_ids = input_ids.to(device=device, dtype=torch.long)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device=device, dtype=torch.long)
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
-    lengths = attention_mask.sum(1).tolist()
-    if min(lengths) == 0:
-        raise ValueError(f"empty prompt in row {lengths.index(0)}: every row needs at least one token")
-    if not bool(attention_mask[:, -1].all()):
-        raise ValueError("prompts must be left-padded (the last column real in every row): set "
-                         "tokenizer.padding_side = 'left'")
-    return input_ids, attention_mask, lengths
-
-
-def _check_context(model, name, lengths, max_new_tokens):
-    limit = _max_positions(model)
-    need = max(lengths) + max_new_tokens
-    if limit is not None and need > limit:
-        raise ValueError(f"prompt ({max(lengths)} tokens) + max_new_tokens ({max_new_tokens}) = {need} exceeds "
-                         f"the {name}'s context of {limit} positions; shorten the prompt or lower max_new_tokens")
-
 
 def capacity_for(prompt_columns: int, max_new_tokens: int, gamma: int) -> int:
     """Cache columns a decode needs: the prompt, every new token, one round of drafts, and room for the
@@ -269,9 +196,9 @@ class _Timer:
 def _start(models, names, input_ids, attention_mask, params: SamplingParams, gamma: int, impl, cuda_graphs):
     """Validated inputs and one prefilled ModelRunner per model (the setup both loops share)."""
     device = input_device(models[0])
-    ids, mask, lengths = _prepare_inputs(input_ids, attention_mask, device)
+    ids, mask, lengths = prepare_inputs(input_ids, attention_mask, device)
     for model, name in zip(models, names):
-        _check_context(model, name, lengths, params.max_new_tokens)
+        check_context(model, name, lengths, params.max_new_tokens)
     capacity = capacity_for(ids.shape[1], params.max_new_tokens, gamma)
     runners = []
     t0 = time.perf_counter()
@@ -556,7 +483,7 @@ class SpeculativeDecoder:
         if max(gammas) > self.max_gamma or min(gammas) < 1:
             raise ValueError(f"gammas must lie in 1..max_gamma={self.max_gamma}, got {gammas}")
         if new_tokens is None:   # _ROUND_TOKENS, or what the models' context leaves after the prompts
-            limit = min(m for m in (_max_positions(self.target), _max_positions(self.draft), 1 << 30) if m)
+            limit = min(m for m in (max_positions(self.target), max_positions(self.draft), 1 << 30) if m)
             new_tokens = max(1, min(_ROUND_TOKENS, limit - input_ids.shape[-1]))
         kw = dict(max_new_tokens=new_tokens, temperature=1.0 if sampling else 0.0)
         samples = {k: [] for k in gammas}
