@@ -37,7 +37,7 @@ from ..costs import measure_costs, sync
 from ..common.config import add_arguments as _add_arguments, config_from_args, to_argv, to_dict
 from ..engine.decoding import AUTO, SpeculativeDecoder, autoregressive_generate
 from ..engine.params import max_positions
-from ..models import bundled_pair, load_pair, resolve_dtype
+from ..models import bundled_pair, load_pair
 from ..engine.runner import resolve_impl
 from .config import RESUMABLE_CHANGES, BenchConfig
 from .plots import FIGURES, plot_files
@@ -48,6 +48,7 @@ from ..common.env import environment
 from ..common.files import write_json_atomic
 from ..common.outdir import RUN_FILE, prepare_out_dir
 from ..common.table import format_table as _table
+from ..common.values import is_greedy
 from ..engine.devices import input_device, resolve_device
 
 
@@ -102,26 +103,12 @@ class BenchResult:
 def _validate(cfg: BenchConfig):
     """Everything that can be checked without a model: device, dtype, the prompt file. Returns the device."""
     device = resolve_device(cfg.device)
-    resolve_dtype(_dtype(cfg, device))
-    _quantize(cfg, device)
+    cfg.quantization_on(device)
     if cfg.cuda_graphs == "on" and device.type != "cuda":
         raise ValueError("--cuda-graphs on needs a CUDA device; use --cuda-graphs off or auto")
     if cfg.prompts is not None:
         load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not after loading
     return device
-
-
-def _dtype(cfg: BenchConfig, device) -> str:
-    return cfg.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-
-
-def _quantize(cfg: BenchConfig, device) -> tuple[str, str]:
-    """(target, draft) quantization; auto = the fastest lossless path measured for the device."""
-    if cfg.quantize != "auto":
-        if cfg.quantize == "int8" and device.type != "cpu":
-            raise ValueError("--quantize int8 is a CPU path; on CUDA use --dtype bfloat16 (--quantize none)")
-        return cfg.quantize, cfg.quantize
-    return ("int8", "none") if device.type == "cpu" else ("none", "none")
 
 
 def _graphs(cfg: BenchConfig, device, impls) -> bool:
@@ -184,8 +171,8 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
         bt, bd = bundled_pair()
     target_name = str(cfg.target or bt)
     draft_name = str(cfg.draft or bd)
-    tq, dq = _quantize(cfg, device)
-    target, draft, tok, vocab = load_pair(target_name, draft_name, _dtype(cfg, device), str(device), cfg.device_map,
+    tq, dq = cfg.quantization_on(device)
+    target, draft, tok, vocab = load_pair(target_name, draft_name, cfg.dtype_on(device), str(device), cfg.device_map,
                                           quantize=tq, draft_quantize=dq)
     dev = input_device(target)  # cuda:0 when --device-map shards the target
     if cfg.device_map is not None and input_device(draft) != dev:
@@ -227,7 +214,7 @@ def meta_of(cfg: BenchConfig, inputs: BenchInputs) -> dict:
     return {
         "target": inputs.target_name, "draft": inputs.draft_name, "target_params": n_params(inputs.target),
         "draft_params": n_params(inputs.draft), "vocab_size": inputs.vocab, **environment(inputs.device),
-        "device_map": cfg.device_map, "hf_device_map": hf_map, "dtype": _dtype(cfg, inputs.device),
+        "device_map": cfg.device_map, "hf_device_map": hf_map, "dtype": cfg.dtype_on(inputs.device),
         "command": shlex.join(["specdec", "bench", *to_argv(cfg)]), "prompts_source": inputs.prompts_source,
         "num_prompts": len(inputs.prompts), "categories": list(dict.fromkeys(inputs.cats)), "config": to_dict(cfg),
         "hf_assistant_defaults": baselines.hf_assistant_defaults(inputs.draft) if "hf" in cfg.baselines else None,
@@ -329,7 +316,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     groups = plan(cfg)
     out = _claim_out(cfg)
     path = out / "results.json"
-    progress = Progress(sum(len(g) for g in groups.values()) * cfg.repeats, enabled=not cfg.no_progress)
+    progress = Progress(sum(len(g) for g in groups.values()) * cfg.repeats, enabled=cfg.progress)
     try:
         inputs = _load(cfg, device, out, progress)
         meta, rows = _start(cfg, inputs, path)
@@ -353,7 +340,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 
 def _load(cfg: BenchConfig, device, out: Path, progress: Progress) -> BenchInputs:
     progress.status("loading the models")
-    if cfg.no_progress:
+    if not cfg.progress:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     try:
@@ -381,7 +368,7 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
     need) on the first bs prompts; for each batch size the saved run does not have; recorded in
     meta["costs"]."""
     costs = baselines.costs_from_json(meta["costs"])
-    modes = sorted({"sampling" if t > 0 else "greedy" for t in cfg.temperature}) if AUTO in cfg.gamma else []
+    modes = sorted({"greedy" if is_greedy(t) else "sampling" for t in cfg.temperature}) if AUTO in cfg.gamma else []
     for bs in cfg.batch_size:
         if bs not in costs:
             progress.status(f"measuring the step costs c, v at batch size {bs}")

@@ -49,8 +49,9 @@ from ..metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, li
 from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
 from .sampling import mask_logits, sample_tokens
 from .devices import input_device, logit_width
+from ..common.values import check_gamma, check_lenience
 from .params import SamplingParams, check_context, max_positions, prepare_inputs
-from .verify import LENIENCE_KINDS, verify
+from .verify import verify
 
 
 @dataclass
@@ -228,7 +229,7 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
     ids, mask, lengths, (tgt,), prefill_s = _start([target], ["target"], input_ids, attention_mask, params, 0,
                                                    impl, cuda_graphs)
     device = ids.device
-    gen = _generator(seed, device)
+    gen = _generator(params.seed, device)
     stats = DecodeStats(gamma=0, prefill_calls=1, prefill_s=prefill_s)
     timer = _Timer(device)
     rows = _Rows(ids.shape[0], params)
@@ -240,7 +241,8 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
         logits = tgt.forward(pending, pos, ones[:pending.shape[0]])[:, -1]   # [B, V]
         if vocab_size is not None:
             logits = logits[:, :vocab_size]
-        nxt = sample_tokens(mask_logits(logits, temperature, top_k, top_p), temperature, gen)  # [B]
+        masked = mask_logits(logits, params.temperature, params.top_k, params.top_p)
+        nxt = sample_tokens(masked, params.temperature, gen)                                  # [B]
         timer.stop("target_s", t0)
         host = torch.cat([nxt, logits.isnan().any().view(1)]).tolist()   # the one host sync per step
         stats.target_calls += 1
@@ -371,19 +373,14 @@ class SpeculativeDecoder:
                  lenience: str | None = None, lenience_eps: float = 1.0, impl: str = "auto",
                  cuda_graphs: bool = False, max_gamma: int = AUTO_MAX_GAMMA, costs: dict | None = None,
                  cost_cache=None):
-        if gamma != AUTO and (isinstance(gamma, (str, bool)) or int(gamma) != gamma or gamma < 1):
-            raise ValueError(f"gamma (draft tokens per step) must be an integer >= 1 or 'auto', got {gamma!r}")
-        if isinstance(max_gamma, bool) or int(max_gamma) != max_gamma or max_gamma < 1:
-            raise ValueError(f"max_gamma must be an integer >= 1, got {max_gamma!r}")
-        if lenience is not None and lenience not in LENIENCE_KINDS:
-            raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {lenience!r}")
-        if not (0.0 < lenience_eps <= 1.0):
-            raise ValueError(f"lenience_eps must be in (0, 1], got {lenience_eps}")
+        gamma = check_gamma(gamma, "gamma")
+        max_gamma = check_gamma(max_gamma, "max_gamma", auto=False)
+        lenience, lenience_eps = check_lenience(lenience, lenience_eps)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.target, self.draft = target, draft
-        self.gamma = AUTO if gamma == AUTO else int(gamma)
-        self.max_gamma = int(max_gamma) if gamma == AUTO else self.gamma   # the widest round
+        self.gamma = gamma
+        self.max_gamma = max_gamma if gamma == AUTO else gamma   # the widest round
         self.costs = _check_costs(costs)
         self.cost_cache = cost_cache
         self._measured: dict = {}   # (batch size, context, sampled) -> costs measured or read by this decoder
@@ -415,11 +412,11 @@ class SpeculativeDecoder:
         counts = _counts
         if counts is None and self.gamma == AUTO:   # before this decode's own state: a first call times rounds
             t0 = time.perf_counter()
-            counts = _AutoCounts(ids.shape[0], self._costs_for(ids, mask, temperature > 0), temperature > 0,
+            counts = _AutoCounts(ids.shape[0], self._costs_for(ids, mask, not params.greedy), not params.greedy,
                                  self.max_gamma)
             t_all += time.perf_counter() - t0   # a first measurement of the costs is not decoding time
         counts = counts or _FixedCounts(self.gamma)
-        self._gen = _generator(seed, ids.device)
+        self._gen = _generator(params.seed, ids.device)
         self._params = params
         stats = DecodeStats(gamma=self.max_gamma, prefill_calls=2, prefill_s=prefill_s)
         timer = _Timer(ids.device)
@@ -508,7 +505,7 @@ class SpeculativeDecoder:
         p, V = self._params, self.vocab_size
         B = live.pending.shape[0]
         drafts = torch.empty((B, K), dtype=torch.long, device=live.pending.device)
-        q_logits = None if p.temperature == 0 else []
+        q_logits = None if p.greedy else []
         h = 1 if (K > 0 and live.any_prev_needed) else 0
         if K == 0:
             return drafts, (None if q_logits is None else drafts.new_zeros((B, 0, V), dtype=torch.float)), 0

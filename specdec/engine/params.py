@@ -3,39 +3,40 @@
 `check_context` against the models' positions)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from ..common.values import check_int, check_number, check_seed, check_temperature, check_token_ids, is_greedy
 
 
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 64
-    temperature: float = 0.0   # 0 = greedy
+    temperature: float = 0.0   # 0 = greedy (common/values.py: the rule, and the smallest sampling temperature)
     top_k: int = 0             # 0 = off
     top_p: float = 1.0         # 1 = off
     seed: int | None = None
     eos_token_id: int | list | None = None  # None = no stop token
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) \
-                or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
+        (self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed) = check_sampling(
+            self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
+        self.eos_ids = set(check_token_ids(self.eos_token_id, "eos_token_id"))
 
     @property
-    def eos_ids(self) -> set:
-        if self.eos_token_id is None:
-            return set()
-        if isinstance(self.eos_token_id, int):
-            return {self.eos_token_id}
-        return set(int(e) for e in self.eos_token_id)
+    def greedy(self) -> bool:
+        return is_greedy(self.temperature)
+
+
+def check_sampling(max_new_tokens, temperature, top_k, top_p, seed, name=lambda field: field) -> tuple:
+    """The decoding settings, checked and normalised (ints, floats); name(field) is how the caller knows
+    each one ("top_p" in the API, "--top-p" on the command line)."""
+    return (check_int(max_new_tokens, name("max_new_tokens"), 1),
+            check_temperature(temperature, name("temperature")),
+            check_int(top_k, name("top_k"), 0, what=" (0 = off)"),
+            check_number(top_p, name("top_p"), 0.0, 1.0, low_open=True, what=" (1 = off)"),
+            check_seed(seed, name("seed")))
 
 
 def max_positions(model) -> int | None:

@@ -15,15 +15,14 @@ Temperature 0 is greedy: accept iff x_i == argmax p_i, and the extra token is ar
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 import torch
 
+from ..common.values import LENIENCE_KINDS  # noqa: F401 (re-exported)
+from ..common.values import MIN_TEMPERATURE, check_lenience, check_temperature, is_greedy
 from .sampling import probs_from_logits, sample_from_probs
-
-LENIENCE_KINDS = ("lin", "sq", "exp")
 BACKENDS = ("torch", "triton", "auto")
 
 
@@ -43,25 +42,23 @@ def lenient_target(p_x: torch.Tensor, kind: str | None, eps: float) -> torch.Ten
         return p_x / (eps * eps)
     if kind == "exp":
         return p_x.pow(eps)
-    raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {kind!r}")
+    check_lenience(kind, eps)   # raises: an unknown kind
 
 
 def _temperature_tensor(temperature, B: int, device) -> torch.Tensor:
-    """Scalar or [B] temperature -> [B] fp32 on device; checks it is finite and non-negative (one host
-    sync when a tensor is passed, paid only on this validation path)."""
+    """Scalar or [B] temperature -> [B] fp32 on device; each checked by the one temperature rule
+    (common/values.py; one host sync when a tensor is passed, paid only on this validation path)."""
     if isinstance(temperature, torch.Tensor):
         t = temperature.to(device=device, dtype=torch.float32).reshape(-1)
         if t.numel() == 1:
             t = t.expand(B)
         if t.shape != (B,):
             raise ValueError(f"temperature must be a float or a [B]={B} tensor, got shape {tuple(temperature.shape)}")
-        if not bool(((t >= 0) & t.isfinite()).all()):
-            raise ValueError("temperature must be finite and >= 0 (0 means greedy)")
+        bad = ~(t.isfinite() & (is_greedy(t) | (t >= MIN_TEMPERATURE)))
+        if bool(bad.any()):
+            check_temperature(float(t[bad][0]), "temperature")   # raises, naming the first bad value
         return t.contiguous()
-    t = float(temperature)
-    if not math.isfinite(t) or t < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t}")
-    return torch.full((B,), t, device=device, dtype=torch.float32)
+    return torch.full((B,), check_temperature(temperature, "temperature"), device=device, dtype=torch.float32)
 
 
 def check_values(target_logits, draft_logits, draft_tokens, num_draft_tokens) -> None:
@@ -112,10 +109,7 @@ def check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, le
         devs.add(num_draft_tokens.device)
     if len(devs) != 1:
         raise ValueError(f"all verify inputs must be on one device, got {sorted(map(str, devs))}")
-    if lenience is not None and lenience not in LENIENCE_KINDS:
-        raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {lenience!r}")
-    if not (0.0 < lenience_eps <= 1.0):
-        raise ValueError(f"lenience_eps must be in (0, 1], got {lenience_eps}")
+    check_lenience(lenience, lenience_eps)
     return B, K, V
 
 
@@ -130,7 +124,7 @@ def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num
     B, K1, V = target_logits.shape
     K = K1 - 1
     device = target_logits.device
-    greedy = temperature == 0                                         # [B]
+    greedy = is_greedy(temperature)                                   # [B]
     n = (torch.full((B,), K, device=device, dtype=torch.int64) if num_draft_tokens is None
          else num_draft_tokens.to(torch.int64).clamp(0, K))           # [B]
     x = draft_tokens.to(torch.int64).clamp(0, V - 1)                  # [B, K]; junk beyond n is masked below
@@ -217,7 +211,7 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
         out = verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
                             generator, lenience, lenience_eps)
         return VerifyResult(tokens=out.tokens, num_accepted=out.num_accepted)
-    all_greedy = not isinstance(temperature, torch.Tensor) and float(temperature) == 0.0
+    all_greedy = not isinstance(temperature, torch.Tensor) and is_greedy(float(temperature))
     return verify_reference(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
                             generator, lenience, lenience_eps, all_greedy)
 
