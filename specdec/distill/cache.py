@@ -40,6 +40,8 @@ from ..models.options import TargetBlock
 from ..common.files import write_json_atomic, write_text_atomic
 from ..common.outdir import prepare_out_dir
 from ..engine.devices import resolve_device
+from ..engine.params import check_logits_flag
+from ..engine.sampling import unusable_rows
 from .data import Batch, PromptSet, TeacherTopK, continuation_logits, make_batch
 from .losses import teacher_topk
 
@@ -197,6 +199,8 @@ def _cache_step(step: int, cfg: CacheConfig, prompts: PromptSet, target, tok, vo
                        micro=micro, temperature=cfg.temperature, pad_id=pad_id, eos_ids=eos_ids,
                        vocab_size=vocab, target=target, device=device)
         t_logits = b.teacher_logits if b.teacher_logits is not None else continuation_logits(target, b, vocab)
+        # a row without a finite maximum would be cached as NaN log-probabilities
+        check_logits_flag(int(unusable_rows(t_logits).any()), {1: ("target", target)}, f"cache step {step}")
         idx, logp, tail = teacher_topk(t_logits, cfg.topk, cfg.temperature)
         b = b.to("cpu")
         out.append({"input_ids": b.input_ids, "attention_mask": b.attention_mask, "cont_mask": b.cont_mask,

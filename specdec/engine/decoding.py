@@ -47,10 +47,10 @@ import torch
 from ..costs import CostCache, context_bucket, cost_key, costs_at, entry_from_json, round_costs, sync
 from ..metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, linear_round_costs, shrunk_alpha
 from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
-from .sampling import mask_logits, sample_tokens
+from .sampling import mask_logits, sample_tokens, unusable_rows
 from .devices import input_device, logit_width
 from ..common.values import check_gamma, check_lenience
-from .params import SamplingParams, check_context, max_positions, prepare_inputs
+from .params import SamplingParams, check_context, check_logits_flag, max_positions, prepare_inputs
 from .verify import verify
 
 
@@ -95,12 +95,6 @@ def _generator(seed, device):
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
-
-
-def _check_finite(flag: int, what: str, round_no: int) -> None:
-    if flag:
-        raise ValueError(f"the {what} produced NaN logits (decode round {round_no}); the model or its dtype is "
-                         "broken (float16 overflow? try bfloat16 or float32)")
 
 
 def _check_costs(costs):
@@ -244,9 +238,9 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
         masked = mask_logits(logits, params.temperature, params.top_k, params.top_p)
         nxt = sample_tokens(masked, params.temperature, gen)                                  # [B]
         timer.stop("target_s", t0)
-        host = torch.cat([nxt, logits.isnan().any().view(1)]).tolist()   # the one host sync per step
+        host = torch.cat([nxt, unusable_rows(logits).any().view(1)]).tolist()   # the one host sync per step
         stats.target_calls += 1
-        _check_finite(host[-1], "target", stats.target_calls)
+        check_logits_flag(host[-1], {1: ("target", target)}, f"decode step {stats.target_calls}")
         keep = rows.emit([[t] for t in host[:-1]])
         pending, pos = nxt.unsqueeze(1), pos + 1
         if len(keep) < len(host) - 1:
@@ -552,9 +546,13 @@ class SpeculativeDecoder:
                      num_draft_tokens=torch.tensor(n_row, device=drafts.device), generator=self._gen,
                      backend=self.backend, lenience=self.lenience, lenience_eps=self.lenience_eps,
                      validate=False)
-        nan = p_logits.isnan().any() if greedy else (p_logits.isnan().any() | q_logits.isnan().any())
+        # 1: the target's logits, 2: the draft's (sampled only; a greedy draft's bad row is a rejected draft)
+        nan = unusable_rows(p_logits).any().long()
+        if not greedy:
+            nan = nan + 2 * unusable_rows(q_logits).any().long()
         host = torch.cat([res.tokens, res.num_accepted[:, None], nan.view(1, 1).expand(B, 1)], 1).tolist()
-        _check_finite(host[0][-1], "target" if greedy else "target or draft", stats.target_calls)
+        check_logits_flag(host[0][-1], {1: ("target", self.target), 2: ("draft", self.draft)},
+                          f"decode round {stats.target_calls}")
         return res, [row[:-1] for row in host]
 
     @staticmethod

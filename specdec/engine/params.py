@@ -79,3 +79,18 @@ def check_context(model, name, lengths, max_new_tokens):
     if limit is not None and need > limit:
         raise ValueError(f"prompt ({max(lengths)} tokens) + max_new_tokens ({max_new_tokens}) = {need} exceeds "
                          f"the {name}'s context of {limit} positions; shorten the prompt or lower max_new_tokens")
+
+
+def model_name(model) -> str:
+    """How a message names a model: its path or hub id, else its class."""
+    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+
+
+def check_logits_flag(flag: int, models: dict, where: str) -> None:
+    """Raise if a host-read flag (a sum of the keys of `models`, {bit: (role, model)}) says a model's
+    logits had a row no token can be chosen from (sampling.unusable_rows); where: e.g. "decode step 3"."""
+    bad = [(role, model_name(m)) for bit, (role, m) in models.items() if int(flag) & bit]
+    if bad:
+        raise ValueError(f"{' and '.join('the ' + r for r, _ in bad)} produced NaN logits, +inf or a row of all -inf "
+                         f"({', '.join(n for _, n in bad)}, {where}): no token can be chosen from such a "
+                         "row; the model or its dtype is broken (float16 overflow? try bfloat16 or float32)")

@@ -44,6 +44,13 @@ def mask_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     return logits
 
 
+def unusable_rows(logits: torch.Tensor) -> torch.Tensor:
+    """[..., V] -> [...] bool: rows no token can be chosen from (a NaN or +inf logit, or every logit
+    -inf). softmax turns such a row into NaN and argmax then returns an id nobody sampled (token 0 for
+    an all -inf row). One max over V: torch's max propagates NaN."""
+    return ~logits.amax(dim=-1).isfinite()
+
+
 def probs_from_logits(logits: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
     """softmax(logits / T) in fp32. logits: [B, ..., V]; temperature: scalar or [B] (> 0 where used).
 

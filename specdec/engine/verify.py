@@ -22,7 +22,7 @@ import torch
 
 from ..common.values import LENIENCE_KINDS  # noqa: F401 (re-exported)
 from ..common.values import MIN_TEMPERATURE, check_lenience, check_temperature, is_greedy
-from .sampling import probs_from_logits, sample_from_probs
+from .sampling import probs_from_logits, sample_from_probs, unusable_rows
 BACKENDS = ("torch", "triton", "auto")
 
 
@@ -63,25 +63,28 @@ def _temperature_tensor(temperature, B: int, device) -> torch.Tensor:
 
 def check_values(target_logits, draft_logits, draft_tokens, num_draft_tokens) -> None:
     """What `verify` checks on values (one host sync): every draft id a row verifies lies in [0, V), and
-    no logit is NaN or +inf (-inf is a masked entry). Without it an out-of-range id would be emitted as
-    is, and NaN logits would silently emit token 0."""
+    every position a row uses has a logit row a token can be chosen from (no NaN or +inf; not all -inf:
+    -inf marks a masked token). Without it an out-of-range id would be emitted as is, and an unusable
+    row would silently emit token 0."""
     B, K1, V = target_logits.shape
     K = K1 - 1
     n = torch.full((B,), K, device=draft_tokens.device) if num_draft_tokens is None else num_draft_tokens
-    used = torch.arange(K, device=draft_tokens.device)[None] < n[:, None]           # [B, K]
+    pos = torch.arange(K1, device=draft_tokens.device)[None]                       # [1, K+1]
+    used = pos[:, :K] < n[:, None]                                                  # [B, K] drafts verified
     x = draft_tokens.long()
     bad_ids = ((x < 0) | (x >= V)) & used
-    bad_logits = torch.stack([target_logits.isnan().any() | target_logits.isposinf().any(),
-                              draft_logits.isnan().any() | draft_logits.isposinf().any()])
-    flags = torch.cat([bad_ids.any(1), bad_logits]).tolist()
+    bad_target = unusable_rows(target_logits) & (pos <= n[:, None])                 # [B, K+1]: up to the bonus
+    bad_draft = unusable_rows(draft_logits) & used                                   # [B, K]
+    flags = torch.cat([bad_ids.any(1), bad_target.any(1), bad_draft.any(1)]).tolist()
     if any(flags[:B]):
         b = flags.index(True)
         raise ValueError(f"draft_tokens of row {b} hold ids outside [0, {V}): {draft_tokens[b].tolist()}; "
                          "drafts must come from the shared vocabulary")
-    for name, bad in zip(("target_logits", "draft_logits"), flags[B:]):
-        if bad:
-            raise ValueError(f"{name} contain NaN or +inf; verification needs finite logits (-inf marks a "
-                             "masked token)")
+    for i, name in enumerate(("target_logits", "draft_logits")):
+        rows = flags[B * (i + 1):B * (i + 2)]
+        if any(rows):
+            raise ValueError(f"{name} contain NaN or +inf, or a position whose logits are all -inf (row "
+                             f"{rows.index(True)}): no token can be chosen from it (-inf marks a masked token)")
 
 
 def check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps):
