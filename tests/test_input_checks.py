@@ -1,15 +1,21 @@
 """Values that used to be accepted and then went wrong (issue 19, classes 1, 2, 3, 9, 10): each is refused
 with one line naming the setting, before the work it would spoil; none yields an id nobody sampled."""
 import copy
+import json
 
 import pytest
 import torch
 
 from distill_helpers import save_pair
 from specdec import SpeculativeDecoder, autoregressive_generate, verify
-from specdec.cli import main
+from specdec.benchmark import bench as bench_mod
+from specdec.cli import generate as generate_cli, main
+from specdec.common import values
 from specdec.distill import CacheConfig, DistillConfig, build_cache
 from specdec.distill import cache as cache_mod
+from specdec.engine import params, runner as runner_mod
+from specdec.engine.quant import quantize_model
+from specdec.engine.runner import ModelRunner
 from specdec.models import load_model
 
 
@@ -107,3 +113,62 @@ def test_teacher_cache_refuses_unusable_target_logits(tmp_path, pair_dirs, monke
         build_cache(cfg)
     assert not list((tmp_path / "c").glob("step_*.pt"))
 
+
+
+# ---------------------------------------------------------------------------------------------- class 2
+
+def test_gamma_has_an_upper_bound(target_model, draft_model, capsys, monkeypatch):
+    """generate --gamma 1000000000 was an allocation traceback after 19 s."""
+    for kw in ({"gamma": 10 ** 9}, {"gamma": "auto", "max_gamma": 10 ** 9}):
+        with pytest.raises(ValueError, match=f"gamma must be >= 1 and <= {values.MAX_GAMMA}"):
+            SpeculativeDecoder(target_model, draft_model, **kw)
+    monkeypatch.setattr(generate_cli, "load_pair", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["generate", "--gamma", "1000000000", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--gamma must be >= 1 and <= {values.MAX_GAMMA}" in err, err
+
+
+def test_bench_refuses_more_rows_than_prompts(tmp_path, capsys, monkeypatch):
+    """--batch-size 16 with 4 prompts labelled every row batch 16 though only 4 rows ran."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"def f{i}(x):", "category": "c"}) + "\n" for i in range(4)))
+    monkeypatch.setattr(bench_mod, "load_pair", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["bench", "--prompts", str(prompts), "--num-prompts", "0", "--batch-size", "1,16", "--device", "cpu",
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--batch-size 16 is more than the 4 prompts" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("impl, quantize", [("hf", "none"), ("lean", "none"), ("numpy", "none"), ("lean", "int8")])
+def test_cache_estimate_is_what_the_runner_allocates(target_model, impl, quantize):
+    model = quantize_model(copy.deepcopy(target_model), quantize)
+    ids, mask = _batch(B=3)
+    runner = ModelRunner(model, 3, 40, impl=impl)
+    runner.prefill(ids, mask)
+    allocated = sum(t.nbytes for t in runner.kv.keys + runner.kv.values)
+    assert allocated > 0 and params.cache_bytes(model, 3, 40, impl) == allocated
+
+
+def test_caches_larger_than_memory_are_refused_before_allocating(target_model, draft_model, monkeypatch):
+    """bench --batch-size 1000 grew to 16 GB until the OOM killer took it."""
+    need = params.cache_bytes(target_model, 2, 100) + params.cache_bytes(draft_model, 2, 100)
+    monkeypatch.setattr(params, "available_bytes", lambda device: need // 4)
+    monkeypatch.setattr(runner_mod.KVCache, "__init__", lambda *a, **k: pytest.fail("a cache was allocated"))
+    ids, mask = _batch()
+    with pytest.raises(ValueError, match=r"the KV caches need .* GiB \(2 rows x \d+ columns\) but .* available"):
+        autoregressive_generate(target_model, ids, mask, max_new_tokens=30)
+    with pytest.raises(ValueError, match="the KV caches need"):
+        SpeculativeDecoder(target_model, draft_model, gamma=4).generate(ids, mask, max_new_tokens=30)
+
+
+def test_bench_refuses_caches_larger_than_memory_before_measuring(tmp_path, pair_dirs, capsys, monkeypatch):
+    monkeypatch.setattr(params, "available_bytes", lambda device: 1024)
+    monkeypatch.setattr(bench_mod, "measure_costs", lambda *a, **k: pytest.fail("measured before the check"))
+    out = tmp_path / "o"
+    assert main(["bench", "--target", pair_dirs["target"], "--draft", pair_dirs["draft"], "--num-prompts", "1",
+                 "--batch-size", "1", "--gamma", "2", "--temperature", "0", "--max-new-tokens", "4", "--device", "cpu",
+                 "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the KV caches need" in err, err
+    assert not any(out.iterdir())   # the folder is left as it was found

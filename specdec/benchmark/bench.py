@@ -35,8 +35,8 @@ import torch
 from . import baselines
 from ..costs import measure_costs, sync
 from ..common.config import add_arguments as _add_arguments, config_from_args, to_argv, to_dict
-from ..engine.decoding import AUTO, SpeculativeDecoder, autoregressive_generate
-from ..engine.params import max_positions
+from ..engine.decoding import AUTO, SpeculativeDecoder, autoregressive_generate, capacity_for
+from ..engine.params import check_cache_memory, max_positions
 from ..models import bundled_pair, load_pair
 from ..engine.runner import resolve_impl
 from .config import RESUMABLE_CHANGES, BenchConfig
@@ -106,8 +106,12 @@ def _validate(cfg: BenchConfig):
     cfg.quantization_on(device)
     if cfg.cuda_graphs == "on" and device.type != "cuda":
         raise ValueError("--cuda-graphs on needs a CUDA device; use --cuda-graphs off or auto")
-    if cfg.prompts is not None:
-        load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not after loading
+    prompts, _ = load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not after loading
+    if max(cfg.batch_size) > len(prompts):
+        # refused, not clamped: a row labelled batch 16 must have run 16 rows
+        raise ValueError(f"--batch-size {max(cfg.batch_size)} is more than the {len(prompts)} prompts, so no batch "
+                         f"would hold that many rows; use --batch-size {len(prompts)} or less, or more prompts "
+                         "(--num-prompts, --prompts)")
     return device
 
 
@@ -184,6 +188,9 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     engine = {"quantize": {"target": tq, "draft": dq}, "impl": cfg.impl,
               "resolved_impl": {"target": resolve_impl(target, cfg.impl), "draft": resolve_impl(draft, cfg.impl)}}
     engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
+    # the largest caches the sweep allocates, before any of them (the decoders check their own again)
+    check_cache_memory((target, draft), max(cfg.batch_size), capacity_for(
+        max(map(len, ids)), cfg.max_new_tokens, max(cfg.cost_gammas)), cfg.impl, engine["cuda_graphs"])
     decoders = {g: SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab, impl=cfg.impl,
                                       cuda_graphs=engine["cuda_graphs"]) for g in cfg.fixed_gammas}
     return BenchInputs(target, draft, tok, vocab, dev, target_name, draft_name, prompts, source, ids, decoders,

@@ -50,7 +50,8 @@ from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg r
 from .sampling import mask_logits, sample_tokens, unusable_rows
 from .devices import input_device, logit_width
 from ..common.values import check_gamma, check_lenience
-from .params import SamplingParams, check_context, check_logits_flag, max_positions, prepare_inputs
+from .params import (SamplingParams, check_cache_memory, check_context, check_logits_flag, max_positions,
+                     prepare_inputs)
 from .verify import verify
 
 
@@ -195,6 +196,7 @@ def _start(models, names, input_ids, attention_mask, params: SamplingParams, gam
     for model, name in zip(models, names):
         check_context(model, name, lengths, params.max_new_tokens)
     capacity = capacity_for(ids.shape[1], params.max_new_tokens, gamma)
+    check_cache_memory(models, ids.shape[0], capacity, impl, aligned=cuda_graphs)
     runners = []
     t0 = time.perf_counter()
     for model in models:

@@ -1,13 +1,16 @@
 """What a decode takes from its caller, checked before any forward: the sampling settings
-(`SamplingParams`, one source of truth for their defaults) and the prompt batch (`prepare_inputs`,
-`check_context` against the models' positions)."""
+(`SamplingParams`, one source of truth for their defaults), the prompt batch (`prepare_inputs`,
+`check_context` against the models' positions), and the memory its KV caches will take
+(`check_cache_memory`, before they are allocated)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..common.values import check_int, check_number, check_seed, check_temperature, check_token_ids, is_greedy
+from .runner import cache_dtype, num_attention_layers, resolve_impl
 
 
 @dataclass
@@ -94,3 +97,61 @@ def check_logits_flag(flag: int, models: dict, where: str) -> None:
         raise ValueError(f"{' and '.join('the ' + r for r, _ in bad)} produced NaN logits, +inf or a row of all -inf "
                          f"({', '.join(n for _, n in bad)}, {where}): no token can be chosen from such a "
                          "row; the model or its dtype is broken (float16 overflow? try bfloat16 or float32)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Memory: the KV caches are the allocation that grows with batch size and length; estimated before it
+# happens, so a batch that cannot fit is one line instead of an allocation traceback or the OOM killer.
+
+def cache_bytes(model, batch: int, capacity: int, impl: str = "auto", aligned: bool = False) -> int | None:
+    """Bytes of `model`'s KV cache for `batch` rows of `capacity` columns on `impl`'s path:
+    layers x 2 (K, V) x batch x capacity x kv_heads x head_dim x dtype size (float64 for an int8 model on
+    the lean path, runner.cache_dtype). aligned: the static cache's capacity rounded up to 64 columns.
+    None when the config does not say its attention shape."""
+    cfg = model.config
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if hidden and heads else None)
+    if not (isinstance(kv_heads, int) and isinstance(head_dim, int)):
+        return None
+    if aligned:
+        capacity = -(-capacity // 64) * 64
+    dtype = cache_dtype(model, resolve_impl(model, impl))
+    return num_attention_layers(model) * 2 * batch * capacity * kv_heads * head_dim * dtype.itemsize
+
+
+def available_bytes(device) -> int | None:
+    """Memory a new allocation on `device` can take: CUDA's free memory; on the CPU the kernel's
+    MemAvailable, capped by the cgroup's limit minus its usage (a container's OOM killer acts on that).
+    None where it cannot be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text(encoding="ascii").strip()
+        used = (cgroup / "memory.current").read_text(encoding="ascii").strip()
+        if limit != "max":
+            found.append(int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_cache_memory(models, batch: int, capacity: int, impl: str = "auto", aligned: bool = False) -> None:
+    """Refuse, in one line, KV caches for `models` (on the first one's device) that need more memory than
+    is available."""
+    sizes = [cache_bytes(m, batch, capacity, impl, aligned) for m in models]
+    need = sum(b for b in sizes if b)
+    have = available_bytes(models[0].get_input_embeddings().weight.device) if need else None
+    if have is not None and need > have:
+        raise ValueError(f"the KV caches need {need / 2**30:.2f} GiB ({batch} rows x {capacity} columns) but "
+                         f"{have / 2**30:.2f} GiB is available: lower the batch size, the prompt length or the new "
+                         "tokens")
