@@ -2,6 +2,7 @@
 with one line naming the setting, before the work it would spoil; none yields an id nobody sampled."""
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from specdec.cli import generate as generate_cli, main
 from specdec.common import values
 from specdec.distill import CacheConfig, DistillConfig, build_cache
 from specdec.distill import cache as cache_mod
+from specdec.distill.checkpoint import STATE_FILE
 from specdec.engine import params, runner as runner_mod
 from specdec.engine.quant import quantize_model
 from specdec.engine.runner import ModelRunner
@@ -172,3 +174,81 @@ def test_bench_refuses_caches_larger_than_memory_before_measuring(tmp_path, pair
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "the KV caches need" in err, err
     assert not any(out.iterdir())   # the folder is left as it was found
+
+
+# ---------------------------------------------------------------------------------------------- class 3 (and 9)
+
+def _distill_argv(pair_dirs, out, *extra):
+    return ["distill", "--out", str(out), "--target", pair_dirs["target"], "--draft", pair_dirs["draft"],
+            "--data", pair_dirs["data"], "--data-source", "dataset", "--prompt-tokens", "12", "--new-tokens", "6",
+            "--batch-size", "2", "--eval-every", "0", "--spec-eval-every", "0", "--eval-prompts", "2",
+            "--save-every", "0", "--no-progress", "--device", "cpu", *extra]
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded")
+    for where in ("specdec.models.load", "specdec.distill.trainer", "specdec.distill.cache"):
+        monkeypatch.setattr(f"{where}.load_model", boom)
+
+
+@pytest.mark.parametrize("extra, match", [
+    # distill trained every step, then failed in the final evaluation with no model and no checkpoint
+    (["--eval-new-tokens", "2000"], "--prompt-tokens 12 + --eval-new-tokens 2000 = 2012 exceeds the models' "
+                                    "context of 256 positions"),
+    # class 9: training sequences past the models' positions
+    (["--new-tokens", "300"], "--prompt-tokens 12 + --new-tokens 300 = 312 exceeds the models' context of 256"),
+    (["--eval-gamma", "100000"], "--eval-gamma must be >= 1 and <= 64"),
+    (["--seed", str(2 ** 64)], "--seed must be >= 0 and <= 9223372036854775807"),
+])
+def test_distill_checks_values_before_any_model_loads(tmp_path, pair_dirs, no_models, capsys, extra, match):
+    out = tmp_path / "run"
+    assert main(_distill_argv(pair_dirs, out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+    assert not out.exists()
+
+
+def test_cache_teacher_checks_the_context_before_any_model_loads(tmp_path, pair_dirs, no_models, capsys):
+    out = tmp_path / "cache"
+    assert main(["cache-teacher", "--out", str(out), "--target", pair_dirs["target"], "--data", pair_dirs["data"],
+                 "--prompt-tokens", "250", "--new-tokens", "7", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--prompt-tokens 250 + --new-tokens 7 = 257 exceeds" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["demo", "--prompt-tokens", "100000"], "--prompt-tokens 100000 + --new-tokens 112"),  # failed after bench 1
+    (["demo", "--max-new-tokens", "5000"], "--max-new-tokens 5000 leaves no room"),
+    (["demo", "--seed", str(2 ** 64)], "--seed must be >= 0"),
+    (["bench", "--seed", str(2 ** 64)], "--seed must be >= 0"),   # failed after loading, naming no flag
+    (["bench", "--max-new-tokens", "5000"], "--max-new-tokens 5000 leaves no room"),
+    (["generate", "--seed", str(2 ** 64)], "--seed must be >= 0"),
+])
+def test_commands_check_values_before_any_work(argv, match, tmp_path, capsys, monkeypatch):
+    from specdec.cli import demo
+    monkeypatch.setattr(demo, "run_bench", lambda *a, **k: pytest.fail("a stage ran"))
+    monkeypatch.setattr(bench_mod, "load_pair", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(generate_cli, "load_pair", lambda *a, **k: pytest.fail("a model was loaded"))
+    out = ["--out", str(tmp_path / "o")] if argv[0] != "generate" else []
+    assert main(argv + out + ["--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_good_checkpoints(tmp_path, pair_dirs, capsys):
+    """--lr 1e8 went on with `loss: null` every step and then blamed the target."""
+    out = tmp_path / "run"
+    assert main(_distill_argv(pair_dirs, out, "--lr", "1e8", "--warmup-steps", "0", "--steps", "6",
+                              "--save-every", "1", "--keep-checkpoints", "10")) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]   # after transformers' loading bars
+    assert last.startswith("specdec distill: error: ") and "learning rate" in last and "(--lr 1e+08)" in last, last
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    assert 1 <= len(rows) < 6 and len(rows) - 1 <= len(ckpts) <= len(rows)   # stopped at the first bad step
+    for ckpt in ckpts:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        assert all(bool(t.isfinite().all()) for t in state["model"].values()), ckpt

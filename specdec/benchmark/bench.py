@@ -37,7 +37,7 @@ from ..costs import measure_costs, sync
 from ..common.config import add_arguments as _add_arguments, config_from_args, to_argv, to_dict
 from ..engine.decoding import AUTO, SpeculativeDecoder, autoregressive_generate, capacity_for
 from ..engine.params import check_cache_memory, max_positions
-from ..models import bundled_pair, load_pair
+from ..models import bundled_pair, context_of, load_pair
 from ..engine.runner import resolve_impl
 from .config import RESUMABLE_CHANGES, BenchConfig
 from .plots import FIGURES, plot_files
@@ -106,6 +106,7 @@ def _validate(cfg: BenchConfig):
     cfg.quantization_on(device)
     if cfg.cuda_graphs == "on" and device.type != "cuda":
         raise ValueError("--cuda-graphs on needs a CUDA device; use --cuda-graphs off or auto")
+    check_new_tokens(cfg.max_new_tokens, *_model_paths(cfg))
     prompts, _ = load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not after loading
     if max(cfg.batch_size) > len(prompts):
         # refused, not clamped: a row labelled batch 16 must have run 16 rows
@@ -113,6 +114,20 @@ def _validate(cfg: BenchConfig):
                          f"would hold that many rows; use --batch-size {len(prompts)} or less, or more prompts "
                          "(--num-prompts, --prompts)")
     return device
+
+
+def _model_paths(cfg: BenchConfig) -> tuple[str, str]:
+    bt, bd = bundled_pair() if cfg.target is None or cfg.draft is None else (None, None)
+    return str(cfg.target or bt), str(cfg.draft or bd)
+
+
+def check_new_tokens(max_new_tokens: int, *models) -> None:
+    """--max-new-tokens must leave room for a prompt in the models' context (read from their configs,
+    before they load)."""
+    positions = context_of(*models)
+    if positions is not None and max_new_tokens >= positions:
+        raise ValueError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the models' context of "
+                         f"{positions} positions; lower it")
 
 
 def _graphs(cfg: BenchConfig, device, impls) -> bool:
@@ -171,10 +186,7 @@ class BenchInputs:
 
 
 def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
-    if cfg.target is None or cfg.draft is None:
-        bt, bd = bundled_pair()
-    target_name = str(cfg.target or bt)
-    draft_name = str(cfg.draft or bd)
+    target_name, draft_name = _model_paths(cfg)
     tq, dq = cfg.quantization_on(device)
     target, draft, tok, vocab = load_pair(target_name, draft_name, cfg.dtype_on(device), str(device), cfg.device_map,
                                           quantize=tq, draft_quantize=dq)

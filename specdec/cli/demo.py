@@ -27,11 +27,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..benchmark.bench import BenchConfig, format_auto_shift, run_bench
+from ..benchmark.bench import BenchConfig, check_new_tokens, format_auto_shift, run_bench
 from ..common.blocks import OutputBlock, ProgressBlock
 from ..common.config import add_arguments as _add_arguments, config_from_args, option, to_dict, with_default
 from ..distill.data import SOURCES, UNSEEN_CATEGORIES, unseen_prompts
 from ..distill.losses import KINDS
+from ..distill.config import check_context
 from ..distill.trainer import DistillConfig, train
 from ..benchmark.plots import plot_files
 from ..data.prompts import builtin
@@ -41,6 +42,7 @@ from ..common.files import read_jsonl, write_json_atomic, write_text_atomic
 from ..common.outdir import prepare_out_dir
 from ..common.table import format_table as _table
 from ..engine.devices import resolve_device
+from ..models import bundled_pair
 from ..models.options import ModelsBlock
 
 GOAL_GAMMA = 4          # the gamma the MAL goal is stated at
@@ -277,6 +279,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     dcfg = distill_config(cfg)
     bench_config(cfg, cfg.draft, out / "before")
     resolve_device(cfg.device)
+    bt, bd = bundled_pair()
+    check_context(dcfg, cfg.target or bt, cfg.draft or bd)   # the models' context, from their configs
+    check_new_tokens(cfg.max_new_tokens, cfg.target or bt, cfg.draft or bd)
     prepare_out_dir(out, "demo", to_dict(cfg), overwrite=cfg.overwrite)
     times: dict = {}
     prompts = _timed(times, "prompts_s", lambda: write_prompts(cfg))

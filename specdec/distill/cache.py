@@ -35,13 +35,14 @@ from ..common import config
 from ..common.blocks import ResumableOutputBlock
 from ..common.config import option
 from ..common.values import check_int, check_seed, check_temperature
-from ..models import bundled_pair, load_model, load_tokenizer
+from ..models import bundled_pair, context_of, load_model, load_tokenizer
 from ..models.options import TargetBlock
 from ..common.files import write_json_atomic, write_text_atomic
 from ..common.outdir import prepare_out_dir
 from ..engine.devices import resolve_device
 from ..engine.params import check_logits_flag
 from ..engine.sampling import unusable_rows
+from .config import check_fits
 from .data import Batch, PromptSet, TeacherTopK, continuation_logits, make_batch
 from .losses import teacher_topk
 
@@ -215,6 +216,7 @@ def build_cache(cfg: CacheConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     target_path = str(cfg.target or bundled_pair()[0])
+    check_fits(context_of(target_path), cfg.prompt_tokens, {"--new-tokens": cfg.new_tokens})
     tok = load_tokenizer(target_path)
     prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
     prompts.check_source(cfg.data_source)

@@ -12,6 +12,7 @@ from ..common import config
 from ..common.blocks import ProgressBlock, ResumableOutputBlock
 from ..common.config import option
 from ..common.values import check_gamma, check_int, check_number, check_seed, check_temperature
+from ..models import context_of
 from ..models.options import ModelsBlock
 from .data import SOURCES
 from .losses import KINDS
@@ -104,3 +105,20 @@ class DistillConfig(ModelsBlock, ResumableOutputBlock, ProgressBlock):
 
     def to_dict(self) -> dict:
         return config.to_dict(self)
+
+
+def check_fits(positions: int | None, prompt_tokens: int, new_tokens: dict) -> None:
+    """Every sequence a run builds, --prompt-tokens plus each {flag: tokens} in new_tokens, must fit the
+    models' context: checked before any model loads, so it does not fail after the training it spoils."""
+    if positions is None:
+        return
+    for flag, n in new_tokens.items():
+        if prompt_tokens + n > positions:
+            raise ValueError(f"--prompt-tokens {prompt_tokens} + {flag} {n} = {prompt_tokens + n} exceeds the models' "
+                             f"context of {positions} positions; lower one of them")
+
+
+def check_context(cfg: DistillConfig, target: str, draft: str) -> None:
+    """The training sequences and the evaluation runs of `cfg` fit both models' context."""
+    check_fits(context_of(target, draft), cfg.prompt_tokens,
+               {"--new-tokens": cfg.new_tokens, "--eval-new-tokens": cfg.eval_new_tokens})

@@ -43,7 +43,8 @@ def check_sampling(max_new_tokens, temperature, top_k, top_p, seed, name=lambda 
 
 
 def max_positions(model) -> int | None:
-    cfg = model.config
+    """The positions a model (or its config) can attend over; None when the config does not say."""
+    cfg = getattr(model, "config", model)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         v = getattr(cfg, name, None)
         if isinstance(v, int) and v > 0:

@@ -7,6 +7,7 @@ import torch
 
 from ..engine.quant import QUANTIZE, quantize_model
 from ..engine.devices import input_device, logit_width
+from ..engine.params import max_positions
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -56,6 +57,23 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, qua
         model = model.to(device)
     model.eval().requires_grad_(False)
     return quantize_model(model, quantize)
+
+
+def load_config(name_or_path):
+    """The model's transformers config alone (config.json, no weights): for checks before any model loads."""
+    from transformers import AutoConfig
+
+    _check_exists(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read a model config from {name_or_path!r}: {str(e).splitlines()[0]}") from None
+
+
+def context_of(*models) -> int | None:
+    """The smallest context (positions) of the models at these paths, from their config.json alone."""
+    limits = [n for n in (max_positions(load_config(m)) for m in models) if n]
+    return min(limits) if limits else None
 
 
 def load_tokenizer(name_or_path):
