@@ -18,7 +18,7 @@ from specdec.distill.checkpoint import STATE_FILE
 from specdec.engine import params, runner as runner_mod
 from specdec.engine.quant import quantize_model
 from specdec.engine.runner import ModelRunner
-from specdec.models import load_model
+from specdec.models import load as load_mod, load_model
 
 
 def _batch(B=2, P=6, V=64, seed=3):
@@ -252,3 +252,89 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_good_checkpoints(tmp_path,
     for ckpt in ckpts:
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
         assert all(bool(t.isfinite().all()) for t in state["model"].values()), ckpt
+
+
+# ---------------------------------------------------------------------------------------------- class 10
+
+@pytest.mark.parametrize("impl", ["numpy", "hf"])
+@pytest.mark.parametrize("bad", [-1, 64, 10 ** 6])
+def test_token_ids_outside_the_embedding_are_refused(target_model, draft_model, impl, bad):
+    """A negative id wrapped round on the NumPy path (a silent wrong prompt) and was an IndexError elsewhere."""
+    ids, mask = _batch()
+    ids[1, 4] = bad
+    match = rf"input_ids must be token ids in \[0, 64\) .* got {bad} in row 1"
+    with pytest.raises(ValueError, match=match):
+        autoregressive_generate(target_model, ids, mask, max_new_tokens=2, impl=impl)
+    with pytest.raises(ValueError, match=match):
+        SpeculativeDecoder(target_model, draft_model, gamma=2, impl=impl).generate(ids, mask, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"top_k": 2.5}, "top_k must be an integer"),
+    ({"max_new_tokens": 8.5}, "max_new_tokens must be an integer"),
+    ({"seed": "abc"}, "seed must be an integer"),
+    ({"eos_token_id": "36"}, "eos_token_id must be an integer"),     # was read as the ids 3 and 6
+    ({"eos_token_id": [2, 3.0]}, "eos_token_id must be an integer"),
+    ({"temperature": "1"}, "temperature must be a number"),
+    ({"top_p": None}, "top_p must be a number"),
+    ({"input_ids": "ids"}, "input_ids must be a \\[B, P\\] torch.Tensor"),
+    ({"input_ids": "float"}, "input_ids must hold integer token ids"),   # float ids were truncated
+    ({"attention_mask": [[1, 1]]}, "attention_mask must be a \\[B, P\\] torch.Tensor"),
+])
+def test_generate_arguments_are_checked_by_type(target_model, draft_model, kw, match):
+    ids, mask = _batch()
+    args = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 2, **kw}
+    if kw.get("input_ids") == "float":
+        args["input_ids"] = ids.float() + 0.4
+    for run in (lambda: autoregressive_generate(target_model, **args),
+                lambda: SpeculativeDecoder(target_model, draft_model, gamma=2).generate(**args)):
+        with pytest.raises(TypeError, match=match):
+            run()
+
+
+def test_the_value_range_of_a_mask_and_of_the_decoder_arguments(target_model, draft_model):
+    ids, mask = _batch()
+    with pytest.raises(ValueError, match="attention_mask must hold 0 .* and 1"):
+        autoregressive_generate(target_model, ids, mask * 2, max_new_tokens=2)
+    for kw, error, match in (({"vocab_size": 2.5}, TypeError, "vocab_size must be an integer"),
+                             ({"vocab_size": 0}, ValueError, "vocab_size must be >= 1"),
+                             ({"cuda_graphs": "yes"}, TypeError, "cuda_graphs must be True or False"),
+                             ({"backend": "cuda"}, ValueError, "backend must be one of"),
+                             ({"cost_cache": 3}, TypeError, "cost_cache must be a folder path")):
+        with pytest.raises(error, match=match):
+            SpeculativeDecoder(target_model, draft_model, gamma=2, **kw)
+    with pytest.raises(TypeError, match="target must be a transformers causal LM"):
+        SpeculativeDecoder([target_model], draft_model)
+    with pytest.raises(TypeError, match="target must be a transformers causal LM"):
+        autoregressive_generate("gpt2", ids, mask)
+    with pytest.raises(TypeError, match="on_round must be a function"):
+        SpeculativeDecoder(target_model, draft_model, gamma=2).generate(ids, mask, max_new_tokens=2, on_round=5)
+
+
+def test_verify_arguments_are_checked_by_type_and_range():
+    p, q = torch.randn(2, 3, 10), torch.randn(2, 2, 10)
+    x = q.argmax(-1)
+    with pytest.raises(TypeError, match=r"target_logits must be a \[B, K\+1, V\] torch.Tensor, got list"):
+        verify(p.tolist(), q, x)
+    with pytest.raises(TypeError, match="num_draft_tokens must be an integer tensor"):
+        verify(p, q, x, num_draft_tokens=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"num_draft_tokens must lie in \[0, K=2\]"):
+        verify(p, q, x, num_draft_tokens=torch.tensor([3, -1]))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        verify(p, q, x, generator=0)
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        verify(p, q, x, temperature="0")
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    ({"target": 123}, TypeError, "target must be a model folder, a hub id or None"),
+    ({"dtype": ["float32"]}, TypeError, "dtype must be a name"),
+    ({"quantize": "int4"}, ValueError, "quantize must be one of"),
+    ({"draft_quantize": "int4"}, ValueError, "draft_quantize must be one of"),
+    ({"device": "tpu"}, ValueError, "device 'tpu'"),
+    ({"device_map": 3}, TypeError, "device_map must be a string"),
+])
+def test_load_pair_checks_its_arguments_before_reading_anything(kw, error, match, monkeypatch):
+    monkeypatch.setattr(load_mod, "load_tokenizer", lambda *a, **k: pytest.fail("a tokenizer was loaded"))
+    with pytest.raises(error, match=match):
+        load_mod.load_pair(**kw)

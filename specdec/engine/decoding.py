@@ -38,6 +38,7 @@ needs no sync.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -49,9 +50,9 @@ from ..metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, li
 from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
 from .sampling import mask_logits, sample_tokens, unusable_rows
 from .devices import input_device, logit_width
-from ..common.values import check_gamma, check_lenience
-from .params import (SamplingParams, check_cache_memory, check_context, check_logits_flag, max_positions,
-                     prepare_inputs)
+from ..common.values import BadType, check_gamma, check_int, check_lenience
+from .params import (SamplingParams, check_cache_memory, check_context, check_engine, check_logits_flag,
+                     check_model, embedding_rows, max_positions, prepare_inputs)
 from .verify import verify
 
 
@@ -192,7 +193,7 @@ class _Timer:
 def _start(models, names, input_ids, attention_mask, params: SamplingParams, gamma: int, impl, cuda_graphs):
     """Validated inputs and one prefilled ModelRunner per model (the setup both loops share)."""
     device = input_device(models[0])
-    ids, mask, lengths = prepare_inputs(input_ids, attention_mask, device)
+    ids, mask, lengths = prepare_inputs(input_ids, attention_mask, device, embedding_rows(models))
     for model, name in zip(models, names):
         check_context(model, name, lengths, params.max_new_tokens)
     capacity = capacity_for(ids.shape[1], params.max_new_tokens, gamma)
@@ -221,6 +222,10 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
     cuda_graphs as in SpeculativeDecoder (the same model path, so speedups compare like with like).
     """
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
+    check_model(target, "target")
+    check_engine(impl, cuda_graphs)
+    if vocab_size is not None:
+        vocab_size = check_int(vocab_size, "vocab_size", 1, logit_width(target))
     t_all = time.perf_counter()
     ids, mask, lengths, (tgt,), prefill_s = _start([target], ["target"], input_ids, attention_mask, params, 0,
                                                    impl, cuda_graphs)
@@ -369,11 +374,14 @@ class SpeculativeDecoder:
                  lenience: str | None = None, lenience_eps: float = 1.0, impl: str = "auto",
                  cuda_graphs: bool = False, max_gamma: int = AUTO_MAX_GAMMA, costs: dict | None = None,
                  cost_cache=None):
+        check_model(target, "target")
+        check_model(draft, "draft")
         gamma = check_gamma(gamma, "gamma")
         max_gamma = check_gamma(max_gamma, "max_gamma", auto=False)
         lenience, lenience_eps = check_lenience(lenience, lenience_eps)
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        check_engine(impl, cuda_graphs, backend)
+        if cost_cache is not None and not isinstance(cost_cache, (str, os.PathLike)):
+            raise BadType(f"cost_cache must be a folder path or None, got {type(cost_cache).__name__}")
         self.target, self.draft = target, draft
         self.gamma = gamma
         self.max_gamma = max_gamma if gamma == AUTO else gamma   # the widest round
@@ -387,8 +395,8 @@ class SpeculativeDecoder:
                              "move the draft to the target's input device")
         t_width, d_width = logit_width(target), logit_width(draft)
         shared = min(t_width, d_width)
-        vocab_size = shared if vocab_size is None else int(vocab_size)
-        if not (0 < vocab_size <= shared):
+        vocab_size = shared if vocab_size is None else check_int(vocab_size, "vocab_size", 1)
+        if vocab_size > shared:
             raise ValueError(f"vocab_size {vocab_size} exceeds a model's logit width (target {t_width}, draft {d_width})")
         # Ids >= vocab_size (logit padding, e.g. Qwen2.5 0.5B 151936 vs 7B 152064) are never compared or emitted.
         self.vocab_size = vocab_size
@@ -401,6 +409,8 @@ class SpeculativeDecoder:
         """Decode; on_round(RoundInfo) is called after every round (for inspection and tests).
         _counts: the draft counts' strategy in place of gamma's (measure_round_costs times rounds so)."""
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
+        if on_round is not None and not callable(on_round):
+            raise BadType(f"on_round must be a function of a RoundInfo or None, got {type(on_round).__name__}")
         t_all = time.perf_counter()
         ids, mask, lengths, (tgt, drf), prefill_s = _start(
             [self.target, self.draft], ["target", "draft"], input_ids, attention_mask, params, self.max_gamma,

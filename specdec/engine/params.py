@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..common.values import check_int, check_number, check_seed, check_temperature, check_token_ids, is_greedy
-from .runner import cache_dtype, num_attention_layers, resolve_impl
+from ..common.values import (BadType, check_int, check_number, check_seed, check_temperature, check_token_ids,
+                             is_greedy)
+from .runner import IMPLS, cache_dtype, num_attention_layers, resolve_impl
+from .verify import BACKENDS
 
 
 @dataclass
@@ -52,10 +54,21 @@ def max_positions(model) -> int | None:
     return None
 
 
-def prepare_inputs(input_ids, attention_mask, device):
-    """Validate a (left-padded) batch. Returns ids [B, P], mask [B, P] long, lengths (host list)."""
-    if not isinstance(input_ids, torch.Tensor):
-        raise ValueError("input_ids must be a [B, P] tensor of token ids (use the tokenizer with padding_side='left')")
+def _int_tensor(value, name: str, shape_hint: str) -> torch.Tensor:
+    """`value` as a tensor of integers (bool allowed for masks); anything else is a BadType naming it."""
+    if not isinstance(value, torch.Tensor):
+        raise BadType(f"{name} must be a {shape_hint} torch.Tensor, got {type(value).__name__} (use the tokenizer "
+                      "with return_tensors='pt' and padding_side='left')")
+    if value.is_floating_point() or value.is_complex():
+        raise BadType(f"{name} must hold integer token ids / 0-1 flags, got {value.dtype} (a float id would be "
+                      "truncated)")
+    return value
+
+
+def prepare_inputs(input_ids, attention_mask, device, vocab: int | None = None):
+    """Validate a (left-padded) batch: ids in [0, vocab) (the models' embedding rows), mask of 0 / 1.
+    Returns ids [B, P], mask [B, P] long, lengths (host list)."""
+    input_ids = _int_tensor(input_ids, "input_ids", "[B, P]")
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
     if input_ids.dim() != 2 or input_ids.shape[0] == 0:
@@ -65,16 +78,52 @@ def prepare_inputs(input_ids, attention_mask, device):
     input_ids = input_ids.to(device=device, dtype=torch.long)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device=device, dtype=torch.long)
+    attention_mask = _int_tensor(attention_mask, "attention_mask", "[B, P]").to(device=device, dtype=torch.long)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                         f"{tuple(input_ids.shape)}")
+    # one host read: the ids' and the mask's ranges (a negative id wrapped round on the NumPy path and was
+    # an IndexError elsewhere), each row's length, whether the last column is real everywhere
+    lo, hi, mlo, mhi, last = torch.stack([input_ids.min(), input_ids.max(), attention_mask.min(),
+                                          attention_mask.max(), attention_mask[:, -1].min()]).tolist()
+    if lo < 0 or (vocab is not None and hi >= vocab):
+        bad = lo if lo < 0 else hi
+        row = int((input_ids == bad).any(1).nonzero()[0])
+        raise ValueError(f"input_ids must be token ids in [0, {vocab if vocab is not None else 'V'}) (the models' "
+                         f"embedding rows; padding too), got {bad} in row {row}")
+    if mlo < 0 or mhi > 1:
+        raise ValueError(f"attention_mask must hold 0 (padding) and 1 (token), got values in [{mlo}, {mhi}]")
     lengths = attention_mask.sum(1).tolist()
     if min(lengths) == 0:
         raise ValueError(f"empty prompt in row {lengths.index(0)}: every row needs at least one token")
-    if not bool(attention_mask[:, -1].all()):
+    if last != 1:
         raise ValueError("prompts must be left-padded (the last column real in every row): set "
                          "tokenizer.padding_side = 'left'")
     return input_ids, attention_mask, lengths
+
+
+def check_model(model, name: str) -> None:
+    """A causal LM the engine can run (a transformers PreTrainedModel): anything else is a BadType naming
+    the argument, not an AttributeError from inside the loop."""
+    if not (isinstance(model, torch.nn.Module) and hasattr(model, "get_input_embeddings")
+            and hasattr(model, "config")):
+        raise BadType(f"{name} must be a transformers causal LM (e.g. AutoModelForCausalLM.from_pretrained(...)), "
+                      f"got {type(model).__name__}")
+
+
+def check_engine(impl, cuda_graphs, backend=None) -> None:
+    """The engine arguments the decoders take: the forward, CUDA graphs on or off, the verify backend."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if not isinstance(cuda_graphs, bool):
+        raise BadType(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def embedding_rows(models) -> int:
+    """The ids every model can embed: the smallest input embedding."""
+    return min(int(m.get_input_embeddings().weight.shape[0]) for m in models)
 
 
 def check_context(model, name, lengths, max_new_tokens):

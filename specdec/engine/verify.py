@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..common.values import LENIENCE_KINDS  # noqa: F401 (re-exported)
-from ..common.values import MIN_TEMPERATURE, check_lenience, check_temperature, is_greedy
+from ..common.values import MIN_TEMPERATURE, BadType, check_lenience, check_temperature, is_greedy
 from .sampling import probs_from_logits, sample_from_probs, unusable_rows
 BACKENDS = ("torch", "triton", "auto")
 
@@ -62,33 +62,41 @@ def _temperature_tensor(temperature, B: int, device) -> torch.Tensor:
 
 
 def check_values(target_logits, draft_logits, draft_tokens, num_draft_tokens) -> None:
-    """What `verify` checks on values (one host sync): every draft id a row verifies lies in [0, V), and
-    every position a row uses has a logit row a token can be chosen from (no NaN or +inf; not all -inf:
-    -inf marks a masked token). Without it an out-of-range id would be emitted as is, and an unusable
-    row would silently emit token 0."""
+    """What `verify` checks on values (one host sync): every count lies in [0, K], every draft id a row
+    verifies lies in [0, V), and every position a row uses has a logit row a token can be chosen from (no
+    NaN or +inf; not all -inf: -inf marks a masked token). Without it an out-of-range id would be emitted
+    as is, and an unusable row would silently emit token 0."""
     B, K1, V = target_logits.shape
     K = K1 - 1
-    n = torch.full((B,), K, device=draft_tokens.device) if num_draft_tokens is None else num_draft_tokens
+    n = torch.full((B,), K, device=draft_tokens.device) if num_draft_tokens is None else num_draft_tokens.long()
     pos = torch.arange(K1, device=draft_tokens.device)[None]                       # [1, K+1]
     used = pos[:, :K] < n[:, None]                                                  # [B, K] drafts verified
     x = draft_tokens.long()
-    bad_ids = ((x < 0) | (x >= V)) & used
-    bad_target = unusable_rows(target_logits) & (pos <= n[:, None])                 # [B, K+1]: up to the bonus
-    bad_draft = unusable_rows(draft_logits) & used                                   # [B, K]
-    flags = torch.cat([bad_ids.any(1), bad_target.any(1), bad_draft.any(1)]).tolist()
-    if any(flags[:B]):
-        b = flags.index(True)
+    checks = {"counts": (n < 0) | (n > K),                                          # [B] each
+              "ids": (((x < 0) | (x >= V)) & used).any(1),
+              "target_logits": (unusable_rows(target_logits) & (pos <= n[:, None])).any(1),   # up to the bonus
+              "draft_logits": (unusable_rows(draft_logits) & used).any(1)}
+    flags = dict(zip(checks, torch.stack(list(checks.values())).tolist()))
+    if any(flags["counts"]):
+        raise ValueError(f"num_draft_tokens must lie in [0, K={K}], got {n.tolist()}")
+    if any(flags["ids"]):
+        b = flags["ids"].index(True)
         raise ValueError(f"draft_tokens of row {b} hold ids outside [0, {V}): {draft_tokens[b].tolist()}; "
                          "drafts must come from the shared vocabulary")
-    for i, name in enumerate(("target_logits", "draft_logits")):
-        rows = flags[B * (i + 1):B * (i + 2)]
-        if any(rows):
+    for name in ("target_logits", "draft_logits"):
+        if any(flags[name]):
             raise ValueError(f"{name} contain NaN or +inf, or a position whose logits are all -inf (row "
-                             f"{rows.index(True)}): no token can be chosen from it (-inf marks a masked token)")
+                             f"{flags[name].index(True)}): no token can be chosen from it (-inf marks a masked token)")
 
 
 def check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps):
-    """Shape / dtype / device checks shared by every backend. Returns (B, K, V)."""
+    """Type / shape / dtype / device checks shared by every backend. Returns (B, K, V)."""
+    for name, t, shape in (("target_logits", target_logits, "[B, K+1, V]"), ("draft_logits", draft_logits, "[B, K, V]"),
+                           ("draft_tokens", draft_tokens, "[B, K]"), ("num_draft_tokens", num_draft_tokens, "[B]")):
+        if not isinstance(t, torch.Tensor) and not (name == "num_draft_tokens" and t is None):
+            raise BadType(f"{name} must be a {shape} torch.Tensor, got {type(t).__name__}")
+    if num_draft_tokens is not None and (num_draft_tokens.is_floating_point() or num_draft_tokens.dtype == torch.bool):
+        raise BadType(f"num_draft_tokens must be an integer tensor, got {num_draft_tokens.dtype}")
     if target_logits.dim() != 3:
         raise ValueError(f"target_logits must be [B, K+1, V], got shape {tuple(target_logits.shape)}")
     B, K1, V = target_logits.shape
@@ -198,6 +206,8 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise BadType(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     B, K, V = check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps)
     temp = _temperature_tensor(temperature, B, target_logits.device)
     if validate:
