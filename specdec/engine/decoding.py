@@ -47,8 +47,8 @@ import torch
 
 from ..costs import CostCache, context_bucket, cost_key, costs_at, entry_from_json, round_costs, sync
 from ..metrics import AUTO, DecodeStats, best_draft_count, discounted_counts, linear_round_costs, shrunk_alpha
-from .runner import IMPLS, ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
-from .sampling import mask_logits, sample_tokens, unusable_rows
+from .runner import ModelRunner, cache_kwarg  # noqa: F401 (cache_kwarg re-exported)
+from .sampling import mask_logits, pad_vocab, sample_tokens, unusable_rows
 from .devices import input_device, logit_width
 from ..common.values import BadType, check_gamma, check_int, check_lenience
 from .params import (SamplingParams, check_cache_memory, check_context, check_engine, check_logits_flag,
@@ -218,8 +218,9 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
                             impl: str = "auto", cuda_graphs: bool = False) -> GenerationOutput:
     """Plain decoding of `target` with a KV cache: one forward per token for the whole batch.
 
-    vocab_size: only ids below it are ever emitted (default: the model's logit width). impl and
-    cuda_graphs as in SpeculativeDecoder (the same model path, so speedups compare like with like).
+    vocab_size: only ids below it are ever emitted (default: the model's logit width, as SpeculativeDecoder's:
+    README, Vocabularies). impl and cuda_graphs as in SpeculativeDecoder (the same model path, so speedups
+    compare like with like).
     """
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
     check_model(target, "target")
@@ -366,6 +367,8 @@ class SpeculativeDecoder:
     hands over its own measurement); without them the round times are read from the cost cache
     (`cost_cache`: a folder, default `costs.default_cache_dir()`) or measured once per batch size,
     context bucket and greedy / sampled (a few seconds) and stored there.
+    vocab_size: only ids below it are emitted (default: the target's logit width, as autoregressive_generate's;
+    load_pair's shared vocabulary excludes logit padding); the draft may have fewer or more logits.
     impl: "auto" (the lean forward for Llama-family models, else transformers'), "lean" or "hf".
     cuda_graphs: capture the draft step and the verify as CUDA graphs (CUDA and the lean forward).
     """
@@ -393,13 +396,15 @@ class SpeculativeDecoder:
         if ddev != self.device:
             raise ValueError(f"target and draft are on different devices ({self.device} vs {ddev}); "
                              "move the draft to the target's input device")
-        t_width, d_width = logit_width(target), logit_width(draft)
-        shared = min(t_width, d_width)
-        vocab_size = shared if vocab_size is None else check_int(vocab_size, "vocab_size", 1)
-        if vocab_size > shared:
-            raise ValueError(f"vocab_size {vocab_size} exceeds a model's logit width (target {t_width}, draft {d_width})")
-        # Ids >= vocab_size (logit padding, e.g. Qwen2.5 0.5B 151936 vs 7B 152064) are never compared or emitted.
-        self.vocab_size = vocab_size
+        # The vocabulary rule, as in autoregressive_generate: ids below vocab_size (default: the target's logit
+        # width) are emitted, so plain and speculative decoding agree without passing it (README, Vocabularies).
+        t_width = logit_width(target)
+        self.vocab_size = t_width if vocab_size is None else check_int(vocab_size, "vocab_size", 1, t_width)
+        # A draft with fewer logits proposes only the ids it has: its q is -inf (probability 0) beyond them,
+        # which verification handles exactly. A target id beyond the draft's embedding (e.g. Qwen2.5-0.5B's
+        # 151936 rows under the 7B's 152064 logits) reaches the draft as its last row: only its proposals
+        # change, never the output's distribution (q is what the drafts were sampled from either way).
+        self._draft_rows = embedding_rows([draft])
         self.backend, self.lenience, self.lenience_eps = backend, lenience, lenience_eps
         self.impl, self.cuda_graphs = impl, cuda_graphs
 
@@ -522,6 +527,8 @@ class SpeculativeDecoder:
         else:
             ids, pos = live.pending[:, None], live.pos[:, None]
             valid = torch.ones((B, 1), dtype=torch.bool, device=ids.device)
+        if self._draft_rows < V:
+            ids = ids.clamp_max(self._draft_rows - 1)
         ones = valid[:, -1:]
         for k in range(K):
             logits = drf.forward(ids, pos, valid, logits_to_keep=1)[:, -1, :V]      # [B, V]
@@ -533,7 +540,7 @@ class SpeculativeDecoder:
                 q_logits.append(masked)
             if k + 1 < K:  # d_K itself is fed next round, only where it is accepted
                 ids, pos, valid = tok[:, None], live.pos[:, None] + (k + 1), ones
-        q = None if q_logits is None else torch.stack(q_logits, 1)                  # [B, K, V]
+        q = None if q_logits is None else pad_vocab(torch.stack(q_logits, 1), V)   # [B, K, V]
         return drafts, q, h
 
     def _score(self, tgt: ModelRunner, live: _Live, drafts, stats: DecodeStats):

@@ -44,6 +44,13 @@ def mask_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     return logits
 
 
+def pad_vocab(logits: torch.Tensor, width: int) -> torch.Tensor:
+    """[..., W] -> [..., width]: a model's logits widened with -inf (probability 0) for the ids it has no
+    logit for (a draft whose vocabulary is smaller than the target's). Costs a copy when W < width."""
+    missing = width - logits.shape[-1]
+    return torch.nn.functional.pad(logits, (0, missing), value=NEG_INF) if missing > 0 else logits
+
+
 def unusable_rows(logits: torch.Tensor) -> torch.Tensor:
     """[..., V] -> [...] bool: rows no token can be chosen from (a NaN or +inf logit, or every logit
     -inf). softmax turns such a row into NaN and argmax then returns an id nobody sampled (token 0 for
