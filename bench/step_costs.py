@@ -34,7 +34,9 @@ import torch
 
 from specdec.common.config import add_arguments, config_from_args, option, to_dict
 from specdec.common.values import check_gamma
-from specdec.costs import interleaved_medians, sync, StepTimer
+from specdec.costmodel.measure import interleaved_medians, sync
+from specdec.engine.runner import cache_kwarg
+from specdec.engine.timing import StepTimer
 from specdec.engine.quant import RowwiseInt8Linear, quantize_model
 from specdec.common.env import environment
 from specdec.common.files import write_json_atomic
@@ -110,7 +112,6 @@ class _DynamicStepper:
     def __init__(self, model, prompt_ids, batch_size):
         from transformers import DynamicCache
 
-        from specdec.engine.runner import cache_kwarg
         dev = model.get_input_embeddings().weight.device
         self.ids = prompt_ids.to(dev).repeat(batch_size, 1)
         self.model, self.kw, self.cache = model, cache_kwarg(model), DynamicCache()

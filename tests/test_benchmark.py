@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_llama
 from specdec.benchmark import bench as benchmark, results as results_mod
 from specdec.cli import main
-from specdec.metrics import per_token_acceptance
+from specdec.engine.stats import per_token_acceptance
 from specdec.benchmark.results import BenchRow
 from test_prompts import tiny_tokenizer
 
@@ -301,6 +301,30 @@ def test_resume_measures_only_the_missing_groups(pair, tmp_path, monkeypatch, ca
     assert not (out / "acceptance.png").exists()
     meta = json.loads((out / "results.json").read_text())["meta"]
     assert len(meta["resumed"]) == 1 and set(meta["costs"]) == {"1"}
+
+
+def test_resume_measures_damaged_costs_again(pair, tmp_path, monkeypatch):
+    """Step costs of zero in the results.json being resumed (an edited or damaged file) once reached the
+    predictions of the new rows: a ZeroDivisionError after the group ran. They are measured again."""
+    out = tmp_path / "run"
+    real = benchmark.run_batch
+
+    def flaky(inputs, cfg, s, *a):
+        if s.temperature > 0 and s.method == "sd" and not cfg.resume:
+            raise RuntimeError("killed")
+        return real(inputs, cfg, s, *a)
+
+    monkeypatch.setattr(benchmark, "run_batch", flaky)
+    with pytest.raises(RuntimeError, match="killed"):
+        bench(pair, out, *SMALL)
+    path = out / "results.json"
+    data = json.loads(path.read_text())
+    data["meta"]["costs"]["1"].update(c=0.0, v={k: 0.0 for k in data["meta"]["costs"]["1"]["v"]})
+    path.write_text(json.dumps(data))
+    assert bench(pair, out, *SMALL, "--resume") == 0
+    costs = json.loads(path.read_text())["meta"]["costs"]["1"]
+    assert costs["c"] > 0 and all(v > 0 for v in costs["v"].values())
+    assert all(r["predicted_speedup"] for r in _runs(out) if r["method"] == "sd" and r["temperature"] == 1.0)
 
 
 @pytest.mark.parametrize("flags, match", [

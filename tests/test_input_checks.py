@@ -166,7 +166,7 @@ def test_caches_larger_than_memory_are_refused_before_allocating(target_model, d
 
 def test_bench_refuses_caches_larger_than_memory_before_measuring(tmp_path, pair_dirs, capsys, monkeypatch):
     monkeypatch.setattr(params, "available_bytes", lambda device: 1024)
-    monkeypatch.setattr(bench_mod, "measure_costs", lambda *a, **k: pytest.fail("measured before the check"))
+    monkeypatch.setattr(bench_mod, "measure_step_costs", lambda *a, **k: pytest.fail("measured before the check"))
     out = tmp_path / "o"
     assert main(["bench", "--target", pair_dirs["target"], "--draft", pair_dirs["draft"], "--num-prompts", "1",
                  "--batch-size", "1", "--gamma", "2", "--temperature", "0", "--max-new-tokens", "4", "--device", "cpu",

@@ -1,9 +1,9 @@
-"""What specdec is measured against, and the step costs its prediction needs.
+"""What specdec is measured against: Hugging Face's plain and assisted generation.
 
+hf_generate            transformers' plain `target.generate()` (no assistant)
 hf_assisted_generate   transformers' assisted generation (`target.generate(assistant_model=draft)`) under
                        one of its schedules (HF_SCHEDULES)
 hf_assistant_defaults  the assistant settings transformers uses when none are set
-costs_from_json        the step costs c, v (specdec/costs.py) as read back from a results file
 Plain decoding, the denominator of every speedup, is decoding.autoregressive_generate.
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ import copy
 import torch
 
 from ..common.values import is_greedy
-from ..costs import entry_from_json
 
 
 # The schedules of transformers' assisted generation that specdec is compared with, by result method:
@@ -116,8 +115,3 @@ def hf_assistant_defaults(draft) -> dict:
             pass
     return {k: getattr(gc, k, None) for k in ("num_assistant_tokens", "num_assistant_tokens_schedule",
                                                "assistant_confidence_threshold")}
-
-
-def costs_from_json(saved: dict) -> dict:
-    """meta["costs"] as read back from results.json (JSON keys are strings) -> batch size -> costs."""
-    return {int(bs): entry_from_json(c) for bs, c in saved.items()}

@@ -13,9 +13,9 @@ size). In a group each configuration gets `warmup` untimed runs of the first bat
 timed passes over every prompt, interleaved batch by batch: repeat r runs the first batch under every
 configuration of the group (in alternating order), then the next batch, so load drift on a shared
 machine does not bias one method's ratio. Batches are consecutive prompts of the prompt list (which is
-grouped by category), left-padded by the tokenizer. c and v (see results.py) are timed once per batch
+grouped by category), left-padded by the tokenizer. c and v (specdec/costmodel/predict.py) are timed once per batch
 size on a prompt-length cache before the sweep; with gamma auto, so are whole decode rounds at each
-count it may choose (decoding.SpeculativeDecoder.measure_round_costs), which auto then chooses by.
+count it may choose (costmodel.measure_round_costs), which auto then chooses by.
 
 The sweep's defaults are one of config.SWEEPS (`--sweep`); --gamma, --temperature, --batch-size and
 --baselines override single axes. results.json is rewritten atomically after every group, so a crash
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,12 @@ from pathlib import Path
 import torch
 
 from . import baselines
-from ..costs import measure_costs, sync
+from ..costmodel import AUTO
+from ..costmodel.measure import measure_round_costs, measure_step_costs, sync
+from ..costmodel.policy import AutoConfig
+from ..costmodel.table import read_table
 from ..common.config import add_arguments as _add_arguments, config_from_args, to_argv, to_dict
-from ..engine.decoding import AUTO, SpeculativeDecoder, autoregressive_generate, capacity_for
+from ..engine.decoding import SpeculativeDecoder, autoregressive_generate, capacity_for
 from ..engine.params import check_cache_memory, max_positions
 from ..models import bundled_pair, context_of, load_pair
 from ..engine.runner import resolve_impl
@@ -47,10 +49,10 @@ from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_
 from ..common.env import environment
 from ..common.files import write_json_atomic
 from ..common.outdir import RUN_FILE, prepare_out_dir
+from ..common.progress import Progress
 from ..common.table import format_table as _table
 from ..common.values import is_greedy
 from ..engine.devices import input_device, resolve_device
-
 
 def plan(cfg: BenchConfig) -> dict:
     """(temperature, batch size) -> the configurations measured together, "ar" first."""
@@ -66,27 +68,6 @@ def plan(cfg: BenchConfig) -> dict:
                 group += [Setting(m, None, temp, bs) for m in ("hf_assisted_default", "hf_assisted_heuristic")]
             groups[(temp, bs)] = group
     return groups
-
-
-# ----------------------------------------------------------------------------------------------------
-# Progress: a bar from the first second (loading and the cost measurement show as its status).
-
-class Progress:
-    def __init__(self, total: int, enabled: bool):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="bench", unit="pass", disable=not enabled, file=sys.stderr,
-                        dynamic_ncols=True)
-
-    def status(self, text: str) -> None:
-        self.bar.set_postfix_str(text, refresh=True)
-
-    def advance(self, n: int = 1) -> None:
-        self.bar.update(n)
-
-    def close(self, keep: bool = True) -> None:
-        self.bar.leave = keep
-        self.bar.close()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -107,7 +88,7 @@ def _validate(cfg: BenchConfig):
     if cfg.cuda_graphs == "on" and device.type != "cuda":
         raise ValueError("--cuda-graphs on needs a CUDA device; use --cuda-graphs off or auto")
     check_new_tokens(cfg.max_new_tokens, *_model_paths(cfg))
-    prompts, _ = load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not after loading
+    prompts, _ = load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not later
     if max(cfg.batch_size) > len(prompts):
         # refused, not clamped: a row labelled batch 16 must have run 16 rows
         raise ValueError(f"--batch-size {max(cfg.batch_size)} is more than the {len(prompts)} prompts, so no batch "
@@ -335,7 +316,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     groups = plan(cfg)
     out = _claim_out(cfg)
     path = out / "results.json"
-    progress = Progress(sum(len(g) for g in groups.values()) * cfg.repeats, enabled=cfg.progress)
+    # a bar from the first second: loading and the cost measurement show as its status
+    progress = Progress(sum(len(g) for g in groups.values()) * cfg.repeats, "bench", enabled=cfg.progress,
+                        unit="pass")
     try:
         inputs = _load(cfg, device, out, progress)
         meta, rows = _start(cfg, inputs, path)
@@ -384,26 +367,39 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
 def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress) -> dict:
     """batch size -> c and v, measured on the first prompt (already truncated to fit the context), and,
     when gamma auto runs, the round times it chooses by (greedy and/or sampled, as the temperatures
-    need) on the first bs prompts; for each batch size the saved run does not have; recorded in
-    meta["costs"]."""
-    costs = baselines.costs_from_json(meta["costs"])
+    need) on the first bs prompts; for each batch size the saved run does not have (or has costs no
+    prediction may use: measured again); recorded in meta["costs"]."""
+    costs = _saved_costs(meta["costs"])
     modes = sorted({"greedy" if is_greedy(t) else "sampling" for t in cfg.temperature}) if AUTO in cfg.gamma else []
+    probe = SpeculativeDecoder(inputs.target, inputs.draft, gamma=1, vocab_size=inputs.vocab, impl=cfg.impl,
+                               cuda_graphs=inputs.engine["cuda_graphs"])
     for bs in cfg.batch_size:
         if bs not in costs:
             progress.status(f"measuring the step costs c, v at batch size {bs}")
-            costs[bs] = measure_costs(inputs.target, inputs.draft, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs,
-                                      impl=cfg.impl, cuda_graphs=inputs.engine["cuda_graphs"])
+            costs[bs] = measure_step_costs(probe, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs)
             if modes:   # on the first bs prompts: rows that accept differently leave holes, as in the sweep
-                probe = _auto_decoder(cfg, inputs, None)
                 enc = inputs.tokenizer.pad({"input_ids": [inputs.ids[i % len(inputs.ids)] for i in range(bs)]},
                                            padding=True, return_tensors="pt")
                 ids, mask = enc["input_ids"].to(inputs.device), enc["attention_mask"].to(inputs.device)
                 costs[bs]["round_s"] = {}
                 for mode in modes:
                     progress.status(f"timing decode rounds for gamma auto at batch size {bs} ({mode})")
-                    costs[bs]["round_s"][mode] = probe.measure_round_costs(ids, mask, mode == "sampling")
+                    costs[bs]["round_s"][mode] = measure_round_costs(
+                        probe, ids, mask, mode == "sampling", range(1, AutoConfig().max_gamma + 1))
     meta["costs"] = {str(bs): c for bs, c in costs.items()}
     return costs
+
+
+def _saved_costs(saved: dict) -> dict:
+    """meta["costs"] of the run being resumed, batch size -> entry, leaving out any entry that cannot be
+    used (a damaged or edited file: zeros, negatives, missing tables), so that it is measured again."""
+    out = {}
+    for bs, entry in (saved or {}).items():
+        try:
+            out.update(read_table({bs: entry}))
+        except ValueError:
+            continue
+    return out
 
 
 def _auto_decoder(cfg: BenchConfig, inputs: BenchInputs, costs) -> SpeculativeDecoder:

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..common.blocks import ProgressBlock, ResumableOutputBlock
 from ..common.config import flag_name, option, parse_value, with_default
 from ..common.values import AUTO, check_gamma, check_int, check_seed, check_temperature
-from ..engine.decoding import AUTO_MAX_GAMMA
+from ..costmodel.policy import AutoConfig
 from ..models.options import EngineBlock
 
 BASELINES = ("ar", "hf")
@@ -105,4 +105,5 @@ class BenchConfig(EngineBlock, ResumableOutputBlock, ProgressBlock):
     @property
     def cost_gammas(self) -> list:
         """The gammas whose verify cost is measured: the fixed ones, and every one auto may choose."""
-        return sorted(set(self.fixed_gammas) | (set(range(1, AUTO_MAX_GAMMA + 1)) if AUTO in self.gamma else set()))
+        auto = set(range(1, AutoConfig().max_gamma + 1)) if AUTO in self.gamma else set()
+        return sorted(set(self.fixed_gammas) | auto)

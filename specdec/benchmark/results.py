@@ -21,8 +21,8 @@ tokens / wall seconds of the pass); `repeats` keeps every repeat's value and the
 tokens_per_s / that of "ar" at the same temperature, batch size and category. Acceptance statistics are
 pooled over all timed repeats.
 
-Cost model (REFERENCES.md): predicted speedup = tau / (gamma * c + v) with tau = (1 - alpha^(gamma+1)) /
-(1 - alpha) from the measured per-token acceptance `alpha` (the paper's alpha, not the vLLM-convention
+Cost model (specdec/costmodel/predict.py): predicted speedup = tau / (gamma * c + v) with
+tau = (1 - alpha^(gamma+1)) / (1 - alpha) from the measured per-token acceptance `alpha` (the paper's alpha, not the vLLM-convention
 `acceptance_rate` = accepted / drafted, which is also reported), c = draft 1-token step / target 1-token
 step and v = target (gamma+1)-token step / target 1-token step. `predicted_speedup_tau` uses the measured
 mean acceptance length as tau instead of the i.i.d. formula. For gamma auto the prediction averages the
@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.values import is_greedy
-from ..metrics import AUTO, DecodeStats, predicted_speedup, predicted_speedup_mix
+from ..costmodel import AUTO
+from ..costmodel.predict import predicted_speedup, predicted_speedup_mix
+from ..engine.stats import DecodeStats
 
 METHODS = ("ar", "sd", "hf_generate", "hf_assisted", "hf_assisted_default", "hf_assisted_heuristic")
 

@@ -16,9 +16,9 @@ checked before the first one starts.
 
 The default distillation settings are the recipe measured by bench/distill_matrix.py (bench/RESULTS.md,
 "DistillSpec"): forward KL on SKD samples (the draft proposes, the target replaces proposals outside
-its top 25), lr 1e-3, batch 32 x 112 trained tokens after 16-token prompts, 96 steps (about 10 minutes
-on a 2-core CPU; the measured curve gains most of its temperature-1 MAL in the first 6 minutes and
-flattens after about 20).
+its top 25), lr 1e-3, batch 32 x 112 trained tokens after 16-token prompts, 96 steps: the front of the
+measured curve, where temperature 1 has made most of its gain (bench/RESULTS.md, "The recipe: screening,
+then a curve", for the curve and the training time).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from ..distill.config import check_context
 from ..distill.trainer import DistillConfig, train
 from ..benchmark.plots import plot_files
 from ..data.prompts import builtin
-from ..metrics import AUTO
+from ..costmodel import AUTO
 from ..benchmark.results import BenchRow, auto_shift
 from ..common.files import read_jsonl, write_json_atomic, write_text_atomic
 from ..common.outdir import prepare_out_dir

@@ -99,11 +99,11 @@ def check_temperature(value, name: str = "temperature") -> float:
     return t
 
 
-def check_gamma(value, name: str = "gamma", auto: bool = True) -> int | str:
+def check_gamma(value, name: str = "gamma", auto: bool = True, text: bool = True) -> int | str:
     """Draft tokens per round: an integer in 1..MAX_GAMMA, or "auto" where allowed. Text ("4", "auto")
-    is read as the CLI hands it over."""
+    is read as the CLI hands it over (text=False: an int is required, e.g. a frozen dataclass field)."""
     what = (" or auto" if auto else "") + " (draft tokens per round)"
-    if isinstance(value, str):
+    if isinstance(value, str) and text:
         text = value.strip().lower()
         if auto and text == AUTO:
             return AUTO

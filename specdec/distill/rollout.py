@@ -14,9 +14,10 @@ Kept logits are the target's distribution at every continuation position, from t
 cached forwards: a source that keeps them needs no second target forward over the sequence for its loss.
 
 Sampling draws one uniform per row and searches the cumulative distribution (`sample_rows`) instead of
-the decode loop's exponential race (specdec.engine.sampling), which draws B x V exponentials per step: on a CPU
-that costs more than the draft's own forward (3.3 ms of an 8 ms step at batch 32, V 4096), and the
-race's virtue, no host sync on a GPU, is not needed here (the rollout never reads a token on the host).
+the decode loop's exponential race (specdec.engine.sampling), which draws B x V exponentials per step: on a
+CPU at distillation's batch sizes that rivals the draft's own forward (bench/RESULTS.md, "Figures moved
+from the code"), and the race's virtue, no host sync on a GPU, is not needed here (the rollout never
+reads a token on the host).
 """
 from __future__ import annotations
 

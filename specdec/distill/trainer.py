@@ -35,6 +35,7 @@ from ..common.config import config_from_args
 from ..models import bundled_pair, check_vocab, load_model, load_tokenizer
 from ..common.files import write_json_atomic
 from ..common.outdir import prepare_out_dir
+from ..common.progress import Progress
 from .cache import TeacherCache
 from .checkpoint import MetricsLog, export_hf, load_latest, save_checkpoint, set_rng_state
 from .config import FREE_ON_RESUME, DistillConfig, check_context
@@ -157,7 +158,7 @@ def fit(job: Job) -> dict:
     cfg = job.cfg
     if job.start == 0 and cfg.eval_every:
         log_eval(job, 0, spec=bool(cfg.spec_eval_every))
-    bar = Progress(job)
+    bar = _progress(job)
     for step in range(job.start, cfg.steps):
         row = train_step(job, step)
         job.metrics.write(row)
@@ -167,7 +168,7 @@ def fit(job: Job) -> dict:
             log_eval(job, done, spec)
         if cfg.save_every and done % cfg.save_every == 0 and not last:
             save(job, done)
-        bar.update(row, job.last_eval)
+        bar.advance(**_figures(row, job.last_eval))
     bar.close()
     export(job)
     return job.last_eval if job.dist.main else {}
@@ -282,31 +283,20 @@ def export(job: Job) -> None:
     job.dist.barrier()
 
 
-class Progress:
-    """tqdm bar on rank 0 (when --progress): loss, and the latest estimated acceptance and MAL."""
+def _progress(job: Job) -> Progress:
+    """The bar on rank 0 (when --progress): loss, and the latest estimated acceptance and MAL."""
+    cfg = job.cfg
+    return Progress(cfg.steps, f"distill {cfg.divergence}/{cfg.data_source}", enabled=job.dist.main and cfg.progress,
+                    initial=job.start)
 
-    def __init__(self, job: Job):
-        self.bar = None
-        if job.dist.main and job.cfg.progress:
-            from tqdm.auto import tqdm
-            cfg = job.cfg
-            self.bar = tqdm(total=cfg.steps, initial=job.start, desc=f"distill {cfg.divergence}/{cfg.data_source}",
-                            dynamic_ncols=True)
 
-    def update(self, row: dict, last_eval: dict) -> None:
-        if self.bar is None:
-            return
-        post = {"loss": f"{row['loss']:.4f}"}
-        if "est_acceptance" in last_eval:
-            post["acc"] = f"{last_eval['est_acceptance']:.3f}"
-        if "mean_accepted_length" in last_eval:
-            post["mal"] = f"{last_eval['mean_accepted_length']:.2f}"
-        self.bar.set_postfix(post)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _figures(row: dict, last_eval: dict) -> dict:
+    post = {"loss": f"{row['loss']:.4f}"}
+    if "est_acceptance" in last_eval:
+        post["acc"] = f"{last_eval['est_acceptance']:.3f}"
+    if "mean_accepted_length" in last_eval:
+        post["mal"] = f"{last_eval['mean_accepted_length']:.2f}"
+    return post
 
 
 # ----------------------------------------------------------------------------------------------------

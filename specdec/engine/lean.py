@@ -16,7 +16,7 @@ CUDA the weights stay as they are: CUDA graphs remove the dispatch cost instead,
 7B model's projections would cost GBs. Fused weights are rebuilt when a parameter changes (its version
 counter moves), so a draft being trained is always decoded with its current weights.
 
-Equivalence: logits equal the transformers forward up to float rounding (tests/test_lean.py); plain
+Equivalence: logits equal the transformers forward up to float rounding (tests/test_runner.py); plain
 and speculative decoding use the same forward, so greedy speculative output equals plain greedy
 output exactly. Models outside the family (or with sliding windows, length-dependent RoPE, biases
 where Llama has none) use the transformers forward over the same cache (`supports` says which).

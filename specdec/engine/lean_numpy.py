@@ -1,8 +1,8 @@
 """The lean forward in NumPy, for small float32 models on the CPU (the bundled draft's path).
 
-Why: a small draft's step is per-operation overhead. On the project's CPUs a PyTorch operation costs a
-few microseconds of dispatch before any arithmetic, and its fp32 GEMV is 2-3x slower than OpenBLAS at
-these sizes, while a NumPy operation costs about a microsecond (bench/RESULTS.md, "Fast decode path").
+Why: a small draft's step is per-operation overhead. On the project's CPUs a PyTorch operation pays
+more dispatch before any arithmetic than a NumPy one, and its fp32 GEMV is slower than OpenBLAS at these
+sizes (measured: bench/RESULTS.md, "Fast decode path" and its "Figures moved from the code").
 This is the same math as specdec/engine/lean.py (fused, norm-folded projections, RoPE on q and k at once,
 grouped-query attention without copying K/V), on NumPy views of the same weights and of the same KV
 cache buffers (zero-copy), so the engine's cache bookkeeping is unchanged.
@@ -51,8 +51,8 @@ def is_small(model) -> bool:
 def blas_single_threaded() -> bool:
     """Whether NumPy's OpenBLAS runs one thread (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS, read when
     NumPy loads it). With more, its idle threads spin after every call and take the cores from PyTorch's
-    (measured: the int8 target's step 2.3x slower beside them), so impl="auto" takes the NumPy path only
-    with one; `specdec` commands set it."""
+    (the int8 target's step slows down beside them: bench/RESULTS.md, "Figures moved from the code"), so
+    impl="auto" takes the NumPy path only with one; `specdec` commands set it."""
     for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(name)
         if value:
@@ -101,9 +101,10 @@ class NumpyLeanForward:
         return cache.numpy_views()
 
     def _rms(self, x):
-        # np.mean's own steps (a sum reduction, then a divide) without its Python wrapper, ~20 us less per
-        # call, five calls per draft step (np.mean divides by an intp, i.e. in float64: bitwise the same
-        # where the width is a power of two, within one float32 rounding elsewhere)
+        # np.mean's own steps (a sum reduction, then a divide) without its Python wrapper (its cost, five
+        # calls per draft step: bench/RESULTS.md, "Figures moved from the code"). np.mean divides by an
+        # intp, i.e. in float64: bitwise the same where the width is a power of two, within one float32
+        # rounding elsewhere
         ms = np.add.reduce(x * x, axis=-1, keepdims=True) / x.shape[-1]
         return x * (1.0 / np.sqrt(ms + self.fwd.eps))
 

@@ -86,13 +86,11 @@ def cache_dtype(model, impl: str) -> torch.dtype:
     Why: attention sums over the cache's columns, and where padding and holes sit (which differs between
     a row decoded alone, in a ragged batch, or as a speculative verify) changes the order of those sums
     and so the last bits of the result. In float32 that is float rounding. An int8 model then rounds every
-    activation row to 255 levels, and a last-bit change that lands on a rounding boundary moves a level:
-    measured on the bundled int8 target at batch 8, a row's greedy output changed with the batch it was in.
-    With K, V (and so the scores and both reductions) in float64, the result rounded back to float32 no
-    longer depends on the layout (beyond ~1e-9 per element). The cost is attention arithmetic and twice
-    the cache's bytes: measured on the bundled pair, +16% on a plain decode step at batch 1, and at batch
-    8 (where the cache outweighs the int8 weights) plain decoding fell from 268 to 162 tokens/s
-    (bench/RESULTS.md, "Fast decode path")."""
+    activation row to 255 levels, and a last-bit change that lands on a rounding boundary moves a level
+    (the bundled int8 target's greedy output once changed with the batch a row was in). With K, V (and
+    so the scores and both reductions) in float64, the result rounded back to float32 no longer depends
+    on the layout. The cost is attention arithmetic and twice the cache's bytes, most at batch > 1, where
+    the cache outweighs the int8 weights (measured: bench/RESULTS.md, "Fast decode path")."""
     if impl == "lean" and quant.quantization_of(model) == "int8":
         return torch.float64
     return model_dtype(model)

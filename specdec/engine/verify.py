@@ -221,9 +221,9 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
             raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before importing "
                              "triton to run it on the CPU; use backend='torch' or 'auto' otherwise")
         from ..kernels.verify_triton import verify_triton  # heavy optional dependency: imported on use
-        out = verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
-                            generator, lenience, lenience_eps)
-        return VerifyResult(tokens=out.tokens, num_accepted=out.num_accepted)
+        tokens, num_accepted = verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
+                                             generator, lenience, lenience_eps)
+        return VerifyResult(tokens=tokens, num_accepted=num_accepted)
     all_greedy = not isinstance(temperature, torch.Tensor) and is_greedy(float(temperature))
     return verify_reference(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
                             generator, lenience, lenience_eps, all_greedy)
