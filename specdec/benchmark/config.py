@@ -29,7 +29,7 @@ RESUMABLE_CHANGES = ("out", "threads", "no_plots", "progress", "no_progress")   
 
 
 @dataclass
-class BenchConfig(EngineBlock, ResumableOutputBlock, ProgressBlock):
+class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
     """The models, engine and output blocks (models/options.py, common/blocks.py), and the sweep. After
     __post_init__ every sweep axis holds the values to run: the --sweep preset's where none was given."""
     out: str | None = with_default(ResumableOutputBlock, "out", "bench_out")

@@ -49,7 +49,7 @@ GOAL_GAMMA = 4          # the gamma the MAL goal is stated at
 
 
 @dataclass
-class DemoConfig(ModelsBlock, OutputBlock, ProgressBlock):
+class DemoConfig(ProgressBlock, OutputBlock, ModelsBlock):
     """The models and output blocks (models/options.py, common/blocks.py) and the three stages' settings;
     --out holds prompts.jsonl, before/, draft/, after/, plots/ and summary.json."""
     threads: int | None = with_default(ModelsBlock, "threads", 1)   # 1: the recipe's measurements; 2 thrash

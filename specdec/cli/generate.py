@@ -20,7 +20,7 @@ from ..engine.devices import resolve_device
 
 
 @dataclass
-class GenerateConfig(EngineBlock, ProgressBlock):
+class GenerateConfig(ProgressBlock, EngineBlock):
     """The models and engine block (models/options.py) and the decoding settings, whose defaults and
     checks are SamplingParams' (engine/params.py)."""
     # decoding

@@ -53,7 +53,7 @@ _REBUILD = "rebuild the cache with `specdec cache-teacher --overwrite`"
 
 
 @dataclass
-class CacheConfig(TargetBlock, ResumableOutputBlock):
+class CacheConfig(ResumableOutputBlock, TargetBlock):
     """The target and output blocks (models/options.py, common/blocks.py) and what to cache."""
     data_source: str = option("dataset", "sequences to cache (only sources that do not depend on the draft)",
                               group="data", choices=("dataset", "teacher"))

@@ -25,7 +25,7 @@ FREE_ON_RESUME = ("out", "resume", "overwrite", "threads", "progress", "device",
 
 
 @dataclass
-class DistillConfig(ModelsBlock, ResumableOutputBlock, ProgressBlock):
+class DistillConfig(ProgressBlock, ResumableOutputBlock, ModelsBlock):
     """The models and output blocks (models/options.py, common/blocks.py) and the training settings. --out
     holds the distilled draft (a Hugging Face checkpoint + tokenizer), metrics.jsonl and checkpoints/;
     --device under torchrun: each process takes cuda:LOCAL_RANK."""
