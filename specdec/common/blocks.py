@@ -1,11 +1,11 @@
 """Config blocks every command shares: each flag defined once (its default, help and check).
 
 A command's config dataclass inherits the blocks it takes (specdec/models/options.py holds the models
-block; listed last among the bases, its flags come first in --help) and adds its own fields. Each block's `__post_init__` checks its own fields and calls super()'s,
-so a config built from several blocks checks every one of them once, before anything is loaded; a
-command's own `__post_init__` calls `super().__post_init__()` first. A command whose default differs
-from the block's re-declares the field with `config.with_default` (the help and the check stay the
-block's).
+block; listed last among the bases, its flags come first in --help) and adds its own fields. Each
+block's `__post_init__` checks its own fields and calls super()'s, so a config built from several
+blocks checks every one of them once, before anything is loaded; a command's own `__post_init__` calls
+`super().__post_init__()` first. A command whose default differs from the block's re-declares the
+field with `config.with_default` (the help and the check stay the block's).
 """
 from __future__ import annotations
 
