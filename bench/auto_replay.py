@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from specdec.common.values import is_greedy
 from specdec.costmodel.policy import AutoConfig
 from specdec.costmodel.predict import linear_round_costs
 from specdec.costmodel.table import read_entry, round_costs
@@ -62,12 +63,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     meta = json.load(open(args.costs))["meta"]
     entry = read_entry(meta["costs"]["1"])
-    cost = linear_round_costs(round_costs(entry, args.temperature > 0), AutoConfig().max_gamma)
+    cost = linear_round_costs(round_costs(entry, not is_greedy(args.temperature)), AutoConfig().max_gamma)
     t, d = bundled_pair()
     target, draft, tok, vocab = load_pair(str(t), str(d), "float32", "cpu", None, quantize="int8",
                                           draft_quantize="none")
     prompts = held_out(tok, args.per_category, args.skip)
-    seeds = [0] if args.temperature == 0 else list(range(args.seeds))
+    seeds = [0] if is_greedy(args.temperature) else list(range(args.seeds))
     fixed = {g: score(SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab), tok, prompts, args.temperature,
                       seeds, cost) for g in (1, 2, 3, 4, 5)}
     cats = sorted(fixed[1])

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specdec import SpeculativeDecoder  # noqa: E402
 from specdec.common.config import option, parse_script_args, to_dict  # noqa: E402
+from specdec.common.values import check_gamma, check_temperature  # noqa: E402
 from specdec.models import load_pair  # noqa: E402
 from specdec.data.prompts import builtin  # noqa: E402
 from specdec.common.env import environment  # noqa: E402
@@ -57,8 +58,8 @@ class PhasesConfig:
         for name in ("num_prompts", "max_new_tokens", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if any(g < 1 for g in self.gamma):
-            raise ValueError("--gamma values must be >= 1")
+        self.gamma = tuple(check_gamma(g, "--gamma", auto=False) for g in self.gamma)
+        self.temperature = tuple(check_temperature(t, "--temperature") for t in self.temperature)
 
 
 class _Clock:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from specdec.common.config import add_arguments, config_from_args, option, to_dict
+from specdec.common.values import check_gamma
 from specdec.costmodel.measure import interleaved_medians, sync
 from specdec.engine.runner import cache_kwarg
 from specdec.engine.timing import StepTimer
@@ -56,9 +57,10 @@ class StepCostsConfig:
     out: str | None = option(None, "JSON output path", group="output")
 
     def __post_init__(self):
-        for name in ("prompt_len", "gamma", "batch_size", "iters"):
+        for name in ("prompt_len", "batch_size", "iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        self.gamma = check_gamma(self.gamma, "--gamma", auto=False)
 
 
 def read_bandwidth(device, nbytes: int = 1 << 28) -> float:

@@ -8,7 +8,7 @@ import types
 
 _EXPORTS = {
     "SpeculativeDecoder": "engine.decoding", "autoregressive_generate": "engine.decoding",
-    "GenerationOutput": "engine.decoding", "SamplingParams": "engine.decoding", "DecodeStats": "engine.stats",
+    "GenerationOutput": "engine.decoding", "SamplingParams": "engine.params", "DecodeStats": "engine.stats",
     "predicted_speedup": "costmodel.predict", "expected_tokens_per_step": "costmodel.predict",
     "FixedGamma": "costmodel.policy", "AutoGamma": "costmodel.policy", "AutoConfig": "costmodel.policy",
     "bundled_pair": "models",

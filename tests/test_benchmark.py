@@ -157,11 +157,11 @@ def _one_line_error(capsys, argv, match):
 
 
 @pytest.mark.parametrize("flags, match", [
-    (["--gamma", "0"], "--gamma values must be >= 1"),
+    (["--gamma", "0"], "--gamma must be >= 1"),
     (["--gamma", "two"], "--gamma must be an integer"),
     (["--gamma", "1,fast"], "--gamma must be an integer or auto"),
     (["--gamma", "2,auto,2"], "--gamma lists a value twice"),
-    (["--temperature", "0,-1"], "--temperature values must be >= 0"),
+    (["--temperature", "0,-1"], "--temperature must be a finite number >= 0"),
     (["--prompts", "/no/such/prompts.jsonl"], "does not exist"),
     (["--target", "/no/such/model"], "does not exist"),
     (["--baselines", "ar,vllm"], "unknown baseline"),
@@ -391,7 +391,7 @@ def test_results_json_is_standard_json(tmp_path):
 
 def test_temperature_must_be_finite_in_the_api():
     for bad in (float("inf"), float("nan"), -1.0):
-        with pytest.raises(ValueError, match="--temperature values must be >= 0 and finite"):
+        with pytest.raises(ValueError, match="--temperature must be a finite number"):
             benchmark.BenchConfig(temperature=(0.0, bad))
 
 

@@ -136,12 +136,14 @@ def test_holes_are_compacted(target_model, partial_draft, monkeypatch):
 
 
 def test_padded_logit_width(target_model):
-    """Models whose logit widths differ (vocab padding): only the shared ids are compared or emitted."""
+    """Models whose logit widths differ (vocab padding): with the shared vocabulary passed (load_pair's),
+    only the shared ids are compared or emitted. (The default is the target's width, for both decoders
+    alike: tests/test_input_checks.py.)"""
     wide = tiny_llama(vocab_size=72, seed=0)  # same init as target_model for the first 64 rows? no: just wider
     with torch.no_grad():
         wide.lm_head.weight[64:] = 5.0  # the padded ids would win every argmax if they were allowed
     ids, mask = _batch(B=2)
-    dec = SpeculativeDecoder(wide, target_model, gamma=3)
+    dec = SpeculativeDecoder(wide, target_model, gamma=3, vocab_size=64)
     assert dec.vocab_size == 64
     sd = dec.generate(ids, mask, max_new_tokens=12)
     ar = autoregressive_generate(wide, ids, mask, max_new_tokens=12, vocab_size=64)

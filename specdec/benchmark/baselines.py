@@ -12,6 +12,8 @@ import copy
 
 import torch
 
+from ..common.values import is_greedy
+
 
 # The schedules of transformers' assisted generation that specdec is compared with, by result method:
 #   constant   exactly gamma drafts every round, confidence early stop off (hf_assisted)
@@ -42,7 +44,7 @@ def hf_generate(target, input_ids, attention_mask, temperature, max_new_tokens, 
     handle = target.register_forward_hook(counter)
     kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
               pad_token_id=pad_token_id)
-    kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else \
+    kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if not is_greedy(temperature) else \
         kw.update(do_sample=False)
     torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
@@ -85,7 +87,7 @@ def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temper
             gc.assistant_confidence_threshold = 0.0  # 0 disables ConfidenceCriteria (and its ROC tuning)
         kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
                   pad_token_id=pad_token_id, assistant_model=draft)
-        if temperature > 0:
+        if not is_greedy(temperature):
             kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
         else:
             kw.update(do_sample=False)

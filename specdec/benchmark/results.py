@@ -36,6 +36,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.values import is_greedy
 from ..costmodel import AUTO
 from ..costmodel.predict import predicted_speedup, predicted_speedup_mix
 from ..engine.stats import DecodeStats
@@ -186,7 +187,7 @@ def summarise(measured: list[Measured], cats_of_prompt: list[str], costs: dict) 
             continue
         groups = {"all": list(range(len(m.batches)))}
         groups.update(pure_batches(m.batches, cats_of_prompt))
-        ref = reference.get((s.temperature, s.batch_size)) if s.temperature == 0 and s.method != "ar" else None
+        ref = reference.get((s.temperature, s.batch_size)) if is_greedy(s.temperature) and s.method != "ar" else None
         for cat in ["all"] + [c for c in categories if c in groups]:
             rows.append(_row(m, cat, groups[cat], ref, costs.get(s.batch_size)))
     return with_speedups(rows)

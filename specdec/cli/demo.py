@@ -27,10 +27,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..benchmark.bench import BenchConfig, format_auto_shift, run_bench
-from ..common.config import add_arguments as _add_arguments, config_from_args, option, to_dict
+from ..benchmark.bench import BenchConfig, check_new_tokens, format_auto_shift, run_bench
+from ..common.blocks import OutputBlock, ProgressBlock
+from ..common.config import add_arguments as _add_arguments, config_from_args, option, to_dict, with_default
 from ..distill.data import SOURCES, UNSEEN_CATEGORIES, unseen_prompts
 from ..distill.losses import KINDS
+from ..distill.config import check_context
 from ..distill.trainer import DistillConfig, train
 from ..benchmark.plots import plot_files
 from ..data.prompts import builtin
@@ -40,23 +42,19 @@ from ..common.files import read_jsonl, write_json_atomic, write_text_atomic
 from ..common.outdir import prepare_out_dir
 from ..common.table import format_table as _table
 from ..engine.devices import resolve_device
+from ..models import bundled_pair
+from ..models.options import ModelsBlock
 
 GOAL_GAMMA = 4          # the gamma the MAL goal is stated at
 
 
 @dataclass
-class DemoConfig:
-    out: str | None = option(None, "output folder (prompts.jsonl, before/, draft/, after/, plots/, summary.json)",
-                             group="output", required=True)
-    overwrite: bool = option(False, "delete the demo run already in --out first", group="output")
-    no_progress: bool = option(False, "no progress bars", group="output")
+class DemoConfig(ProgressBlock, OutputBlock, ModelsBlock):
+    """The models and output blocks (models/options.py, common/blocks.py) and the three stages' settings;
+    --out holds prompts.jsonl, before/, draft/, after/, plots/ and summary.json."""
+    threads: int | None = with_default(ModelsBlock, "threads", 1)   # 1: the recipe's measurements; 2 thrash
     quick: bool = option(False, "a couple of minutes: fewer steps, prompts and gammas (checks the loop, too short "
                          "to move acceptance much)")
-    target: str | None = option(None, "target (default: the bundled target)", group="models")
-    draft: str | None = option(None, "draft to distill (default: the bundled draft)", group="models")
-    device: str = option("auto", "cpu | cuda | cuda:N | auto (cuda when one is visible)", group="models")
-    threads: int | None = option(1, "torch CPU threads of the benchmarks and the distillation (1: fastest on a busy "
-                                 "shared CPU, where 2 threads thrash)", group="models")
     steps: int | None = option(None, "distillation steps (default: 96; quick: 10)", group="distillation")
     divergence: str = option("fkl", "divergence of the distillation", group="distillation", choices=KINDS)
     data_source: str = option("skd", "data source of the distillation", group="distillation", choices=SOURCES)
@@ -78,8 +76,7 @@ class DemoConfig:
     seed: int = option(0, "seed of the distillation and the benchmarks")
 
     def __post_init__(self):
-        if not self.out:
-            raise ValueError("--out DIR is required")
+        super().__post_init__()
         q = self.quick
         self.steps = self.steps if self.steps is not None else (10 if q else 96)
         self.batch_size = self.batch_size if self.batch_size is not None else (8 if q else 32)
@@ -109,7 +106,7 @@ def _distill_config(cfg: DemoConfig) -> DistillConfig:
                          batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 20), seed=cfg.seed,
                          eval_every=max(1, cfg.steps // 4), spec_eval_every=cfg.steps, eval_prompts=8,
                          save_every=max(1, cfg.steps // 3), threads=cfg.threads, device=cfg.device,
-                         progress=not cfg.no_progress)
+                         progress=cfg.progress)
 
 
 def bench_config(cfg: DemoConfig, draft: str | None, out: Path, prompts: Path | None = None) -> BenchConfig:
@@ -120,7 +117,7 @@ def bench_config(cfg: DemoConfig, draft: str | None, out: Path, prompts: Path | 
                        gamma=tuple(cfg.gamma) + (AUTO,), temperature=(0.0, 1.0), batch_size=(1,), baselines=("ar",),
                        prompts=None if prompts is None else str(prompts), num_prompts=0,
                        max_new_tokens=cfg.max_new_tokens, repeats=cfg.repeats, warmup=1, seed=cfg.seed, out=str(out),
-                       no_plots=True, no_progress=cfg.no_progress)
+                       no_plots=True, progress=cfg.progress)
 
 
 def prompts_path(cfg: DemoConfig) -> Path:
@@ -282,6 +279,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     dcfg = distill_config(cfg)
     bench_config(cfg, cfg.draft, out / "before")
     resolve_device(cfg.device)
+    bt, bd = bundled_pair()
+    check_context(dcfg, cfg.target or bt, cfg.draft or bd)   # the models' context, from their configs
+    check_new_tokens(cfg.max_new_tokens, cfg.target or bt, cfg.draft or bd)
     prepare_out_dir(out, "demo", to_dict(cfg), overwrite=cfg.overwrite)
     times: dict = {}
     prompts = _timed(times, "prompts_s", lambda: write_prompts(cfg))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import AUTO
+from ..common.values import check_gamma
 from .cache import CachedRoundCosts
 from .predict import best_draft_count, discounted_counts, linear_round_costs, shrunk_alpha
 from .table import costs_at, read_table, round_costs
@@ -35,10 +35,7 @@ class FixedGamma:
     """gamma drafts every round (fewer where max_new_tokens leaves fewer). Stateless: its own call state."""
 
     def __init__(self, gamma: int):
-        if (isinstance(gamma, (str, bool)) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma)
-                or int(gamma) != gamma or gamma < 1):
-            raise ValueError(f"gamma (draft tokens per round) must be an integer >= 1 or '{AUTO}', got {gamma!r}")
-        self.gamma = self.max_gamma = int(gamma)
+        self.gamma = self.max_gamma = check_gamma(gamma, "gamma", auto=False)
 
     def start(self, decoder, input_ids, attention_mask, sampling: bool) -> "FixedGamma":
         return self
@@ -69,8 +66,7 @@ class AutoConfig:
             raise ValueError(f"strength (verdicts a prior is worth) must be a finite number > 0, got {self.strength!r}")
         if not (isinstance(self.decay, (int, float)) and 0.0 <= self.decay <= 1.0):
             raise ValueError(f"decay (per-round discount of old verdicts) must be in [0, 1], got {self.decay!r}")
-        if isinstance(self.max_gamma, bool) or not isinstance(self.max_gamma, int) or self.max_gamma < 1:
-            raise ValueError(f"max_gamma must be an integer >= 1, got {self.max_gamma!r}")
+        check_gamma(self.max_gamma, "max_gamma", auto=False, text=False)
 
 
 _COSTS_HINT = ("costs must map a batch size to a costs entry ({}): measure_step_costs's {{'c': float > 0, 'v': "

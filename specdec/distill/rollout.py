@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..common.values import is_greedy
 from ..engine.runner import ModelRunner
 
 
@@ -42,7 +43,7 @@ def sample_rows(probs: torch.Tensor, generator: torch.Generator | None = None) -
 def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The token of each row at the deployment temperature: argmax at 0, else a sample of
     softmax(logits / temperature). logits: [B, V] -> [B] int64."""
-    if temperature == 0:
+    if is_greedy(temperature):
         return logits.argmax(-1)
     return sample_rows(torch.softmax(logits.float() / temperature, -1), generator)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from ..common.outdir import prepare_out_dir
 from ..common.progress import Progress
 from .cache import TeacherCache
 from .checkpoint import MetricsLog, export_hf, load_latest, save_checkpoint, set_rng_state
-from .config import FREE_ON_RESUME, DistillConfig
+from .config import FREE_ON_RESUME, DistillConfig, check_context
 from .data import LiveSource, PromptSet, TeacherTopK, continuation_logits, heldout_prompts
 from .dist import (Dist, clip_grad_norm, full_params, grad_sync, init_dist, load_optim_state, model_state,
                    optim_state, pick_device, wrap)
@@ -88,6 +89,7 @@ def setup(cfg: DistillConfig, dist: Dist, device: torch.device) -> Job:
     target_path, draft_path = str(cfg.target or bt), str(cfg.draft or bd)
     tok = load_tokenizer(draft_path)
     vocab = check_vocab(load_tokenizer(target_path), tok, target_path, draft_path)
+    check_context(cfg, target_path, draft_path)
     cache, prompts = None, None
     if cfg.teacher_cache is not None:
         cache = TeacherCache(cfg.teacher_cache)
@@ -199,12 +201,34 @@ def train_step(job: Job, step: int) -> dict:
             loss.backward()
         loss_sum += loss.detach() / dist.world
     dist.all_sum(loss_sum)
+    check_loss(job, step, float(loss_sum))   # before the update: the weights and checkpoints stay good
     clip_grad_norm(job.model, dist, cfg.max_grad_norm)
     job.optimizer.step()
     job.optimizer.zero_grad(set_to_none=True)
     return {"step": step + 1, "kind": "train", "loss": float(loss_sum), "tokens": int(count.item()), "lr": lr,
             "sources": sorted({b.source for b, _ in pairs}), "gen_s": round(gen_s, 4),
             "step_s": round(time.perf_counter() - t0, 4)}
+
+
+def weights_finite(job: Job) -> bool:
+    """Whether every draft weight is finite, on every rank (one reduction over this rank's parameters)."""
+    bad = torch.zeros((), device=job.device)
+    for p in job.model.parameters():
+        bad += (~p.detach().isfinite()).any().float()
+    return float(job.dist.all_sum(bad)) == 0
+
+
+def check_loss(job: Job, step: int, loss: float) -> None:
+    """A loss that is not finite stops the run (it would only spread NaN into the weights and every later
+    checkpoint): almost always a learning rate too high for the draft. Every rank sees the same summed
+    loss, so all of them stop."""
+    if math.isfinite(loss):
+        return
+    why = "the draft's weights are no longer finite" if not weights_finite(job) else "the draft's weights are finite"
+    raise ValueError(f"the training loss is {loss} at step {step + 1} ({why}): the learning rate is probably too "
+                     f"high (--lr {job.cfg.lr:g}); lower it and run again with --overwrite (the checkpoints "
+                     f"written so far, in {job.out / 'checkpoints'}, are from before it); if it persists at a low "
+                     "--lr, the target's logits overflow (float16?)")
 
 
 def micro_loss(job: Job, batch, teacher: TeacherTopK | None, normalizer) -> torch.Tensor:
@@ -237,6 +261,10 @@ def log_eval(job: Job, step: int, spec: bool) -> None:
 
 
 def save(job: Job, step: int) -> None:
+    if not weights_finite(job):   # the step's update overflowed: a checkpoint of it would be no good
+        raise ValueError(f"the draft's weights are no longer finite after step {step}: the learning rate is too high "
+                         f"(--lr {job.cfg.lr:g}); lower it and run again with --overwrite (the checkpoints written "
+                         f"so far, in {job.out / 'checkpoints'}, are from before it)")
     ms, opt = model_state(job.model, job.dist), optim_state(job.model, job.optimizer, job.dist)
     if job.dist.main:
         save_checkpoint(job.out, step, ms, opt, job.cfg.keep_checkpoints)

@@ -29,52 +29,23 @@ needs no sync.
 from __future__ import annotations
 
 import dataclasses
-import math
+import os
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from ..common.values import BadType, check_gamma, check_int, check_lenience
 from ..costmodel import AUTO
 from ..costmodel.policy import AutoConfig, AutoGamma, FixedGamma
 from .devices import input_device, logit_width
-from .runner import IMPLS, ModelRunner, cache_kwarg, resolve_impl  # noqa: F401 (cache_kwarg re-exported)
-from .sampling import mask_logits, sample_tokens
+from .params import (SamplingParams, check_cache_memory, check_context, check_engine, check_logits_flag,
+                     check_model, embedding_rows, max_positions, prepare_inputs)
+from .runner import ModelRunner, cache_kwarg, resolve_impl  # noqa: F401 (cache_kwarg re-exported)
+from .sampling import mask_logits, pad_vocab, sample_tokens, unusable_rows
 from .stats import DecodeStats
 from .timing import DecodeClock, StepTimer
-from .verify import LENIENCE_KINDS, verify
-
-
-# ----------------------------------------------------------------------------------------------------
-# Parameters: one source of truth for defaults.
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0   # 0 = greedy
-    top_k: int = 0             # 0 = off
-    top_p: float = 1.0         # 1 = off
-    seed: int | None = None
-    eos_token_id: int | list | None = None  # None = no stop token
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) \
-                or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
-
-    @property
-    def eos_ids(self) -> set:
-        if self.eos_token_id is None:
-            return set()
-        if isinstance(self.eos_token_id, int):
-            return {self.eos_token_id}
-        return set(int(e) for e in self.eos_token_id)
+from .verify import verify
 
 
 @dataclass
@@ -105,48 +76,6 @@ class RoundInfo:
 # ----------------------------------------------------------------------------------------------------
 # Shared input handling and bookkeeping.
 
-def _max_positions(model) -> int | None:
-    cfg = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def _prepare_inputs(input_ids, attention_mask, device):
-    """Validate a (left-padded) batch. Returns ids [B, P], mask [B, P] long, lengths (host list)."""
-    if not isinstance(input_ids, torch.Tensor):
-        raise ValueError("input_ids must be a [B, P] tensor of token ids (use the tokenizer with padding_side='left')")
-    if input_ids.dim() == 1:
-        input_ids = input_ids.unsqueeze(0)
-    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
-        raise ValueError(f"input_ids must be [B, P] with B >= 1, got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] == 0:
-        raise ValueError("empty prompt: every row needs at least one token (e.g. the BOS token)")
-    input_ids = input_ids.to(device=device, dtype=torch.long)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device=device, dtype=torch.long)
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
-    lengths = attention_mask.sum(1).tolist()
-    if min(lengths) == 0:
-        raise ValueError(f"empty prompt in row {lengths.index(0)}: every row needs at least one token")
-    if not bool(attention_mask[:, -1].all()):
-        raise ValueError("prompts must be left-padded (the last column real in every row): set "
-                         "tokenizer.padding_side = 'left'")
-    return input_ids, attention_mask, lengths
-
-
-def _check_context(model, name, lengths, max_new_tokens):
-    limit = _max_positions(model)
-    need = max(lengths) + max_new_tokens
-    if limit is not None and need > limit:
-        raise ValueError(f"prompt ({max(lengths)} tokens) + max_new_tokens ({max_new_tokens}) = {need} exceeds "
-                         f"the {name}'s context of {limit} positions; shorten the prompt or lower max_new_tokens")
-
-
 def capacity_for(prompt_columns: int, max_new_tokens: int, gamma: int) -> int:
     """Cache columns a decode needs: the prompt, every new token, one round of drafts, and room for the
     holes that pile up between compactions (kvcache.COMPACT_SLACK and a quarter of the cache)."""
@@ -160,12 +89,6 @@ def _generator(seed, device):
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
-
-
-def _check_finite(flag: int, what: str, round_no: int) -> None:
-    if flag:
-        raise ValueError(f"the {what} produced NaN logits (decode round {round_no}); the model or its dtype is "
-                         "broken (float16 overflow? try bfloat16 or float32)")
 
 
 class _Rows:
@@ -202,10 +125,11 @@ class _Rows:
 def _start(models, names, input_ids, attention_mask, params: SamplingParams, gamma: int, impl, cuda_graphs):
     """Validated inputs and one prefilled ModelRunner per model (the setup both loops share)."""
     device = input_device(models[0])
-    ids, mask, lengths = _prepare_inputs(input_ids, attention_mask, device)
+    ids, mask, lengths = prepare_inputs(input_ids, attention_mask, device, embedding_rows(models))
     for model, name in zip(models, names):
-        _check_context(model, name, lengths, params.max_new_tokens)
+        check_context(model, name, lengths, params.max_new_tokens)
     capacity = capacity_for(ids.shape[1], params.max_new_tokens, gamma)
+    check_cache_memory(models, ids.shape[0], capacity, impl, aligned=cuda_graphs)
     runners = []
     t0 = time.perf_counter()
     for model in models:
@@ -226,15 +150,20 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
                             impl: str = "auto", cuda_graphs: bool = False) -> GenerationOutput:
     """Plain decoding of `target` with a KV cache: one forward per token for the whole batch.
 
-    vocab_size: only ids below it are ever emitted (default: the model's logit width). impl and
-    cuda_graphs as in SpeculativeDecoder (the same model path, so speedups compare like with like).
+    vocab_size: only ids below it are ever emitted (default: the model's logit width, as SpeculativeDecoder's:
+    README, Vocabularies). impl and cuda_graphs as in SpeculativeDecoder (the same model path, so speedups
+    compare like with like).
     """
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
+    check_model(target, "target")
+    check_engine(impl, cuda_graphs)
+    if vocab_size is not None:
+        vocab_size = check_int(vocab_size, "vocab_size", 1, logit_width(target))
     t_all = time.perf_counter()
     ids, mask, lengths, (tgt,), prefill_s = _start([target], ["target"], input_ids, attention_mask, params, 0,
                                                    impl, cuda_graphs)
     device = ids.device
-    gen = _generator(seed, device)
+    gen = _generator(params.seed, device)
     stats = DecodeStats(gamma=0, prefill_calls=1, prefill_s=prefill_s)
     clock = DecodeClock(device)
     rows = _Rows(ids.shape[0], params)
@@ -246,11 +175,12 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
         logits = tgt.forward(pending, pos, ones[:pending.shape[0]])[:, -1]   # [B, V]
         if vocab_size is not None:
             logits = logits[:, :vocab_size]
-        nxt = sample_tokens(mask_logits(logits, temperature, top_k, top_p), temperature, gen)  # [B]
+        masked = mask_logits(logits, params.temperature, params.top_k, params.top_p)
+        nxt = sample_tokens(masked, params.temperature, gen)                                  # [B]
         clock.stop("score", t0)
-        host = torch.cat([nxt, logits.isnan().any().view(1)]).tolist()   # the one host sync per step
+        host = torch.cat([nxt, unusable_rows(logits).any().view(1)]).tolist()   # the one host sync per step
         stats.target_calls += 1
-        _check_finite(host[-1], "target", stats.target_calls)
+        check_logits_flag(host[-1], {1: ("target", target)}, f"decode step {stats.target_calls}")
         keep = rows.emit([[t] for t in host[:-1]])
         pending, pos = nxt.unsqueeze(1), pos + 1
         if len(keep) < len(host) - 1:
@@ -284,7 +214,9 @@ class _Live:
 
 
 def _policy_of(gamma, max_gamma, costs, cost_cache, auto):
-    """The decoder's draft-count policy from its arguments (one check of gamma: FixedGamma's)."""
+    """The decoder's draft-count policy from its arguments (gamma and max_gamma: values.check_gamma)."""
+    if not hasattr(gamma, "start"):
+        gamma = check_gamma(gamma, "gamma")
     if gamma == AUTO:
         config = auto or AutoConfig()
         if max_gamma is not None:
@@ -310,6 +242,8 @@ class SpeculativeDecoder:
     without them the round times are read from the cost cache (`cost_cache`: a folder, default
     `costmodel.default_cache_dir()`) or measured once per batch size, context bucket and greedy /
     sampled (a few seconds) and stored there.
+    vocab_size: only ids below it are emitted (default: the target's logit width, as autoregressive_generate's;
+    load_pair's shared vocabulary excludes logit padding); the draft may have fewer or more logits.
     impl: "auto" (the lean forward for Llama-family models, else transformers'), "lean", "numpy" or "hf".
     cuda_graphs: capture the draft step and the verify as CUDA graphs (CUDA and the lean forward).
     verifier: the rejection test, a function with `verify`'s signature and result (default: `verify`,
@@ -322,28 +256,31 @@ class SpeculativeDecoder:
                  lenience: str | None = None, lenience_eps: float = 1.0, impl: str = "auto",
                  cuda_graphs: bool = False, max_gamma: int | None = None, costs: dict | None = None,
                  cost_cache=None, auto: AutoConfig | None = None, verifier=None):
+        check_model(target, "target")
+        check_model(draft, "draft")
+        if cost_cache is not None and not isinstance(cost_cache, (str, os.PathLike)):
+            raise BadType(f"cost_cache must be a folder path or None, got {type(cost_cache).__name__}")
         self.policy = _policy_of(gamma, max_gamma, costs, cost_cache, auto)
         self.verifier = verify if verifier is None else verifier
-        self.gamma = gamma if gamma == AUTO or not isinstance(self.policy, FixedGamma) else self.policy.gamma
-        if lenience is not None and lenience not in LENIENCE_KINDS:
-            raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {lenience!r}")
-        if not (0.0 < lenience_eps <= 1.0):
-            raise ValueError(f"lenience_eps must be in (0, 1], got {lenience_eps}")
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.gamma = (self.policy.gamma if isinstance(self.policy, FixedGamma)
+                      else AUTO if isinstance(self.policy, AutoGamma) else gamma)
+        lenience, lenience_eps = check_lenience(lenience, lenience_eps)
+        check_engine(impl, cuda_graphs, backend)
         self.target, self.draft = target, draft
         self.device = input_device(target)
         ddev = input_device(draft)
         if ddev != self.device:
             raise ValueError(f"target and draft are on different devices ({self.device} vs {ddev}); "
                              "move the draft to the target's input device")
-        t_width, d_width = logit_width(target), logit_width(draft)
-        shared = min(t_width, d_width)
-        vocab_size = shared if vocab_size is None else int(vocab_size)
-        if not (0 < vocab_size <= shared):
-            raise ValueError(f"vocab_size {vocab_size} exceeds a model's logit width (target {t_width}, draft {d_width})")
-        # Ids >= vocab_size (logit padding, e.g. Qwen2.5 0.5B 151936 vs 7B 152064) are never compared or emitted.
-        self.vocab_size = vocab_size
+        # The vocabulary rule, as in autoregressive_generate: ids below vocab_size (default: the target's logit
+        # width) are emitted, so plain and speculative decoding agree without passing it (README, Vocabularies).
+        t_width = logit_width(target)
+        self.vocab_size = t_width if vocab_size is None else check_int(vocab_size, "vocab_size", 1, t_width)
+        # A draft with fewer logits proposes only the ids it has: its q is -inf (probability 0) beyond them,
+        # which verification handles exactly. A target id beyond the draft's embedding (e.g. Qwen2.5-0.5B's
+        # 151936 rows under the 7B's 152064 logits) reaches the draft as its last row: only its proposals
+        # change, never the output's distribution (q is what the drafts were sampled from either way).
+        self.draft_rows = embedding_rows([draft])
         self.backend, self.lenience, self.lenience_eps = backend, lenience, lenience_eps
         self.impl, self.cuda_graphs = impl, cuda_graphs
 
@@ -360,7 +297,7 @@ class SpeculativeDecoder:
     @property
     def max_positions(self) -> int | None:
         """The smaller of the two models' contexts (None when neither states one)."""
-        limits = [m for m in (_max_positions(self.target), _max_positions(self.draft)) if m]
+        limits = [m for m in (max_positions(self.target), max_positions(self.draft)) if m]
         return min(limits) if limits else None
 
     def step_timers(self, prompt_ids, batch_size: int, max_tokens: int) -> tuple[StepTimer, StepTimer]:
@@ -381,13 +318,15 @@ class SpeculativeDecoder:
         "commit", "retire") and each forward inside them ("draft_forward", "target_forward", tokens = the
         tokens it fed per row): host wall time, no sync added (bench/round_phases.py times rounds so)."""
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
+        if on_round is not None and not callable(on_round):
+            raise BadType(f"on_round must be a function of a RoundInfo or None, got {type(on_round).__name__}")
         policy = self.policy if policy is None else policy
         t_all = time.perf_counter()
         ids, mask, lengths, runners, prefill_s = _start(
             [self.target, self.draft], ["target", "draft"], input_ids, attention_mask, params, policy.max_gamma,
             self.impl, self.cuda_graphs)
         t0 = time.perf_counter()
-        counts = policy.start(self, ids, mask, temperature > 0)   # auto's first call may time rounds first
+        counts = policy.start(self, ids, mask, not params.greedy)   # auto's first call may time rounds first
         t_all += time.perf_counter() - t0   # a first measurement of the costs is not decoding time
         stats = DecodeStats(gamma=policy.max_gamma, prefill_calls=2, prefill_s=prefill_s)
         call = _Call(self, params, ids, mask, lengths, runners, counts, DecodeClock(ids.device, on_section), stats)
@@ -444,7 +383,7 @@ class _Call:
         p, V, live = self.params, self.dec.vocab_size, self.live
         B = live.pending.shape[0]
         drafts = torch.empty((B, K), dtype=torch.long, device=live.pending.device)
-        q_logits = None if p.temperature == 0 else []
+        q_logits = None if p.greedy else []
         h = 1 if (K > 0 and live.any_prev_needed) else 0
         if K == 0:
             return drafts, (None if q_logits is None else drafts.new_zeros((B, 0, V), dtype=torch.float)), 0
@@ -455,6 +394,8 @@ class _Call:
         else:
             ids, pos = live.pending[:, None], live.pos[:, None]
             valid = torch.ones((B, 1), dtype=torch.bool, device=ids.device)
+        if self.dec.draft_rows < V:
+            ids = ids.clamp_max(self.dec.draft_rows - 1)
         ones = valid[:, -1:]
         for k in range(K):
             t0 = self.clock.start("draft_forward")
@@ -468,7 +409,7 @@ class _Call:
                 q_logits.append(masked)
             if k + 1 < K:  # d_K itself is fed next round, only where it is accepted
                 ids, pos, valid = tok[:, None], live.pos[:, None] + (k + 1), ones
-        q = None if q_logits is None else torch.stack(q_logits, 1)                     # [B, K, V]
+        q = None if q_logits is None else pad_vocab(torch.stack(q_logits, 1), V)      # [B, K, V]
         return drafts, q, h
 
     def score(self, drafts):
@@ -495,9 +436,13 @@ class _Call:
                            num_draft_tokens=torch.tensor(n_row, device=drafts.device), generator=self.gen,
                            backend=dec.backend, lenience=dec.lenience, lenience_eps=dec.lenience_eps,
                            validate=False)
-        nan = p_logits.isnan().any() if greedy else (p_logits.isnan().any() | q_logits.isnan().any())
+        # 1: the target's logits, 2: the draft's (sampled only; a greedy draft's bad row is a rejected draft)
+        nan = unusable_rows(p_logits).any().long()
+        if not greedy:
+            nan = nan + 2 * unusable_rows(q_logits).any().long()
         host = torch.cat([res.tokens, res.num_accepted[:, None], nan.view(1, 1).expand(B, 1)], 1).tolist()
-        _check_finite(host[0][-1], "target" if greedy else "target or draft", self.stats.target_calls)
+        check_logits_flag(host[0][-1], {1: ("target", dec.target), 2: ("draft", dec.draft)},
+                          f"decode round {self.stats.target_calls}")
         return res, [row[:-1] for row in host]
 
     def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:

@@ -50,6 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common.values import check_lenience
+
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     from ._interpreter import install as _install_interpreter_speedup
@@ -363,8 +365,7 @@ def _check(target_logits, draft_logits, draft_tokens, temperature, num_draft_tok
         raise ValueError(f"draft_tokens must be int32 or int64, got {draft_tokens.dtype}")
     if num_draft_tokens is not None and tuple(num_draft_tokens.shape) != (B,):
         raise ValueError(f"num_draft_tokens must be [B] = ({B},), got {tuple(num_draft_tokens.shape)}")
-    if not (0.0 < lenience_eps <= 1.0):
-        raise ValueError(f"lenience_eps must be in (0, 1], got {lenience_eps}")
+    check_lenience(lenience, lenience_eps)
     dev = target_logits.device
     if {draft_logits.device, draft_tokens.device} != {dev}:
         raise ValueError("all verify_triton inputs must be on one device")
@@ -387,8 +388,6 @@ def _check(target_logits, draft_logits, draft_tokens, temperature, num_draft_tok
         raise ValueError("temperature must be contiguous; call .contiguous()")
     if num_draft_tokens is not None and num_draft_tokens.is_floating_point():
         raise ValueError(f"num_draft_tokens must be an integer tensor, got {num_draft_tokens.dtype}")
-    if lenience not in _LENIENCE_CODE:
-        raise ValueError(f"lenience must be one of {tuple(k for k in _LENIENCE_CODE if k)} or None, got {lenience!r}")
     return B, K, V
 
 
