@@ -11,7 +11,8 @@ import torch
 
 from ..common.values import (BadType, check_int, check_number, check_seed, check_temperature, check_token_ids,
                              is_greedy)
-from .runner import IMPLS, cache_dtype, num_attention_layers, resolve_impl
+from .families import num_layers
+from .runner import IMPLS, cache_dtype, resolve_impl
 from .verify import BACKENDS
 
 
@@ -168,7 +169,7 @@ def cache_bytes(model, batch: int, capacity: int, impl: str = "auto", aligned: b
     if aligned:
         capacity = -(-capacity // 64) * 64
     dtype = cache_dtype(model, resolve_impl(model, impl))
-    return num_attention_layers(model) * 2 * batch * capacity * kv_heads * head_dim * dtype.itemsize
+    return num_layers(model.config) * 2 * batch * capacity * kv_heads * head_dim * dtype.itemsize
 
 
 def available_bytes(device) -> int | None:
