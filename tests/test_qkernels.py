@@ -3,6 +3,7 @@ summation order (a row's result does not depend on the other rows, the number of
 padding or holes: bitwise), the models built on them (quantize="q8_0" / "gguf") decoding exactly, and
 the build cache (native.py)."""
 import copy
+import json
 import os
 
 import numpy as np
@@ -332,3 +333,25 @@ def test_no_compiler_is_one_clear_line_and_the_float_path(tmp_path, monkeypatch,
     ids = torch.tensor([[3, 4, 5]])
     out = runner.forward(ids, torch.arange(3)[None], torch.ones_like(ids, dtype=torch.bool))
     assert torch.isfinite(out).all()
+
+
+# ---- the benchmark script ----------------------------------------------------------------------------
+
+def test_qgemm_bench_runs_and_reports_against_the_bandwidth(tmp_path, monkeypatch, capsys):
+    from conftest import bench_script
+    m = bench_script("qgemm_bench", monkeypatch)
+    monkeypatch.setattr(m, "SHAPES", [("o", "q4_1", 40, 96), ("head", "q8_0", 70, 64)])
+    out = tmp_path / "q.json"
+    assert m.main(["--sections", "kernels,bundled", "--rows", "1,3", "--iters", "1", "--stream-mb", "1",
+                   "--context", "8", "--gamma", "1", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["read_bandwidth_GBps"] > 0 and d["env"]["device"] == "cpu"
+    assert [(r["shape"], r["rows"]) for r in d["kernels"]] == [("o 40x96", 1), ("o 40x96", 3),
+                                                              ("head 70x64", 1), ("head 70x64", 3)]
+    assert all(r["ms"] > 0 and r["GBps"] > 0 and r["fp32_ms"] > 0 for r in d["kernels"])
+    paths = {(r["model"], r["path"], r["impl"]) for r in d["steps"]}
+    assert {("bundled-target", "q8_0", "QuantLeanForward"), ("bundled-target", "int8", "LeanForward"),
+            ("bundled-draft", "fp32", "NumpyLeanForward")} <= paths
+    assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in d["steps"])
+    assert m.main(["--sections", "kernels,nope"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
