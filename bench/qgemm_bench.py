@@ -11,7 +11,8 @@ Sections (--sections, comma-separated):
   steps    SmolLM2-135M-Instruct (--target: its converted float32 folder; else loaded from --gguf by
            transformers, slowly): one cached forward over 1 and gamma+1 tokens after a --context prefill,
            per path: float32 NumPy (impl numpy), int8 (quantize int8, lean), q8_0 and gguf (the kernels);
-           beside the floor (the bytes of the weights a step streams / the read bandwidth), all
+           beside the floor (the bytes of the weights and of the KV cache a step reads / the read
+           bandwidth; the int8 path's cache is float64), all
            interleaved; and a draft-sized model (the target's first --draft-layers layers, its head cut
            to --draft-vocab rows) as float32 NumPy and q8_0.
   bundled  the bundled toy pair: float32 NumPy, int8 and q8_0 (what quantize="q8_0" costs there).
@@ -39,7 +40,7 @@ from specdec.common.config import add_arguments, config_from_args, option, to_di
 from specdec.common.env import environment  # noqa: E402
 from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.common.table import format_table  # noqa: E402
-from specdec.costs import StepTimer, interleaved_medians  # noqa: E402
+from specdec.costs import StepTimer  # noqa: E402
 from specdec.engine import qformats, qkernels, qweights  # noqa: E402
 from specdec.engine.quant import RowwiseInt8Linear, quantize_model  # noqa: E402
 
@@ -89,6 +90,20 @@ class QGemmBenchConfig:
             return [int(r) for r in self.rows.split(",") if r]
         except ValueError:
             raise ValueError(f"--rows must be comma-separated integers, got {self.rows!r}") from None
+
+
+def interleaved(jobs: dict, iters: int, warmup: int = 2) -> dict:
+    """jobs: name -> zero-argument callable returning seconds; each round calls every job once (the order
+    alternating). name -> (median, min) seconds: the median is the figure; on a shared machine the
+    minimum says what an undisturbed run costs."""
+    times = {name: [] for name in jobs}
+    names = list(jobs)
+    for i in range(warmup + iters):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            dt = jobs[name]()
+            if i >= warmup:
+                times[name].append(dt)
+    return {name: (float(np.median(v)), float(np.min(v))) for name, v in times.items()}
 
 
 def read_bandwidth(nbytes: int = 1 << 28, iters: int = 7) -> float:
@@ -143,19 +158,20 @@ def kernel_rows(cfg: QGemmBenchConfig, bandwidth: float) -> list[dict]:
                     np.matmul(x, w, out=out)
                 return (time.perf_counter() - t0) / len(fp32)
 
-            med = interleaved_medians({"q": run_q, "f": run_f}, cfg.iters, warmup=1)
+            t = interleaved({"q": run_q, "f": run_f}, cfg.iters, warmup=1)
+            med = {k: v[0] for k, v in t.items()}
             gbps = one.nbytes / med["q"] / 1e9
             rows.append({"shape": f"{name} {N}x{K}", "kind": kind, "rows": M, "ms": 1e3 * med["q"],
-                         "MB": one.nbytes / 1e6, "GBps": gbps, "of_stream": gbps * 1e9 / bandwidth,
-                         "Gw_rows_s": N * K * M / med["q"] / 1e9, "fp32_ms": 1e3 * med["f"],
-                         "speedup": med["f"] / med["q"]})
+                         "ms_min": 1e3 * t["q"][1], "MB": one.nbytes / 1e6, "GBps": gbps,
+                         "of_stream": gbps * 1e9 / bandwidth, "Gw_rows_s": N * K * M / med["q"] / 1e9,
+                         "fp32_ms": 1e3 * med["f"], "speedup": med["f"] / med["q"]})
             print(f"  {name:8s} {kind} M={M:<3d} {1e3 * med['q']:8.3f} ms {gbps:6.1f} GB/s  "
                   f"fp32 {1e3 * med['f']:8.3f} ms", flush=True)
     return rows
 
 
 KERNEL_COLUMNS = [("shape", "shape", 18, "s"), ("kind", "kind", 5, "s"), ("rows", "M", 3, "d"),
-                  ("ms", "ms", 8, ".3f"), ("MB", "MB", 6, ".2f"), ("GBps", "GB/s", 6, ".1f"),
+                  ("ms", "ms", 8, ".3f"), ("ms_min", "min ms", 8, ".3f"), ("MB", "MB", 6, ".2f"), ("GBps", "GB/s", 6, ".1f"),
                   ("of_stream", "of bw", 6, ".0%"), ("Gw_rows_s", "Gw*M/s", 7, ".1f"),
                   ("fp32_ms", "fp32 ms", 8, ".3f"), ("speedup", "x fp32", 6, ".2f")]
 
@@ -223,21 +239,33 @@ def step_rows(models: dict, cfg: QGemmBenchConfig, bandwidth: float) -> list[dic
         timers[key] = StepTimer(model, prompt, 1, cfg.gamma + 1, impl=impl)
         for S in sorted({1, cfg.gamma + 1}):
             jobs[key + (S,)] = (lambda t, s: (lambda: t.step(s)))(timers[key], S)
-    med = interleaved_medians(jobs, cfg.iters, warmup=2)
+    timed = interleaved(jobs, cfg.iters, warmup=2)
+    med = {k: v[0] for k, v in timed.items()}
     rows = []
     for (name, path, S), secs in med.items():
         model, _ = models[(name, path)]
-        nbytes = streamed_bytes(model)
-        floor = nbytes / bandwidth
         runner = timers[(name, path)].runner
+        nbytes = streamed_bytes(model)
+        kv = kv_bytes(model, cfg.context + S, runner.kv.dtype)
+        floor = (nbytes + kv) / bandwidth
         forward = type(runner._lean).__name__ if runner.impl in ("lean", "numpy") else runner.impl
-        rows.append({"model": name, "path": path, "impl": forward, "tokens": S, "ms": 1e3 * secs, "MB": nbytes / 1e6, "floor_ms": 1e3 * floor,
-                     "x_floor": secs / floor, "v": secs / med[(name, path, 1)] if S > 1 else None})
+        rows.append({"model": name, "path": path, "impl": forward, "tokens": S, "ms": 1e3 * secs,
+                     "ms_min": 1e3 * timed[(name, path, S)][1], "MB": nbytes / 1e6, "kv_MB": kv / 1e6,
+                     "floor_ms": 1e3 * floor, "x_floor": secs / floor,
+                     "v": secs / med[(name, path, 1)] if S > 1 else None})
     return rows
 
 
+def kv_bytes(model, columns: int, dtype) -> int:
+    """Bytes of the KV cache a step reads: every layer's K and V over `columns` columns."""
+    cfg = model.config
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * columns * torch.empty((), dtype=dtype).element_size()
+
+
 STEP_COLUMNS = [("model", "model", 14, "s"), ("path", "path", 6, "s"), ("impl", "forward", 18, "s"),
-                ("tokens", "S", 2, "d"), ("ms", "ms", 8, ".2f"), ("MB", "MB", 7, ".1f"),
+                ("tokens", "S", 2, "d"), ("ms", "ms", 8, ".2f"), ("ms_min", "min ms", 8, ".2f"), ("MB", "MB", 7, ".1f"), ("kv_MB", "KV MB", 6, ".1f"),
                 ("floor_ms", "floor", 7, ".2f"), ("x_floor", "x floor", 7, ".2f"), ("v", "v", 5, ".2f")]
 
 

@@ -355,3 +355,24 @@ def test_qgemm_bench_runs_and_reports_against_the_bandwidth(tmp_path, monkeypatc
     assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in d["steps"])
     assert m.main(["--sections", "kernels,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_the_portable_build_computes_the_same_logits(q8_pair, monkeypatch):
+    """A build without AVX2 (QGEMM_PORTABLE: the scalar GEMM, per-column attention sums) gives the
+    vector build's logits bit for bit: the order is the code's, not the instruction set's."""
+    target, _ = q8_pair
+    ids = torch.randint(3, 64, (3, 21), generator=torch.Generator().manual_seed(2))
+    valid, pos = torch.ones_like(ids, dtype=torch.bool), torch.arange(21).expand(3, -1)
+
+    def logits():
+        object.__setattr__(target, "_specdec_numpy", None)
+        runner = ModelRunner(target, 3, 32, impl="numpy")
+        assert isinstance(runner._lean, lean_numpy.QuantLeanForward)
+        return runner.forward(ids, pos, valid)
+
+    vector = logits()
+    monkeypatch.setattr(native, "FLAG_SETS", tuple(f + ("-DQGEMM_PORTABLE",) for f in native.FLAG_SETS))
+    monkeypatch.setattr(qkernels, "_lib", None)
+    assert qkernels.library().qgemm_simd() == 0
+    assert torch.equal(logits(), vector)
+    object.__setattr__(target, "_specdec_numpy", None)

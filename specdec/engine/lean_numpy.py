@@ -63,6 +63,8 @@ def forward_of(model, fwd: lean.LeanForward, previous=None):
     is reused while it still fits."""
     qw = qweights.current_weights(model)
     reason = None if qw is None else qkernels.available()
+    if reason is None and qw is not None and fwd.D not in qkernels.HEAD_DIMS:
+        reason = f"the C layers run head sizes {qkernels.HEAD_DIMS}, not {fwd.D}"
     if qw is not None and reason is None:
         if isinstance(previous, QuantLeanForward) and previous.fwd is fwd and previous.qw is qw:
             return previous
@@ -217,9 +219,9 @@ class QuantLeanForward:
             self._layers, self._views_for, self._views = arr, views, views
         return self._layers
 
-    def _work_buffer(self, N: int, L: int) -> int:
+    def _work_buffer(self, B: int, S: int, L: int) -> int:
         f, ly = self.fwd, self.qw.layers[0]
-        need = self._lib.layer_work_floats(N, ly.norm1.shape[0], f.H, f.Hkv, f.D, ly.down.K, L)
+        need = self._lib.layer_work_floats(B * S, S, ly.norm1.shape[0], f.H, f.Hkv, f.D, ly.down.K, L)
         if self._work.size < need:
             self._work = np.empty(max(need, 2 * self._work.size), np.float32)
         return self._work.ctypes.data
@@ -238,7 +240,7 @@ class QuantLeanForward:
         st.B, st.S, st.d, st.H, st.Hkv, st.D = B, S, x.shape[1], f.H, f.Hkv, f.D
         st.inter, st.cap, st.start, st.L = self.qw.layers[0].down.K, K0.shape[2], cache.length, m.shape[-1]
         st.eps, st.scale = f.eps, f.scale
-        st.rope, st.mask, st.work = rope.ctypes.data, m.ctypes.data, self._work_buffer(B * S, m.shape[-1])
+        st.rope, st.mask, st.work = rope.ctypes.data, m.ctypes.data, self._work_buffer(B, S, m.shape[-1])
         if self._lib.layers_forward(self._layer_array(views), len(self.qw.layers), st, x.ctypes.data) != 0:
             raise ValueError("the quantized layers rejected this forward's shapes")
         if logits_to_keep and logits_to_keep < S:

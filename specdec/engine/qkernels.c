@@ -39,7 +39,7 @@
 #define Q8_0_BYTES 34
 #define KIND_Q4_1 0
 #define KIND_Q8_0 1
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 #define MAX_TILE_ROWS 5   /* rows a tile computes at once (see ALL_TILES) */
 
 int qgemm_abi_version(void) { return ABI_VERSION; }
@@ -267,6 +267,23 @@ static inline float hsum_v8(v8f a) {
     return hsum8_scalar(l);
 }
 
+#if QGEMM_AVX2
+/* hsum8 of 8 vectors at once: [hsum8(a[0]), ..., hsum8(a[7])], each by the same tree as hsum8
+ * (s_l = a_l + a_{l+4}; (s_0 + s_2) + (s_1 + s_3)), in 12 shuffles and adds instead of 8 x 5 */
+static inline __m256 hsum8x8(const __m256 a[8]) {
+    __m256 w[4];                                    /* w[j] = [s of a[j] | s of a[j+4]] */
+    for (int j = 0; j < 4; j++)
+        w[j] = _mm256_add_ps(_mm256_permute2f128_ps(a[j], a[j + 4], 0x20),
+                             _mm256_permute2f128_ps(a[j], a[j + 4], 0x31));
+    const __m256 z01 = _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 z23 = _mm256_add_ps(_mm256_shuffle_ps(w[2], w[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm256_shuffle_ps(w[2], w[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm256_add_ps(_mm256_shuffle_ps(z01, z23, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm256_shuffle_ps(z01, z23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#endif
+
 /* sum_i a[i] b[i]: lane l takes i = 8 t + l (multiply, then add: no fusion), then the hsum8 tree */
 static inline float dot_lanes(const float *a, const float *b, int64_t n) {
     v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -315,55 +332,82 @@ int rmsnorm_rows(const float *x, int64_t ldx, const float *g, float eps, float *
     return 0;
 }
 
-/* One query against columns [0, L) of one KV head: softmax(q K^T * scale + mask) V.
- * Sums run left to right over the columns: a hidden column's weight is exactly 0, and adding 0 changes
- * no sum, so padding and holes anywhere leave the result unchanged. p: [L] scratch.
- * DV: D / 8 when D is a multiple of 8 up to 256 (a constant at the call sites, so q, o and a K or V row
- * stay in registers); 0 runs the generic loops. Both compute the same sums in the same order. */
-static inline __attribute__((always_inline)) void attend(
-        const float *q, const float *K, const float *V, int64_t L, int64_t D, const int DV,
-        const float *mask, float scale, float *p, float *o) {
-    float mx = -INFINITY;
-    v8f qv[DV > 0 ? DV : 1];
-    for (int t = 0; t < DV; t++) qv[t] = load8(q + 8 * t);
-    for (int64_t c = 0; c < L; c++) {
-        float dot;
-        if (DV > 0) {
+/* Attention of the Q = G * S queries that share one KV head (G query heads x S tokens of one row)
+ * against its columns [0, L): softmax(q K^T * scale + mask) V for each query.
+ * Order, the same for every query whatever Q, L or the layout: a score is the 8-lane dot product of
+ * q and a key row (multiply, then add, over lanes l = 8 t + l) reduced by the hsum8 tree; the softmax
+ * sum and every output element run left to right over the columns. A hidden column's weight is
+ * exactly 0 (exp_fixed), and adding 0 changes no sum, so padding and holes anywhere leave the result
+ * unchanged. Columns go 8 at a time through both passes, every query per chunk, so each K and V row
+ * is read from memory once per step, not once per query head and token.
+ * DV = D / 8 (a constant at each call site: q, o and a row live in registers); D % 8 == 0, D <= 256.
+ * q(i) / o(i): query i = s * G + g at qs + s * ldq + g * D, o likewise (ldo); mask row of query i:
+ * mask + s * L. P: [Q, L] scratch; sums: [Q] scratch. */
+static inline __attribute__((always_inline)) void attend_group(
+        const float *qs, int64_t ldq, int64_t G, int64_t S, const float *K, const float *V, int64_t L,
+        const int DV, const float *mask, float scale, float *P, float *sums, float *os, int64_t ldo) {
+    const int64_t D = 8 * DV, Q = G * S;
+    int64_t c = 0;
+    for (; c + 8 <= L; c += 8)                    /* scores, 8 columns at a time */
+        for (int64_t i = 0; i < Q; i++) {
+            const float *q = qs + (i / G) * ldq + (i % G) * D;
+            v8f acc[8];
+            for (int j = 0; j < 8; j++) {
+                acc[j] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
+                for (int t = 0; t < DV; t++) acc[j] += load8(q + 8 * t) * load8(K + (c + j) * D + 8 * t);
+            }
+            float *pr = P + i * L + c;
+            const float *mr = mask + (i / G) * L + c;
+#if QGEMM_AVX2
+            __m256 a[8];
+            for (int j = 0; j < 8; j++) a[j] = (__m256)acc[j];
+            _mm256_storeu_ps(pr, _mm256_add_ps(_mm256_mul_ps(hsum8x8(a), _mm256_set1_ps(scale)),
+                                               _mm256_loadu_ps(mr)));
+#else
+            for (int j = 0; j < 8; j++) pr[j] = hsum_v8(acc[j]) * scale + mr[j];
+#endif
+        }
+    for (; c < L; c++)
+        for (int64_t i = 0; i < Q; i++) {
+            const float *q = qs + (i / G) * ldq + (i % G) * D;
             v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int t = 0; t < DV; t++) acc += qv[t] * load8(K + c * D + 8 * t);
-            dot = hsum_v8(acc);
-        } else {
-            dot = dot_lanes(q, K + c * D, D);
+            for (int t = 0; t < DV; t++) acc += load8(q + 8 * t) * load8(K + c * D + 8 * t);
+            P[i * L + c] = hsum_v8(acc) * scale + mask[(i / G) * L + c];
         }
-        p[c] = dot * scale + mask[c];
-        mx = p[c] > mx ? p[c] : mx;
+    for (int64_t i = 0; i < Q; i++) {             /* softmax numerators and sums, row by row */
+        float *pr = P + i * L, mx = -INFINITY, sum = 0.0f;
+        for (c = 0; c < L; c++) mx = pr[c] > mx ? pr[c] : mx;
+        for (c = 0; c < L; c++) pr[c] = exp_fixed(pr[c] - mx);
+        for (c = 0; c < L; c++) sum += pr[c];
+        sums[i] = sum;
+        for (int64_t l = 0; l < D; l++) os[(i / G) * ldo + (i % G) * D + l] = 0.0f;
     }
-    for (int64_t c = 0; c < L; c++) p[c] = exp_fixed(p[c] - mx);
-    float sum = 0.0f;
-    for (int64_t c = 0; c < L; c++) sum += p[c];
-    if (DV > 0) {
-        v8f ov[DV > 0 ? DV : 1];
-        for (int t = 0; t < DV; t++) ov[t] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
-        for (int64_t c = 0; c < L; c++) {
-            const v8f pc = {p[c], p[c], p[c], p[c], p[c], p[c], p[c], p[c]};
-            for (int t = 0; t < DV; t++) ov[t] += pc * load8(V + c * D + 8 * t);
+    for (c = 0; c < L; c += 8) {                  /* P V, 8 columns at a time, every query per chunk */
+        const int64_t n = L - c < 8 ? L - c : 8;
+        for (int64_t i = 0; i < Q; i++) {
+            float *o = os + (i / G) * ldo + (i % G) * D;
+            v8f ov[DV];
+            for (int t = 0; t < DV; t++) ov[t] = load8(o + 8 * t);
+            for (int64_t j = 0; j < n; j++) {
+                const float pc = P[i * L + c + j];
+                const v8f pv = {pc, pc, pc, pc, pc, pc, pc, pc};
+                for (int t = 0; t < DV; t++) ov[t] += pv * load8(V + (c + j) * D + 8 * t);
+            }
+            for (int t = 0; t < DV; t++) memcpy(o + 8 * t, &ov[t], sizeof(v8f));
         }
-        for (int t = 0; t < DV; t++) memcpy(o + 8 * t, &ov[t], sizeof(v8f));
-    } else {
-        for (int64_t l = 0; l < D; l++) o[l] = 0.0f;
-        for (int64_t c = 0; c < L; c++)
-            for (int64_t l = 0; l < D; l++) o[l] += p[c] * V[c * D + l];
     }
-    for (int64_t l = 0; l < D; l++) o[l] = o[l] / sum;
+    for (int64_t i = 0; i < Q; i++)
+        for (int64_t l = 0; l < D; l++) os[(i / G) * ldo + (i % G) * D + l] /= sums[i];
 }
 
-#define ATTEND_D(DV) static void attend_##DV(const float *q, const float *K, const float *V, int64_t L, \
-    int64_t D, const float *mask, float scale, float *p, float *o) { attend(q, K, V, L, D, DV, mask, scale, p, o); }
-ATTEND_D(0) ATTEND_D(1) ATTEND_D(2) ATTEND_D(4) ATTEND_D(8) ATTEND_D(12) ATTEND_D(16) ATTEND_D(32)
-typedef void (*attend_fn)(const float *, const float *, const float *, int64_t, int64_t, const float *,
-                          float, float *, float *);
+#define ATTEND_D(DV) static void attend_##DV(const float *qs, int64_t ldq, int64_t G, int64_t S,        \
+    const float *K, const float *V, int64_t L, const float *mask, float scale, float *P, float *sums, \
+    float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, scale, P, sums, os, ldo); }
+ATTEND_D(1) ATTEND_D(2) ATTEND_D(4) ATTEND_D(8) ATTEND_D(12) ATTEND_D(16) ATTEND_D(32)
+typedef void (*attend_fn)(const float *, int64_t, int64_t, int64_t, const float *, const float *, int64_t,
+                          const float *, float, float *, float *, float *, int64_t);
 
-static attend_fn attend_for(int64_t D) {
+static attend_fn attend_for(int64_t D) {          /* NULL: a head size the layer does not run */
     switch (D) {
         case 8: return attend_1;
         case 16: return attend_2;
@@ -372,7 +416,7 @@ static attend_fn attend_for(int64_t D) {
         case 96: return attend_12;
         case 128: return attend_16;
         case 256: return attend_32;
-        default: return attend_0;
+        default: return 0;
     }
 }
 
@@ -398,8 +442,10 @@ typedef struct {
     float *work;                      /* layer_work_floats() floats */
 } Step;
 
-int64_t layer_work_floats(int64_t N, int64_t d, int64_t H, int64_t Hkv, int64_t D, int64_t inter, int64_t L) {
-    return N * d + N * (H + 2 * Hkv) * D + N * H * D + N * 3 * inter + L;
+/* scratch floats layers_forward() needs: activations of N = B * S tokens, then attention's P and sums */
+int64_t layer_work_floats(int64_t N, int64_t S, int64_t d, int64_t H, int64_t Hkv, int64_t D, int64_t inter,
+                          int64_t L) {
+    return N * d + N * (H + 2 * Hkv) * D + N * H * D + N * 3 * inter + (H / Hkv) * S * (L + 1);
 }
 
 static void gemm(const QMat *m, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t M, int accumulate) {
@@ -430,14 +476,12 @@ static void attention_block(const Layer *ly, const Step *st, float *qkv, float *
         }
     }
     const attend_fn fn = attend_for(D);
-    for (int64_t n = 0; n < B * S; n++) {
-        const int64_t b = n / S, s = n % S;
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t kv = (b * Hkv + h / G) * cap * D;
-            fn(qkv + n * W + h * D, ly->kbuf + kv, ly->vbuf + kv, st->L, D,
-               st->mask + (b * S + s) * st->L, (float)st->scale, p, o + n * H * D + h * D);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t kv = 0; kv < Hkv; kv++) {
+            const int64_t at = (b * Hkv + kv) * cap * D;
+            fn(qkv + b * S * W + kv * G * D, W, G, S, ly->kbuf + at, ly->vbuf + at, st->L,
+               st->mask + b * S * st->L, (float)st->scale, p, p + G * S * st->L, o + b * S * H * D + kv * G * D, H * D);
         }
-    }
 }
 
 /* SiLU(g) * u for each row of gu = [g | u] */
@@ -452,7 +496,7 @@ static void silu_mul(const float *gu, int64_t M, int64_t I, float *out) {
 /* x [B*S, d] in place through `n` layers. Returns 0, or -1 on a bad argument. */
 int layers_forward(const Layer *layers, int64_t n, const Step *st, float *x) {
     const int64_t N = st->B * st->S, d = st->d, H = st->H, Hkv = st->Hkv, D = st->D, I = st->inter;
-    if (D > 1024 || D % 2 || H % Hkv || st->start + st->S > st->cap || st->L > st->cap) return -1;
+    if (!attend_for(D) || H % Hkv || st->start + st->S > st->cap || st->L > st->cap) return -1;
     float *h = st->work, *qkv = h + N * d, *o = qkv + N * (H + 2 * Hkv) * D, *gu = o + N * H * D,
           *act = gu + N * 2 * I, *p = act + N * I;
     for (int64_t i = 0; i < n; i++) {

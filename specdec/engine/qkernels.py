@@ -17,7 +17,8 @@ import numpy as np
 from . import native
 from .qformats import BLOCK, BLOCK_BYTES, KINDS
 
-ABI_VERSION = 2
+ABI_VERSION = 3
+HEAD_DIMS = (8, 16, 32, 64, 96, 128, 256)   # attention head sizes layers_forward runs (qkernels.c attend_for)
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _lib = None
 
@@ -85,7 +86,7 @@ def library():
                            ("layers_forward", [ctypes.POINTER(Layer), _I, ctypes.POINTER(Step), _P])):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, ctypes.c_int
-        lib.layer_work_floats.argtypes = [_I] * 7
+        lib.layer_work_floats.argtypes = [_I] * 8
         lib.layer_work_floats.restype = _I
         lib.qgemm_simd.restype = ctypes.c_int
         _lib = lib
