@@ -16,6 +16,11 @@ Sections (--sections, comma-separated):
            interleaved; and a draft-sized model (the target's first --draft-layers layers, its head cut
            to --draft-vocab rows) as float32 NumPy and q8_0.
   bundled  the bundled toy pair: float32 NumPy, int8 and q8_0 (what quantize="q8_0" costs there).
+  exactness  how far each quantized model is from its float32 model (SmolLM2: int8, q8_0; the
+           bundled target: int8, q8_0; gguf IS the float32 model): on --exact-prompts built-in prompts
+           plus the float32 model's greedy continuation (--exact-tokens), the share of continuation
+           positions whose top-1 token agrees with float32's, the mean KL(float32 || quantized), and
+           how many greedy tokens each model reproduces before it first departs from float32's.
 Prints fixed-width tables, writes JSON (device, versions, commit, rows) and ends with one JSON line.
 Numbers on a shared machine are indicative: compare ratios within one run.
 """
@@ -42,9 +47,13 @@ from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.common.table import format_table  # noqa: E402
 from specdec.costs import StepTimer  # noqa: E402
 from specdec.engine import qformats, qkernels, qweights  # noqa: E402
+from specdec.engine.decoding import autoregressive_generate  # noqa: E402
 from specdec.engine.quant import RowwiseInt8Linear, quantize_model  # noqa: E402
+from specdec.engine.runner import ModelRunner  # noqa: E402
+from specdec.data.prompts import builtin  # noqa: E402
+from specdec.models import load_pair, load_tokenizer  # noqa: E402
 
-SECTIONS = ("kernels", "steps", "bundled")
+SECTIONS = ("kernels", "steps", "bundled", "exactness")
 # SmolLM2-135M: hidden 576, 9 + 3 + 3 heads of 64, intermediate 1536, vocab 49152
 SHAPES = [("qkv", "q4_1", 960, 576), ("o", "q4_1", 576, 576), ("gate_up", "q4_1", 3072, 576),
           ("down", "q4_1", 576, 1536), ("head", "q8_0", 49152, 576),
@@ -53,7 +62,7 @@ SHAPES = [("qkv", "q4_1", 960, 576), ("o", "q4_1", 576, 576), ("gate_up", "q4_1"
 
 @dataclass
 class QGemmBenchConfig:
-    sections: str = option("kernels,steps,bundled", f"comma-separated subset of {SECTIONS}", group="what")
+    sections: str = option(",".join(SECTIONS), f"comma-separated subset of {SECTIONS}", group="what")
     threads: int = option(1, "torch CPU threads (the kernels run one)", group="machine")
     rows: str = option("1,2,3,4,5,8,16", "rows (tokens) per kernel call", group="kernels")
     stream_mb: int = option(96, "MB of copies each shape cycles through (more than the last-level cache, "
@@ -65,6 +74,8 @@ class QGemmBenchConfig:
     gamma: int = option(4, "the verify step covers gamma + 1 tokens", group="steps")
     draft_layers: int = option(2, "layers of the draft-sized model", group="steps")
     draft_vocab: int = option(16384, "head rows of the draft-sized model", group="steps")
+    exact_prompts: int = option(8, "built-in prompts for the exactness section", group="exactness")
+    exact_tokens: int = option(32, "greedy tokens per prompt for the exactness section", group="exactness")
     iters: int = option(15, "timed rounds (each times every job once; medians)", group="timing")
     out: str | None = option(None, "JSON output path", group="output")
 
@@ -74,7 +85,8 @@ class QGemmBenchConfig:
             raise ValueError(f"--sections: unknown {bad}; choose from {SECTIONS}")
         if any(r < 1 for r in self.row_list):
             raise ValueError("--rows must be positive integers")
-        for name in ("context", "gamma", "draft_layers", "draft_vocab", "iters", "threads", "stream_mb"):
+        for name in ("context", "gamma", "draft_layers", "draft_vocab", "iters", "threads", "stream_mb",
+                     "exact_prompts", "exact_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.target is not None and not Path(self.target).is_dir():
@@ -282,8 +294,6 @@ def smollm2_models(cfg: QGemmBenchConfig) -> dict:
 
 
 def bundled_models() -> dict:
-    from specdec.models import load_pair
-
     target, draft, _, _ = load_pair(None, None, "float32", "cpu")
     out = {}
     for name, model in (("bundled-target", target), ("bundled-draft", draft)):
@@ -294,6 +304,61 @@ def bundled_models() -> dict:
     return out
 
 
+# ---- exactness -----------------------------------------------------------------------------------
+
+def _logits(model, seq) -> torch.Tensor:
+    """Logits [L, V] of one forward over the whole sequence (float64)."""
+    runner = ModelRunner(model, 1, seq.numel() + 8, impl="auto")
+    ids = seq[None]
+    return runner.forward(ids, torch.arange(ids.shape[1])[None], torch.ones_like(ids, dtype=torch.bool))[0].double()
+
+
+def exactness_rows(name: str, variants: dict, tokenizer, cfg: QGemmBenchConfig) -> list[dict]:
+    """variants: path -> model, "fp32" first (the reference). One row per quantized path."""
+    ref = variants["fp32"]
+    texts = [p["prompt"] for p in builtin(max_per_category=max(1, cfg.exact_prompts // 4))][:cfg.exact_prompts]
+    stats = {path: {"agree": 0, "n": 0, "kl": 0.0, "prefix": []} for path in variants if path != "fp32"}
+    for text in texts:
+        prompt = torch.tensor(tokenizer(text)["input_ids"][-128:])[None]
+        cont = autoregressive_generate(ref, prompt, max_new_tokens=cfg.exact_tokens).new_tokens[0]
+        seq = torch.cat([prompt[0], torch.tensor(cont, dtype=torch.long)])
+        P = prompt.shape[1]
+        base = _logits(ref, seq)[P - 1:-1]                                 # predicting each continuation token
+        for path, st in stats.items():
+            m = variants[path]
+            got = _logits(m, seq)[P - 1:-1]
+            st["agree"] += int((got.argmax(-1) == base.argmax(-1)).sum())
+            st["n"] += base.shape[0]
+            lp, lq = torch.log_softmax(base, -1), torch.log_softmax(got, -1)
+            st["kl"] += float((lp.exp() * (lp - lq)).sum(-1).sum())
+            own = autoregressive_generate(m, prompt, max_new_tokens=cfg.exact_tokens).new_tokens[0]
+            st["prefix"].append(next((i for i, (a, b) in enumerate(zip(own, cont)) if a != b), len(cont)))
+    return [{"model": name, "path": path, "prompts": len(texts), "positions": st["n"],
+             "top1_agree": st["agree"] / st["n"], "mean_kl": st["kl"] / st["n"],
+             "greedy_prefix": float(np.mean(st["prefix"])), "greedy_all": sum(p == cfg.exact_tokens for p in st["prefix"])}
+            for path, st in stats.items()]
+
+
+EXACT_COLUMNS = [("model", "model", 14, "s"), ("path", "path", 6, "s"), ("prompts", "prompts", 7, "d"),
+                 ("positions", "positions", 9, "d"), ("top1_agree", "top-1 =", 8, ".4f"),
+                 ("mean_kl", "mean KL", 9, ".2e"), ("greedy_prefix", "greedy =", 8, ".1f"),
+                 ("greedy_all", "all =", 5, "d")]
+
+
+def exactness(cfg: QGemmBenchConfig, smollm2: dict | None) -> list[dict]:
+    rows = []
+    target, _, tok, _ = load_pair(None, None, "float32", "cpu")
+    rows += exactness_rows("bundled-target", {"fp32": target, "int8": quantize_model(copy.deepcopy(target), "int8"),
+                                              "q8_0": quantize_model(copy.deepcopy(target), "q8_0")}, tok, cfg)
+    if smollm2 is None and cfg.target:
+        smollm2 = smollm2_models(cfg)
+    if smollm2 is not None and cfg.target:
+        variants = {"fp32": smollm2[("smollm2", "fp32")][0], "int8": smollm2[("smollm2", "int8")][0],
+                    "q8_0": smollm2[("smollm2", "q8_0")][0]}
+        rows += exactness_rows("smollm2", variants, load_tokenizer(cfg.target), cfg)
+    return rows
+
+
 def run(cfg: QGemmBenchConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     reason = qkernels.available()
@@ -302,17 +367,20 @@ def run(cfg: QGemmBenchConfig) -> dict:
     bandwidth = read_bandwidth()
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s; kernels: {qkernels.library().qgemm_simd()} lanes", flush=True)
     result = {"env": environment("cpu"), "config": to_dict(cfg), "read_bandwidth_GBps": bandwidth / 1e9,
-              "kernels": [], "steps": []}
+              "kernels": [], "steps": [], "exactness": []}
     if "kernels" in cfg.section_list:
         result["kernels"] = kernel_rows(cfg, bandwidth)
-    models = {}
+    models, smollm2 = {}, None
     if "bundled" in cfg.section_list:
         models.update(bundled_models())
     if "steps" in cfg.section_list:
-        models.update(smollm2_models(cfg))
-    if models:
-        with torch.no_grad():
+        smollm2 = smollm2_models(cfg)
+        models.update(smollm2)
+    with torch.no_grad():
+        if models:
             result["steps"] = step_rows(models, cfg, bandwidth)
+        if "exactness" in cfg.section_list:
+            result["exactness"] = exactness(cfg, smollm2)
     return result
 
 
@@ -332,6 +400,8 @@ def main(argv=None) -> int:
         print(format_table(result["kernels"], KERNEL_COLUMNS))
     if result["steps"]:
         print(format_table(result["steps"], STEP_COLUMNS))
+    if result["exactness"]:
+        print(format_table(result["exactness"], EXACT_COLUMNS))
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cfg.out, result)

@@ -342,8 +342,9 @@ def test_qgemm_bench_runs_and_reports_against_the_bandwidth(tmp_path, monkeypatc
     m = bench_script("qgemm_bench", monkeypatch)
     monkeypatch.setattr(m, "SHAPES", [("o", "q4_1", 40, 96), ("head", "q8_0", 70, 64)])
     out = tmp_path / "q.json"
-    assert m.main(["--sections", "kernels,bundled", "--rows", "1,3", "--iters", "1", "--stream-mb", "1",
-                   "--context", "8", "--gamma", "1", "--out", str(out)]) == 0
+    assert m.main(["--sections", "kernels,bundled,exactness", "--rows", "1,3", "--iters", "1", "--stream-mb", "1",
+                   "--context", "8", "--gamma", "1", "--exact-prompts", "1", "--exact-tokens", "4",
+                   "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["read_bandwidth_GBps"] > 0 and d["env"]["device"] == "cpu"
     assert [(r["shape"], r["rows"]) for r in d["kernels"]] == [("o 40x96", 1), ("o 40x96", 3),
@@ -353,6 +354,9 @@ def test_qgemm_bench_runs_and_reports_against_the_bandwidth(tmp_path, monkeypatc
     assert {("bundled-target", "q8_0", "QuantLeanForward"), ("bundled-target", "int8", "LeanForward"),
             ("bundled-draft", "fp32", "NumpyLeanForward")} <= paths
     assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in d["steps"])
+    exact = {r["path"]: r for r in d["exactness"]}
+    assert set(exact) == {"int8", "q8_0"} and all(r["positions"] == 4 for r in exact.values())
+    assert all(0 <= r["top1_agree"] <= 1 and r["mean_kl"] >= 0 for r in exact.values())
     assert m.main(["--sections", "kernels,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
 
