@@ -197,8 +197,11 @@ def from_gguf(model, path) -> QuantWeights:
     reason = supports(model)
     if reason is not None:
         raise ValueError(f'quantize="gguf" does not support this model: {reason}')
-    if not path or not os.path.isfile(path):
-        raise ValueError(f'quantize="gguf" needs the GGUF file the model was converted from; {path!r} is not a file')
+    if not path:
+        raise ValueError('quantize="gguf" needs the GGUF file the model was converted from, and this model '
+                         "records none (config.specdec_gguf): use a model converted from a GGUF, or q8_0")
+    if not os.path.isfile(path):
+        raise ValueError(f'quantize="gguf": the GGUF file {path!r} is not a file')
     tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
     names = _gguf_names(model)
 
