@@ -45,7 +45,7 @@ from specdec.common.config import add_arguments, config_from_args, option, to_di
 from specdec.common.env import environment  # noqa: E402
 from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.common.table import format_table  # noqa: E402
-from specdec.costs import StepTimer  # noqa: E402
+from specdec.engine.timing import StepTimer  # noqa: E402
 from specdec.engine import qformats, qkernels, qweights  # noqa: E402
 from specdec.engine.decoding import autoregressive_generate  # noqa: E402
 from specdec.engine.quant import RowwiseInt8Linear, quantize_model  # noqa: E402

@@ -380,3 +380,9 @@ def test_the_portable_build_computes_the_same_logits(q8_pair, monkeypatch):
     assert qkernels.library().qgemm_simd() == 0
     assert torch.equal(logits(), vector)
     object.__setattr__(target, "_specdec_numpy", None)
+
+
+def test_the_cost_cache_fingerprint_covers_the_c_kernels():
+    """A change to the kernels' C source changes step costs: cached round costs must not outlive it."""
+    from specdec.costmodel import cache as costcache
+    assert native.HERE / "qkernels.c" in set(costcache.engine_sources())

@@ -156,8 +156,8 @@ static inline __attribute__((always_inline)) void tile(
         for (int j = 0; j < NT; j++) {
             __m256 wv[4];
             /* the next tile's blocks, one tile ahead: a tile's rows are short streams (360-960 bytes
-             * for K = 576-1536) that the hardware prefetcher picks up too late (the 49152-row head
-             * streamed at ~3 GB/s without this, ~12 with it, on the project's VM) */
+             * for K = 576-1536) that the hardware prefetcher picks up too late (what it costs without:
+             * bench/RESULTS.md, "Quantized CPU kernels") */
             _mm_prefetch((const char *)(w + (NT + j) * ldw + b * bs), _MM_HINT_T0);
             if (kind == KIND_Q4_1) decode_q4_1(w + j * ldw + b * bs, wv);
             else decode_q8_0(w + j * ldw + b * bs, wv);
