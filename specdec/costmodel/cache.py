@@ -57,8 +57,10 @@ def model_fingerprint(model) -> str:
 
 def engine_sources() -> list[Path]:
     """The files a round's cost depends on: every module of the engine (the decode loop, forwards, cache,
-    int8, graphs, verification, sampling) and of the cost model (read as files: nothing is imported)."""
-    return sorted(_PACKAGE.glob("engine/*.py")) + sorted(_PACKAGE.glob("costmodel/*.py"))
+    int8, graphs, verification, sampling, the C kernels' source) and of the cost model (read as files:
+    nothing is imported)."""
+    return sorted(_PACKAGE.glob("engine/*.py")) + sorted(_PACKAGE.glob("engine/*.c")) \
+        + sorted(_PACKAGE.glob("costmodel/*.py"))
 
 
 def engine_fingerprint(sources=()) -> str:

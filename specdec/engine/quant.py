@@ -30,7 +30,10 @@ import warnings
 
 import torch
 
-QUANTIZE = ("none", "int8")
+from . import qweights
+
+# "gguf" / "q8_0": weight-only blocks with float32 activations for the C kernels (specdec/engine/qweights.py)
+QUANTIZE = ("none", "int8") + qweights.MODES
 
 
 # The projection modules quantized, by exact type (qualified name: no transformers import here), and how
@@ -128,16 +131,19 @@ class RowwiseInt8Linear(torch.nn.Module):
                                  _bias=None if self.bias is None else self.bias.clone())
 
 
-def quantize_model(model, mode: str = "int8"):
+def quantize_model(model, mode: str = "int8", gguf_path=None):
     """Replace every projection of `model` (PROJECTIONS: nn.Linear, FalconLinear, transformers' Conv1D; the
     LM head included) by a RowwiseInt8Linear, in place. Embeddings and norms stay in floating point, and
     so does any other weight matrix (e.g. a mixture of experts' fused expert tensors and its router): those
     are named in one warning line and in `model.config.specdec_float_layers` (`float_layers`). Returns the
-    model. mode "none" does nothing."""
+    model. mode "none" does nothing; "gguf" and "q8_0" attach weight-only blocks instead
+    (qweights.quantize_model; gguf_path for "gguf")."""
     if mode not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {mode!r}")
     if mode == "none":
         return model
+    if mode in qweights.MODES:
+        return qweights.quantize_model(model, mode, gguf_path)
     dev = next(model.parameters()).device
     if dev.type != "cpu":
         raise ValueError(f"--quantize int8 is a CPU path (the model is on {dev}); on CUDA use bfloat16")
@@ -174,5 +180,8 @@ def float_layers(model) -> list[tuple[str, str]]:
 
 
 def quantization_of(model) -> str:
-    """'int8' if quantize_model converted `model`, else 'none'."""
+    """'int8' / 'gguf' / 'q8_0' if quantize_model converted `model`, else 'none'."""
+    qw = qweights.weights_of(model)
+    if qw is not None:
+        return qw.mode
     return "int8" if any(isinstance(m, RowwiseInt8Linear) for m in model.modules()) else "none"

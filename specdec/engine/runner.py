@@ -51,7 +51,8 @@ def resolve_impl(model, impl: str = "auto") -> str:
         if lean.supports(model) is not None:
             return "hf"
         small = lean_numpy.is_small(model) and lean_numpy.blas_single_threaded()
-        return "numpy" if small and lean_numpy.supports(model) is None else "lean"
+        quantized = lean_numpy.quantized(model)   # quantize="gguf" / "q8_0": the C kernels' forward
+        return "numpy" if (small or quantized) and lean_numpy.supports(model) is None else "lean"
     check = {"lean": lean.supports, "numpy": lean_numpy.supports}.get(impl)
     reason = check(model) if check else None
     if reason is not None:
@@ -59,12 +60,10 @@ def resolve_impl(model, impl: str = "auto") -> str:
     return impl
 
 
-def numpy_forward_of(model) -> lean_numpy.NumpyLeanForward:
-    fwd = lean_forward_of(model)
-    npf = getattr(model, "_specdec_numpy", None)
-    if npf is None or npf.fwd is not fwd:
-        npf = lean_numpy.NumpyLeanForward(fwd)
-        object.__setattr__(model, "_specdec_numpy", npf)
+def numpy_forward_of(model):
+    """NumpyLeanForward, or QuantLeanForward for a model with quantized weights (lean_numpy.forward_of)."""
+    npf = lean_numpy.forward_of(model, lean_forward_of(model), getattr(model, "_specdec_numpy", None))
+    object.__setattr__(model, "_specdec_numpy", npf)
     return npf
 
 
