@@ -1,7 +1,7 @@
 """The cost table cache: round costs measured once per key, read back by every later decoder.
 
-One JSON file per key in `default_cache_dir()` ($SPECDEC_CACHE_DIR/costs, else
-$XDG_CACHE_HOME/specdec/costs, else ~/.cache/specdec/costs). The key (`cost_key`) holds everything a
+One JSON file per key in `default_cache_dir()` (`costs/` under common/cachedir.cache_root():
+$SPECDEC_CACHE_DIR, else $XDG_CACHE_HOME/specdec, else ~/.cache/specdec). The key (`cost_key`) holds everything a
 round's cost depends on: each model's architecture (config, module types, parameter shapes and dtypes:
 int8 layers show; weight values do not matter), the batch size, the context bucket, greedy or sampled,
 the measured gammas, the resolved forward (lean / numpy / hf), CUDA graphs, the device's name, the torch
@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import threading
 import warnings
 import weakref
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..common.cachedir import cache_root
 from ..common.env import device_name
 from ..common.files import write_json_atomic
 from .measure import measure_round_costs
@@ -34,10 +34,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]   # specdec/
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get("SPECDEC_CACHE_DIR"):
-        return Path(os.environ["SPECDEC_CACHE_DIR"]) / "costs"
-    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
-    return Path(base) / "specdec" / "costs"
+    return cache_root() / "costs"
 
 
 def _sha(obj) -> str:

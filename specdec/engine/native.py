@@ -7,7 +7,8 @@ CPU (torch's int4 pack kernels are fast only with bf16 activations, which change
 A library is compiled on first use with `$CC` (else cc, gcc, clang):
     <cc> -O3 -march=native -ffp-contract=off -shared -fPIC <source> -o <lib> -lm
 (without -march=native where the compiler refuses it) and cached as
-    <cache>/native/<name>-<key>.so,  cache = $SPECDEC_CACHE_DIR, else $XDG_CACHE_HOME/specdec, else ~/.cache/specdec
+    <cache>/native/<name>-<key>.so,  cache = common/cachedir.cache_root() ($SPECDEC_CACHE_DIR, else
+                                     $XDG_CACHE_HOME/specdec, else ~/.cache/specdec)
 key = sha256 of the source, the compiler's identity (`<cc> --version`), the flags and the CPU's feature
 flags: a new source, compiler or machine builds anew, and a CPU without the builder's instructions never
 loads its library. A build is written to a temporary file and renamed into place, so a concurrent
@@ -29,6 +30,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..common.cachedir import cache_root
+
 HERE = Path(__file__).resolve().parent
 FLAG_SETS = (("-O3", "-march=native", "-ffp-contract=off"), ("-O3", "-ffp-contract=off"))
 _loaded: dict[tuple, ctypes.CDLL] = {}
@@ -39,11 +42,8 @@ class NativeUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """<specdec cache>/native (the same root as the cost cache: $SPECDEC_CACHE_DIR, else XDG)."""
-    root = os.environ.get("SPECDEC_CACHE_DIR")
-    if root:
-        return Path(root) / "native"
-    return Path(os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")) / "specdec" / "native"
+    """<specdec cache>/native (common/cachedir.cache_root(): the one root of every specdec cache)."""
+    return cache_root() / "native"
 
 
 def compiler() -> list[str]:

@@ -1,3 +1,4 @@
-"""Models: loading a target / draft pair and its tokenizer, the vocabulary check, the bundled pair."""
+"""Models: loading a target / draft pair and its tokenizer, the vocabulary check, the bundled pair, GGUF
+files (converted once into the cache: gguf_cache.py)."""
 from .load import (ASSETS, DTYPES, bundled_pair, check_vocab, context_of, load_config, load_model,  # noqa: F401
-                   load_pair, load_tokenizer, resolve_dtype)
+                   load_pair, load_tokenizer, local_source, resolve_dtype)

@@ -11,6 +11,7 @@ from ..engine.quant import QUANTIZE, quantize_model
 from ..common.values import BadType
 from ..engine.devices import input_device, logit_width, resolve_device
 from ..engine.params import max_positions
+from .gguf_cache import converted_folder, is_gguf_path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -47,6 +48,7 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, qua
     _check_exists(name_or_path)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    name_or_path = local_source(name_or_path)
     check_family(name_or_path)
     kwargs = {"dtype": resolve_dtype(dtype)}
     if device_map is not None:
@@ -71,6 +73,7 @@ def check_family(name_or_path) -> None:
     its config, before any weights load. A config that cannot be read is left to load_model to report."""
     from transformers import AutoConfig
 
+    name_or_path = local_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(str(name_or_path))
     except (OSError, ValueError):
@@ -79,10 +82,12 @@ def check_family(name_or_path) -> None:
 
 
 def load_config(name_or_path):
-    """The model's transformers config alone (config.json, no weights): for checks before any model loads."""
+    """The model's transformers config alone (config.json, no weights): for checks before any model loads.
+    A GGUF file's config is its conversion's (converted here on first use: models/gguf_cache.py)."""
     from transformers import AutoConfig
 
     _check_exists(name_or_path)
+    name_or_path = local_source(name_or_path)
     try:
         return AutoConfig.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as e:
@@ -99,6 +104,7 @@ def load_tokenizer(name_or_path):
     from transformers import AutoTokenizer
 
     _check_exists(name_or_path)
+    name_or_path = local_source(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as e:
@@ -107,6 +113,12 @@ def load_tokenizer(name_or_path):
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # the decode loops expect left padding
     return tok
+
+
+def local_source(name_or_path):
+    """What transformers loads for `name_or_path`: a GGUF file's converted folder in specdec's cache
+    (specdec/models/gguf_cache.py: converted on first use), anything else as given."""
+    return converted_folder(name_or_path) if is_gguf_path(name_or_path) else name_or_path
 
 
 def _check_exists(name_or_path) -> None:
