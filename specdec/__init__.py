@@ -13,6 +13,7 @@ _EXPORTS = {
     "FixedGamma": "costmodel.policy", "AutoGamma": "costmodel.policy", "AutoConfig": "costmodel.policy",
     "bundled_pair": "models",
     "load_pair": "models", "load_model": "models", "load_tokenizer": "models", "check_vocab": "models",
+    "resolve_pair": "models",
     "verify": "engine.verify", "VerifyResult": "engine.verify",
 }
 __all__ = list(_EXPORTS)

@@ -400,11 +400,11 @@ def test_temperature_must_be_finite_in_the_api():
 def test_default_sweep_is_smaller_and_full_is_the_whole_grid():
     small, full = benchmark.BenchConfig(), benchmark.BenchConfig(sweep="full")
     assert (full.gamma, full.temperature, full.batch_size, full.baselines) == ((1, 2, 4, 8, "auto"), (0.0, 1.0),
-                                                                                (1, 8), ("ar", "hf"))
+                                                                                (1, 8), ("ar", "hf", "llamacpp"))
     assert (small.gamma, small.batch_size, small.repeats, full.repeats) == ((2, 4, "auto"), (1,), 2, 3)
     n = {name: sum(len(g) for g in benchmark.plan(c).values()) for name, c in (("small", small), ("full", full))}
     # per temperature: batch 1 = ar + 5 sd + HF generate + 4 HF constant + HF default + HF heuristic,
-    # batch 8 = ar + 5 sd + HF generate
+    # batch 8 = ar + 5 sd + HF generate; no llama.cpp row (the bundled target is no GGUF file)
     assert n["small"] < n["full"] == 2 * (13 + 7)
     # an axis given explicitly wins over the preset
     assert benchmark.BenchConfig(sweep="full", gamma=(3,)).gamma == (3,)

@@ -114,3 +114,56 @@ def test_distillation_reads_prompts_through_the_same_loader(tmp_path):
     ps.check_source("dataset")
     prompt, completion = ps.sample(random.Random(0))
     assert tok.decode(prompt) == "c d e f" and tok.decode(completion) == "one two"
+
+
+CHATML = ("{% for m in messages %}<bos> {{ m['role'] }} : {{ m['content'] }} <eos>{% endfor %}"
+          "{% if add_generation_prompt %} assistant :{% endif %}")
+
+
+def test_builtin_chat_set():
+    prompts, source = load_prompts("builtin:chat", num_per_category=1)
+    assert "chat" in source and len(prompts) == len(categories(prompts)) == 11
+    every, _ = load_prompts("builtin:chat")
+    assert len(every) == 33 and len({p["id"] for p in every}) == 33 and all(p["prompt"] for p in every)
+    assert load_prompts("builtin:code", num_per_category=1) == load_prompts(None, num_per_category=1)
+    with pytest.raises(ValueError, match="unknown built-in prompt set 'builtin:poems'"):
+        load_prompts("builtin:poems")
+
+
+@pytest.mark.parametrize("source", ["builtin:chat", "builtin:code", DATA / "prompts.jsonl",
+                                    DATA / "spec_bench_question.jsonl"])
+def test_chat_template_modes_apply_to_every_source(source):
+    """auto wraps when the tokenizer has a template, on always (and refuses a tokenizer without one),
+    off never; one rule for the built-in sets, user JSONL and Spec-Bench alike."""
+    tmpl, plain = tiny_tokenizer(CHATML), tiny_tokenizer()
+    raw, _ = load_prompts(source, None, 1)
+    for tok, mode, wrapped in ((tmpl, "auto", True), (tmpl, "on", True), (tmpl, "off", False),
+                               (plain, "auto", False), (plain, "off", False)):
+        got, _ = load_prompts(source, tok, 1, mode)
+        expect = [f"<bos> user : {p['prompt']} <eos> assistant :" if wrapped else p["prompt"] for p in raw]
+        assert [p["prompt"] for p in got] == expect, (mode, wrapped)
+    with pytest.raises(ValueError, match="--chat-template on, but the tokenizer has no chat template"):
+        load_prompts(source, plain, 1, "on")
+    with pytest.raises(ValueError, match="--chat-template must be one of auto, on, off"):
+        load_prompts(source, tmpl, 1, "yes")
+
+
+def test_completion_is_never_wrapped(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "a b", "completion": "c d"}) + "\n")
+    (p,) = load_prompts_file(path, tiny_tokenizer(CHATML))
+    assert p == {"id": "1", "category": "default", "prompt": "<bos> user : a b <eos> assistant :", "completion": "c d"}
+
+
+def test_spec_bench_loads_first_turns_of_every_category(tmp_path):
+    """Spec-Bench's question.jsonl layout: 13 categories, some questions with one turn; every category is
+    kept, each question's first turn only, in first-appearance order of the categories."""
+    cats = ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
+            "translation", "summarization", "qa", "math_reasoning", "rag"]
+    lines = [{"question_id": i, "category": c, "turns": [f"first {i}", f"second {i}"][:1 + i % 2]}
+             for i, c in enumerate(cats * 2)]
+    path = tmp_path / "question.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    prompts = load_prompts_file(path)
+    assert categories(prompts) == cats and len(prompts) == 26
+    assert all(p["prompt"] == f"first {p['id']}" for p in prompts)

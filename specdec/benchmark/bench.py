@@ -1,4 +1,5 @@
-"""`specdec bench`: speculative decoding against plain decoding and Hugging Face assisted generation.
+"""`specdec bench`: speculative decoding against plain decoding, Hugging Face's plain and assisted generation,
+and llama.cpp's plain decoding of a GGUF target (where llama-cpp-python is installed).
 
 Stages, each a function with a typed record between it and the next:
   validate   BenchConfig (config.py; flags) -> the device, the prompt file and the output folder are checked and
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from . import baselines
+from . import baselines, llamacpp
 from ..costmodel import AUTO
 from ..costmodel.measure import measure_round_costs, measure_step_costs, sync
 from ..costmodel.policy import AutoConfig
@@ -40,10 +41,11 @@ from ..common.config import add_arguments as _add_arguments, config_from_args, t
 from ..engine.decoding import SpeculativeDecoder, autoregressive_generate, capacity_for
 from ..engine.params import check_cache_memory, max_positions
 from ..models import bundled_pair, context_of, load_pair
+from ..models.gguf_cache import source_gguf, source_record
 from ..engine.runner import resolve_impl
 from .config import RESUMABLE_CHANGES, BenchConfig
 from .plots import FIGURES, plot_files
-from ..data.prompts import load_prompts
+from ..data.prompts import load_prompts, uses_chat_template
 from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, error_text, make_batches,
                       read_results, summarise, with_speedups)
 from ..common.env import environment
@@ -56,18 +58,30 @@ from ..engine.devices import input_device, resolve_device
 
 def plan(cfg: BenchConfig) -> dict:
     """(temperature, batch size) -> the configurations measured together, "ar" first."""
+    with_llamacpp = llamacpp_absent(cfg) is None
     groups: dict = {}
     for temp in cfg.temperature:
         for bs in cfg.batch_size:
-            group = [Setting("ar", None, temp, bs)] if "ar" in cfg.baselines else []
+            group = [Setting("ar", None, temp, bs)] if cfg.runs("ar") else []
             group += [Setting("sd", g, temp, bs) for g in cfg.gamma]
-            if "hf" in cfg.baselines:   # transformers' plain generate, against specdec's plain loop
+            if cfg.runs("hf_generate"):   # transformers' plain generate, against specdec's plain loop
                 group.append(Setting("hf_generate", None, temp, bs))
-            if "hf" in cfg.baselines and bs == 1:
+            if cfg.runs("hf_assisted") and bs == 1:
                 group += [Setting("hf_assisted", g, temp, bs) for g in cfg.fixed_gammas]
                 group += [Setting(m, None, temp, bs) for m in ("hf_assisted_default", "hf_assisted_heuristic")]
+            if with_llamacpp and bs == 1:
+                group.append(Setting(llamacpp.METHOD, None, temp, bs))
             groups[(temp, bs)] = group
     return groups
+
+
+def llamacpp_absent(cfg: BenchConfig) -> str | None:
+    """Why the run has no llama.cpp row (None: it has one, at batch size 1)."""
+    if not cfg.runs("llamacpp"):
+        return "not in --baselines"
+    if 1 not in cfg.batch_size:
+        return "it runs at batch size 1 only"
+    return llamacpp.unavailable(source_gguf(cfg.target) if cfg.target is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -88,7 +102,8 @@ def _validate(cfg: BenchConfig):
     if cfg.cuda_graphs == "on" and device.type != "cuda":
         raise ValueError("--cuda-graphs on needs a CUDA device; use --cuda-graphs off or auto")
     check_new_tokens(cfg.max_new_tokens, *_model_paths(cfg))
-    prompts, _ = load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not later
+    # a bad line fails here, not later
+    prompts, _ = load_prompts(cfg.prompts, None, cfg.prompts_per_category, cfg.chat_template)
     if max(cfg.batch_size) > len(prompts):
         # refused, not clamped: a row labelled batch 16 must have run 16 rows
         raise ValueError(f"--batch-size {max(cfg.batch_size)} is more than the {len(prompts)} prompts, so no batch "
@@ -152,6 +167,8 @@ class BenchInputs:
     ids: list                    # [prompt] token ids, left-truncated to fit the context
     decoders: dict               # gamma -> SpeculativeDecoder (auto: added once the costs are measured)
     engine: dict                 # quantize / impl / cuda_graphs as resolved for this device and pair
+    chat_template: bool = False  # whether the prompts went through the tokenizer's chat template
+    llamacpp: object = None      # llamacpp.LlamaCppRunner when the run has a llama.cpp row
 
     @property
     def cats(self) -> list:
@@ -174,10 +191,15 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     dev = input_device(target)  # cuda:0 when --device-map shards the target
     if cfg.device_map is not None and input_device(draft) != dev:
         draft.to(dev)  # the decoder keeps its state beside the target's input embeddings
-    prompts, source = load_prompts(cfg.prompts, tok, cfg.prompts_per_category)
+    prompts, source = load_prompts(cfg.prompts, tok, cfg.prompts_per_category, cfg.chat_template)
     if not prompts:
         raise ValueError("no prompts to run; check --prompts / --num-prompts")
-    ids = _encode(tok, [p["prompt"] for p in prompts], (target, draft), cfg.max_new_tokens)
+    chat = uses_chat_template(tok, cfg.chat_template)
+    ids = _encode(tok, [p["prompt"] for p in prompts], (target, draft), cfg.max_new_tokens, chat)
+    runner = None
+    if any(s.method == llamacpp.METHOD for group in plan(cfg).values() for s in group):
+        runner = llamacpp.LlamaCppRunner(source_gguf(target_name), max(map(len, ids)) + cfg.max_new_tokens,
+                                         cfg.threads or torch.get_num_threads(), cfg.seed)
     engine = {"quantize": {"target": tq, "draft": dq}, "impl": cfg.impl,
               "resolved_impl": {"target": resolve_impl(target, cfg.impl), "draft": resolve_impl(draft, cfg.impl)}}
     engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
@@ -187,11 +209,12 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     decoders = {g: SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab, impl=cfg.impl,
                                       cuda_graphs=engine["cuda_graphs"]) for g in cfg.fixed_gammas}
     return BenchInputs(target, draft, tok, vocab, dev, target_name, draft_name, prompts, source, ids, decoders,
-                       engine)
+                       engine, chat, runner)
 
 
-def _encode(tok, texts, models, max_new_tokens) -> list:
-    """Token ids per prompt, left-truncated so that prompt + max_new_tokens fits both contexts."""
+def _encode(tok, texts, models, max_new_tokens, chat: bool = False) -> list:
+    """Token ids per prompt, left-truncated so that prompt + max_new_tokens fits both contexts. chat: the
+    texts came out of the chat template, which writes the special tokens itself (no second BOS)."""
     limits = [m for m in (max_positions(model) for model in models) if m]
     keep = (min(limits) - max_new_tokens) if limits else None
     if keep is not None and keep < 1:
@@ -199,7 +222,7 @@ def _encode(tok, texts, models, max_new_tokens) -> list:
                          f"of {min(limits)} positions; lower it")
     out = []
     for t in texts:
-        ids = tok(t).input_ids
+        ids = tok(t, add_special_tokens=not chat).input_ids
         if not ids:
             raise ValueError(f"a prompt tokenizes to nothing: {t[:40]!r}")
         out.append(ids[-keep:] if keep is not None else ids)
@@ -217,8 +240,11 @@ def meta_of(cfg: BenchConfig, inputs: BenchInputs) -> dict:
         "device_map": cfg.device_map, "hf_device_map": hf_map, "dtype": cfg.dtype_on(inputs.device),
         "command": shlex.join(["specdec", "bench", *to_argv(cfg)]), "prompts_source": inputs.prompts_source,
         "num_prompts": len(inputs.prompts), "categories": list(dict.fromkeys(inputs.cats)), "config": to_dict(cfg),
-        "hf_assistant_defaults": baselines.hf_assistant_defaults(inputs.draft) if "hf" in cfg.baselines else None,
+        "hf_assistant_defaults": baselines.hf_assistant_defaults(inputs.draft) if cfg.runs("hf_assisted") else None,
         "engine": inputs.engine,
+        "pair": cfg.pair, "target_source": source_record(inputs.target_name),
+        "chat_template": {"mode": cfg.chat_template, "applied": inputs.chat_template},
+        "llamacpp": inputs.llamacpp.describe() if inputs.llamacpp else {"absent": llamacpp_absent(cfg)},
         "costs": {},
     }
 
@@ -238,6 +264,9 @@ def run_batch(inputs: BenchInputs, cfg: BenchConfig, s: Setting, idx: list, seed
     if s.method == "sd":
         out = inputs.decoders[s.gamma].generate(ids, mask, **kw)
         return out.new_tokens, out.stats, out.stats.target_calls
+    if s.method == llamacpp.METHOD:   # batch size 1: one prompt
+        toks, st = inputs.llamacpp.generate(inputs.ids[idx[0]], cfg.max_new_tokens, s.temperature, seed, inputs.eos)
+        return [toks], st, st.target_calls
     if s.method == "hf_generate":
         toks, calls = baselines.hf_generate(inputs.target, ids, mask, s.temperature, cfg.max_new_tokens, inputs.eos,
                                             inputs.pad, seed)
@@ -331,7 +360,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
             if (temp, bs) in done:
                 progress.advance(len(settings) * cfg.repeats)
                 continue
-            rows = with_speedups(rows + summarise(run_group(inputs, cfg, settings, progress), inputs.cats, costs))
+            measured = run_group(inputs, cfg, settings, progress)
+            _llamacpp_agreement(meta, measured, temp)
+            rows = with_speedups(rows + summarise(measured, inputs.cats, costs))
             write_results(path, meta, rows)
     except BaseException:
         progress.close(keep=False)  # the error message gets a line of its own
@@ -400,6 +431,15 @@ def _saved_costs(saved: dict) -> dict:
         except ValueError:
             continue
     return out
+
+
+def _llamacpp_agreement(meta: dict, measured: list, temperature: float) -> None:
+    """Greedy: how far llama.cpp's outputs follow specdec's plain decoding of the converted target (they
+    part where llama.cpp's 8-bit activations round differently), in meta["llamacpp"]."""
+    by = {m.setting.method: m for m in measured if m.passes and m.error is None}
+    if is_greedy(temperature) and llamacpp.METHOD in by and "ar" in by:
+        meta["llamacpp"].setdefault("greedy_agreement", {})[f"bs{by['ar'].setting.batch_size}"] = \
+            llamacpp.agreement(by[llamacpp.METHOD].passes[0].outputs, by["ar"].passes[0].outputs)
 
 
 def _auto_decoder(cfg: BenchConfig, inputs: BenchInputs, costs) -> SpeculativeDecoder:
@@ -473,6 +513,8 @@ def run(args) -> int:
     print(f"specdec bench: {m['target']} <- {m['draft']} on {m['device']} ({m['dtype']}), {m['num_prompts']} "
           f"prompts x {cfg.max_new_tokens} new tokens, median of {cfg.repeats}")
     print(format_table(rows))
+    if cfg.runs("llamacpp") and m["llamacpp"].get("absent") and source_gguf(m["target"]) is not None:
+        print(f"llama.cpp row absent: {m['llamacpp']['absent']}")
     auto = format_auto_table(rows)
     if auto:
         print("\ngamma auto against the best fixed gamma and the best HF schedule, per cell:")

@@ -13,16 +13,24 @@ from ..common.values import AUTO, check_gamma, check_int, check_seed, check_temp
 from ..costmodel.policy import AutoConfig
 from ..models.options import EngineBlock
 
-BASELINES = ("ar", "hf")
+# ar: specdec's plain decoding (every speedup's denominator); hf_generate: transformers' generate();
+# hf_assisted: its assisted generation (batch size 1); hf: both HF rows; llamacpp: llama.cpp's plain
+# decoding of a GGUF target (batch size 1, where llama-cpp-python is installed; benchmark/llamacpp.py).
+BASELINES = ("ar", "hf", "hf_generate", "hf_assisted", "llamacpp")
 
 # The sweeps, in one place. "default" is a first run sized for a small CPU (no gamma 8, a smaller second
-# batch size); "full" is the whole grid. HF assisted generation runs at batch size 1 only.
+# batch size); "full" is the whole grid; "quick" is a named pair's first run (models/pairs.py): one
+# repeat, no HF assisted generation (on a 135M CPU target its many small calls take longer than the rest
+# of the run together). HF assisted generation runs at batch size 1 only.
 SWEEPS = {
-    "default": {"gamma": (2, 4, AUTO), "temperature": (0.0, 1.0), "batch_size": (1,), "baselines": ("ar", "hf"),
-                "repeats": 2},
-    "full": {"gamma": (1, 2, 4, 8, AUTO), "temperature": (0.0, 1.0), "batch_size": (1, 8), "baselines": ("ar", "hf"),
-             "repeats": 3},
+    "default": {"gamma": (2, 4, AUTO), "temperature": (0.0, 1.0), "batch_size": (1,),
+                "baselines": ("ar", "hf", "llamacpp"), "repeats": 2},
+    "full": {"gamma": (1, 2, 4, 8, AUTO), "temperature": (0.0, 1.0), "batch_size": (1, 8),
+             "baselines": ("ar", "hf", "llamacpp"), "repeats": 3},
+    "quick": {"gamma": (4, AUTO), "temperature": (0.0, 1.0), "batch_size": (1,),
+              "baselines": ("ar", "hf_generate", "llamacpp"), "repeats": 1},
 }
+DEFAULT_SWEEP, DEFAULT_NUM_PROMPTS, DEFAULT_PROMPTS = "default", 2, "builtin:code"
 
 # Settings that may change between a run and its --resume (they do not change what is measured).
 RESUMABLE_CHANGES = ("out", "threads", "no_plots", "progress", "no_progress")   # no_progress: runs before 0.2
@@ -38,10 +46,12 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
     cuda_graphs: str = option("auto", "replay the draft step and the verify as CUDA graphs: on, off, auto (on "
                               "with CUDA and the lean forward)", group="engine", choices=("auto", "on", "off"))
     # sweep
-    sweep: str = option("default", "preset of gamma / temperature / batch size / baselines / repeats: default "
-                        "(gamma 2,4,auto; T 0,1; batch 1; 2 repeats: a first run of a few minutes on a small "
-                        "CPU) or full (gamma 1,2,4,8,auto; T 0,1; batch 1,8; 3 repeats)",
-                        group="sweep", choices=tuple(SWEEPS))
+    sweep: str | None = option(None, "preset of gamma / temperature / batch size / baselines / repeats: default "
+                               "(gamma 2,4,auto; T 0,1; batch 1; ar, hf, llamacpp; 2 repeats: a first run of a few "
+                               "minutes on a small CPU), quick (gamma 4,auto; T 0,1; batch 1; ar, hf_generate, "
+                               "llamacpp; 1 repeat), full (gamma 1,2,4,8,auto; T 0,1; batch 1,8; ar, hf, "
+                               f"llamacpp; 3 repeats) (default: the --pair's, else {DEFAULT_SWEEP})",
+                               group="sweep", choices=tuple(SWEEPS))
     gamma: tuple[int | str, ...] | None = option(None, "draft tokens per step, comma-separated; auto = chosen each "
                                                  "round from the measured costs and acceptance, e.g. 1,2,4,auto "
                                                  "(default: the --sweep's)", group="sweep")
@@ -49,12 +59,16 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
                                                    "(default: the --sweep's)", group="sweep")
     batch_size: tuple[int, ...] | None = option(None, "batch sizes, comma-separated; HF assisted runs only at 1 "
                                                 "(default: the --sweep's)", group="sweep")
-    baselines: tuple[str, ...] | None = option(None, "comma-separated subset of ar,hf; '' for none (default: "
-                                               "the --sweep's)", group="sweep")
+    baselines: tuple[str, ...] | None = option(None, f"comma-separated subset of {','.join(BASELINES)}; '' for none "
+                                               "(hf: hf_generate and hf_assisted; llamacpp: llama.cpp's plain "
+                                               "decoding of a GGUF target, batch size 1, where llama-cpp-python "
+                                               "is installed; default: the --sweep's)", group="sweep")
     # prompts
-    prompts: str | None = option(None, 'JSONL prompts: {"prompt", "category"} lines or Spec-Bench question.jsonl '
-                                 "(default: the built-in held-out sets)", group="prompts")
-    num_prompts: int = option(2, "prompts per category; 0 = all", group="prompts")
+    prompts: str | None = option(None, 'JSONL prompts: {"prompt", "category"} lines or Spec-Bench question.jsonl; '
+                                 "or a built-in set: builtin:code (the held-out stdlib sets) or builtin:chat "
+                                 f"(default: the --pair's, else {DEFAULT_PROMPTS})", group="prompts")
+    num_prompts: int | None = option(None, "prompts per category; 0 = all (default: the --pair's, else "
+                                     f"{DEFAULT_NUM_PROMPTS})", group="prompts")
     max_new_tokens: int = option(64, "new tokens per prompt", group="prompts")
     # timing
     warmup: int = option(1, "untimed runs of the first batch per configuration", group="timing")
@@ -64,7 +78,9 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
     no_plots: bool = option(False, "skip the plots", group="output")
 
     def __post_init__(self):
-        super().__post_init__()
+        super().__post_init__()   # the models block first: --pair fills what is still None
+        self.sweep = DEFAULT_SWEEP if self.sweep is None else self.sweep
+        self.num_prompts = DEFAULT_NUM_PROMPTS if self.num_prompts is None else self.num_prompts
         preset = SWEEPS.get(self.sweep)
         if preset is None:
             raise ValueError(f"--sweep must be one of {', '.join(SWEEPS)}, got {self.sweep!r}")
@@ -86,13 +102,16 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
         if unknown:
             raise ValueError(f"unknown baseline {unknown[0]!r}; --baselines takes a comma-separated subset of "
                              f"{','.join(BASELINES)}")
-        self.num_prompts = 0 if self.num_prompts is None else self.num_prompts   # None, like 0: all
         for name, low in (("max_new_tokens", 1), ("warmup", 0), ("repeats", 1), ("num_prompts", 0)):
             setattr(self, name, check_int(getattr(self, name), flag_name(name), low))
         self.seed = check_seed(self.seed, "--seed")
-        if self.prompts is not None and not Path(self.prompts).exists():
+        if self.prompts is not None and not str(self.prompts).startswith("builtin:") and not Path(self.prompts).exists():
             raise FileNotFoundError(f"prompts file {self.prompts!r} does not exist; pass a JSONL file with one "
                                     '{"prompt": ..., "category": ...} per line')
+
+    def runs(self, baseline: str) -> bool:
+        """Whether the run has `baseline` (hf stands for hf_generate and hf_assisted)."""
+        return baseline in self.baselines or (baseline in ("hf_generate", "hf_assisted") and "hf" in self.baselines)
 
     @property
     def prompts_per_category(self) -> int | None:

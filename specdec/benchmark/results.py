@@ -14,6 +14,10 @@ Methods (the `method` field of each row):
   hf_assisted_default    the same with transformers' own assistant defaults (gamma = null; in 5.x a
                          confidence threshold of 0.4 on 20 drafts)
   hf_assisted_heuristic  the same with its heuristic schedule (start 5, +2 / -1; gamma = null)
+  llamacpp               llama.cpp's plain decoding of the target's GGUF file (batch size 1, where
+                         llama-cpp-python is installed; benchmark/llamacpp.py): its own quantized kernels,
+                         so its greedy outputs need not equal the target's (outputs_match_ar; how far they
+                         agree: meta["llamacpp"]["greedy_agreement"])
 
 Rows. A category gets its own row only where every batch holding its prompts holds nothing else (always
 at batch size 1); the "all" row covers every prompt. tokens_per_s is the median over repeats of (new
@@ -41,7 +45,7 @@ from ..costmodel import AUTO
 from ..costmodel.predict import predicted_speedup, predicted_speedup_mix
 from ..engine.stats import DecodeStats
 
-METHODS = ("ar", "sd", "hf_generate", "hf_assisted", "hf_assisted_default", "hf_assisted_heuristic")
+METHODS = ("ar", "sd", "hf_generate", "hf_assisted", "hf_assisted_default", "hf_assisted_heuristic", "llamacpp")
 
 
 @dataclass
@@ -201,7 +205,7 @@ def _row(m: Measured, category: str, batch_ids: list, reference, costs) -> Bench
     walls = [sum(p.walls[bi] for bi in batch_ids) for p in passes]         # [repeat]
     tps = [t / w if w > 0 else 0.0 for t, w in zip(toks, walls)]
     decode = None
-    if all(st is not None for p in passes for st in p.stats):   # specdec's own rows: prefill timed apart
+    if all(st is not None for p in passes for st in p.stats):   # specdec's and llama.cpp's: prefill timed apart
         dec_walls = [w - sum(p.stats[bi].prefill_s for bi in batch_ids) for w, p in zip(walls, passes)]
         decode = median([t / w if w > 0 else 0.0 for t, w in zip(toks, dec_walls)])
     row = BenchRow(s.method, s.gamma, s.temperature, s.batch_size, category, num_prompts=len(prompts),
@@ -210,7 +214,7 @@ def _row(m: Measured, category: str, batch_ids: list, reference, costs) -> Bench
                    repeats={"tokens_per_s": spread(tps), "wall_s": spread(walls), "new_tokens": toks})
     if reference is not None:
         row.outputs_match_ar = all(p.outputs[i] == reference[i] for p in passes for i in prompts)
-    if s.method == "ar":
+    if s.method in ("ar", "llamacpp"):   # plain decoding
         row.mean_accepted_length = 1.0
     elif s.method == "sd":
         st = DecodeStats.merged([p.stats[bi] for p in passes for bi in batch_ids])

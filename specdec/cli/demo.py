@@ -101,6 +101,7 @@ def distill_config(cfg: DemoConfig) -> DistillConfig:
 
 def _distill_config(cfg: DemoConfig) -> DistillConfig:
     return DistillConfig(out=str(Path(cfg.out) / "draft"), target=cfg.target, draft=cfg.draft,
+                         chat_template=cfg.chat_template,
                          divergence=cfg.divergence, data_source=cfg.data_source, temperature=cfg.train_temperature,
                          prompt_tokens=cfg.prompt_tokens, new_tokens=cfg.new_tokens, steps=cfg.steps,
                          batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 20), seed=cfg.seed,
@@ -113,7 +114,9 @@ def bench_config(cfg: DemoConfig, draft: str | None, out: Path, prompts: Path | 
     """Stage 1's and 3's settings: the same prompts and seeds, only the draft differs. prompts: the file
     stage 0 wrote (None: the built-in sets, to check every other setting before the file exists)."""
     # gamma auto beside the fixed gammas: the summary shows the count it picks before and after.
+    # --pair was resolved into cfg's target and draft; its other defaults are the demo's own settings
     return BenchConfig(target=cfg.target, draft=draft, device=cfg.device, threads=cfg.threads,
+                       chat_template=cfg.chat_template,
                        gamma=tuple(cfg.gamma) + (AUTO,), temperature=(0.0, 1.0), batch_size=(1,), baselines=("ar",),
                        prompts=None if prompts is None else str(prompts), num_prompts=0,
                        max_new_tokens=cfg.max_new_tokens, repeats=cfg.repeats, warmup=1, seed=cfg.seed, out=str(out),

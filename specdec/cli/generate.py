@@ -11,7 +11,7 @@ import torch
 from ..common.blocks import ProgressBlock
 from ..common.config import add_arguments as _add_arguments, config_from_args, flag_name, option
 from ..common.values import check_gamma
-from ..data.corpus import builtin_prompts
+from ..data.prompts import load_prompts, uses_chat_template, with_chat_template
 from ..engine.decoding import SpeculativeDecoder, autoregressive_generate
 from ..engine.params import SamplingParams, check_sampling
 from ..models import load_pair
@@ -32,8 +32,10 @@ class GenerateConfig(ProgressBlock, EngineBlock):
     top_p: float = option(SamplingParams.top_p, "top-p (nucleus) filter; 1 = off", group="decoding")
     seed: int = option(0, "sampling seed", group="decoding")
     # prompts and output
-    prompt: tuple[str, ...] | None = option(None, "a prompt (default: 2 built-in prompts)", group="prompts",
+    prompt: tuple[str, ...] | None = option(None, "a prompt (default: the first 2 of --prompts)", group="prompts",
                                             repeat=True)
+    prompts: str | None = option(None, "the built-in set (builtin:code, builtin:chat) or JSONL file the default "
+                                 "prompts come from (default: the --pair's, else builtin:code)", group="prompts")
     json: bool = option(False, "print one JSON line instead of text", group="output")
 
     def __post_init__(self):
@@ -43,6 +45,8 @@ class GenerateConfig(ProgressBlock, EngineBlock):
             self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed, flag_name)
         if self.prompt is not None and not all(self.prompt):
             raise ValueError("--prompt must not be empty")
+        if self.prompts is not None and not self.prompt:
+            load_prompts(self.prompts, None, 1, self.chat_template)   # a missing file or bad line fails here
 
     def sampling(self, eos_token_id=None) -> SamplingParams:
         """The decoding settings as the decoders take them."""
@@ -64,8 +68,13 @@ def generate(cfg: GenerateConfig) -> dict:
         hf_logging.disable_progress_bar()
     status("loading the models")
     target, draft, tok, vocab = load_pair(cfg.target, cfg.draft, dtype, str(device), quantize=tq, draft_quantize=dq)
-    prompts = list(cfg.prompt or [p["prompt"] for p in builtin_prompts(max_per_category=1)][:2])
-    enc = tok(prompts, return_tensors="pt", padding=True)
+    if cfg.prompt:
+        records = with_chat_template([{"prompt": t} for t in cfg.prompt], tok, cfg.chat_template)
+    else:
+        records = load_prompts(cfg.prompts, tok, 1, cfg.chat_template)[0][:2]
+    prompts = [p["prompt"] for p in records]
+    chat = uses_chat_template(tok, cfg.chat_template)   # the template writes the special tokens: no second BOS
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
     p = cfg.sampling(tok.eos_token_id)
     kw = dict(max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
               eos_token_id=p.eos_token_id)
@@ -87,7 +96,8 @@ def generate(cfg: GenerateConfig) -> dict:
                "sd_tokens_per_s": round(s.tokens_per_s, 2),
                "ar_tokens_per_s": round(ar.stats.new_tokens / t_ar, 2),
                "outputs_match_ar": sd.new_tokens == ar.new_tokens if p.greedy else None}
-    texts = [(prompt, len(tok(prompt).input_ids), tok.decode(out)) for prompt, out in zip(prompts, sd.new_tokens)]
+    lengths = enc.attention_mask.sum(1).tolist()   # each prompt's tokens, as decoded (no padding)
+    texts = [(prompt, n, tok.decode(out)) for prompt, n, out in zip(prompts, lengths, sd.new_tokens)]
     return {"summary": summary, "texts": texts}
 
 

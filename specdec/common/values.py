@@ -18,6 +18,8 @@ The rules decided here, once:
                only adds draft steps (and the caches reserve room for gamma drafts).
   seed         None (unseeded) or an integer in 0..MAX_SEED (torch generators take 64 bits; the
                benchmark adds small offsets per repeat and batch).
+  chat template  on (every prompt one user turn in the tokenizer's chat template; a tokenizer without
+               one is an error), off (raw text), auto (on when the tokenizer has a template).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ AUTO = "auto"            # gamma="auto": each round's draft count chosen from th
 MIN_TEMPERATURE = 1e-3
 MAX_GAMMA = 64
 MAX_SEED = 2 ** 63 - 1
+CHAT_TEMPLATE = ("auto", "on", "off")
 LENIENCE_KINDS = ("lin", "sq", "exp")   # DistillSpec's lossy acceptance f(p): p / eps, p / eps^2, p^eps
 
 
@@ -136,3 +139,10 @@ def check_lenience(kind, eps) -> tuple[str | None, float]:
     if kind is not None and kind not in LENIENCE_KINDS:
         raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {kind!r}")
     return kind, check_number(eps, "lenience_eps", 0.0, 1.0, low_open=True)
+
+
+def check_chat_template(mode, name: str = "--chat-template") -> str:
+    """One of CHAT_TEMPLATE (module docstring)."""
+    if mode not in CHAT_TEMPLATE:
+        raise ValueError(f"{name} must be one of {', '.join(CHAT_TEMPLATE)}, got {mode!r}")
+    return mode

@@ -47,7 +47,7 @@ from .data import Batch, PromptSet, TeacherTopK, continuation_logits, make_batch
 from .losses import teacher_topk
 
 # Settings a cache and a training run must agree on.
-MATCH = ("data_source", "data", "prompt_tokens", "new_tokens", "temperature", "batch_size", "seed")
+MATCH = ("data_source", "data", "chat_template", "prompt_tokens", "new_tokens", "temperature", "batch_size", "seed")
 FORMAT = 2
 _REBUILD = "rebuild the cache with `specdec cache-teacher --overwrite`"
 
@@ -218,7 +218,7 @@ def build_cache(cfg: CacheConfig) -> Path:
     target_path = str(cfg.target or bundled_pair()[0])
     check_fits(context_of(target_path), cfg.prompt_tokens, {"--new-tokens": cfg.new_tokens})
     tok = load_tokenizer(target_path)
-    prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
+    prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data, chat_template=cfg.chat_template)
     prompts.check_source(cfg.data_source)
     out = prepare_out_dir(cfg.out, "cache-teacher", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
                           can_resume=True, free=("out", "resume", "overwrite", "device", "threads"))

@@ -110,11 +110,11 @@ class PromptSet:
     """Deterministic access to (prompt ids, completion ids or None) examples."""
 
     def __init__(self, tokenizer, prompt_tokens: int, new_tokens: int, jsonl: str | None = None,
-                 files: list | None = None):
+                 files: list | None = None, chat_template: str = "auto"):
         self.tok, self.P, self.C = tokenizer, int(prompt_tokens), int(new_tokens)
         self.records = None
         if jsonl is not None:
-            self.records = load_prompts_file(jsonl, tokenizer)
+            self.records = load_prompts_file(jsonl, tokenizer, chat_template)
             self.source_name = str(jsonl)
         else:
             self.files = list(split_files()[0] if files is None else files)

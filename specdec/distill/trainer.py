@@ -95,7 +95,7 @@ def setup(cfg: DistillConfig, dist: Dist, device: torch.device) -> Job:
         cache = TeacherCache(cfg.teacher_cache)
         cache.check_compatible(cfg, dist.world, target_path)
     else:
-        prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
+        prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data, chat_template=cfg.chat_template)
         prompts.check_source(cfg.data_source, cfg.lmbda)
     out = claim_out_dir(cfg, dist)
     resumed = resume_state(cfg, out, dist)

@@ -1,10 +1,16 @@
 """The models block of the commands' configs: which target and draft, where and how they run.
 
-    TargetBlock  target, device, threads          (cache-teacher)
-    ModelsBlock  + draft                          (distill, demo)
-    EngineBlock  + dtype, quantize, impl          (bench, generate)
-Each is a base dataclass (common/blocks.py explains the mechanism). A new way to name the models (e.g.
-a named pair) is a field here and a line in `TargetBlock.__post_init__`: every command gets it.
+    TargetBlock  pair, target, device, threads, chat_template   (cache-teacher)
+    ModelsBlock  + draft                                        (distill, demo)
+    EngineBlock  + dtype, quantize, impl                        (bench, generate)
+Each is a base dataclass (common/blocks.py explains the mechanism). A new way to name the models is a
+field here and a line in `TargetBlock.__post_init__`: every command gets it.
+
+`--pair NAME` (models/pairs.py) fills the target, the draft and the pair's defaults of every setting the
+user left unset (None), in `TargetBlock.__post_init__`: the models block is the deepest base, so this
+runs before any block or command checks a field, and a command resolves what is still None to its own
+default afterwards. `--chat-template` lives here too: every command feeds prompts to the target's
+tokenizer, and a pair may set it.
 """
 from __future__ import annotations
 
@@ -12,30 +18,41 @@ from dataclasses import dataclass
 
 from ..common.blocks import Block
 from ..common.config import option
-from ..common.values import check_int
+from ..common.values import CHAT_TEMPLATE, check_chat_template, check_int
 from ..engine.quant import QUANTIZE
 from ..engine.runner import IMPLS
 from .load import resolve_dtype
+from .pairs import PAIRS, apply_pair
 
 QUANTIZE_CHOICES = ("auto",) + QUANTIZE
 
 
 @dataclass
 class TargetBlock(Block):
-    target: str | None = option(None, "target model folder or hub id (default: the bundled target)", group="models")
+    pair: str | None = option(None, "a named target / draft pair and its defaults (specdec/models/pairs.py); "
+                              "--target, --draft and any flag given override them", group="models",
+                              choices=tuple(PAIRS))
+    target: str | None = option(None, "target model folder, .gguf file (converted once into the cache) or hub id "
+                                "(default: the --pair's, else the bundled target)", group="models")
     device: str = option("auto", "cpu | cuda | cuda:N | auto (cuda when one is visible)", group="models")
     threads: int | None = option(None, "torch CPU threads (1 is fastest on a busy shared CPU; not given: torch's "
                                  "own count)", group="models")
+    chat_template: str | None = option(None, "each prompt as one user turn in the tokenizer's chat template: on, "
+                                       "off, auto (on when the tokenizer has one; default: the --pair's, else "
+                                       "auto)", group="prompts", choices=CHAT_TEMPLATE)
 
     def __post_init__(self):
         super().__post_init__()
+        apply_pair(self)   # first: it fills only what is still None, before anything reads a field
+        self.chat_template = check_chat_template("auto" if self.chat_template is None else self.chat_template)
         if self.threads is not None:
             self.threads = check_int(self.threads, "--threads", 1)
 
 
 @dataclass
 class ModelsBlock(TargetBlock):
-    draft: str | None = option(None, "draft model folder or hub id (default: the bundled draft)", group="models")
+    draft: str | None = option(None, "draft model folder or hub id (default: the --pair's, else the bundled draft)",
+                               group="models")
 
 
 @dataclass

