@@ -39,7 +39,11 @@ def test_conversion_is_the_model_transformers_reads_from_the_gguf(tiny):
         (folder / "config.json").read_text())
     wrapped = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert wrapped == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    assert tok.eos_token == "<|im_end|>" and tok.padding_side == "left"
+    # the special tokens the GGUF names (transformers 5.17 reads its EOS as <|im_start|>, the BOS)
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>",
+                                                                            "<|endoftext|>")
+    assert (tok.eos_token_id, model.config.eos_token_id, model.generation_config.eos_token_id) == (2, 2, 2)
+    assert tok.padding_side == "left"
 
 
 def test_record_maps_every_tensor_to_its_gguf_blocks(tiny):

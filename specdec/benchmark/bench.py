@@ -515,6 +515,10 @@ def run(args) -> int:
     print(format_table(rows))
     if cfg.runs("llamacpp") and m["llamacpp"].get("absent") and source_gguf(m["target"]) is not None:
         print(f"llama.cpp row absent: {m['llamacpp']['absent']}")
+    for bs, a in m["llamacpp"].get("greedy_agreement", {}).items():
+        print(f"llama.cpp greedy vs plain decoding ({bs}): {a['identical']}/{a['prompts']} outputs identical, common "
+              f"prefix {a['common_prefix_fraction'] or 0:.0%} of the tokens (llama.cpp quantizes activations to 8 "
+              "bits)")
     auto = format_auto_table(rows)
     if auto:
         print("\ngamma auto against the best fixed gamma and the best HF schedule, per cell:")

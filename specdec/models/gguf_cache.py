@@ -206,9 +206,15 @@ def convert_into(src: Path, folder: Path, sha: str) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import gguf
+
     t0 = time.perf_counter()
     where, name = str(src.parent), src.name
+    reader = gguf.GGUFReader(str(src))
     tok = AutoTokenizer.from_pretrained(where, gguf_file=name)
+    for attr, token in special_tokens(reader).items():
+        if getattr(tok, attr) != token:   # transformers 5.17 reads the GPT-2-style EOS as the BOS token
+            setattr(tok, attr, token)
     model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
@@ -219,7 +225,7 @@ def convert_into(src: Path, folder: Path, sha: str) -> None:
     _drop_quantization_config(folder / "config.json")
     model.generation_config.save_pretrained(folder)
     tok.save_pretrained(folder)
-    tensors = tensor_map(src, list(model.state_dict()), model.config)
+    tensors = tensor_map(reader, list(model.state_dict()), model.config)
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
     record = {"schema": SCHEMA,
               "source": {"path": str(src), "name": src.name, "size": src.stat().st_size, "sha256": sha},
@@ -238,11 +244,23 @@ def _drop_quantization_config(path: Path) -> None:
     write_json_atomic(path, cfg, indent=2)
 
 
-def tensor_map(src: Path, hf_names: list, config) -> dict:
-    """HF state-dict name -> the GGUF tensor it was read from (name, ggml type, GGUF dims, transform)."""
+def special_tokens(reader) -> dict:
+    """The tokenizer's special tokens as the GGUF's metadata names them: {"bos_token": "<|im_start|>", ...}."""
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    out = {}
+    for attr, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id"),
+                      ("pad_token", "padding_token_id")):
+        field = reader.fields.get(f"tokenizer.ggml.{key}")
+        if field is not None and tokens is not None:
+            out[attr] = tokens.contents(int(field.contents()))
+    return out
+
+
+def tensor_map(reader, hf_names: list, config) -> dict:
+    """HF state-dict name -> the GGUF tensor it was read from (name, ggml type, GGUF dims, transform).
+    reader: a gguf.GGUFReader of the file."""
     import gguf
 
-    reader = gguf.GGUFReader(str(src))
     in_file = {t.name: t for t in reader.tensors}
     arch = reader.fields["general.architecture"].contents()
     arch_id = next((k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), None)
