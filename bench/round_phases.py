@@ -3,9 +3,9 @@
     python bench/round_phases.py --threads 1 --out bench/results/fast_path/round_phases_cpu.json
 
 The cost model (bench's `predicted`) counts only forwards: gamma draft steps and one verify. This script
-decodes the bench's built-in prompts with the bench's engine (`--quantize auto`: int8 target, float draft
-on the CPU) and times, per round, the decoder's named steps (draft, score, verify, commit, retire:
-specdec/engine/decoding.py) and every forward inside them, so the time a round spends outside the forwards
+decodes the bench's built-in prompts with the bench's engine (`--quantize auto`: chosen per model on the
+CPU, models/load.py quantize_auto) and times, per round, the decoder's named steps (draft, score, verify,
+commit, retire: specdec/engine/decoding.py) and every forward inside them, so the time a round spends outside the forwards
 (sampling, the rejection test, the host read, cache bookkeeping) shows beside them. Per (gamma,
 temperature): the median of each step and of each forward shape over the rounds of the timed passes
 (one untimed pass first), and the decode milliseconds per round (prefill excluded). The times come from
@@ -48,8 +48,8 @@ class PhasesConfig:
     num_prompts: int = option(2, "built-in prompts per category", group="decoding")
     max_new_tokens: int = option(64, "new tokens per prompt", group="decoding")
     repeats: int = option(2, "timed passes over the prompts (after one untimed pass)", group="decoding")
-    quantize: str = option("auto", "as specdec bench: auto (int8 target, float draft on the CPU), none, int8",
-                           choices=("auto", "none", "int8"), group="models")
+    quantize: str = option("auto", "as specdec bench: auto (per model on the CPU: gguf, q8_0 or int8; none on "
+                           "CUDA), none, int8, q8_0", choices=("auto", "none", "int8", "q8_0"), group="models")
     device: str = option("cpu", "cpu | cuda | auto", group="machine")
     threads: int | None = option(1, "torch CPU threads", group="machine")
     out: str | None = option(None, "JSON output path", group="output")
@@ -89,9 +89,8 @@ def measure(cfg: PhasesConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cpu = device.type == "cpu"
-    tq = ("int8" if cpu else "none") if cfg.quantize == "auto" else cfg.quantize
-    target, draft, tok, vocab = load_pair(None, None, device=str(device), quantize=tq,
-                                          draft_quantize="none" if cfg.quantize == "auto" else tq)
+    tq = ("auto" if cpu else "none") if cfg.quantize == "auto" else cfg.quantize
+    target, draft, tok, vocab = load_pair(None, None, device=str(device), quantize=tq)
     prompts = [tok([p["prompt"]], return_tensors="pt").to(device) for p in builtin(max_per_category=cfg.num_prompts)]
     clock, rows = _Clock(), []
     for g in cfg.gamma:

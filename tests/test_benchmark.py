@@ -426,17 +426,21 @@ def test_progress_shows_before_the_models_load(pair, tmp_path, capsys, monkeypat
 
 # ---------------------------------------------------------------------------------------------- engine
 
-@pytest.mark.parametrize("quantize,impl", [("int8", "auto"), ("none", "hf"), ("auto", "lean")])
+@pytest.mark.parametrize("quantize,impl", [("int8", "auto"), ("none", "hf"), ("auto", "lean"), ("auto", "auto")])
 def test_engine_choices_are_recorded_and_stay_exact(pair, tmp_path, quantize, impl):
     """--quantize / --impl reach both the speculative decoders and plain decoding (the same models and
-    forward), results.json records what ran, and greedy outputs still equal plain decoding."""
+    forward), results.json records what ran, and greedy outputs still equal plain decoding. The default,
+    auto / auto: q8_0 on the C kernels for the target (hidden 32), int8 for the draft (hidden 16 is no
+    multiple of the 32-wide blocks)."""
     assert bench(pair, tmp_path, "--quantize", quantize, "--impl", impl, "--gamma", "2", "--temperature", "0",
                  "--batch-size", "1,3", "--baselines", "ar", "--repeats", "1") == 0
     data = json.loads((tmp_path / "results.json").read_text())
     engine = data["meta"]["engine"]
-    want = {"int8": ("int8", "int8"), "none": ("none", "none"), "auto": ("int8", "none")}[quantize]
+    want = {("int8", "auto"): ("int8", "int8"), ("none", "hf"): ("none", "none"), ("auto", "lean"): ("int8", "none"),
+            ("auto", "auto"): ("q8_0", "int8")}[quantize, impl]
     assert (engine["quantize"]["target"], engine["quantize"]["draft"]) == want
-    assert set(engine["resolved_impl"].values()) == {"hf" if impl == "hf" else "lean"}
+    impls = {"hf": ("hf", "hf"), "auto": ("numpy", "lean") if quantize == "auto" else ("lean", "lean")}
+    assert tuple(engine["resolved_impl"].values()) == impls.get(impl, ("lean", "lean"))
     assert engine["cuda_graphs"] is False
     assert all(r["outputs_match_ar"] for r in data["runs"] if r["method"] == "sd")
 

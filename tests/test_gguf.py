@@ -203,3 +203,32 @@ def test_every_cache_lives_under_one_root(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     root = tmp_path / "xdg" / "specdec"
     assert folders() == (root / "costs", root / "gguf", root / "native")
+
+
+def test_a_converted_gguf_runs_its_own_blocks_and_stays_exact(tiny):
+    """The conversion records its GGUF (config.specdec_gguf), so the converted folder loads with
+    quantize="gguf" (the file's own Q4_1 / Q8_0 blocks on the C kernels, checked bit-equal to the float
+    weights) and quantize="auto" picks it; greedy speculative decoding on it equals plain decoding."""
+    from specdec import SpeculativeDecoder, autoregressive_generate
+    from specdec.engine import qweights
+    from specdec.engine.quant import quantization_of
+    from specdec.engine.runner import resolve_impl
+
+    path, _, folder = tiny
+    assert json.loads((folder / "config.json").read_text())["specdec_gguf"] == {
+        "path": str(path.resolve()), "sha256": gguf_cache.file_sha256(path)}
+    target = load_model(folder, quantize="gguf")                  # no path given: the record's
+    qw = qweights.weights_of(target)
+    assert quantization_of(target) == "gguf" and qw.source["sha256"] == gguf_cache.file_sha256(path)
+    assert {qw.layers[0].qkv.kind, qw.head.kind} == {"q4_1", "q8_0"}
+    assert resolve_impl(target) == "numpy"                          # the C kernels' forward
+    assert quantization_of(load_model(folder, quantize="auto")) == "gguf"
+    draft = load_model(folder, quantize="q8_0")                     # the same model rounded: a close draft
+    tok = load_tokenizer(folder)
+    enc = tok(["the cat sat", "a hat", "in the heat of the"], return_tensors="pt", padding=True)
+    ar = autoregressive_generate(target, enc.input_ids, enc.attention_mask, max_new_tokens=16)
+    for gamma in (2, 4):
+        sd = SpeculativeDecoder(target, draft, gamma=gamma).generate(enc.input_ids, enc.attention_mask,
+                                                                      max_new_tokens=16)
+        assert sd.new_tokens == ar.new_tokens, gamma
+        assert sd.stats.acceptance_rate > 0.3

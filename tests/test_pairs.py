@@ -97,7 +97,7 @@ def test_pair_fills_only_what_is_left_unset(smollm2, tmp_path):
     # the quick sweep: gamma 4 and auto, one repeat, no HF assisted generation
     assert (cfg.sweep, cfg.gamma, cfg.repeats, cfg.baselines) == ("quick", (4, "auto"), 1,
                                                                   ("ar", "hf_generate", "llamacpp"))
-    assert cfg.quantization_on(cpu) == ("int8", "none")
+    assert cfg.quantization_on(cpu) == ("auto", "auto")     # chosen per model as it loads (models/load.py)
     given = benchmark.BenchConfig(pair="smollm2", draft=str(tmp_path), prompts="builtin:code", num_prompts=3,
                                   max_new_tokens=9, quantize="int8", chat_template="off", sweep="full")
     assert (given.draft, given.prompts, given.num_prompts, given.max_new_tokens, given.chat_template,

@@ -40,6 +40,7 @@ from ..costmodel.table import read_table
 from ..common.config import add_arguments as _add_arguments, config_from_args, to_argv, to_dict
 from ..engine.decoding import SpeculativeDecoder, autoregressive_generate, capacity_for
 from ..engine.params import check_cache_memory, max_positions
+from ..engine.quant import quantization_of
 from ..models import bundled_pair, context_of, load_pair
 from ..models.gguf_cache import source_gguf, source_record
 from ..engine.runner import resolve_impl
@@ -200,7 +201,9 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     if any(s.method == llamacpp.METHOD for group in plan(cfg).values() for s in group):
         runner = llamacpp.LlamaCppRunner(source_gguf(target_name), max(map(len, ids)) + cfg.max_new_tokens,
                                          cfg.threads or torch.get_num_threads(), cfg.seed)
-    engine = {"quantize": {"target": tq, "draft": dq}, "impl": cfg.impl,
+    # what ran: quantize "auto" is chosen per model as it loads (models/load.py quantize_auto)
+    engine = {"quantize": {"target": quantization_of(target), "draft": quantization_of(draft)},
+              "impl": cfg.impl,
               "resolved_impl": {"target": resolve_impl(target, cfg.impl), "draft": resolve_impl(draft, cfg.impl)}}
     engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
     # the largest caches the sweep allocates, before any of them (the decoders check their own again)

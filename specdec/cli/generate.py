@@ -13,6 +13,7 @@ from ..common.config import add_arguments as _add_arguments, config_from_args, f
 from ..common.values import check_gamma
 from ..data.prompts import load_prompts, uses_chat_template, with_chat_template
 from ..engine.decoding import SpeculativeDecoder, autoregressive_generate
+from ..engine.quant import quantization_of
 from ..engine.params import SamplingParams, check_sampling
 from ..models import load_pair
 from ..models.options import EngineBlock
@@ -87,7 +88,8 @@ def generate(cfg: GenerateConfig) -> dict:
     sd = decoder.generate(enc.input_ids, enc.attention_mask, **kw)
     s = sd.stats
     summary = {"gamma": cfg.gamma, "temperature": p.temperature, "new_tokens": s.new_tokens,
-               "quantize": tq if tq == dq else f"{tq} target, {dq} draft", "mean_gamma": round(s.mean_gamma, 3),
+               "quantize": quantize_text(quantization_of(target), quantization_of(draft)),
+               "mean_gamma": round(s.mean_gamma, 3),
                "acceptance_rate": round(s.acceptance_rate, 4), "alpha": round(s.alpha, 4),
                "mean_accepted_length": round(s.mean_accepted_length, 3),
                "per_position_acceptance": [round(x, 3) for x in s.per_position_acceptance],
@@ -99,6 +101,10 @@ def generate(cfg: GenerateConfig) -> dict:
     lengths = enc.attention_mask.sum(1).tolist()   # each prompt's tokens, as decoded (no padding)
     texts = [(prompt, n, tok.decode(out)) for prompt, n, out in zip(prompts, lengths, sd.new_tokens)]
     return {"summary": summary, "texts": texts}
+
+
+def quantize_text(target: str, draft: str) -> str:
+    return target if target == draft else f"{target} target, {draft} draft"
 
 
 def add_arguments(parser) -> None:

@@ -7,7 +7,10 @@ file's vocabulary on every load (bench/RESULTS.md has the times). specdec conver
     <cache root>/gguf/<sha256 of the file>/     (cache root: specdec.common.cachedir.cache_root())
         model.safetensors      float32, the tensors as transformers dequantized them (a tied lm_head is
                                left out: transformers ties it back on load)
-        config.json, generation_config.json, tokenizer.json, tokenizer_config.json, chat_template.jinja
+        config.json            transformers' config, plus `specdec_gguf: {path, sha256}`: the file, so that
+                               load_model(folder, quantize="gguf") runs its own Q4_1 / Q8_0 blocks on the C
+                               kernels (engine/qweights.py reads it; a .gguf path given to load_model wins)
+        generation_config.json, tokenizer.json, tokenizer_config.json, chat_template.jinja
         source.json            written last: what the folder was made from and holds (RECORD below)
 
 and every later load reads that folder (`load_model` / `load_tokenizer` map a `.gguf` path to it).
@@ -52,7 +55,7 @@ import numpy as np
 from ..common.cachedir import cache_root
 from ..common.files import write_json_atomic
 
-SCHEMA = 1
+SCHEMA = 2   # 2: config.json records specdec_gguf (entries of schema 1 are converted again)
 RECORD = "source.json"
 MAGIC = b"GGUF"
 # What reading a GGUF needs beyond specdec's own dependencies (transformers refuses without accelerate).
@@ -221,6 +224,7 @@ def convert_into(src: Path, folder: Path, sha: str) -> None:
     if tied:
         state.pop("lm_head.weight", None)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model.config.specdec_gguf = {"path": str(src), "sha256": sha}   # what quantize="gguf" reads (qweights.py)
     model.config.save_pretrained(folder)
     _drop_quantization_config(folder / "config.json")
     model.generation_config.save_pretrained(folder)

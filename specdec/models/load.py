@@ -6,14 +6,18 @@ from pathlib import Path
 
 import torch
 
-from ..engine import families
-from ..engine.quant import QUANTIZE, quantize_model
+from ..engine import families, lean_numpy, qweights
+from ..engine.quant import QUANTIZE, projection_weight, quantize_model
 from ..common.values import BadType
 from ..engine.devices import input_device, logit_width, resolve_device
 from ..engine.params import max_positions
 from .gguf_cache import converted_folder, is_gguf_path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+# quantize="auto": chosen per model once it is loaded (quantize_auto); the CPU-only paths.
+AUTO_QUANTIZE = "auto"
+CPU_QUANTIZE = ("int8",) + qweights.MODES
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": "auto"}
@@ -41,13 +45,16 @@ def resolve_dtype(dtype) -> torch.dtype | str:
 
 
 def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, quantize: str = "none"):
-    """AutoModelForCausalLM from a local folder or a hub id, in eval mode with gradients off.
-    quantize "int8": row-independent int8 projections (specdec.engine.quant; CPU only)."""
+    """AutoModelForCausalLM from a local folder, a .gguf file (converted once: gguf_cache.py) or a hub id, in
+    eval mode with gradients off. quantize (CPU): "int8" row-independent int8 projections (engine/quant.py),
+    "gguf" the blocks of the GGUF the model was converted from, "q8_0" weights rounded to Q8_0 blocks
+    (engine/qweights.py), "auto" the first of those the model supports (quantize_auto), "none"."""
     from transformers import AutoModelForCausalLM
 
     _check_exists(name_or_path)
-    if quantize not in QUANTIZE:
-        raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    if quantize not in (AUTO_QUANTIZE,) + QUANTIZE:
+        raise ValueError(f"quantize must be one of {(AUTO_QUANTIZE,) + QUANTIZE}, got {quantize!r}")
+    gguf_path = str(name_or_path) if is_gguf_path(name_or_path) else None   # its blocks, for quantize gguf
     name_or_path = local_source(name_or_path)
     check_family(name_or_path)
     kwargs = {"dtype": resolve_dtype(dtype)}
@@ -65,7 +72,34 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, qua
     if device_map is None:
         model = model.to(device)
     model.eval().requires_grad_(False)
-    return quantize_model(model, quantize)
+    if quantize == AUTO_QUANTIZE:
+        return quantize_auto(model, gguf_path)
+    return quantize_model(model, quantize, gguf_path)
+
+
+def quantize_auto(model, gguf_path=None):
+    """quantize="auto", chosen for the loaded model (in place; engine/quant.py quantization_of says what
+    ran). On the CPU the first that applies: "gguf" for a model converted from a GGUF file whose blocks
+    the kernels read (its own weights, bit for bit; gguf_path, else the file its config records), "q8_0"
+    for a model the C kernels' forward runs (a float32 Llama-family model: qweights.supports and
+    lean_numpy.supports; elsewhere q8_0 would only round the weights), "int8" for a model with
+    projections; else, and off the CPU, the float model. Why this order (bench/RESULTS.md, "Quantized
+    CPU kernels"): q8_0 ran faster than int8 on every model measured and far closer to the float model;
+    each keeps a row's logits independent of the other rows, so greedy speculative output still equals
+    plain decoding."""
+    if input_device(model).type != "cpu" or getattr(model, "hf_device_map", None):
+        return model
+    if qweights.supports(model) is None and lean_numpy.supports(model) is None:
+        path = gguf_path or qweights.recorded_gguf(model)
+        if path and os.path.isfile(path):
+            try:
+                return quantize_model(model, "gguf", path)
+            except (ValueError, ImportError):
+                pass   # block types the kernels do not read (e.g. Q6_K), or not this model's file: q8_0
+        return quantize_model(model, "q8_0")
+    if any(projection_weight(m) is not None for m in model.modules()):
+        return quantize_model(model, "int8")
+    return model
 
 
 def check_family(name_or_path) -> None:
@@ -160,15 +194,15 @@ def check_pair_args(target, draft, device_map, quantize, draft_quantize) -> None
     if device_map is not None and not isinstance(device_map, (str, dict)):
         raise BadType(f"device_map must be a string (e.g. 'auto'), a dict or None, got {type(device_map).__name__}")
     for name, value in (("quantize", quantize), ("draft_quantize", draft_quantize)):
-        if value not in QUANTIZE and not (name == "draft_quantize" and value is None):
-            raise ValueError(f"{name} must be one of {QUANTIZE}, got {value!r}")
+        if value not in (AUTO_QUANTIZE,) + QUANTIZE and not (name == "draft_quantize" and value is None):
+            raise ValueError(f"{name} must be one of {(AUTO_QUANTIZE,) + QUANTIZE}, got {value!r}")
 
 
 def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map=None, quantize: str = "none",
               draft_quantize: str | None = None):
-    """(target_model, draft_model, tokenizer, shared_vocab) for two paths or hub ids; None = bundled pair.
-    quantize "int8": row-independent int8 projections (specdec.engine.quant; CPU only) for the target, and for
-    the draft unless draft_quantize says otherwise."""
+    """(target_model, draft_model, tokenizer, shared_vocab) for two paths (folders or .gguf files) or hub
+    ids; None = bundled pair. quantize (load_model's: "none", "int8", "gguf", "q8_0", "auto") for the
+    target, and for the draft unless draft_quantize says otherwise."""
     check_pair_args(target, draft, device_map, quantize, draft_quantize)
     resolve_dtype(dtype)
     device = str(resolve_device(device, "device")) if device_map is None else device

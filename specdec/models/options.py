@@ -21,10 +21,10 @@ from ..common.config import option
 from ..common.values import CHAT_TEMPLATE, check_chat_template, check_int
 from ..engine.quant import QUANTIZE
 from ..engine.runner import IMPLS
-from .load import resolve_dtype
+from .load import AUTO_QUANTIZE, CPU_QUANTIZE, resolve_dtype
 from .pairs import PAIRS, apply_pair
 
-QUANTIZE_CHOICES = ("auto",) + QUANTIZE
+QUANTIZE_CHOICES = (AUTO_QUANTIZE,) + QUANTIZE
 
 
 @dataclass
@@ -59,12 +59,16 @@ class ModelsBlock(TargetBlock):
 class EngineBlock(ModelsBlock):
     dtype: str | None = option(None, "float32 | bfloat16 | float16 (default: bfloat16 on CUDA, float32 on CPU)",
                                group="engine")
-    quantize: str = option("auto", "int8: row-independent int8 projections for both models (CPU); none; auto: "
-                           "the fastest lossless path measured for the device (CPU: int8 target, float draft, whose "
-                           "step is dispatch-bound; CUDA: none). Plain decoding runs the same models",
+    quantize: str = option("auto", "how both models run (CPU paths): gguf (a model converted from a GGUF runs "
+                           "that file's own Q4_1 / Q8_0 blocks: the same model), q8_0 (weights rounded to Q8_0 "
+                           "blocks; float Llama-style models), int8 (row-independent int8 projections, any "
+                           "model), none (the float model); auto: per model, gguf where it was converted from a "
+                           "GGUF, else q8_0 where the C kernels run it, else int8 (CPU; with --impl lean or hf: "
+                           "int8 target, float draft), none on CUDA. Plain decoding runs the same models",
                            group="engine", choices=QUANTIZE_CHOICES)
-    impl: str = option("auto", "forward: lean (specdec's, Llama-family), numpy (the lean forward in NumPy, small "
-                       "float32 models on the CPU), hf (transformers', any model), auto", group="engine", choices=IMPLS)
+    impl: str = option("auto", "forward: lean (specdec's, Llama-family), numpy (the lean forward in NumPy, and the "
+                       "C kernels of gguf / q8_0 models; float32 Llama-family models on the CPU), hf "
+                       "(transformers', any model), auto", group="engine", choices=IMPLS)
 
     def __post_init__(self):
         super().__post_init__()
@@ -82,9 +86,15 @@ class EngineBlock(ModelsBlock):
         return self.dtype or ("bfloat16" if device.type == "cuda" else "float32")
 
     def quantization_on(self, device) -> tuple[str, str]:
-        """(target, draft) quantization; auto = the fastest lossless path measured for the device."""
-        if self.quantize != "auto":
-            if self.quantize == "int8" and device.type != "cpu":
-                raise ValueError("--quantize int8 is a CPU path; on CUDA use --dtype bfloat16 (--quantize none)")
+        """(target, draft) quantization as load_pair takes it. auto: none on CUDA; on the CPU chosen per
+        model as it loads (models/load.py quantize_auto: gguf, q8_0, int8), whose C kernels run on the
+        NumPy forward (impl auto / numpy); with --impl lean or hf, the fastest lossless path measured on
+        those forwards (an int8 target, a float draft, whose step is dispatch-bound)."""
+        if self.quantize != AUTO_QUANTIZE:
+            if self.quantize in CPU_QUANTIZE and device.type != "cpu":
+                raise ValueError(f"--quantize {self.quantize} is a CPU path; on CUDA use --dtype bfloat16 "
+                                 "(--quantize none)")
             return self.quantize, self.quantize
-        return ("int8", "none") if device.type == "cpu" else ("none", "none")
+        if device.type != "cpu":
+            return "none", "none"
+        return ("int8", "none") if self.impl in ("lean", "hf") else (AUTO_QUANTIZE, AUTO_QUANTIZE)

@@ -3,7 +3,9 @@
 A pair names where its target and draft come from and the settings that suit them. A command given
 `--pair` (the models block, models/options.py, so every command takes it) takes the pair's target and
 draft unless `--target` / `--draft` say otherwise, and the pair's defaults for every setting left unset
-(`apply_pair`); what ran is recorded with the results as always.
+(`apply_pair`); what ran is recorded with the results as always. How the models run is not a pair
+setting: `--quantize auto` already picks the GGUF's own blocks for a target converted from one and q8_0
+for a float Llama-style draft (models/load.py quantize_auto).
 
   bundled  the 14M / 1M Llama pair shipped inside the package (the default of every command; tests,
            first smoke runs)
