@@ -113,6 +113,24 @@ def test_pair_fills_only_what_is_left_unset(smollm2, tmp_path):
     assert CacheConfig(out=str(tmp_path / "c"), pair="smollm2").chat_template == "on"
 
 
+def test_the_pairs_quick_sweep_plans_no_hf_assisted_rows(smollm2, monkeypatch):
+    """The smollm2 pair's first run: plain decoding, gamma 4 and auto, transformers' generate() and (where
+    installed) llama.cpp, at T 0 and 1; HF assisted generation only when asked for."""
+    _hide(monkeypatch, "llama_cpp", wheel_dir=smollm2[0].parent)
+    cfg = benchmark.BenchConfig(pair="smollm2")
+    planned = {(s.method, s.gamma, s.temperature) for group in benchmark.plan(cfg).values() for s in group}
+    assert planned == {(m, g, t) for t in (0.0, 1.0) for m, g in (("ar", None), ("sd", 4), ("sd", "auto"),
+                                                                  ("hf_generate", None))}
+    assert "pip install llama-cpp-python" in benchmark.llamacpp_absent(cfg)
+    _fake_llama_cpp(monkeypatch)
+    _hide(monkeypatch, wheel_dir=smollm2[0].parent)
+    assert ("llamacpp", None, 0.0) in {(s.method, s.gamma, s.temperature)
+                                       for group in benchmark.plan(cfg).values() for s in group}
+    asked = benchmark.BenchConfig(pair="smollm2", baselines="ar,hf_assisted")
+    assert {s.method for group in benchmark.plan(asked).values() for s in group} == {
+        "ar", "sd", "hf_assisted", "hf_assisted_default", "hf_assisted_heuristic"}
+
+
 @pytest.mark.parametrize("cls", [benchmark.BenchConfig, GenerateConfig, DistillConfig, CacheConfig, DemoConfig])
 def test_pair_and_chat_template_are_defined_once(cls):
     """Every command takes --pair and --chat-template from the models block: the same field, help and
