@@ -36,7 +36,7 @@ from ..common import config
 from ..common.config import option
 from ..models import bundled_pair, load_model, load_tokenizer
 from ..common.files import write_json_atomic, write_text_atomic
-from ..common.outdir import prepare_out_dir
+from ..common.outdir import claim
 from ..engine.devices import resolve_device
 from .data import Batch, PromptSet, TeacherTopK, continuation_logits, make_batch
 from .losses import teacher_topk
@@ -224,24 +224,27 @@ def build_cache(cfg: CacheConfig) -> Path:
     tok = load_tokenizer(target_path)
     prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
     prompts.check_source(cfg.data_source)
-    out = prepare_out_dir(cfg.out, "cache-teacher", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
-                          can_resume=True, free=("out", "resume", "overwrite", "device", "threads"))
-    target = load_model(target_path, "float32", device)
-    vocab = min(len(tok), target.get_output_embeddings().weight.shape[0])
-    settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)
-                if f.name not in ("out", "resume", "overwrite", "device", "threads")}
-    settings.update(target=target_path, vocab_size=vocab)
-    cache_id = _build_id(out)
-    files = {}
-    for step in range(cfg.steps):
-        path = out / step_name(step)
-        if not _written(path, cache_id, step):
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            torch.save({"cache_id": cache_id, "step": step,
-                        "micro_batches": _cache_step(step, cfg, prompts, target, tok, vocab, device)}, tmp)
-            os.replace(tmp, path)          # each step file appears whole
-        files[path.name] = path.stat().st_size
-    write_json_atomic(out / "meta.json", {**settings, "format": FORMAT, "cache_id": cache_id, "files": files})
+    with claim(cfg.out, "cache-teacher", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
+               can_resume=True, free=("out", "resume", "overwrite", "device", "threads")) as run:
+        # released as found if the target does not load
+        out = run.path
+        target = load_model(target_path, "float32", device)
+        run.commit()
+        vocab = min(len(tok), target.get_output_embeddings().weight.shape[0])
+        settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)
+                    if f.name not in ("out", "resume", "overwrite", "device", "threads")}
+        settings.update(target=target_path, vocab_size=vocab)
+        cache_id = _build_id(out)
+        files = {}
+        for step in range(cfg.steps):
+            path = out / step_name(step)
+            if not _written(path, cache_id, step):
+                tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+                torch.save({"cache_id": cache_id, "step": step,
+                            "micro_batches": _cache_step(step, cfg, prompts, target, tok, vocab, device)}, tmp)
+                os.replace(tmp, path)          # each step file appears whole
+            files[path.name] = path.stat().st_size
+        write_json_atomic(out / "meta.json", {**settings, "format": FORMAT, "cache_id": cache_id, "files": files})
     return out
 
 
