@@ -58,8 +58,8 @@ def test_differences_names_each_field():
 
 
 def prepare_out_dir(path, command, config, **kw):
-    """Claim the folder for a run that ends at once (successfully)."""
-    with claim(path, command, config, **kw) as run:
+    """Claim the folder for a run (writing results.json) that ends at once, successfully."""
+    with claim(path, command, config, outputs=("results.json",), **kw) as run:
         return run.path
 
 

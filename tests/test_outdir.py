@@ -1,7 +1,11 @@
 """The output-folder policy (specdec/common/outdir.py) for every command: one run per folder, and a run
 that fails before any work leaves the folder as it found it."""
 import json
+import multiprocessing
+import os
 import shutil
+import signal
+import time
 
 import pytest
 
@@ -68,7 +72,7 @@ def test_a_run_that_fails_before_any_work_leaves_the_folder_as_found(tmp_path):
 
 def test_overwrite_that_fails_before_any_work_puts_the_old_run_back(tmp_path):
     out = tmp_path / "run"
-    with claim(out, "bench", {"a": 1}) as run:
+    with claim(out, "bench", {"a": 1}, outputs=("results.json",)) as run:
         (run.path / "results.json").write_text('{"runs": []}')
     old = listing(out)
     with pytest.raises(RuntimeError), claim(out, "bench", {"a": 2}, overwrite=True):
@@ -99,8 +103,133 @@ def test_every_command_whose_target_does_not_load_leaves_out_as_found(command, p
 @pytest.mark.parametrize("command", COMMANDS)
 def test_overwrite_with_a_target_that_does_not_load_keeps_the_old_run(command, pair_dirs, tmp_path, capsys):
     out = tmp_path / "run"
-    with claim(out, command, {"old": True}) as run:
+    with claim(out, command, {"old": True}, outputs=("summary.json",)) as run:
         (run.path / "summary.json").write_text('{"old": true}')
     old = listing(out)
     assert main(argv(command, out, pair_dirs, pair_dirs["broken"]) + ["--overwrite"]) == 2
     assert listing(out) == old
+
+
+# ---------------------------------------------------------------------------------------------- one run at a time
+
+def _claimer(out, arrived, attempted, results):
+    """Claim `out` in a child process, pausing between the folder checks and writing the run file until
+    the other child has got as far (or has been refused), so that without a lock both would pass the
+    checks; hold the claim until both have tried."""
+    from specdec.common import outdir
+
+    real = outdir.write_json_atomic
+
+    def write_after_the_other_checked(*a, **k):
+        with arrived.get_lock():
+            arrived.value += 1
+        deadline = time.monotonic() + 10
+        while arrived.value < 2 and attempted.value < 1 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return real(*a, **k)
+
+    outdir.write_json_atomic = write_after_the_other_checked
+    try:
+        run = claim(out, "bench", {})
+        outcome = "claimed"
+    except ValueError as e:
+        run, outcome = None, str(e)
+    with attempted.get_lock():
+        attempted.value += 1
+    deadline = time.monotonic() + 10
+    while attempted.value < 2 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if run is not None:
+        run.close()
+    results.put(outcome)
+
+
+def test_two_processes_claiming_one_folder_one_wins(tmp_path):
+    """Without a lock both passed the checks and claimed the folder (6 of 30 trials in the issue; here,
+    where the second always checks before the first writes, every time)."""
+    ctx = multiprocessing.get_context("fork")
+    arrived, attempted, results = ctx.Value("i", 0), ctx.Value("i", 0), ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(tmp_path / "run", arrived, attempted, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = sorted((results.get(timeout=30) for _ in procs), key=lambda o: o != "claimed")
+    for p in procs:
+        p.join(timeout=10)
+    assert outcomes[0] == "claimed" and "is in use by another specdec run (pid " in outcomes[1], outcomes
+
+
+def test_a_run_holding_the_folder_refuses_overwrite_and_resume(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    with claim(out, "bench", {"a": 1}, can_resume=True, outputs=("results.json",)) as run:
+        (run.path / "results.json").write_text("{}")
+        for kw in ({"overwrite": True}, {"resume": True}):
+            with pytest.raises(ValueError, match=f"in use by another specdec run \\(pid {os.getpid()}\\)"):
+                claim(out, "bench", {"a": 1}, can_resume=True, **kw)
+        monkeypatch.setattr("specdec.models.load.load_model", lambda *a, **k: pytest.fail("a model loaded"))
+        assert main(["bench", "--out", str(out), "--overwrite", "--no-progress"]) == 2
+        assert "in use by another specdec run" in capsys.readouterr().err
+        assert (out / "results.json").read_text() == "{}"
+    # the lock goes with the run: the folder can be resumed now
+    with claim(out, "bench", {"a": 1}, resume=True, can_resume=True):
+        pass
+
+
+def test_a_killed_run_does_not_block_its_folder(tmp_path):
+    out = tmp_path / "run"
+    ctx = multiprocessing.get_context("fork")
+
+    def claim_and_die():
+        claim(out, "bench", {}, outputs=("results.json",))
+        (out / "results.json").write_text("{}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    p = ctx.Process(target=claim_and_die)
+    p.start()
+    p.join(timeout=30)
+    assert p.exitcode == -signal.SIGKILL
+    with claim(out, "bench", {}, resume=True, can_resume=True) as run:
+        assert (run.path / "results.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- --overwrite
+
+def test_overwrite_deletes_only_what_the_run_wrote(tmp_path):
+    out = tmp_path / "run"
+    with claim(out, "demo", {}, outputs=("summary.json", "*.png", "before")) as run:
+        (out / "summary.json").write_text("{}")
+        (out / "a.png").write_text("figure")
+        (out / ".summary.json.123.tmp").write_text("a torn atomic write")
+        with claim(out / "before", "bench", {}, outputs=("results.json",)) as inner:
+            (inner.path / "results.json").write_text("{}")
+            inner.record("late.txt")
+            (inner.path / "late.txt").write_text("written under a name given late")
+    (out / "notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    (out / "before" / "notes.txt").write_text("mine too")
+    with claim(out, "demo", {"new": 1}, overwrite=True, outputs=("summary.json",)) as run:
+        run.commit()
+    assert sorted(p.name for p in out.rglob("*")) == ["before", "mine", "notes.txt", "notes.txt", RUN_FILE]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "before" / "notes.txt").read_text() == "mine too"
+
+
+def test_empty_out_is_refused(tmp_path, monkeypatch, capsys):
+    """`bench --out ''` wrote its run into the current directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("specdec.models.load.load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    for out in ("", " "):
+        assert main(["bench", "--out", out, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--out is empty" in err, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_distill_overwrite_keeps_the_users_files(pair_dirs, tmp_path):
+    """The exported draft's files are recorded as they are written; a file the user put beside them stays."""
+    out = tmp_path / "run"
+    run = argv("distill", out, pair_dirs, pair_dirs["target"]) + ["--batch-size", "2", "--eval-every", "0",
+                                                                  "--spec-eval-every", "0", "--eval-prompts", "2"]
+    assert main(run) == 0
+    assert "model.safetensors" in json.loads((out / RUN_FILE).read_text())["outputs"]
+    (out / "notes.txt").write_text("mine")
+    assert main(run + ["--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()

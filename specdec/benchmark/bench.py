@@ -62,6 +62,9 @@ SWEEPS = {
              "repeats": 3},
 }
 
+# What a run writes into --out (common.outdir: --overwrite deletes these and nothing else).
+OUTPUTS = ("results.json",) + tuple(f"{name}.png" for name in FIGURES)
+
 # Settings that may change between a run and its --resume (they do not change what is measured).
 RESUMABLE_CHANGES = ("out", "threads", "no_plots", "no_progress")
 
@@ -277,7 +280,7 @@ def _graphs(cfg: BenchConfig, device, impls) -> bool:
 
 def _claim_out(cfg: BenchConfig) -> RunFolder:
     run = claim(cfg.out, "bench", to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume, can_resume=True,
-                free=RESUMABLE_CHANGES)
+                free=RESUMABLE_CHANGES, outputs=OUTPUTS)
     for name in FIGURES:  # figures of an unfinished run must not sit beside the results that replace it
         (run.path / f"{name}.png").unlink(missing_ok=True)
     return run

@@ -42,6 +42,8 @@ from ..common.table import format_table as _table
 from ..engine.devices import resolve_device
 
 GOAL_GAMMA = 4          # the gamma the MAL goal is stated at
+# What a demo writes into --out (common.outdir: --overwrite deletes these and nothing else).
+OUTPUTS = ("prompts.jsonl", "before", "draft", "after", "plots", "summary.json")
 
 
 @dataclass
@@ -283,7 +285,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     bench_config(cfg, cfg.draft, out / "before")
     resolve_device(cfg.device)
     # prompts.jsonl is part of the setup: a demo whose first benchmark cannot load its models leaves --out as found
-    with claim(out, "demo", to_dict(cfg), overwrite=cfg.overwrite, setup_files=("prompts.jsonl",)) as run:
+    with claim(out, "demo", to_dict(cfg), overwrite=cfg.overwrite, outputs=OUTPUTS,
+               setup_files=("prompts.jsonl",)) as run:
         times: dict = {}
         prompts = _timed(times, "prompts_s", lambda: write_prompts(cfg))
         before_cfg = bench_config(cfg, cfg.draft, out / "before", prompts_path(cfg))

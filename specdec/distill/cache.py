@@ -44,6 +44,8 @@ from .losses import teacher_topk
 # Settings a cache and a training run must agree on.
 MATCH = ("data_source", "data", "prompt_tokens", "new_tokens", "temperature", "batch_size", "seed")
 FORMAT = 2
+# What a build writes into DIR (common.outdir: --overwrite deletes these and nothing else).
+OUTPUTS = ("build_id", "meta.json", "step_*.pt", ".step_*.pt.tmp*")
 _REBUILD = "rebuild the cache with `specdec cache-teacher --overwrite`"
 
 
@@ -225,7 +227,7 @@ def build_cache(cfg: CacheConfig) -> Path:
     prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
     prompts.check_source(cfg.data_source)
     with claim(cfg.out, "cache-teacher", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
-               can_resume=True, free=("out", "resume", "overwrite", "device", "threads")) as run:
+               can_resume=True, free=("out", "resume", "overwrite", "device", "threads"), outputs=OUTPUTS) as run:
         # released as found if the target does not load
         out = run.path
         target = load_model(target_path, "float32", device)

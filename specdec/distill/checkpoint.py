@@ -23,6 +23,9 @@ import torch
 from ..common.files import append_jsonl, read_jsonl, write_text_atomic
 
 STATE_FILE = "trainer_state.pt"
+# What a run writes into DIR besides the exported draft, whose files `export_hf` records as it writes them
+# (common.outdir: --overwrite deletes these and nothing else).
+OUTPUTS = ("distill_config.json", "metrics.jsonl", "checkpoints", ".tmp-hf-*")
 _STATE_KEYS = ("step", "model", "optimizer", "rng")
 
 
@@ -69,9 +72,10 @@ def load_latest(out, verbose: bool = True) -> tuple[Path, dict] | None:
     return None
 
 
-def export_hf(model, tokenizer, folder) -> None:
+def export_hf(model, tokenizer, folder, record=None) -> None:
     """The draft as a Hugging Face checkpoint (+ tokenizer) in `folder`, written to a temporary sibling
-    first; files are then moved in one by one with os.replace (each file appears whole)."""
+    first; files are then moved in one by one with os.replace (each file appears whole). record: called
+    with the files' names before they are moved in (the run folder's list of what it wrote)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-hf-{os.getpid()}"
@@ -79,6 +83,8 @@ def export_hf(model, tokenizer, folder) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    if record is not None:
+        record(*(f.name for f in tmp.iterdir()))
     for f in sorted(tmp.iterdir()):
         os.replace(f, folder / f.name)
     tmp.rmdir()

@@ -35,7 +35,7 @@ from ..models import bundled_pair, check_vocab, load_model, load_tokenizer
 from ..common.files import write_json_atomic
 from ..common.outdir import RunFolder, claim
 from .cache import TeacherCache
-from .checkpoint import MetricsLog, export_hf, load_latest, save_checkpoint, set_rng_state
+from .checkpoint import OUTPUTS, MetricsLog, export_hf, load_latest, save_checkpoint, set_rng_state
 from .config import FREE_ON_RESUME, DistillConfig
 from .data import LiveSource, PromptSet, TeacherTopK, continuation_logits, heldout_prompts
 from .dist import (Dist, clip_grad_norm, full_params, grad_sync, init_dist, load_optim_state, model_state,
@@ -149,7 +149,7 @@ def claim_out_dir(cfg: DistillConfig, dist: Dist) -> RunFolder:
     if dist.main:
         try:
             run = claim(out, "distill", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
-                        can_resume=True, free=FREE_ON_RESUME, setup_files=("distill_config.json",))
+                        can_resume=True, free=FREE_ON_RESUME, outputs=OUTPUTS, setup_files=("distill_config.json",))
             if not cfg.resume:
                 write_json_atomic(out / "distill_config.json", config.to_dict(cfg), indent=2)
         except (ValueError, OSError) as e:
@@ -271,7 +271,7 @@ def export(job: Job) -> None:
         if job.dist.fsdp:  # the module holds only this rank's shards: rebuild a whole one from the gathered state
             draft = load_model(job.draft_path, "float32", "cpu")
             draft.load_state_dict(ms)
-        export_hf(draft, job.tokenizer, job.out)
+        export_hf(draft, job.tokenizer, job.out, record=job.run.record)
     job.dist.barrier()
 
 
