@@ -233,3 +233,84 @@ def test_distill_overwrite_keeps_the_users_files(pair_dirs, tmp_path):
     (out / "notes.txt").write_text("mine")
     assert main(run + ["--overwrite"]) == 0
     assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- --resume and inputs
+
+def _no_model_loads(monkeypatch):
+    monkeypatch.setattr("specdec.models.load.load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    monkeypatch.setattr("specdec.distill.trainer.load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    monkeypatch.setattr("specdec.distill.cache.load_model", lambda *a, **k: pytest.fail("a model loaded"))
+
+
+def _one_line(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+
+
+def test_model_fingerprint_sees_rewritten_weights_of_the_same_size(pair_dirs, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from specdec.common.fingerprint import changes, model_fingerprint
+
+    d = tmp_path / "draft"
+    shutil.copytree(pair_dirs["draft"], d)
+    before = model_fingerprint(d)
+    assert model_fingerprint(d) == before and set(before["files"]) >= {"config.json", "model.safetensors",
+                                                                        "tokenizer.json"}
+    weights = load_file(str(d / "model.safetensors"))
+    size = (d / "model.safetensors").stat().st_size
+    save_file({k: v + 1 for k, v in weights.items()}, str(d / "model.safetensors"), metadata={"format": "pt"})
+    assert (d / "model.safetensors").stat().st_size == size
+    assert changes({"--draft": before}, {"--draft": model_fingerprint(d)}) == ["--draft: model.safetensors changed"]
+    (d / "notes.txt").write_text("not a model file")
+    (d / "tokenizer.json").unlink()
+    assert changes({"--draft": model_fingerprint(d)}, {"--draft": before}) == [
+        "--draft: tokenizer.json is new, model.safetensors changed"]
+
+
+def test_bench_resume_refuses_an_edited_prompts_file(pair_dirs, tmp_path, monkeypatch, capsys):
+    """One results.json held the rows of two prompt sets: --resume read the edited file."""
+    out, prompts = tmp_path / "run", tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"def f{i}(x):", "category": "c"}) + "\n" for i in range(2)))
+    run = argv("bench", out, pair_dirs, pair_dirs["target"]) + [
+        "--prompts", str(prompts), "--gamma", "1", "--temperature", "0", "--baselines", "", "--repeats", "1",
+        "--warmup", "0", "--no-plots"]
+    assert main(run) == 0
+    prompts.write_text(prompts.read_text().replace("f1", "g1"))
+    _no_model_loads(monkeypatch)
+    assert main(run + ["--resume"]) == 2
+    _one_line(capsys, "--resume: an input changed", "--prompts: its content changed")
+
+
+def test_distill_resume_refuses_other_draft_weights_and_edited_data(pair_dirs, tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file, save_file
+
+    draft, data = tmp_path / "draft", tmp_path / "data.jsonl"
+    shutil.copytree(pair_dirs["draft"], draft)
+    shutil.copy(pair_dirs["data"], data)
+    out = tmp_path / "run"
+    run = ["distill", "--out", str(out), "--target", pair_dirs["target"], "--draft", str(draft), "--data", str(data),
+           "--data-source", "dataset", "--prompt-tokens", "12", "--new-tokens", "6", "--batch-size", "2", "--steps",
+           "2", "--save-every", "1", "--eval-every", "0", "--spec-eval-every", "0", "--eval-prompts", "2",
+           "--no-progress", "--device", "cpu", "--threads", "1"]
+    assert main(run) == 0
+    weights = load_file(str(draft / "model.safetensors"))
+    save_file({k: v * 0.5 for k, v in weights.items()}, str(draft / "model.safetensors"), metadata={"format": "pt"})
+    data.write_text(data.read_text().replace("def ", "def  "))
+    _no_model_loads(monkeypatch)
+    assert main(run + ["--resume"]) == 2
+    _one_line(capsys, "--draft: model.safetensors changed", "--data: its content changed")
+
+
+def test_cache_resume_refuses_edited_data(pair_dirs, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data.jsonl"
+    shutil.copy(pair_dirs["data"], data)
+    run = argv("cache-teacher", tmp_path / "cache", pair_dirs, pair_dirs["target"]) + ["--batch-size", "2", "--topk",
+                                                                                       "4"]
+    run[run.index("--data") + 1] = str(data)
+    assert main(run) == 0
+    data.write_text(data.read_text().replace("def ", "def  "))
+    _no_model_loads(monkeypatch)
+    assert main(run + ["--resume"]) == 2
+    _one_line(capsys, "--data: its content changed")

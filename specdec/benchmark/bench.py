@@ -47,6 +47,7 @@ from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_
                       read_results, summarise, with_speedups)
 from ..common.env import environment
 from ..common.files import write_json_atomic
+from ..common.fingerprint import fingerprint_inputs
 from ..common.outdir import RunFolder, claim
 from ..common.table import format_table as _table
 from ..engine.devices import input_device, resolve_device
@@ -279,8 +280,10 @@ def _graphs(cfg: BenchConfig, device, impls) -> bool:
 
 
 def _claim_out(cfg: BenchConfig) -> RunFolder:
+    target, draft = _model_names(cfg)
+    inputs = fingerprint_inputs({"--target": target, "--draft": draft}, {"--prompts": cfg.prompts})
     run = claim(cfg.out, "bench", to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume, can_resume=True,
-                free=RESUMABLE_CHANGES, outputs=OUTPUTS)
+                free=RESUMABLE_CHANGES, inputs=inputs, outputs=OUTPUTS)
     for name in FIGURES:  # figures of an unfinished run must not sit beside the results that replace it
         (run.path / f"{name}.png").unlink(missing_ok=True)
     return run
@@ -317,11 +320,14 @@ class BenchInputs:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
 
 
+def _model_names(cfg: BenchConfig) -> tuple[str, str]:
+    """(target, draft): the flags, or the bundled pair."""
+    bt, bd = bundled_pair() if cfg.target is None or cfg.draft is None else (None, None)
+    return str(cfg.target or bt), str(cfg.draft or bd)
+
+
 def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
-    if cfg.target is None or cfg.draft is None:
-        bt, bd = bundled_pair()
-    target_name = str(cfg.target or bt)
-    draft_name = str(cfg.draft or bd)
+    target_name, draft_name = _model_names(cfg)
     tq, dq = _quantize(cfg, device)
     target, draft, tok, vocab = load_pair(target_name, draft_name, _dtype(cfg, device), str(device), cfg.device_map,
                                           quantize=tq, draft_quantize=dq)

@@ -37,7 +37,9 @@ from ..data.prompts import builtin
 from ..metrics import AUTO
 from ..benchmark.results import BenchRow, auto_shift
 from ..common.files import read_jsonl, write_json_atomic, write_text_atomic
+from ..common.fingerprint import fingerprint_inputs
 from ..common.outdir import claim
+from ..models import bundled_pair
 from ..common.table import format_table as _table
 from ..engine.devices import resolve_device
 
@@ -285,7 +287,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     bench_config(cfg, cfg.draft, out / "before")
     resolve_device(cfg.device)
     # prompts.jsonl is part of the setup: a demo whose first benchmark cannot load its models leaves --out as found
-    with claim(out, "demo", to_dict(cfg), overwrite=cfg.overwrite, outputs=OUTPUTS,
+    bt, bd = bundled_pair() if cfg.target is None or cfg.draft is None else (None, None)
+    inputs = fingerprint_inputs({"--target": cfg.target or bt, "--draft": cfg.draft or bd}, {})
+    with claim(out, "demo", to_dict(cfg), overwrite=cfg.overwrite, inputs=inputs, outputs=OUTPUTS,
                setup_files=("prompts.jsonl",)) as run:
         times: dict = {}
         prompts = _timed(times, "prompts_s", lambda: write_prompts(cfg))

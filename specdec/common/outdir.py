@@ -5,7 +5,7 @@ The policy, the same for every command:
   * a new or empty folder is used as is;
   * a folder holding a specdec run (RUN_FILE) is refused unless --overwrite (which deletes the files that
     run wrote, and only those: RUN_FILE lists them) or, for commands that can continue, --resume (which
-    checks that the saved settings equal the new ones and names every one that differs);
+    checks that the saved settings and inputs equal the new ones and names every one that differs);
   * a non-empty folder that is not a specdec run is always refused (--overwrite never deletes files
     specdec did not write);
   * one run at a time: a claim holds an exclusive lock on LOCK_FILE in the folder until the run ends, so a
@@ -28,6 +28,7 @@ import os
 import shutil
 from pathlib import Path
 
+from . import fingerprint
 from .config import differences
 from .files import write_json_atomic
 
@@ -45,11 +46,13 @@ _OWN = (LOCK_FILE, REPLACED)    # bookkeeping: never part of a run, never a user
 
 
 def claim(path, command: str, config: dict, *, overwrite: bool = False, resume: bool = False,
-          can_resume: bool = False, free=(), outputs=(), setup_files=()) -> "RunFolder":
+          can_resume: bool = False, free=(), inputs=None, outputs=(), setup_files=()) -> "RunFolder":
     """Check, lock and claim an output folder for one run of `command` (see the policy above).
 
     config: the run's settings (JSON-ready), saved in RUN_FILE and compared on resume, except the
     names in `free` (settings that may change between a run and its resumption, e.g. threads).
+    inputs: flag -> fingerprint of what the run reads (common.fingerprint), saved beside the settings;
+    --resume refuses an input whose fingerprint changed (an edited prompts file, other draft weights).
     outputs: the names (shell patterns) of what the command writes at the top of the folder; RUN_FILE
     keeps them (and what `record` adds) so that --overwrite deletes those and nothing else.
     setup_files: names the command writes while it sets up, before its work (its settings file): a run
@@ -66,7 +69,7 @@ def claim(path, command: str, config: dict, *, overwrite: bool = False, resume: 
     run = RunFolder(out, command, created, outputs, setup_files)
     try:
         run.lock = _lock(out)
-        run.take(config, overwrite=overwrite, resume=resume, can_resume=can_resume, free=free)
+        run.take(config, inputs or {}, overwrite=overwrite, resume=resume, can_resume=can_resume, free=free)
     except BaseException:
         run.close(failed=True)
         raise
@@ -90,7 +93,7 @@ class RunFolder:
         self.found: set = set()        # the folder's entries right after the claim
         self.closed = False
 
-    def take(self, config: dict, *, overwrite: bool, resume: bool, can_resume: bool, free) -> None:
+    def take(self, config: dict, inputs: dict, *, overwrite: bool, resume: bool, can_resume: bool, free) -> None:
         out = self.path
         _recover(out)
         entries = _entries(out)
@@ -100,7 +103,7 @@ class RunFolder:
                                  "empty folder")
             saved = _read_run(out)
             if resume:
-                self._resume(saved, config, free)
+                self._resume(saved, config, inputs, free)
                 return
             if not overwrite:
                 hint = "pass --overwrite to replace it" + (" or --resume to continue it" if can_resume else "")
@@ -110,11 +113,12 @@ class RunFolder:
         elif resume:
             raise ValueError(f"--resume: {out} holds no run to continue; run without --resume to start one")
         self.fresh = True
-        self.info = {"command": self.command, "config": config, "outputs": self.outputs, "started": _now()}
+        self.info = {"command": self.command, "config": config, "inputs": inputs, "outputs": self.outputs,
+                     "started": _now()}
         self._write_info()
         self.found = set(_entries(out))
 
-    def _resume(self, saved: dict, config: dict, free) -> None:
+    def _resume(self, saved: dict, config: dict, inputs: dict, free) -> None:
         out = self.path
         if saved.get("command") != self.command:
             raise ValueError(f"--resume: {out} holds a `specdec {saved.get('command')}` run, not "
@@ -123,6 +127,10 @@ class RunFolder:
         if diff:
             raise ValueError(f"--resume: the settings differ from the run in {out}: " + "; ".join(diff)
                              + " (resume with the saved settings, or start a new --out)")
+        changed = fingerprint.changes(saved.get("inputs") or {}, inputs)
+        if changed:
+            raise ValueError(f"--resume: an input changed since the run in {out} started: " + "; ".join(changed)
+                             + " (put the original back, or start a new --out)")
         self.info = saved
         outputs = sorted(set(self._saved_outputs(saved)) | set(self.outputs))
         if outputs != saved.get("outputs"):

@@ -36,6 +36,7 @@ from ..common import config
 from ..common.config import option
 from ..models import bundled_pair, load_model, load_tokenizer
 from ..common.files import write_json_atomic, write_text_atomic
+from ..common.fingerprint import fingerprint_inputs
 from ..common.outdir import claim
 from ..engine.devices import resolve_device
 from .data import Batch, PromptSet, TeacherTopK, continuation_logits, make_batch
@@ -226,8 +227,10 @@ def build_cache(cfg: CacheConfig) -> Path:
     tok = load_tokenizer(target_path)
     prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
     prompts.check_source(cfg.data_source)
+    inputs = fingerprint_inputs({"--target": target_path}, {"--data": cfg.data})
     with claim(cfg.out, "cache-teacher", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
-               can_resume=True, free=("out", "resume", "overwrite", "device", "threads"), outputs=OUTPUTS) as run:
+               can_resume=True, free=("out", "resume", "overwrite", "device", "threads"), inputs=inputs,
+               outputs=OUTPUTS) as run:
         # released as found if the target does not load
         out = run.path
         target = load_model(target_path, "float32", device)

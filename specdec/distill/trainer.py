@@ -33,6 +33,7 @@ from ..common import config
 from ..common.config import config_from_args
 from ..models import bundled_pair, check_vocab, load_model, load_tokenizer
 from ..common.files import write_json_atomic
+from ..common.fingerprint import fingerprint_inputs
 from ..common.outdir import RunFolder, claim
 from .cache import TeacherCache
 from .checkpoint import OUTPUTS, MetricsLog, export_hf, load_latest, save_checkpoint, set_rng_state
@@ -76,7 +77,7 @@ def train(cfg: DistillConfig) -> dict:
     dist = init_dist(device, cfg.fsdp)
     try:
         inputs = check_inputs(cfg, dist)
-        with claim_out_dir(cfg, dist) as run:   # released as found if the setup fails
+        with claim_out_dir(cfg, dist, inputs.fingerprints) as run:   # released as found if the setup fails
             return fit(setup(cfg, dist, device, inputs, run))
     finally:
         dist.close()
@@ -95,6 +96,7 @@ class Inputs:
     vocab: int
     cache: TeacherCache | None
     prompts: PromptSet | None
+    fingerprints: dict       # of the models and data files (common.fingerprint): --resume refuses a change
 
 
 def check_inputs(cfg: DistillConfig, dist: Dist) -> Inputs:
@@ -109,7 +111,9 @@ def check_inputs(cfg: DistillConfig, dist: Dist) -> Inputs:
     else:
         prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
         prompts.check_source(cfg.data_source, cfg.lmbda)
-    return Inputs(target_path, draft_path, tok, vocab, cache, prompts)
+    fingerprints = fingerprint_inputs({"--target": target_path, "--draft": draft_path},
+                                      {"--data": cfg.data, "--teacher-cache": cache and cache.folder / "meta.json"})
+    return Inputs(target_path, draft_path, tok, vocab, cache, prompts, fingerprints)
 
 
 def setup(cfg: DistillConfig, dist: Dist, device: torch.device, inputs: Inputs, run: RunFolder) -> Job:
@@ -142,14 +146,15 @@ def setup(cfg: DistillConfig, dist: Dist, device: torch.device, inputs: Inputs, 
                vocab, pad_id, inputs.draft_path, start)
 
 
-def claim_out_dir(cfg: DistillConfig, dist: Dist) -> RunFolder:
+def claim_out_dir(cfg: DistillConfig, dist: Dist, inputs: dict) -> RunFolder:
     """The output-folder policy (rank 0 checks and claims; the others wait). A fresh run also records its
     settings in distill_config.json; a resumed one leaves both files describing the checkpoint."""
     out, error, run = Path(cfg.out), None, RunFolder.elsewhere(cfg.out)
     if dist.main:
         try:
             run = claim(out, "distill", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
-                        can_resume=True, free=FREE_ON_RESUME, outputs=OUTPUTS, setup_files=("distill_config.json",))
+                        can_resume=True, free=FREE_ON_RESUME, inputs=inputs, outputs=OUTPUTS,
+                        setup_files=("distill_config.json",))
             if not cfg.resume:
                 write_json_atomic(out / "distill_config.json", config.to_dict(cfg), indent=2)
         except (ValueError, OSError) as e:
