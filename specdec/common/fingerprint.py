@@ -2,7 +2,8 @@
 behind an unchanged path (an edited prompts file, retrained draft weights) instead of mixing two inputs
 in one run.
 
-  file_digest(path)        a file's content hash (prompt and data files: small, and read by the run anyway)
+  file_digest(path)        a file's content hash (prompt and data files: small, and read by the run anyway;
+                           also the checksums of teacher-cache steps and checkpoints)
   model_fingerprint(name)  per file of a model folder (config, tokenizer, weights): the content hash of a
                            small file; for a large one (the weights) its size, modification time and, for
                            safetensors, its header (every tensor's name, dtype, shape and offsets).
@@ -35,8 +36,8 @@ def file_digest(path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def text_digest(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+def bytes_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _stamp(path: Path) -> dict:

@@ -36,7 +36,8 @@ from ..common.files import write_json_atomic
 from ..common.fingerprint import fingerprint_inputs
 from ..common.outdir import RunFolder, claim
 from .cache import TeacherCache
-from .checkpoint import OUTPUTS, MetricsLog, export_hf, load_latest, save_checkpoint, set_rng_state
+from .checkpoint import (OUTPUTS, MetricsLog, checkpoint_dirs, export_hf, load_latest, save_checkpoint,
+                         set_rng_state)
 from .config import FREE_ON_RESUME, DistillConfig
 from .data import LiveSource, PromptSet, TeacherTopK, continuation_logits, heldout_prompts
 from .dist import (Dist, clip_grad_norm, full_params, grad_sync, init_dist, load_optim_state, model_state,
@@ -169,8 +170,10 @@ def resume_state(cfg: DistillConfig, out: Path, dist: Dist) -> dict | None:
         return None
     found = load_latest(out, verbose=dist.main)
     if found is None:
-        raise ValueError(f"--resume: no intact checkpoint in {out / 'checkpoints'} (the run stopped before its "
-                         "first --save-every step); start it again with --overwrite")
+        why = (": every one is damaged (the warnings above name them)" if checkpoint_dirs(out) else
+               " (the run stopped before its first --save-every step)")
+        raise ValueError(f"--resume: no intact checkpoint in {out / 'checkpoints'}{why}; start it again with "
+                         "--overwrite")
     return found[1]
 
 
