@@ -14,8 +14,8 @@ Layout of DIR (an output folder like any other: refused when it holds another ru
                        batches depend on, the build id, and every step file with its size and sha256
 A reader refuses a folder whose step files are missing, or of another size or sha256 than meta.json says
 (checked when it opens the cache, before any model loads, and again as it reads each file), or carry
-another build id (checked when it reads the file): a cache is used only as exactly what its meta.json describes, and a damaged file
-(a flipped bit, a bad copy) is named with what to do: `--resume` rewrites the steps that do not match
+another build id: a cache is used only as exactly what its meta.json describes, and a damaged file (a
+flipped bit, a bad copy) is named with what to do: `--resume` rewrites the steps that do not match
 their checksum. --resume of an unfinished build likewise keeps only the step files checksums.jsonl
 vouches for.
 
