@@ -517,8 +517,13 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
     if not (cfg.resume and path.exists()):
         return meta, []
     saved, rows = read_results(path)
-    meta["costs"] = saved.get("costs", {})  # old and new rows' predictions share c and v
-    meta["resumed"] = saved.get("resumed", []) + [meta["date"]]
+    costs = saved.get("costs", {})   # old and new rows' predictions share c and v
+    if not isinstance(costs, dict) or not all(str(k).isdigit() and isinstance(c, dict) for k, c in costs.items()):
+        raise ValueError(f"{path}: its meta 'costs' is damaged (batch size -> costs expected); start the run again "
+                         "with --overwrite")
+    meta["costs"] = costs
+    resumed = saved.get("resumed")
+    meta["resumed"] = (resumed if isinstance(resumed, list) else []) + [meta["date"]]
     meta["date"] = saved.get("date", meta["date"])
     return meta, rows
 

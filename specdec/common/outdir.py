@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
-import json
 import os
 import shutil
 from pathlib import Path
 
 from . import fingerprint
 from .config import differences
-from .files import write_json_atomic
+from .files import read_json, require, write_json_atomic
 
 try:
     import fcntl
@@ -266,10 +265,15 @@ def _entries(out: Path) -> list[str]:
 
 
 def _read_run(out: Path) -> dict:
-    try:
-        saved = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        saved = {}
+    """A folder's run record; a damaged one (specdec cannot tell what the run was or which files it wrote)
+    is a ValueError naming it."""
+    path = out / RUN_FILE
+    fix = "the run's record is damaged: delete the folder's files yourself, or choose another --out"
+    saved = require(read_json(path, fix), path, fix, command=str, config=dict)
+    outputs = saved.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(x, str) for x in outputs):
+        raise ValueError(f"{path}: 'outputs' is not a list of names; {fix}")
+    require(saved, path, fix, **({"inputs": dict} if "inputs" in saved else {}))
     return saved
 
 

@@ -30,6 +30,7 @@ import argparse
 import io
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -39,7 +40,8 @@ import torch
 from ..common import config
 from ..common.config import option
 from ..models import bundled_pair, load_model, load_tokenizer
-from ..common.files import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..common.files import (append_jsonl, read_json, read_jsonl, read_text, require, write_bytes_atomic,
+                            write_json_atomic, write_text_atomic)
 from ..common.fingerprint import bytes_digest, file_digest, fingerprint_inputs
 from ..common.outdir import claim
 from ..engine.devices import resolve_device
@@ -116,9 +118,10 @@ class TeacherCache:
         if not meta.is_file():
             raise ValueError(f"--teacher-cache {self.folder} is not a finished teacher cache (no meta.json); build "
                              "one with `specdec cache-teacher --out DIR` (or finish it with --resume)")
-        self.meta = json.loads(meta.read_text(encoding="utf-8"))
+        self.meta = require(read_json(meta, _REBUILD), meta, _REBUILD)
         if self.meta.get("format") != FORMAT or "files" not in self.meta:
             raise ValueError(f"--teacher-cache {self.folder} was written by another version of specdec; {_REBUILD}")
+        require(self.meta, meta, _REBUILD, steps=int, files=dict, cache_id=str)
         for step in range(self.meta["steps"]):   # every file's size and checksum before any model loads
             path, entry = self._check_size(step)
             raw = path.read_bytes()
@@ -129,6 +132,8 @@ class TeacherCache:
     def _check_size(self, step: int) -> tuple[Path, dict]:
         name = step_name(step)
         path, entry = self.folder / name, self.meta["files"].get(name)
+        if entry is not None:
+            require(entry, f"{self.folder / 'meta.json'}: {name}", _REBUILD, size=int, sha256=str)
         if entry is None or not path.is_file() or path.stat().st_size != entry["size"]:
             raise ValueError(f"--teacher-cache {self.folder}: {name} is missing or not the file meta.json "
                              f"describes; {_REBUILD}")
@@ -195,7 +200,10 @@ def _build_id(out: Path) -> str:
     files of another build are told apart even when its settings were the same."""
     path = out / "build_id"
     if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
+        build_id = read_text(path, _REBUILD).strip()
+        if not re.fullmatch("[0-9a-f]{32}", build_id):
+            raise ValueError(f"{path} is damaged (not a build id); {_REBUILD}")
+        return build_id
     build_id = uuid.uuid4().hex
     write_text_atomic(path, build_id + "\n")
     return build_id
@@ -212,16 +220,14 @@ def _load_step(raw: bytes) -> dict | None:
 
 def _checksums(out: Path) -> dict:
     """name -> {"size", "sha256"} of the step files this build wrote (a resumed build keeps those whose
-    bytes still match): checksums.jsonl, and meta.json's list when a finished build is resumed."""
-    known = {}
-    if (out / CHECKSUMS).is_file():
-        rows, _ = read_jsonl(out / CHECKSUMS)
-        known = {r["file"]: {"size": r["size"], "sha256": r["sha256"]} for r in rows}
-    if (out / "meta.json").is_file():
-        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-        if meta.get("format") == FORMAT:
-            known.update(meta["files"])
-    return known
+    bytes still match), from checksums.jsonl (a step written again: its last line)."""
+    path = out / CHECKSUMS
+    if not path.is_file():
+        return {}
+    rows, _ = read_jsonl(path, _REBUILD)
+    for n, r in enumerate(rows, 1):
+        require(r, f"{path}: row {n}", _REBUILD, file=str, size=int, sha256=str)
+    return {r["file"]: {"size": r["size"], "sha256": r["sha256"]} for r in rows}
 
 
 def _intact(path: Path, entry: dict | None) -> bool:

@@ -69,10 +69,7 @@ def load_latest(out, verbose: bool = True) -> tuple[Path, dict] | None:
         why = _damage(folder)
         if why is None:
             try:
-                state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
-                missing = [k for k in _STATE_KEYS if k not in state]
-                if missing:
-                    raise KeyError(f"no {', '.join(missing)}")
+                state = _check_state(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False))
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
                 why = "unreadable: " + (str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__)
         if why is None:
@@ -83,6 +80,22 @@ def load_latest(out, verbose: bool = True) -> tuple[Path, dict] | None:
         instead = f"resuming from {found[0].name}" if found else "no older one is intact"
         print(f"warning: checkpoint {folder} is damaged ({why}); {instead}", file=sys.stderr, flush=True)
     return found
+
+
+def _check_state(state) -> dict:
+    """A loaded trainer state, after checking it holds what resuming uses, of the types it uses."""
+    if not isinstance(state, dict):
+        raise TypeError(f"a {type(state).__name__}, not a trainer state")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise KeyError(f"no {', '.join(missing)}")
+    step, rng = state["step"], state["rng"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"its step is {step!r}")
+    if not (isinstance(state["model"], dict) and isinstance(state["optimizer"], dict) and isinstance(rng, dict)
+            and torch.is_tensor(rng.get("torch")) and isinstance(rng.get("python"), tuple)):
+        raise TypeError("its weights, optimizer or RNG state is not what a checkpoint holds")
+    return state
 
 
 def _damage(folder: Path) -> str | None:
@@ -150,5 +163,9 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         rows, _ = read_jsonl(self.path)
+        bad = next((r for r in rows if not isinstance(r.get("step", 0), int)), None)
+        if bad is not None:
+            raise ValueError(f"{self.path}: a row's step is {bad['step']!r}, not a number; the file is corrupt "
+                             "(delete the row or the run)")
         keep = [r for r in rows if r.get("step", 0) <= step]
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
