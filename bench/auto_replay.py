@@ -4,7 +4,8 @@ Each schedule (fixed gamma 1..5, gamma auto under candidate estimator constants)
 prompts; its score is tokens per modelled second, sum of new tokens / sum over rounds of the round cost
 measured by `specdec bench` (results.json meta.costs[batch size].round_s, through the same robust line
 gamma auto uses). Timing noise on a shared machine cannot move the comparison; only the schedules'
-choices and the acceptance they meet do. This is how decoding.AUTO_STRENGTH / AUTO_DECAY were chosen.
+choices and the acceptance they meet do. This is how AutoConfig's strength and decay were chosen
+(bench/RESULTS.md, "gamma auto"): each candidate is an AutoConfig handed to the decoder.
 
   python bench/auto_replay.py --costs bench/results/cpu_auto/results.json --temperature 0 --skip 2 --per-category 8
 """
@@ -16,10 +17,11 @@ import sys
 
 import torch
 
-from specdec.engine import decoding
-from specdec.costs import entry_from_json, round_costs
+from specdec.common.values import is_greedy
+from specdec.costmodel.policy import AutoConfig
+from specdec.costmodel.predict import linear_round_costs
+from specdec.costmodel.table import read_entry, round_costs
 from specdec.engine.decoding import SpeculativeDecoder
-from specdec.metrics import linear_round_costs
 from specdec.models import bundled_pair, load_pair
 from specdec.data.prompts import load_prompts
 
@@ -60,13 +62,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     meta = json.load(open(args.costs))["meta"]
-    entry = entry_from_json(meta["costs"]["1"])
-    cost = linear_round_costs(round_costs(entry, args.temperature > 0), decoding.AUTO_MAX_GAMMA)
+    entry = read_entry(meta["costs"]["1"])
+    cost = linear_round_costs(round_costs(entry, not is_greedy(args.temperature)), AutoConfig().max_gamma)
     t, d = bundled_pair()
     target, draft, tok, vocab = load_pair(str(t), str(d), "float32", "cpu", None, quantize="int8",
                                           draft_quantize="none")
     prompts = held_out(tok, args.per_category, args.skip)
-    seeds = [0] if args.temperature == 0 else list(range(args.seeds))
+    seeds = [0] if is_greedy(args.temperature) else list(range(args.seeds))
     fixed = {g: score(SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab), tok, prompts, args.temperature,
                       seeds, cost) for g in (1, 2, 3, 4, 5)}
     cats = sorted(fixed[1])
@@ -74,9 +76,9 @@ def main(argv=None) -> int:
     print(f"{len(prompts)} prompts, T={args.temperature:g}; best fixed gamma per category: {best}")
     for strength in (2.0, 4.0, 8.0):
         for decay in (0.9, 0.95):
-            decoding.AUTO_STRENGTH, decoding.AUTO_DECAY = strength, decay
-            auto = score(SpeculativeDecoder(target, draft, gamma="auto", vocab_size=vocab, costs={1: entry}), tok,
-                         prompts, args.temperature, seeds, cost)
+            config = AutoConfig(strength=strength, decay=decay)
+            auto = score(SpeculativeDecoder(target, draft, gamma="auto", vocab_size=vocab, costs={1: entry},
+                                            auto=config), tok, prompts, args.temperature, seeds, cost)
             ratios = {c: round(auto[c] / fixed[best[c]][c], 3) for c in cats}
             print(f"auto strength {strength:g} decay {decay:g}: / best fixed {ratios}")
     return 0

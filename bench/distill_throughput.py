@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from specdec.common.config import option, parse_script_args, to_dict  # noqa: E402
+from specdec.common.values import check_temperature  # noqa: E402
 from specdec.distill import CacheConfig, DistillConfig, build_cache  # noqa: E402
 from specdec.distill.data import SOURCES, PromptSet, make_batch  # noqa: E402
 from specdec.distill.dist import Dist  # noqa: E402
@@ -74,6 +75,7 @@ class ThroughputConfig:
         for name in ("batch_size", "prompt_tokens", "new_tokens", "steps", "rounds", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        self.temperature = check_temperature(self.temperature, "--temperature")
 
 
 def distill_config(cfg: ThroughputConfig, out: Path, source: str, steps: int, cache: str | None = None):

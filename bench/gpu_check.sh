@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything of specdec that needs a GPU, in one device call of about 8 minutes on an H200:
+# Everything of specdec that needs a GPU, in one device call within BUDGET seconds (480 unless set):
 #   1. environment: nvidia-smi, python / torch / triton / transformers versions;
 #   2. tests on CUDA, compiled (TRITON_INTERPRET unset): the verification kernel
 #      (tests/test_verify_triton.py, tests/test_verify.py) and the engine's CUDA path

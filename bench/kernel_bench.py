@@ -136,9 +136,9 @@ def bench_gpu(args, device) -> list[dict]:
                     if not args.no_check:
                         t, d, x = sets[0]
                         z = torch.zeros((B,), device=device)
-                        a, r = verify_triton(t, d, x, z), verify_reference(t, d, x, z)
-                        row["greedy_equal"] = bool(torch.equal(a.tokens, r.tokens)
-                                                   and torch.equal(a.num_accepted, r.num_accepted))
+                        (tokens, accepted), r = verify_triton(t, d, x, z), verify_reference(t, d, x, z)
+                        row["greedy_equal"] = bool(torch.equal(tokens, r.tokens)
+                                                   and torch.equal(accepted, r.num_accepted))
 
                     def rotating(fn):
                         state = {"i": 0}

@@ -8,8 +8,9 @@ on the CPU) and times, per round, the decoder's named steps (draft, score, verif
 specdec/engine/decoding.py) and every forward inside them, so the time a round spends outside the forwards
 (sampling, the rejection test, the host read, cache bookkeeping) shows beside them. Per (gamma,
 temperature): the median of each step and of each forward shape over the rounds of the timed passes
-(one untimed pass first), and the decode milliseconds per round (prefill excluded). Timing wraps the
-methods with perf_counter on the host: on CUDA it measures launch time, not the GPU's (use the bench).
+(one untimed pass first), and the decode milliseconds per round (prefill excluded). The times come from
+the decoder's public hook, generate(on_section=...): host perf_counter, so on CUDA they are launch
+times, not the GPU's (use the bench).
 Prints a table and ends with one JSON line; --out writes the JSON file.
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specdec import SpeculativeDecoder  # noqa: E402
-from specdec.engine import decoding, runner  # noqa: E402
 from specdec.common.config import option, parse_script_args, to_dict  # noqa: E402
+from specdec.common.values import check_gamma, check_temperature  # noqa: E402
 from specdec.models import load_pair  # noqa: E402
 from specdec.data.prompts import builtin  # noqa: E402
 from specdec.common.env import environment  # noqa: E402
@@ -36,7 +37,8 @@ from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.common.table import format_table  # noqa: E402
 from specdec.engine.devices import resolve_device  # noqa: E402
 
-STEPS = ("_draft", "_score", "_verify", "_commit", "_retire")
+STEPS = ("draft", "score", "verify", "commit", "retire")   # the decode round's named steps
+FORWARDS = {"draft_forward": "draft", "target_forward": "target"}
 
 
 @dataclass
@@ -56,42 +58,26 @@ class PhasesConfig:
         for name in ("num_prompts", "max_new_tokens", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if any(g < 1 for g in self.gamma):
-            raise ValueError("--gamma values must be >= 1")
+        self.gamma = tuple(check_gamma(g, "--gamma", auto=False) for g in self.gamma)
+        self.temperature = tuple(check_temperature(t, "--temperature") for t in self.temperature)
 
 
 class _Clock:
-    """Wraps the decoder's named steps and ModelRunner.forward with host timers (restored by close)."""
+    """The on_section hook: each named step's and each forward's seconds, by name (forwards by shape)."""
 
-    def __init__(self, draft_model):
+    def __init__(self):
         self.steps: dict = {}
         self.forwards: dict = {}
-        self._saved = [(decoding.SpeculativeDecoder, n, decoding.SpeculativeDecoder.__dict__[n]) for n in STEPS]
-        self._saved.append((runner.ModelRunner, "forward", runner.ModelRunner.__dict__["forward"]))
-        for cls, name, attr in self._saved[:-1]:
-            setattr(cls, name, self._timed(attr, self.steps, lambda a, n=name: n.lstrip("_")))
-        fwd = self._saved[-1][2]
-        setattr(runner.ModelRunner, "forward", self._timed(
-            fwd, self.forwards, lambda a: f"{'draft' if a[0].model is draft_model else 'target'} S={a[1].shape[1]}"))
 
-    @staticmethod
-    def _timed(attr, into: dict, key):
-        fn = attr.__func__ if isinstance(attr, staticmethod) else attr
-
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            out = fn(*a, **kw)
-            into.setdefault(key(a), []).append(time.perf_counter() - t0)
-            return out
-        return staticmethod(timed) if isinstance(attr, staticmethod) else timed
+    def __call__(self, name: str, seconds: float, tokens) -> None:
+        if name in FORWARDS:
+            self.forwards.setdefault(f"{FORWARDS[name]} S={tokens}", []).append(seconds)
+        else:
+            self.steps.setdefault(name, []).append(seconds)
 
     def clear(self):
         self.steps.clear()
         self.forwards.clear()
-
-    def close(self):
-        for cls, name, attr in self._saved:
-            setattr(cls, name, attr)
 
 
 def _ms(xs) -> float:
@@ -107,25 +93,22 @@ def measure(cfg: PhasesConfig) -> dict:
     target, draft, tok, vocab = load_pair(None, None, device=str(device), quantize=tq,
                                           draft_quantize="none" if cfg.quantize == "auto" else tq)
     prompts = [tok([p["prompt"]], return_tensors="pt").to(device) for p in builtin(max_per_category=cfg.num_prompts)]
-    clock, rows = _Clock(draft), []
-    try:
-        for g in cfg.gamma:
-            dec = SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab)
-            for T in cfg.temperature:
-                for rep in range(cfg.repeats + 1):
-                    if rep <= 1:      # pass 0 is untimed: start counting at pass 1
-                        clock.clear()
-                        decode_s, rounds = 0.0, 0
-                    for enc in prompts:
-                        s = dec.generate(enc.input_ids, enc.attention_mask, max_new_tokens=cfg.max_new_tokens,
-                                         temperature=T, seed=rep).stats
-                        decode_s += s.total_s - s.prefill_s
-                        rounds += s.target_calls
-                rows.append({"gamma": g, "temperature": T, "rounds": rounds, "round_ms": 1e3 * decode_s / rounds,
-                             **{f"{k}_ms": _ms(v) for k, v in clock.steps.items()},
-                             "forwards_ms": {k: _ms(v) for k, v in sorted(clock.forwards.items()) if len(v) >= 10}})
-    finally:
-        clock.close()
+    clock, rows = _Clock(), []
+    for g in cfg.gamma:
+        dec = SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab)
+        for T in cfg.temperature:
+            for rep in range(cfg.repeats + 1):
+                if rep <= 1:      # pass 0 is untimed: start counting at pass 1
+                    clock.clear()
+                    decode_s, rounds = 0.0, 0
+                for enc in prompts:
+                    s = dec.generate(enc.input_ids, enc.attention_mask, max_new_tokens=cfg.max_new_tokens,
+                                     temperature=T, seed=rep, on_section=clock).stats
+                    decode_s += s.total_s - s.prefill_s
+                    rounds += s.target_calls
+            rows.append({"gamma": g, "temperature": T, "rounds": rounds, "round_ms": 1e3 * decode_s / rounds,
+                         **{f"{k}_ms": _ms(clock.steps[k]) for k in STEPS},
+                         "forwards_ms": {k: _ms(v) for k, v in sorted(clock.forwards.items()) if len(v) >= 10}})
     return {"env": environment(str(device)), "config": to_dict(cfg), "engine": {"target": tq}, "rows": rows}
 
 

@@ -33,7 +33,10 @@ from pathlib import Path
 import torch
 
 from specdec.common.config import add_arguments, config_from_args, option, to_dict
-from specdec.costs import interleaved_medians, sync, StepTimer
+from specdec.common.values import check_gamma
+from specdec.costmodel.measure import interleaved_medians, sync
+from specdec.engine.runner import cache_kwarg
+from specdec.engine.timing import StepTimer
 from specdec.engine.quant import RowwiseInt8Linear, quantize_model
 from specdec.common.env import environment
 from specdec.common.files import write_json_atomic
@@ -54,9 +57,10 @@ class StepCostsConfig:
     out: str | None = option(None, "JSON output path", group="output")
 
     def __post_init__(self):
-        for name in ("prompt_len", "gamma", "batch_size", "iters"):
+        for name in ("prompt_len", "batch_size", "iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        self.gamma = check_gamma(self.gamma, "--gamma", auto=False)
 
 
 def read_bandwidth(device, nbytes: int = 1 << 28) -> float:
@@ -108,7 +112,6 @@ class _DynamicStepper:
     def __init__(self, model, prompt_ids, batch_size):
         from transformers import DynamicCache
 
-        from specdec.engine.runner import cache_kwarg
         dev = model.get_input_embeddings().weight.device
         self.ids = prompt_ids.to(dev).repeat(batch_size, 1)
         self.model, self.kw, self.cache = model, cache_kwarg(model), DynamicCache()

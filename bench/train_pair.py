@@ -51,6 +51,7 @@ from specdec.common.config import option, parse_script_args  # noqa: E402
 from specdec.distill.schedule import warmup_cosine  # noqa: E402
 from specdec.common.env import environment  # noqa: E402
 from specdec.common.files import write_json_atomic, write_text_atomic  # noqa: E402
+from specdec.engine.timing import StepTimer  # noqa: E402
 
 WORK = REPO / "bench" / "_work"
 ASSETS = REPO / "specdec" / "assets"
@@ -348,14 +349,12 @@ def load_exported(name, attn: str = "eager"):
 @torch.inference_mode()
 def decode_step_ms(model, n_new: int, context: int = 256, steps: int = 40, repeats: int = 5) -> float:
     """Median wall time (ms) of one cached forward over n_new tokens after a `context`-token prefill, on
-    the decoders' own path (specdec.costs.StepTimer: ModelRunner, the lean forward, the in-place cache).
+    the decoders' own path (specdec.engine.timing.StepTimer: ModelRunner, the lean forward, the in-place cache).
 
     Each step's tokens are forgotten afterwards, so every step sees the same context length (the cost a
     speculative verify or draft step pays, not a growing one). Median over `repeats` of the mean of
     `steps` steps.
     """
-    from specdec.costs import StepTimer
-
     g = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, model.config.vocab_size, (1, context), generator=g)
     timer = StepTimer(model, prefix, batch_size=1, max_tokens=n_new)

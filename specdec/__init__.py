@@ -8,8 +8,10 @@ import types
 
 _EXPORTS = {
     "SpeculativeDecoder": "engine.decoding", "autoregressive_generate": "engine.decoding",
-    "GenerationOutput": "engine.decoding", "SamplingParams": "engine.decoding", "DecodeStats": "metrics",
-    "predicted_speedup": "metrics", "expected_tokens_per_step": "metrics", "bundled_pair": "models",
+    "GenerationOutput": "engine.decoding", "SamplingParams": "engine.params", "DecodeStats": "engine.stats",
+    "predicted_speedup": "costmodel.predict", "expected_tokens_per_step": "costmodel.predict",
+    "FixedGamma": "costmodel.policy", "AutoGamma": "costmodel.policy", "AutoConfig": "costmodel.policy",
+    "bundled_pair": "models",
     "load_pair": "models", "load_model": "models", "load_tokenizer": "models", "check_vocab": "models",
     "verify": "engine.verify", "VerifyResult": "engine.verify",
 }

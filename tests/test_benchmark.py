@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_llama
 from specdec.benchmark import bench as benchmark, results as results_mod
 from specdec.cli import main
-from specdec.metrics import per_token_acceptance
+from specdec.engine.stats import per_token_acceptance
 from specdec.benchmark.results import BenchRow
 from test_prompts import tiny_tokenizer
 
@@ -157,11 +157,11 @@ def _one_line_error(capsys, argv, match):
 
 
 @pytest.mark.parametrize("flags, match", [
-    (["--gamma", "0"], "--gamma values must be >= 1"),
+    (["--gamma", "0"], "--gamma must be >= 1"),
     (["--gamma", "two"], "--gamma must be an integer"),
     (["--gamma", "1,fast"], "--gamma must be an integer or auto"),
     (["--gamma", "2,auto,2"], "--gamma lists a value twice"),
-    (["--temperature", "0,-1"], "--temperature values must be >= 0"),
+    (["--temperature", "0,-1"], "--temperature must be a finite number >= 0"),
     (["--prompts", "/no/such/prompts.jsonl"], "does not exist"),
     (["--target", "/no/such/model"], "does not exist"),
     (["--baselines", "ar,vllm"], "unknown baseline"),
@@ -303,6 +303,30 @@ def test_resume_measures_only_the_missing_groups(pair, tmp_path, monkeypatch, ca
     assert len(meta["resumed"]) == 1 and set(meta["costs"]) == {"1"}
 
 
+def test_resume_measures_damaged_costs_again(pair, tmp_path, monkeypatch):
+    """Step costs of zero in the results.json being resumed (an edited or damaged file) once reached the
+    predictions of the new rows: a ZeroDivisionError after the group ran. They are measured again."""
+    out = tmp_path / "run"
+    real = benchmark.run_batch
+
+    def flaky(inputs, cfg, s, *a):
+        if s.temperature > 0 and s.method == "sd" and not cfg.resume:
+            raise RuntimeError("killed")
+        return real(inputs, cfg, s, *a)
+
+    monkeypatch.setattr(benchmark, "run_batch", flaky)
+    with pytest.raises(RuntimeError, match="killed"):
+        bench(pair, out, *SMALL)
+    path = out / "results.json"
+    data = json.loads(path.read_text())
+    data["meta"]["costs"]["1"].update(c=0.0, v={k: 0.0 for k in data["meta"]["costs"]["1"]["v"]})
+    path.write_text(json.dumps(data))
+    assert bench(pair, out, *SMALL, "--resume") == 0
+    costs = json.loads(path.read_text())["meta"]["costs"]["1"]
+    assert costs["c"] > 0 and all(v > 0 for v in costs["v"].values())
+    assert all(r["predicted_speedup"] for r in _runs(out) if r["method"] == "sd" and r["temperature"] == 1.0)
+
+
 @pytest.mark.parametrize("flags, match", [
     (["--device", "cuda"], "no CUDA device is visible"),
     (["--device", "tpu"], "'tpu' is not a device"),
@@ -367,7 +391,7 @@ def test_results_json_is_standard_json(tmp_path):
 
 def test_temperature_must_be_finite_in_the_api():
     for bad in (float("inf"), float("nan"), -1.0):
-        with pytest.raises(ValueError, match="--temperature values must be >= 0 and finite"):
+        with pytest.raises(ValueError, match="--temperature must be a finite number"):
             benchmark.BenchConfig(temperature=(0.0, bad))
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import ALPHA, chi2_pvalue, tiny_llama
-from specdec import SpeculativeDecoder, autoregressive_generate
-from specdec.metrics import DecodeStats
+from specdec import SpeculativeDecoder, autoregressive_generate, verify
+from specdec.engine.stats import DecodeStats
 from specdec.engine.sampling import mask_logits, probs_from_logits
 
 
@@ -136,12 +136,14 @@ def test_holes_are_compacted(target_model, partial_draft, monkeypatch):
 
 
 def test_padded_logit_width(target_model):
-    """Models whose logit widths differ (vocab padding): only the shared ids are compared or emitted."""
+    """Models whose logit widths differ (vocab padding): with the shared vocabulary passed (load_pair's),
+    only the shared ids are compared or emitted. (The default is the target's width, for both decoders
+    alike: tests/test_input_checks.py.)"""
     wide = tiny_llama(vocab_size=72, seed=0)  # same init as target_model for the first 64 rows? no: just wider
     with torch.no_grad():
         wide.lm_head.weight[64:] = 5.0  # the padded ids would win every argmax if they were allowed
     ids, mask = _batch(B=2)
-    dec = SpeculativeDecoder(wide, target_model, gamma=3)
+    dec = SpeculativeDecoder(wide, target_model, gamma=3, vocab_size=64)
     assert dec.vocab_size == 64
     sd = dec.generate(ids, mask, max_new_tokens=12)
     ar = autoregressive_generate(wide, ids, mask, max_new_tokens=12, vocab_size=64)
@@ -303,47 +305,42 @@ def test_auto_count_never_depends_on_the_current_round(target_model, partial_dra
     only later rounds, which learn from round t's verdict, may differ."""
     ids, mask = _batch(B=5, seed=7)
 
-    class Spy(SpeculativeDecoder):
-        def __init__(self, corrupt_round):
-            super().__init__(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS)
-            self.corrupt_round, self.counts = corrupt_round, []
+    def spy(corrupt_round):
+        """A decoder whose rejection test records each round's counts and, at round corrupt_round, first
+        makes the target reject every row's first draft (through the public verifier seam)."""
+        counts = []
 
-        def _score(self, tgt, live, drafts, stats):
-            logits = super()._score(tgt, live, drafts, stats)
-            if len(self.counts) == self.corrupt_round and drafts.shape[1] > 0:
-                logits[torch.arange(drafts.shape[0]), 0, drafts[:, 0]] = -1e4
-            return logits
+        def verifier(p_logits, q_logits, drafts, **kw):
+            if len(counts) == corrupt_round and drafts.shape[1] > 0:
+                p_logits[torch.arange(drafts.shape[0]), 0, drafts[:, 0]] = -1e4
+            counts.append(kw["num_draft_tokens"].tolist())
+            return verify(p_logits, q_logits, drafts, **kw)
 
-        def _verify(self, p_logits, q_logits, drafts, n_row, stats):
-            self.counts.append(list(n_row))
-            return super()._verify(p_logits, q_logits, drafts, n_row, stats)
+        dec = SpeculativeDecoder(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS, verifier=verifier)
+        dec.counts = counts
+        return dec
 
-    clean = Spy(None)
+    clean = spy(None)
     clean.generate(ids, mask, max_new_tokens=30)
     later_changed = False
     for t in (0, 2, 4, 6):
-        spy = Spy(t)
-        spy.generate(ids, mask, max_new_tokens=30)
-        assert spy.counts[: t + 1] == clean.counts[: t + 1], t
-        later_changed |= spy.counts[t + 1:] != clean.counts[t + 1:]
+        corrupted = spy(t)
+        corrupted.generate(ids, mask, max_new_tokens=30)
+        assert corrupted.counts[: t + 1] == clean.counts[: t + 1], t
+        later_changed |= corrupted.counts[t + 1:] != clean.counts[t + 1:]
     assert later_changed   # the corruption did reach the estimate: the check above is not vacuous
 
 
-class _Peeking(SpeculativeDecoder):
+def _peeking_verify(p_logits, q_logits, drafts, temperature, num_draft_tokens, generator, **kw):
     """Lossy on purpose: a row's count is cut to its accepted prefix after the target's verdict, so its
     next token is sampled from p where the residual norm(max(0, p - q)) belongs."""
-
-    def _verify(self, p_logits, q_logits, drafts, n_row, stats):
-        res, host = super()._verify(p_logits, q_logits, drafts, n_row, stats)
-        p = self._params
-        probs = probs_from_logits(mask_logits(p_logits, p.temperature, p.top_k, p.top_p), p.temperature)
-        for b, row in enumerate(host):
-            a = row[-1]
-            if a < n_row[b]:
-                tok = int(torch.multinomial(probs[b, a], 1, generator=self._gen))
-                res.tokens[b, a] = tok
-                row[a] = tok
-        return res, host
+    res = verify(p_logits, q_logits, drafts, temperature=temperature, num_draft_tokens=num_draft_tokens,
+                 generator=generator, **kw)
+    probs = probs_from_logits(p_logits, temperature)          # p_logits: masked as the draft's were
+    for b, (a, n) in enumerate(zip(res.num_accepted.tolist(), num_draft_tokens.tolist())):
+        if a < n:
+            res.tokens[b, a] = int(torch.multinomial(probs[b, a], 1, generator=generator))
+    return res
 
 
 def _exact_three_token_dist(model, prompt, V, temperature):
@@ -362,15 +359,15 @@ def test_auto_generate_is_lossless():
     gamma auto, whose counts vary between rounds and rows with the verdicts of earlier rounds (batches
     of 40 rows: each decode's estimates differ; 8 new tokens, so the third token often comes from a round
     whose count was chosen from earlier verdicts). Negative control: a schedule that decides a row's count
-    after its verdict (_Peeking) fails the same test at the same sample size."""
+    after its verdict (_peeking_verify) fails the same test at the same sample size."""
     V, N, B = 8, 4000, 40
     target = tiny_llama(vocab_size=V, hidden_size=16, heads=2, kv_heads=1, seed=21)
     draft = _noisy_copy(target, 0.1, seed=22)
     prompt = torch.tensor([[3, 5, 1, 6]])
     exact = _exact_three_token_dist(target, prompt, V, 1.0).flatten()
 
-    def sample(cls):
-        dec = cls(target, draft, gamma="auto", costs=_round_costs(0.15))
+    def sample(verifier=None):
+        dec = SpeculativeDecoder(target, draft, gamma="auto", costs=_round_costs(0.15), verifier=verifier)
         seqs, stats = [], []
         for i in range(N // B):
             out = dec.generate(prompt.expand(B, -1), max_new_tokens=8, temperature=1.0, seed=1000 + i)
@@ -378,11 +375,11 @@ def test_auto_generate_is_lossless():
             stats.append(out.stats)
         return torch.bincount(torch.tensor(seqs), minlength=V ** 3), DecodeStats.merged(stats)
 
-    counts, st = sample(SpeculativeDecoder)
+    counts, st = sample()
     assert sum(n > 100 for n in st.gamma_counts[1:]) >= 3, st.gamma_counts   # the counts varied
     assert 0.2 < st.acceptance_rate < 0.95
     assert chi2_pvalue(counts, exact) > ALPHA
-    peeked, _ = sample(_Peeking)
+    peeked, _ = sample(_peeking_verify)
     assert chi2_pvalue(peeked, exact) < ALPHA
 
 
@@ -392,7 +389,114 @@ def test_auto_bad_inputs(target_model, draft_model):
             SpeculativeDecoder(target_model, draft_model, gamma=gamma)
     with pytest.raises(ValueError, match="max_gamma"):
         SpeculativeDecoder(target_model, draft_model, gamma="auto", max_gamma=0)
-    for bad in ({}, {1: {"c": 0.1}}, {1: {"round_s": {"greedy": {1: -1.0}}}}, {0: {"c": 0.1, "v": {1: 1.0}}},
+    for bad in ({}, {1: {"c": 0.1}}, {1: {"round_s": {"greedy": {1: -1.0}}}}, {1: {"round_s": {"greedy": {1: 0.0}}}},
+                {1: {"c": 0.0, "v": {1: 1.0}}}, {0: {"c": 0.1, "v": {1: 1.0}}},
                 {1: {"c": float("nan"), "v": {1: 1.0}}}, [1, 2]):
         with pytest.raises(ValueError, match="costs must map a batch size"):
             SpeculativeDecoder(target_model, draft_model, gamma="auto", costs=bad)
+
+
+def test_the_draft_count_policy_is_an_object(target_model, partial_draft):
+    """gamma takes a policy object (FixedGamma(3) decodes as gamma=3), and generate(policy=...) runs one
+    call under another policy (the timing cycle) without changing the decoder's."""
+    from specdec.costmodel import CycleGammas, FixedGamma
+    ids, mask = _batch(B=3, seed=7)
+    plain = autoregressive_generate(target_model, ids, mask, max_new_tokens=20).new_tokens
+    three = SpeculativeDecoder(target_model, partial_draft, gamma=3).generate(ids, mask, max_new_tokens=20)
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma=FixedGamma(3))
+    assert dec.max_gamma == 3
+    assert dec.generate(ids, mask, max_new_tokens=20).new_tokens == three.new_tokens == plain
+    cycle = CycleGammas([1, 5])
+    out = dec.generate(ids, mask, max_new_tokens=20, policy=cycle)
+    assert out.new_tokens == plain
+    assert [k for k, _ in cycle.log[:4]] == [1, 5, 1, 5]
+    assert {k for k, n in enumerate(out.stats.gamma_counts) if n} <= {0, 1, 2, 3, 4, 5}
+    assert out.stats.gamma_counts[5] > 0 and out.stats.gamma_counts[1] > 0
+    assert len(dec.generate(ids, mask, max_new_tokens=20).stats.gamma_counts) == 4   # the decoder's own again
+    with pytest.raises(ValueError, match="gamma='auto' settings"):
+        SpeculativeDecoder(target_model, partial_draft, gamma=3, costs=AUTO_COSTS)
+
+
+def test_auto_constants_are_a_config_passed_in(target_model, partial_draft):
+    """AutoConfig's fields steer the choice (a prior worth a million verdicts outweighs what the decode
+    sees): a pessimistic prior drafts one token a round, a confident one max_gamma; bad values are
+    refused by name."""
+    from specdec.costmodel import AutoConfig
+    ids, mask = _batch(B=1)
+    low = SpeculativeDecoder(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS,
+                             auto=AutoConfig(prior=0.05, strength=1e6)).generate(ids, mask, max_new_tokens=12)
+    high = SpeculativeDecoder(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS,
+                              auto=AutoConfig(prior=0.999, strength=1e6, max_gamma=6)).generate(ids, mask,
+                                                                                                max_new_tokens=12)
+    assert low.stats.gamma_counts[1] == sum(low.stats.gamma_counts[1:])       # always one draft
+    assert high.stats.gamma_counts[6] >= 1 and len(high.stats.gamma_counts) == 7   # max_gamma drafts, no more
+    for bad, match in ((dict(prior=1.5), "prior"), (dict(strength=0), "strength"), (dict(decay=-0.1), "decay"),
+                       (dict(max_gamma=0), "max_gamma")):
+        with pytest.raises(ValueError, match=match):
+            AutoConfig(**bad)
+
+
+# ---------------------------------------------------------------------------------------------- reentrancy
+
+def _two_jobs():
+    """Two calls that differ in every per-call setting (prompts, batch, temperature, top-k, seed)."""
+    ids_a, mask_a = _batch(B=3, seed=7)
+    ids_b, mask_b = _batch(B=2, P=6, seed=9)
+    return {"a": dict(input_ids=ids_a, attention_mask=mask_a, max_new_tokens=20, temperature=1.0, top_k=5, seed=1),
+            "b": dict(input_ids=ids_b, attention_mask=mask_b, max_new_tokens=16, temperature=0.7, seed=2)}
+
+
+def test_a_call_nested_in_another_decodes_as_alone(target_model, partial_draft):
+    """A second generate run from inside the first one's on_round (the decoder once kept the sampling
+    settings and the generator on itself: the outer call went on with the inner call's) leaves both
+    outputs as they are when the calls run one after the other."""
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS)
+    jobs = _two_jobs()
+    alone = {name: dec.generate(**kw).new_tokens for name, kw in jobs.items()}
+    inner, rounds = {}, []
+
+    def on_round(info):
+        rounds.append(len(rounds))
+        if len(rounds) == 2:
+            inner["b"] = dec.generate(**jobs["b"]).new_tokens
+
+    outer = dec.generate(**jobs["a"], on_round=on_round).new_tokens
+    assert len(rounds) > 2                      # the outer call went on after the inner one
+    assert outer == alone["a"] and inner["b"] == alone["b"]
+
+
+def test_one_decoder_serves_two_threads_round_by_round(target_model, partial_draft):
+    """Two threads share one decoder and take turns round by round: each gets what it gets alone."""
+    import threading
+    dec = SpeculativeDecoder(target_model, partial_draft, gamma="auto", costs=AUTO_COSTS)
+    jobs = _two_jobs()
+    alone = {name: dec.generate(**kw).new_tokens for name, kw in jobs.items()}
+    turn = {"a": threading.Semaphore(0), "b": threading.Semaphore(0)}
+    other = {"a": "b", "b": "a"}
+    done, order, results, errors = set(), [], {}, []
+
+    def hand_over(name):   # after each of my rounds the other thread runs one of its own
+        order.append(name)
+        if other[name] not in done:
+            turn[other[name]].release()
+            turn[name].acquire()
+
+    def work(name):
+        turn[name].acquire()
+        try:
+            results[name] = dec.generate(**jobs[name], on_round=lambda info: hand_over(name)).new_tokens
+        except Exception as e:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(e)
+        finally:
+            done.add(name)
+            turn[other[name]].release()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in jobs]
+    for t in threads:
+        t.start()
+    turn["a"].release()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert "abab" in "".join(order)             # the rounds really alternated
+    assert results == alone

@@ -63,8 +63,9 @@ def test_mal_is_pooled_over_categories_by_draft_steps():
 
 @pytest.mark.parametrize("flags, match", [(["--lr", "-1"], "--lr must be > 0"),
                                           (["--batch-size", "0"], "--batch-size must be >= 1"),
-                                          (["--train-temperature", "-1"], "--train-temperature must be >= 0"),
-                                          (["--gamma", "0"], "--gamma values must be >= 1"),
+                                          (["--train-temperature", "-1"],
+                                           "--train-temperature must be a finite number >= 0"),
+                                          (["--gamma", "0"], "--gamma must be >= 1"),
                                           (["--device", "cuda:x"], "is not a device")])
 def test_bad_settings_fail_before_anything_runs(tmp_path, capsys, monkeypatch, flags, match):
     """A bad distillation setting used to surface only after the whole "before" benchmark."""

@@ -45,7 +45,7 @@ def test_status_lines_and_prompts_with_commas(pair, capsys):  # noqa: F811
 @pytest.mark.parametrize("flags, match", [(["--device", "cuda"], "no CUDA device is visible"),
                                           (["--device", "gpu0"], "is not a device"),
                                           (["--temperature", "nan"], "--temperature must be a finite number"),
-                                          (["--top-p", "0"], "top_p must be in (0, 1]"),
+                                          (["--top-p", "0"], "--top-p must be in (0, 1]"),
                                           (["--threads", "0"], "--threads must be >= 1")])
 def test_bad_input_fails_before_loading(pair, capsys, monkeypatch, flags, match):  # noqa: F811
     import torch

@@ -8,7 +8,7 @@ import torch
 
 from conftest import ALPHA, chi2_pvalue, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
-from specdec.engine.quant import RowwiseInt8Linear, quantization_of, quantize_model
+from specdec.engine.quant import RowwiseInt8Linear, float_layers, quantization_of, quantize_model
 from test_decoding import _batch, _exact_two_token_dist, _noisy_copy
 
 
@@ -129,3 +129,52 @@ def test_quantize_errors_and_copies():
     x = torch.tensor([[3, 4, 5]])
     assert torch.equal(q(x).logits, q2(x).logits)
     assert quantization_of(m) == "none"
+
+
+@pytest.mark.parametrize("kind", ["conv1d", "falcon", "falcon_nobias"])
+def test_every_projection_type_is_row_independent(kind):
+    """GPT-2's Conv1D (a transposed linear) and Falcon's FalconLinear are quantized too, with the same
+    bitwise row independence as nn.Linear."""
+    from transformers.models.falcon.modeling_falcon import FalconLinear
+    from transformers.pytorch_utils import Conv1D
+    torch.manual_seed(0)
+    mod = {"conv1d": lambda: Conv1D(40, 48), "falcon": lambda: FalconLinear(48, 40),
+           "falcon_nobias": lambda: FalconLinear(48, 40, bias=False)}[kind]()
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.normal_(0.0, 0.3)
+    q = RowwiseInt8Linear(mod)
+    x = torch.randn(17, 48) * torch.logspace(-2, 2, 17)[:, None]
+    full = q(x)
+    for i in range(17):
+        assert torch.equal(q(x[i:i + 1])[0], full[i]), i
+    assert torch.equal(q(x[:5]), full[:5])
+    ref = mod(x)
+    assert ((full - ref).norm(dim=1) / ref.norm(dim=1)).max() < 0.05
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "falcon"])
+def test_int8_quantizes_every_projection_of_gpt2_and_falcon(model_type):
+    """Once only nn.Linear by exact type was quantized: 1 of 9 projections here (the LM head)."""
+    from test_families import build, ragged
+    model = build(model_type)
+    draft = _noisy_copy(model, 0.05)
+    target, draft = quantize_model(model), quantize_model(draft)
+    assert sum(isinstance(m, RowwiseInt8Linear) for m in target.modules()) == 9
+    assert float_layers(target) == [] and target.config.specdec_float_layers == []
+    ids, mask = ragged()
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=12)
+    sd = SpeculativeDecoder(target, draft, gamma=3).generate(ids, mask, max_new_tokens=12)
+    assert sd.new_tokens == ar.new_tokens and 0 < sd.stats.acceptance_rate < 1
+    one = SpeculativeDecoder(target, draft, gamma=3).generate(ids[2:, 4:], max_new_tokens=12)
+    assert one.new_tokens[0] == ar.new_tokens[2]
+
+
+def test_weights_left_float_are_named_in_one_warning_line():
+    """A mixture of experts' fused expert tensors and router are not projections quantize_model knows."""
+    from test_families import build
+    model = build("mixtral", num_local_experts=4)
+    with pytest.warns(UserWarning, match=r"^int8: 4 weight matrices stay float \(MixtralExperts, MixtralTopKRouter,"
+                                          r" e\.g\. model\.layers\.0\.mlp\.gate\)[^\n]*$"):
+        quantize_model(model)
+    assert model.config.specdec_float_layers == [f"model.layers.{i}.mlp.{m}" for i in (0, 1) for m in ("gate", "experts")]

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from specdec.metrics import DecodeStats, predicted_speedup
+from specdec.costmodel.predict import predicted_speedup
+from specdec.engine.stats import DecodeStats
 from specdec.benchmark.results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, read_results, summarise,
                              with_speedups)
 

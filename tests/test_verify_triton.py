@@ -15,8 +15,13 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import specdec.kernels.verify_triton as vt  # noqa: E402
-from specdec.kernels.verify_triton import verify_triton  # noqa: E402
-from specdec.engine.verify import verify, verify_reference  # noqa: E402
+from specdec.kernels.verify_triton import verify_triton as _launch  # noqa: E402
+from specdec.engine.verify import VerifyResult, verify, verify_reference  # noqa: E402
+
+
+def verify_triton(*args, **kw) -> VerifyResult:
+    """The kernel's (tokens, num_accepted), as the one result type the reference returns."""
+    return VerifyResult(*_launch(*args, **kw))
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The interpreter evaluates masked-off lanes too (log 0, exp overflow in lanes a select discards).

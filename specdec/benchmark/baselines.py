@@ -1,9 +1,9 @@
-"""What specdec is measured against, and the step costs its prediction needs.
+"""What specdec is measured against: Hugging Face's plain and assisted generation.
 
+hf_generate            transformers' plain `target.generate()` (no assistant)
 hf_assisted_generate   transformers' assisted generation (`target.generate(assistant_model=draft)`) under
                        one of its schedules (HF_SCHEDULES)
 hf_assistant_defaults  the assistant settings transformers uses when none are set
-costs_from_json        the step costs c, v (specdec/costs.py) as read back from a results file
 Plain decoding, the denominator of every speedup, is decoding.autoregressive_generate.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from ..costs import entry_from_json
+from ..common.values import is_greedy
 
 
 # The schedules of transformers' assisted generation that specdec is compared with, by result method:
@@ -44,7 +44,7 @@ def hf_generate(target, input_ids, attention_mask, temperature, max_new_tokens, 
     handle = target.register_forward_hook(counter)
     kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
               pad_token_id=pad_token_id)
-    kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else \
+    kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if not is_greedy(temperature) else \
         kw.update(do_sample=False)
     torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
@@ -87,7 +87,7 @@ def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temper
             gc.assistant_confidence_threshold = 0.0  # 0 disables ConfidenceCriteria (and its ROC tuning)
         kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
                   pad_token_id=pad_token_id, assistant_model=draft)
-        if temperature > 0:
+        if not is_greedy(temperature):
             kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
         else:
             kw.update(do_sample=False)
@@ -115,8 +115,3 @@ def hf_assistant_defaults(draft) -> dict:
             pass
     return {k: getattr(gc, k, None) for k in ("num_assistant_tokens", "num_assistant_tokens_schedule",
                                                "assistant_confidence_threshold")}
-
-
-def costs_from_json(saved: dict) -> dict:
-    """meta["costs"] as read back from results.json (JSON keys are strings) -> batch size -> costs."""
-    return {int(bs): entry_from_json(c) for bs, c in saved.items()}

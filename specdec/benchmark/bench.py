@@ -1,7 +1,7 @@
 """`specdec bench`: speculative decoding against plain decoding and Hugging Face assisted generation.
 
 Stages, each a function with a typed record between it and the next:
-  validate   BenchConfig (flags) -> the device, the prompt file and the output folder are checked and
+  validate   BenchConfig (config.py; flags) -> the device, the prompt file and the output folder are checked and
              the folder claimed, before any model loads
   load       -> BenchInputs: the models, tokenizer, prompts (token ids), one decoder per gamma
   sweep      -> Measured per configuration: the raw timed passes (timing only, no aggregation)
@@ -13,11 +13,11 @@ size). In a group each configuration gets `warmup` untimed runs of the first bat
 timed passes over every prompt, interleaved batch by batch: repeat r runs the first batch under every
 configuration of the group (in alternating order), then the next batch, so load drift on a shared
 machine does not bias one method's ratio. Batches are consecutive prompts of the prompt list (which is
-grouped by category), left-padded by the tokenizer. c and v (see results.py) are timed once per batch
+grouped by category), left-padded by the tokenizer. c and v (specdec/costmodel/predict.py) are timed once per batch
 size on a prompt-length cache before the sweep; with gamma auto, so are whole decode rounds at each
-count it may choose (decoding.SpeculativeDecoder.measure_round_costs), which auto then chooses by.
+count it may choose (costmodel.measure_round_costs), which auto then chooses by.
 
-The sweep's defaults are one of SWEEPS (`--sweep`); --gamma, --temperature, --batch-size and
+The sweep's defaults are one of config.SWEEPS (`--sweep`); --gamma, --temperature, --batch-size and
 --baselines override single axes. results.json is rewritten atomically after every group, so a crash
 keeps the groups already measured, and `--resume` measures only the groups that are missing.
 """
@@ -25,22 +25,23 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import baselines
-from ..costs import measure_costs, sync
-from ..common.config import (add_arguments as _add_arguments, config_from_args, flag_name, option, parse_value,
-                             to_argv, to_dict)
-from ..engine.decoding import AUTO, AUTO_MAX_GAMMA, SpeculativeDecoder, _max_positions, autoregressive_generate
-from ..models import bundled_pair, load_pair, resolve_dtype
-from ..engine.quant import QUANTIZE
-from ..engine.runner import IMPLS, resolve_impl
+from ..costmodel import AUTO
+from ..costmodel.measure import measure_round_costs, measure_step_costs, sync
+from ..costmodel.policy import AutoConfig
+from ..costmodel.table import read_table
+from ..common.config import add_arguments as _add_arguments, config_from_args, to_argv, to_dict
+from ..engine.decoding import SpeculativeDecoder, autoregressive_generate, capacity_for
+from ..engine.params import check_cache_memory, max_positions
+from ..models import bundled_pair, context_of, load_pair
+from ..engine.runner import resolve_impl
+from .config import RESUMABLE_CHANGES, BenchConfig
 from .plots import FIGURES, plot_files
 from ..data.prompts import load_prompts
 from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, error_text, make_batches,
@@ -49,150 +50,13 @@ from ..common.env import environment
 from ..common.files import write_json_atomic
 from ..common.fingerprint import fingerprint_inputs
 from ..common.outdir import RunFolder, claim
+from ..common.progress import Progress
 from ..common.table import format_table as _table
+from ..common.values import is_greedy
 from ..engine.devices import input_device, resolve_device
-
-BASELINES = ("ar", "hf")
-
-# The sweeps, in one place. "default" is a first run sized for a small CPU (no gamma 8, a smaller second
-# batch size); "full" is the whole grid. HF assisted generation runs at batch size 1 only.
-SWEEPS = {
-    "default": {"gamma": (2, 4, AUTO), "temperature": (0.0, 1.0), "batch_size": (1,), "baselines": ("ar", "hf"),
-                "repeats": 2},
-    "full": {"gamma": (1, 2, 4, 8, AUTO), "temperature": (0.0, 1.0), "batch_size": (1, 8), "baselines": ("ar", "hf"),
-             "repeats": 3},
-}
 
 # What a run writes into --out (common.outdir: --overwrite deletes these and nothing else).
 OUTPUTS = ("results.json",) + tuple(f"{name}.png" for name in FIGURES)
-
-# Settings that may change between a run and its --resume (they do not change what is measured).
-RESUMABLE_CHANGES = ("out", "threads", "no_plots", "no_progress")
-
-
-@dataclass
-class BenchConfig:
-    # models
-    target: str | None = option(None, "target model path or hub id (default: the bundled pair)", group="models")
-    draft: str | None = option(None, "draft model path or hub id (default: the bundled pair)", group="models")
-    device: str = option("auto", "cpu | cuda | cuda:N | auto (cuda when one is visible)", group="models")
-    dtype: str | None = option(None, "float32 | bfloat16 | float16 (default: bfloat16 on CUDA, float32 on CPU)",
-                               group="models")
-    device_map: str | None = option(None, "e.g. auto: spread the target over several GPUs (transformers/accelerate)",
-                                    group="models")
-    threads: int | None = option(None, "torch CPU threads (default: torch's own; 1 is fastest on a busy shared CPU)",
-                                 group="models")
-    quantize: str = option("auto", "int8: row-independent int8 projections for both models (CPU); none; auto: "
-                           "the fastest lossless path measured for the device (CPU: int8 target, float draft, "
-                           "whose step is dispatch-bound; CUDA: none). Plain decoding runs the same models",
-                           group="engine", choices=("auto",) + QUANTIZE)
-    impl: str = option("auto", "forward: lean (specdec's, Llama-family), hf (transformers', any model), auto",
-                       group="engine", choices=IMPLS)
-    cuda_graphs: str = option("auto", "replay the draft step and the verify as CUDA graphs: on, off, auto (on "
-                              "with CUDA and the lean forward)", group="engine", choices=("auto", "on", "off"))
-    # sweep
-    sweep: str = option("default", "preset of gamma / temperature / batch size / baselines / repeats: default "
-                        "(gamma 2,4,auto; T 0,1; batch 1; 2 repeats: a first run of a few minutes on a small "
-                        "CPU) or full (gamma 1,2,4,8,auto; T 0,1; batch 1,8; 3 repeats)",
-                        group="sweep", choices=tuple(SWEEPS))
-    gamma: tuple[str, ...] | None = option(None, "draft tokens per step, comma-separated; auto = chosen each round "
-                                           "from the measured costs and acceptance, e.g. 1,2,4,auto (default: the "
-                                           "--sweep's)", group="sweep")
-    temperature: tuple[float, ...] | None = option(None, "sampling temperatures, comma-separated; 0 = greedy "
-                                                   "(default: the --sweep's)", group="sweep")
-    batch_size: tuple[int, ...] | None = option(None, "batch sizes, comma-separated; HF assisted runs only at 1 "
-                                                "(default: the --sweep's)", group="sweep")
-    baselines: tuple[str, ...] | None = option(None, "comma-separated subset of ar,hf; '' for none (default: "
-                                               "the --sweep's)", group="sweep")
-    # prompts
-    prompts: str | None = option(None, 'JSONL prompts: {"prompt", "category"} lines or Spec-Bench question.jsonl '
-                                 "(default: the built-in held-out sets)", group="prompts")
-    num_prompts: int | None = option(2, "prompts per category; 0 = all", group="prompts")
-    max_new_tokens: int = option(64, "new tokens per prompt", group="prompts")
-    # timing
-    warmup: int = option(1, "untimed runs of the first batch per configuration", group="timing")
-    repeats: int | None = option(None, "timed passes over all prompts per configuration (median and spread "
-                                 "reported; default: the --sweep's, 2 or 3)", group="timing")
-    seed: int = option(0, "base seed of the samplers", group="timing")
-    # output
-    out: str = option("bench_out", "output folder: results.json and the plots (a new or empty folder, or a "
-                      "specdec bench run with --overwrite / --resume)", group="output")
-    overwrite: bool = option(False, "delete the specdec run already in --out first", group="output")
-    resume: bool = option(False, "continue the run in --out: measure only the groups it lacks (same settings)",
-                          group="output")
-    no_plots: bool = option(False, "skip the plots", group="output")
-    no_progress: bool = option(False, "no progress bar or status line", group="output")
-
-    def __post_init__(self):
-        preset = SWEEPS.get(self.sweep)
-        if preset is None:
-            raise ValueError(f"--sweep must be one of {', '.join(SWEEPS)}, got {self.sweep!r}")
-        hints = typing.get_type_hints(type(self))
-        for name, value in preset.items():  # an axis not given takes the preset's values; "1,2" works too
-            given = getattr(self, name)
-            setattr(self, name, value if given is None else parse_value(given, hints[name], flag_name(name)))
-        self.gamma = tuple(_gamma(g) for g in self.gamma)
-        self.temperature = tuple(float(t) for t in self.temperature)
-        self.batch_size = tuple(int(b) for b in self.batch_size)
-        self.baselines = tuple(str(b).strip().lower() for b in self.baselines)
-        self._check()
-
-    def _check(self):
-        for flag, values in (("--gamma", self.gamma), ("--temperature", self.temperature),
-                             ("--batch-size", self.batch_size)):
-            if not values:
-                raise ValueError(f"{flag} needs at least one value (comma-separated)")
-        if any(g != AUTO and g < 1 for g in self.gamma):
-            raise ValueError(f"--gamma values must be >= 1 (draft tokens per step) or auto, got "
-                             f"{min(g for g in self.gamma if g != AUTO)}")
-        if len(set(self.gamma)) < len(self.gamma):
-            raise ValueError(f"--gamma lists a value twice: {','.join(map(str, self.gamma))}")
-        bad = [t for t in self.temperature if not (0 <= t < float("inf"))]  # also NaN
-        if bad:
-            raise ValueError(f"--temperature values must be >= 0 and finite (0 = greedy), got {bad[0]}")
-        if any(b < 1 for b in self.batch_size):
-            raise ValueError(f"--batch-size values must be >= 1, got {min(self.batch_size)}")
-        unknown = [b for b in self.baselines if b not in BASELINES]
-        if unknown:
-            raise ValueError(f"unknown baseline {unknown[0]!r}; --baselines takes a comma-separated subset of "
-                             f"{','.join(BASELINES)}")
-        for name, low in (("max_new_tokens", 1), ("warmup", 0), ("repeats", 1), ("num_prompts", 0), ("threads", 1)):
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-        if self.overwrite and self.resume:
-            raise ValueError("--overwrite and --resume exclude each other: replace the run or continue it")
-        if self.prompts is not None and not Path(self.prompts).exists():
-            raise FileNotFoundError(f"prompts file {self.prompts!r} does not exist; pass a JSONL file with one "
-                                    '{"prompt": ..., "category": ...} per line')
-
-    @property
-    def prompts_per_category(self) -> int | None:
-        return self.num_prompts or None  # 0 and None mean all
-
-    @property
-    def fixed_gammas(self) -> tuple:
-        return tuple(g for g in self.gamma if g != AUTO)
-
-    @property
-    def cost_gammas(self) -> list:
-        """The gammas whose verify cost is measured: the fixed ones, and every one auto may choose."""
-        return sorted(set(self.fixed_gammas) | (set(range(1, AUTO_MAX_GAMMA + 1)) if AUTO in self.gamma else set()))
-
-
-def _gamma(value):
-    """One --gamma value: an integer, or auto."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == AUTO:
-            return AUTO
-        try:
-            return int(text)
-        except ValueError:
-            pass
-    elif isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ValueError(f"--gamma must be an integer or auto, got {value!r}")
 
 
 def plan(cfg: BenchConfig) -> dict:
@@ -212,27 +76,6 @@ def plan(cfg: BenchConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Progress: a bar from the first second (loading and the cost measurement show as its status).
-
-class Progress:
-    def __init__(self, total: int, enabled: bool):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="bench", unit="pass", disable=not enabled, file=sys.stderr,
-                        dynamic_ncols=True)
-
-    def status(self, text: str) -> None:
-        self.bar.set_postfix_str(text, refresh=True)
-
-    def advance(self, n: int = 1) -> None:
-        self.bar.update(n)
-
-    def close(self, keep: bool = True) -> None:
-        self.bar.leave = keep
-        self.bar.close()
-
-
-# ----------------------------------------------------------------------------------------------------
 # Stage 1: validation and the output folder (before any model loads).
 
 @dataclass
@@ -247,26 +90,31 @@ class BenchResult:
 def _validate(cfg: BenchConfig):
     """Everything that can be checked without a model: device, dtype, the prompt file. Returns the device."""
     device = resolve_device(cfg.device)
-    resolve_dtype(_dtype(cfg, device))
-    _quantize(cfg, device)
+    cfg.quantization_on(device)
     if cfg.cuda_graphs == "on" and device.type != "cuda":
         raise ValueError("--cuda-graphs on needs a CUDA device; use --cuda-graphs off or auto")
-    if cfg.prompts is not None:
-        load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not after loading
+    check_new_tokens(cfg.max_new_tokens, *_model_paths(cfg))
+    prompts, _ = load_prompts(cfg.prompts, None, cfg.prompts_per_category)  # a bad line fails here, not later
+    if max(cfg.batch_size) > len(prompts):
+        # refused, not clamped: a row labelled batch 16 must have run 16 rows
+        raise ValueError(f"--batch-size {max(cfg.batch_size)} is more than the {len(prompts)} prompts, so no batch "
+                         f"would hold that many rows; use --batch-size {len(prompts)} or less, or more prompts "
+                         "(--num-prompts, --prompts)")
     return device
 
 
-def _dtype(cfg: BenchConfig, device) -> str:
-    return cfg.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+def _model_paths(cfg: BenchConfig) -> tuple[str, str]:
+    bt, bd = bundled_pair() if cfg.target is None or cfg.draft is None else (None, None)
+    return str(cfg.target or bt), str(cfg.draft or bd)
 
 
-def _quantize(cfg: BenchConfig, device) -> tuple[str, str]:
-    """(target, draft) quantization; auto = the fastest lossless path measured for the device."""
-    if cfg.quantize != "auto":
-        if cfg.quantize == "int8" and device.type != "cpu":
-            raise ValueError("--quantize int8 is a CPU path; on CUDA use --dtype bfloat16 (--quantize none)")
-        return cfg.quantize, cfg.quantize
-    return ("int8", "none") if device.type == "cpu" else ("none", "none")
+def check_new_tokens(max_new_tokens: int, *models) -> None:
+    """--max-new-tokens must leave room for a prompt in the models' context (read from their configs,
+    before they load)."""
+    positions = context_of(*models)
+    if positions is not None and max_new_tokens >= positions:
+        raise ValueError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the models' context of "
+                         f"{positions} positions; lower it")
 
 
 def _graphs(cfg: BenchConfig, device, impls) -> bool:
@@ -280,7 +128,7 @@ def _graphs(cfg: BenchConfig, device, impls) -> bool:
 
 
 def _claim_out(cfg: BenchConfig) -> RunFolder:
-    target, draft = _model_names(cfg)
+    target, draft = _model_paths(cfg)
     inputs = fingerprint_inputs({"--target": target, "--draft": draft}, {"--prompts": cfg.prompts})
     run = claim(cfg.out, "bench", to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume, can_resume=True,
                 free=RESUMABLE_CHANGES, inputs=inputs, outputs=OUTPUTS)
@@ -320,16 +168,10 @@ class BenchInputs:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
 
 
-def _model_names(cfg: BenchConfig) -> tuple[str, str]:
-    """(target, draft): the flags, or the bundled pair."""
-    bt, bd = bundled_pair() if cfg.target is None or cfg.draft is None else (None, None)
-    return str(cfg.target or bt), str(cfg.draft or bd)
-
-
 def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
-    target_name, draft_name = _model_names(cfg)
-    tq, dq = _quantize(cfg, device)
-    target, draft, tok, vocab = load_pair(target_name, draft_name, _dtype(cfg, device), str(device), cfg.device_map,
+    target_name, draft_name = _model_paths(cfg)
+    tq, dq = cfg.quantization_on(device)
+    target, draft, tok, vocab = load_pair(target_name, draft_name, cfg.dtype_on(device), str(device), cfg.device_map,
                                           quantize=tq, draft_quantize=dq)
     dev = input_device(target)  # cuda:0 when --device-map shards the target
     if cfg.device_map is not None and input_device(draft) != dev:
@@ -341,6 +183,9 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     engine = {"quantize": {"target": tq, "draft": dq}, "impl": cfg.impl,
               "resolved_impl": {"target": resolve_impl(target, cfg.impl), "draft": resolve_impl(draft, cfg.impl)}}
     engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
+    # the largest caches the sweep allocates, before any of them (the decoders check their own again)
+    check_cache_memory((target, draft), max(cfg.batch_size), capacity_for(
+        max(map(len, ids)), cfg.max_new_tokens, max(cfg.cost_gammas)), cfg.impl, engine["cuda_graphs"])
     decoders = {g: SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab, impl=cfg.impl,
                                       cuda_graphs=engine["cuda_graphs"]) for g in cfg.fixed_gammas}
     return BenchInputs(target, draft, tok, vocab, dev, target_name, draft_name, prompts, source, ids, decoders,
@@ -349,7 +194,7 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
 
 def _encode(tok, texts, models, max_new_tokens) -> list:
     """Token ids per prompt, left-truncated so that prompt + max_new_tokens fits both contexts."""
-    limits = [m for m in (_max_positions(model) for model in models) if m]
+    limits = [m for m in (max_positions(model) for model in models) if m]
     keep = (min(limits) - max_new_tokens) if limits else None
     if keep is not None and keep < 1:
         raise ValueError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the models' context "
@@ -371,7 +216,7 @@ def meta_of(cfg: BenchConfig, inputs: BenchInputs) -> dict:
     return {
         "target": inputs.target_name, "draft": inputs.draft_name, "target_params": n_params(inputs.target),
         "draft_params": n_params(inputs.draft), "vocab_size": inputs.vocab, **environment(inputs.device),
-        "device_map": cfg.device_map, "hf_device_map": hf_map, "dtype": _dtype(cfg, inputs.device),
+        "device_map": cfg.device_map, "hf_device_map": hf_map, "dtype": cfg.dtype_on(inputs.device),
         "command": shlex.join(["specdec", "bench", *to_argv(cfg)]), "prompts_source": inputs.prompts_source,
         "num_prompts": len(inputs.prompts), "categories": list(dict.fromkeys(inputs.cats)), "config": to_dict(cfg),
         "hf_assistant_defaults": baselines.hf_assistant_defaults(inputs.draft) if "hf" in cfg.baselines else None,
@@ -480,7 +325,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 def _sweep(cfg: BenchConfig, device, run: RunFolder) -> tuple[dict, list]:
     groups = plan(cfg)
     path = run.path / "results.json"
-    progress = Progress(sum(len(g) for g in groups.values()) * cfg.repeats, enabled=not cfg.no_progress)
+    # a bar from the first second: loading and the cost measurement show as its status
+    progress = Progress(sum(len(g) for g in groups.values()) * cfg.repeats, "bench", enabled=cfg.progress,
+                        unit="pass")
     try:
         inputs = _load(cfg, device, progress)
         meta, rows = _start(cfg, inputs, path)
@@ -505,7 +352,7 @@ def _sweep(cfg: BenchConfig, device, run: RunFolder) -> tuple[dict, list]:
 
 def _load(cfg: BenchConfig, device, progress: Progress) -> BenchInputs:
     progress.status("loading the models")
-    if cfg.no_progress:
+    if not cfg.progress:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     return load_inputs(cfg, device)
@@ -517,11 +364,8 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
     if not (cfg.resume and path.exists()):
         return meta, []
     saved, rows = read_results(path)
-    costs = saved.get("costs", {})   # old and new rows' predictions share c and v
-    if not isinstance(costs, dict) or not all(str(k).isdigit() and isinstance(c, dict) for k, c in costs.items()):
-        raise ValueError(f"{path}: its meta 'costs' is damaged (batch size -> costs expected); start the run again "
-                         "with --overwrite")
-    meta["costs"] = costs
+    costs = saved.get("costs")   # old and new rows' predictions share c and v (_costs measures what is unusable)
+    meta["costs"] = costs if isinstance(costs, dict) else {}
     resumed = saved.get("resumed")
     meta["resumed"] = (resumed if isinstance(resumed, list) else []) + [meta["date"]]
     meta["date"] = saved.get("date", meta["date"])
@@ -531,26 +375,39 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
 def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress) -> dict:
     """batch size -> c and v, measured on the first prompt (already truncated to fit the context), and,
     when gamma auto runs, the round times it chooses by (greedy and/or sampled, as the temperatures
-    need) on the first bs prompts; for each batch size the saved run does not have; recorded in
-    meta["costs"]."""
-    costs = baselines.costs_from_json(meta["costs"])
-    modes = sorted({"sampling" if t > 0 else "greedy" for t in cfg.temperature}) if AUTO in cfg.gamma else []
+    need) on the first bs prompts; for each batch size the saved run does not have (or has costs no
+    prediction may use: measured again); recorded in meta["costs"]."""
+    costs = _saved_costs(meta["costs"])
+    modes = sorted({"greedy" if is_greedy(t) else "sampling" for t in cfg.temperature}) if AUTO in cfg.gamma else []
+    probe = SpeculativeDecoder(inputs.target, inputs.draft, gamma=1, vocab_size=inputs.vocab, impl=cfg.impl,
+                               cuda_graphs=inputs.engine["cuda_graphs"])
     for bs in cfg.batch_size:
         if bs not in costs:
             progress.status(f"measuring the step costs c, v at batch size {bs}")
-            costs[bs] = measure_costs(inputs.target, inputs.draft, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs,
-                                      impl=cfg.impl, cuda_graphs=inputs.engine["cuda_graphs"])
+            costs[bs] = measure_step_costs(probe, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs)
             if modes:   # on the first bs prompts: rows that accept differently leave holes, as in the sweep
-                probe = _auto_decoder(cfg, inputs, None)
                 enc = inputs.tokenizer.pad({"input_ids": [inputs.ids[i % len(inputs.ids)] for i in range(bs)]},
                                            padding=True, return_tensors="pt")
                 ids, mask = enc["input_ids"].to(inputs.device), enc["attention_mask"].to(inputs.device)
                 costs[bs]["round_s"] = {}
                 for mode in modes:
                     progress.status(f"timing decode rounds for gamma auto at batch size {bs} ({mode})")
-                    costs[bs]["round_s"][mode] = probe.measure_round_costs(ids, mask, mode == "sampling")
+                    costs[bs]["round_s"][mode] = measure_round_costs(
+                        probe, ids, mask, mode == "sampling", range(1, AutoConfig().max_gamma + 1))
     meta["costs"] = {str(bs): c for bs, c in costs.items()}
     return costs
+
+
+def _saved_costs(saved: dict) -> dict:
+    """meta["costs"] of the run being resumed, batch size -> entry, leaving out any entry that cannot be
+    used (a damaged or edited file: zeros, negatives, missing tables), so that it is measured again."""
+    out = {}
+    for bs, entry in (saved or {}).items():
+        try:
+            out.update(read_table({bs: entry}))
+        except ValueError:
+            continue
+    return out
 
 
 def _auto_decoder(cfg: BenchConfig, inputs: BenchInputs, costs) -> SpeculativeDecoder:

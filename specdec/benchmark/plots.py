@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.config import add_arguments as _add_arguments, config_from_args, option
-from ..metrics import AUTO
+from ..costmodel import AUTO
 from .results import BenchRow, read_results
 
 FIGURES = ("acceptance", "speedup", "per_position", "category", "batch")

@@ -21,8 +21,8 @@ tokens / wall seconds of the pass); `repeats` keeps every repeat's value and the
 tokens_per_s / that of "ar" at the same temperature, batch size and category. Acceptance statistics are
 pooled over all timed repeats.
 
-Cost model (REFERENCES.md): predicted speedup = tau / (gamma * c + v) with tau = (1 - alpha^(gamma+1)) /
-(1 - alpha) from the measured per-token acceptance `alpha` (the paper's alpha, not the vLLM-convention
+Cost model (specdec/costmodel/predict.py): predicted speedup = tau / (gamma * c + v) with
+tau = (1 - alpha^(gamma+1)) / (1 - alpha) from the measured per-token acceptance `alpha` (the paper's alpha, not the vLLM-convention
 `acceptance_rate` = accepted / drafted, which is also reported), c = draft 1-token step / target 1-token
 step and v = target (gamma+1)-token step / target 1-token step. `predicted_speedup_tau` uses the measured
 mean acceptance length as tau instead of the i.i.d. formula. For gamma auto the prediction averages the
@@ -37,7 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.files import json_type, read_json
-from ..metrics import AUTO, DecodeStats, predicted_speedup, predicted_speedup_mix
+from ..common.values import is_greedy
+from ..costmodel import AUTO
+from ..costmodel.predict import predicted_speedup, predicted_speedup_mix
+from ..engine.stats import DecodeStats
 
 METHODS = ("ar", "sd", "hf_generate", "hf_assisted", "hf_assisted_default", "hf_assisted_heuristic")
 
@@ -203,7 +206,7 @@ def summarise(measured: list[Measured], cats_of_prompt: list[str], costs: dict) 
             continue
         groups = {"all": list(range(len(m.batches)))}
         groups.update(pure_batches(m.batches, cats_of_prompt))
-        ref = reference.get((s.temperature, s.batch_size)) if s.temperature == 0 and s.method != "ar" else None
+        ref = reference.get((s.temperature, s.batch_size)) if is_greedy(s.temperature) and s.method != "ar" else None
         for cat in ["all"] + [c for c in categories if c in groups]:
             rows.append(_row(m, cat, groups[cat], ref, costs.get(s.batch_size)))
     return with_speedups(rows)

@@ -16,9 +16,9 @@ checked before the first one starts.
 
 The default distillation settings are the recipe measured by bench/distill_matrix.py (bench/RESULTS.md,
 "DistillSpec"): forward KL on SKD samples (the draft proposes, the target replaces proposals outside
-its top 25), lr 1e-3, batch 32 x 112 trained tokens after 16-token prompts, 96 steps (about 10 minutes
-on a 2-core CPU; the measured curve gains most of its temperature-1 MAL in the first 6 minutes and
-flattens after about 20).
+its top 25), lr 1e-3, batch 32 x 112 trained tokens after 16-token prompts, 96 steps: the front of the
+measured curve, where temperature 1 has made most of its gain (bench/RESULTS.md, "The recipe: screening,
+then a curve", for the curve and the training time).
 """
 from __future__ import annotations
 
@@ -27,21 +27,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..benchmark.bench import BenchConfig, format_auto_shift, run_bench
-from ..common.config import add_arguments as _add_arguments, config_from_args, option, to_dict
+from ..benchmark.bench import BenchConfig, check_new_tokens, format_auto_shift, run_bench
+from ..common.blocks import OutputBlock, ProgressBlock
+from ..common.config import add_arguments as _add_arguments, config_from_args, option, to_dict, with_default
 from ..distill.data import SOURCES, UNSEEN_CATEGORIES, unseen_prompts
 from ..distill.losses import KINDS
+from ..distill.config import check_context
 from ..distill.trainer import DistillConfig, train
 from ..benchmark.plots import plot_files
 from ..data.prompts import builtin
-from ..metrics import AUTO
+from ..costmodel import AUTO
 from ..benchmark.results import BenchRow, auto_shift
 from ..common.files import read_jsonl, write_json_atomic, write_text_atomic
 from ..common.fingerprint import fingerprint_inputs
 from ..common.outdir import claim
-from ..models import bundled_pair
 from ..common.table import format_table as _table
 from ..engine.devices import resolve_device
+from ..models import bundled_pair
+from ..models.options import ModelsBlock
 
 GOAL_GAMMA = 4          # the gamma the MAL goal is stated at
 # What a demo writes into --out (common.outdir: --overwrite deletes these and nothing else).
@@ -49,18 +52,12 @@ OUTPUTS = ("prompts.jsonl", "before", "draft", "after", "plots", "summary.json")
 
 
 @dataclass
-class DemoConfig:
-    out: str | None = option(None, "output folder (prompts.jsonl, before/, draft/, after/, plots/, summary.json)",
-                             group="output", required=True)
-    overwrite: bool = option(False, "delete the demo run already in --out first", group="output")
-    no_progress: bool = option(False, "no progress bars", group="output")
+class DemoConfig(ProgressBlock, OutputBlock, ModelsBlock):
+    """The models and output blocks (models/options.py, common/blocks.py) and the three stages' settings;
+    --out holds prompts.jsonl, before/, draft/, after/, plots/ and summary.json."""
+    threads: int | None = with_default(ModelsBlock, "threads", 1)   # 1: the recipe's measurements; 2 thrash
     quick: bool = option(False, "a couple of minutes: fewer steps, prompts and gammas (checks the loop, too short "
                          "to move acceptance much)")
-    target: str | None = option(None, "target (default: the bundled target)", group="models")
-    draft: str | None = option(None, "draft to distill (default: the bundled draft)", group="models")
-    device: str = option("auto", "cpu | cuda | cuda:N | auto (cuda when one is visible)", group="models")
-    threads: int | None = option(1, "torch CPU threads of the benchmarks and the distillation (1: fastest on a busy "
-                                 "shared CPU, where 2 threads thrash)", group="models")
     steps: int | None = option(None, "distillation steps (default: 96; quick: 10)", group="distillation")
     divergence: str = option("fkl", "divergence of the distillation", group="distillation", choices=KINDS)
     data_source: str = option("skd", "data source of the distillation", group="distillation", choices=SOURCES)
@@ -82,8 +79,7 @@ class DemoConfig:
     seed: int = option(0, "seed of the distillation and the benchmarks")
 
     def __post_init__(self):
-        if not self.out:
-            raise ValueError("--out DIR is required")
+        super().__post_init__()
         q = self.quick
         self.steps = self.steps if self.steps is not None else (10 if q else 96)
         self.batch_size = self.batch_size if self.batch_size is not None else (8 if q else 32)
@@ -113,7 +109,7 @@ def _distill_config(cfg: DemoConfig) -> DistillConfig:
                          batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 20), seed=cfg.seed,
                          eval_every=max(1, cfg.steps // 4), spec_eval_every=cfg.steps, eval_prompts=8,
                          save_every=max(1, cfg.steps // 3), threads=cfg.threads, device=cfg.device,
-                         progress=not cfg.no_progress)
+                         progress=cfg.progress)
 
 
 def bench_config(cfg: DemoConfig, draft: str | None, out: Path, prompts: Path | None = None) -> BenchConfig:
@@ -124,7 +120,7 @@ def bench_config(cfg: DemoConfig, draft: str | None, out: Path, prompts: Path | 
                        gamma=tuple(cfg.gamma) + (AUTO,), temperature=(0.0, 1.0), batch_size=(1,), baselines=("ar",),
                        prompts=None if prompts is None else str(prompts), num_prompts=0,
                        max_new_tokens=cfg.max_new_tokens, repeats=cfg.repeats, warmup=1, seed=cfg.seed, out=str(out),
-                       no_plots=True, no_progress=cfg.no_progress)
+                       no_plots=True, progress=cfg.progress)
 
 
 def prompts_path(cfg: DemoConfig) -> Path:
@@ -286,9 +282,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     dcfg = distill_config(cfg)
     bench_config(cfg, cfg.draft, out / "before")
     resolve_device(cfg.device)
-    # prompts.jsonl is part of the setup: a demo whose first benchmark cannot load its models leaves --out as found
-    bt, bd = bundled_pair() if cfg.target is None or cfg.draft is None else (None, None)
+    bt, bd = bundled_pair()
+    check_context(dcfg, cfg.target or bt, cfg.draft or bd)   # the models' context, from their configs
+    check_new_tokens(cfg.max_new_tokens, cfg.target or bt, cfg.draft or bd)
     inputs = fingerprint_inputs({"--target": cfg.target or bt, "--draft": cfg.draft or bd}, {})
+    # prompts.jsonl is part of the setup: a demo whose first benchmark cannot load its models leaves --out as found
     with claim(out, "demo", to_dict(cfg), overwrite=cfg.overwrite, inputs=inputs, outputs=OUTPUTS,
                setup_files=("prompts.jsonl",)) as run:
         times: dict = {}

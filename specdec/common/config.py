@@ -37,6 +37,13 @@ def option(default=_UNSET, help: str = "", *, group: str = "options", choices=No
     return dataclasses.field(default=default, metadata=meta)
 
 
+def with_default(block, name: str, default):
+    """The field `name` of the dataclass `block` with another default (help, group and choices kept), for
+    the command whose default differs from the block's (e.g. `specdec bench` writes to bench_out)."""
+    f = {f.name: f for f in dataclasses.fields(block)}[name]
+    return dataclasses.field(default=default, metadata={**f.metadata, "required": False})
+
+
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -50,7 +57,8 @@ def _kind(tp) -> tuple[type, bool, bool]:
         tp = args[0] if len(args) == 1 else str
     if typing.get_origin(tp) is tuple or tp is tuple:
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return (args[0] if args else str), optional, True
+        elem = args[0] if args else str
+        return (elem if elem in (int, float, str, bool) else str), optional, True   # e.g. int | str: text
     return (tp if tp in (int, float, str, bool) else str), optional, False
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import re
 import uuid
 from dataclasses import dataclass, fields
@@ -38,13 +37,19 @@ from pathlib import Path
 import torch
 
 from ..common import config
+from ..common.blocks import ResumableOutputBlock
 from ..common.config import option
-from ..models import bundled_pair, load_model, load_tokenizer
+from ..common.values import check_int, check_seed, check_temperature
+from ..models import bundled_pair, context_of, load_model, load_tokenizer
+from ..models.options import TargetBlock
 from ..common.files import (append_jsonl, read_json, read_jsonl, read_text, require, write_bytes_atomic,
                             write_json_atomic, write_text_atomic)
 from ..common.fingerprint import bytes_digest, file_digest, fingerprint_inputs
 from ..common.outdir import claim
 from ..engine.devices import resolve_device
+from ..engine.params import check_logits_flag
+from ..engine.sampling import unusable_rows
+from .config import check_fits
 from .data import Batch, PromptSet, TeacherTopK, continuation_logits, make_batch
 from .losses import teacher_topk
 
@@ -58,12 +63,8 @@ _REBUILD = "rebuild the cache with `specdec cache-teacher --overwrite`"
 
 
 @dataclass
-class CacheConfig:
-    out: str = option(None, "output folder of the cache", group="output", required=True)
-    resume: bool = option(False, "continue an unfinished build in --out (same settings; written steps are kept)",
-                          group="output")
-    overwrite: bool = option(False, "replace the cache already in --out (deletes it first)", group="output")
-    target: str | None = option(None, "target model folder or hub id (default: the bundled target)", group="models")
+class CacheConfig(ResumableOutputBlock, TargetBlock):
+    """The target and output blocks (models/options.py, common/blocks.py) and what to cache."""
     data_source: str = option("dataset", "sequences to cache (only sources that do not depend on the draft)",
                               group="data", choices=("dataset", "teacher"))
     data: str | None = option(None, "JSONL prompts (+ completions); default: the bundled corpus' train split",
@@ -78,24 +79,16 @@ class CacheConfig:
     micro_batches: int = option(1, "micro-batches per step over all processes (the run's --grad-accum x processes)",
                                 group="cache")
     seed: int = option(0, "seed (must equal the training run's)", group="cache")
-    device: str = option("auto", "auto | cpu | cuda", group="placement")
-    threads: int | None = option(None, "torch CPU threads (default: torch's own)", group="placement")
 
     def __post_init__(self):
-        if not self.out:
-            raise ValueError("--out DIR is required")
+        super().__post_init__()
         if self.data_source not in ("dataset", "teacher"):
             raise ValueError(f"a teacher cache needs a source that does not depend on the draft (dataset or teacher), "
                              f"got {self.data_source!r}")
         for name in ("prompt_tokens", "new_tokens", "topk", "steps", "batch_size", "micro_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{config.flag_name(name)} must be >= 1, got {getattr(self, name)}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"--temperature must be a finite number >= 0, got {self.temperature}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.threads}")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume continues the cache in --out and --overwrite deletes it: pass one of them")
+            setattr(self, name, check_int(getattr(self, name), config.flag_name(name), 1))
+        self.temperature = check_temperature(self.temperature, "--temperature")
+        self.seed = check_seed(self.seed, "--seed")
 
 
 def same_model(a, b) -> bool:
@@ -257,6 +250,8 @@ def _cache_step(step: int, cfg: CacheConfig, prompts: PromptSet, target, tok, vo
                        micro=micro, temperature=cfg.temperature, pad_id=pad_id, eos_ids=eos_ids,
                        vocab_size=vocab, target=target, device=device)
         t_logits = b.teacher_logits if b.teacher_logits is not None else continuation_logits(target, b, vocab)
+        # a row without a finite maximum would be cached as NaN log-probabilities
+        check_logits_flag(int(unusable_rows(t_logits).any()), {1: ("target", target)}, f"cache step {step}")
         idx, logp, tail = teacher_topk(t_logits, cfg.topk, cfg.temperature)
         b = b.to("cpu")
         out.append({"input_ids": b.input_ids, "attention_mask": b.attention_mask, "cont_mask": b.cont_mask,
@@ -271,6 +266,7 @@ def build_cache(cfg: CacheConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     target_path = str(cfg.target or bundled_pair()[0])
+    check_fits(context_of(target_path), cfg.prompt_tokens, {"--new-tokens": cfg.new_tokens})
     tok = load_tokenizer(target_path)
     prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data)
     prompts.check_source(cfg.data_source)

@@ -1,6 +1,6 @@
 """`DistillConfig`: every setting of `specdec distill`, its default and its help, in one place.
 
-The CLI is built from it (specdec.config) and the Python API constructs it directly; either way
+The CLI is built from it (common/config.py) and the Python API constructs it directly; either way
 `__post_init__` validates every field before anything is loaded.
 """
 from __future__ import annotations
@@ -9,7 +9,11 @@ import math
 from dataclasses import dataclass, fields
 
 from ..common import config
+from ..common.blocks import ProgressBlock, ResumableOutputBlock
 from ..common.config import option
+from ..common.values import check_gamma, check_int, check_number, check_seed, check_temperature
+from ..models import context_of
+from ..models.options import ModelsBlock
 from .data import SOURCES
 from .losses import KINDS
 
@@ -21,17 +25,10 @@ FREE_ON_RESUME = ("out", "resume", "overwrite", "threads", "progress", "device",
 
 
 @dataclass
-class DistillConfig:
-    # output
-    out: str = option(None, "output folder: the distilled draft (HF checkpoint + tokenizer), metrics.jsonl, "
-                            "checkpoints/", group="output", required=True)
-    resume: bool = option(False, "continue the run in --out from its newest intact checkpoint (the other settings "
-                                 "must equal the run's)", group="output")
-    overwrite: bool = option(False, "replace the run already in --out (deletes it first)", group="output")
-    # models
-    target: str | None = option(None, "target model folder or hub id (default: the bundled target)", group="models")
-    draft: str | None = option(None, "draft model folder or hub id to start from (default: the bundled draft)",
-                               group="models")
+class DistillConfig(ProgressBlock, ResumableOutputBlock, ModelsBlock):
+    """The models and output blocks (models/options.py, common/blocks.py) and the training settings. --out
+    holds the distilled draft (a Hugging Face checkpoint + tokenizer), metrics.jsonl and checkpoints/;
+    --device under torchrun: each process takes cuda:LOCAL_RANK."""
     # objective
     divergence: str = option("fkl", "token-level divergence D(p || q)", group="objective", choices=KINDS)
     beta: float = option(0.5, "JSD(beta) mixture weight, in (0, 1)", group="objective")
@@ -73,14 +70,9 @@ class DistillConfig:
     keep_checkpoints: int = option(2, "checkpoints kept on disk", group="checkpoints")
     # placement
     fsdp: bool = option(False, "shard the draft with FSDP (under torchrun, on CUDA)", group="placement")
-    device: str = option("auto", "auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)", group="placement")
-    threads: int | None = option(None, "torch CPU threads (default: torch's own; 1 is often fastest on a busy "
-                                       "shared CPU)", group="placement")
-    progress: bool = option(True, "tqdm progress bar (rank 0)", group="placement")
 
     def __post_init__(self):
-        if not self.out:
-            raise ValueError("--out DIR is required (where the distilled draft and metrics go)")
+        super().__post_init__()
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -91,33 +83,42 @@ class DistillConfig:
             raise ValueError(f"--beta must be in (0, 1) for jsd (0 and 1 make JSD vanish; use fkl / rkl), got {self.beta}")
         if self.data_source not in SOURCES:
             raise ValueError(f"--data-source must be one of {SOURCES}, got {self.data_source!r}")
-        if not (0.0 <= self.lmbda <= 1.0):
-            raise ValueError(f"--lmbda must be in [0, 1], got {self.lmbda}")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.lr <= 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise ValueError("--weight-decay and --max-grad-norm must be >= 0")
+        self.lmbda = check_number(self.lmbda, "--lmbda", 0.0, 1.0)
+        self.temperature = check_temperature(self.temperature, "--temperature")
+        self.lr = check_number(self.lr, "--lr", 0.0, low_open=True)
+        self.weight_decay = check_number(self.weight_decay, "--weight-decay", 0.0)
+        self.max_grad_norm = check_number(self.max_grad_norm, "--max-grad-norm", 0.0)
         for name in ("steps", "batch_size", "grad_accum", "prompt_tokens", "new_tokens", "chunk_size",
-                     "eval_prompts", "eval_gamma", "eval_new_tokens", "keep_checkpoints", "skd_topk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{config.flag_name(name)} must be >= 1, got {getattr(self, name)}")
+                     "eval_prompts", "eval_new_tokens", "keep_checkpoints", "skd_topk"):
+            setattr(self, name, check_int(getattr(self, name), config.flag_name(name), 1))
         for name in ("eval_every", "spec_eval_every", "save_every", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{config.flag_name(name)} must be >= 0, got {getattr(self, name)}")
-        if self.eval_temperatures is None:
-            self.eval_temperatures = (self.temperature,)
-        self.eval_temperatures = tuple(float(t) for t in self.eval_temperatures)
-        if not self.eval_temperatures or any(not math.isfinite(t) or t < 0 for t in self.eval_temperatures):
-            raise ValueError(f"--eval-temperatures must be finite numbers >= 0, got {self.eval_temperatures}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.threads}")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
+            setattr(self, name, check_int(getattr(self, name), config.flag_name(name), 0))
+        self.eval_gamma = check_gamma(self.eval_gamma, "--eval-gamma", auto=False)
+        self.seed = check_seed(self.seed, "--seed")
+        temps = (self.temperature,) if self.eval_temperatures is None else self.eval_temperatures
+        if not temps:
+            raise ValueError("--eval-temperatures needs at least one value (comma-separated)")
+        self.eval_temperatures = tuple(check_temperature(t, "--eval-temperatures") for t in temps)
         if self.teacher_cache is not None and self.data_source not in ("dataset", "teacher"):
             raise ValueError(f"--teacher-cache holds sequences that do not depend on the draft; it works with "
                              f"--data-source dataset or teacher, not {self.data_source!r}")
 
     def to_dict(self) -> dict:
         return config.to_dict(self)
+
+
+def check_fits(positions: int | None, prompt_tokens: int, new_tokens: dict) -> None:
+    """Every sequence a run builds, --prompt-tokens plus each {flag: tokens} in new_tokens, must fit the
+    models' context: checked before any model loads, so it does not fail after the training it spoils."""
+    if positions is None:
+        return
+    for flag, n in new_tokens.items():
+        if prompt_tokens + n > positions:
+            raise ValueError(f"--prompt-tokens {prompt_tokens} + {flag} {n} = {prompt_tokens + n} exceeds the models' "
+                             f"context of {positions} positions; lower one of them")
+
+
+def check_context(cfg: DistillConfig, target: str, draft: str) -> None:
+    """The training sequences and the evaluation runs of `cfg` fit both models' context."""
+    check_fits(context_of(target, draft), cfg.prompt_tokens,
+               {"--new-tokens": cfg.new_tokens, "--eval-new-tokens": cfg.eval_new_tokens})

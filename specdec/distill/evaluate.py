@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..engine.decoding import SpeculativeDecoder, autoregressive_generate
-from ..metrics import DecodeStats
+from ..engine.stats import DecodeStats
 from ..engine.devices import input_device
 from .data import assemble, continuation_logits, left_pad, stream_seed
 from .losses import acceptance, divergence

@@ -34,6 +34,8 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..common.values import is_greedy
+
 KINDS = ("fkl", "rkl", "jsd", "tvd")
 
 
@@ -46,7 +48,7 @@ def _check(kind: str, beta: float) -> None:
 
 def loss_temperature(temperature: float) -> float:
     """The temperature the loss uses for a deployment temperature (greedy deploys at 0; the loss at 1)."""
-    return float(temperature) if temperature > 0 else 1.0
+    return 1.0 if is_greedy(temperature) else float(temperature)
 
 
 def _plogq(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -187,7 +189,7 @@ def acceptance(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tempe
     temperature > 0: beta = sum_x min(p(x), q(x)) = 1 - TVD(p, q) (Leviathan et al.).
     temperature = 0 (greedy): 1 if argmax q == argmax p else 0 (a greedy draft token is accepted iff it is
     the target's argmax)."""
-    if temperature == 0:
+    if is_greedy(temperature):
         return (teacher_logits.argmax(-1) == student_logits.argmax(-1)).float()
     p = torch.softmax(teacher_logits.float() / temperature, -1)
     q = torch.softmax(student_logits.float() / temperature, -1)

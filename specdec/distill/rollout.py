@@ -14,9 +14,10 @@ Kept logits are the target's distribution at every continuation position, from t
 cached forwards: a source that keeps them needs no second target forward over the sequence for its loss.
 
 Sampling draws one uniform per row and searches the cumulative distribution (`sample_rows`) instead of
-the decode loop's exponential race (specdec.engine.sampling), which draws B x V exponentials per step: on a CPU
-that costs more than the draft's own forward (3.3 ms of an 8 ms step at batch 32, V 4096), and the
-race's virtue, no host sync on a GPU, is not needed here (the rollout never reads a token on the host).
+the decode loop's exponential race (specdec.engine.sampling), which draws B x V exponentials per step: on a
+CPU at distillation's batch sizes that rivals the draft's own forward (bench/RESULTS.md, "Figures moved
+from the code"), and the race's virtue, no host sync on a GPU, is not needed here (the rollout never
+reads a token on the host).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..common.values import is_greedy
 from ..engine.runner import ModelRunner
 
 
@@ -41,7 +43,7 @@ def sample_rows(probs: torch.Tensor, generator: torch.Generator | None = None) -
 def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The token of each row at the deployment temperature: argmax at 0, else a sample of
     softmax(logits / temperature). logits: [B, V] -> [B] int64."""
-    if temperature == 0:
+    if is_greedy(temperature):
         return logits.argmax(-1)
     return sample_rows(torch.softmax(logits.float() / temperature, -1), generator)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +36,11 @@ from ..models import bundled_pair, check_vocab, load_model, load_tokenizer
 from ..common.files import write_json_atomic
 from ..common.fingerprint import fingerprint_inputs
 from ..common.outdir import RunFolder, claim
+from ..common.progress import Progress
 from .cache import TeacherCache
 from .checkpoint import (OUTPUTS, MetricsLog, checkpoint_dirs, export_hf, load_latest, save_checkpoint,
                          set_rng_state)
-from .config import FREE_ON_RESUME, DistillConfig
+from .config import FREE_ON_RESUME, DistillConfig, check_context
 from .data import LiveSource, PromptSet, TeacherTopK, continuation_logits, heldout_prompts
 from .dist import (Dist, clip_grad_norm, full_params, grad_sync, init_dist, load_optim_state, model_state,
                    optim_state, pick_device, wrap)
@@ -105,6 +107,7 @@ def check_inputs(cfg: DistillConfig, dist: Dist) -> Inputs:
     target_path, draft_path = str(cfg.target or bt), str(cfg.draft or bd)
     tok = load_tokenizer(draft_path)
     vocab = check_vocab(load_tokenizer(target_path), tok, target_path, draft_path)
+    check_context(cfg, target_path, draft_path)
     cache, prompts = None, None
     if cfg.teacher_cache is not None:
         cache = TeacherCache(cfg.teacher_cache)
@@ -184,7 +187,7 @@ def fit(job: Job) -> dict:
     cfg = job.cfg
     if job.start == 0 and cfg.eval_every:
         log_eval(job, 0, spec=bool(cfg.spec_eval_every))
-    bar = Progress(job)
+    bar = _progress(job)
     for step in range(job.start, cfg.steps):
         row = train_step(job, step)
         job.metrics.write(row)
@@ -194,7 +197,7 @@ def fit(job: Job) -> dict:
             log_eval(job, done, spec)
         if cfg.save_every and done % cfg.save_every == 0 and not last:
             save(job, done)
-        bar.update(row, job.last_eval)
+        bar.advance(**_figures(row, job.last_eval))
     bar.close()
     export(job)
     return job.last_eval if job.dist.main else {}
@@ -227,12 +230,34 @@ def train_step(job: Job, step: int) -> dict:
             loss.backward()
         loss_sum += loss.detach() / dist.world
     dist.all_sum(loss_sum)
+    check_loss(job, step, float(loss_sum))   # before the update: the weights and checkpoints stay good
     clip_grad_norm(job.model, dist, cfg.max_grad_norm)
     job.optimizer.step()
     job.optimizer.zero_grad(set_to_none=True)
     return {"step": step + 1, "kind": "train", "loss": float(loss_sum), "tokens": int(count.item()), "lr": lr,
             "sources": sorted({b.source for b, _ in pairs}), "gen_s": round(gen_s, 4),
             "step_s": round(time.perf_counter() - t0, 4)}
+
+
+def weights_finite(job: Job) -> bool:
+    """Whether every draft weight is finite, on every rank (one reduction over this rank's parameters)."""
+    bad = torch.zeros((), device=job.device)
+    for p in job.model.parameters():
+        bad += (~p.detach().isfinite()).any().float()
+    return float(job.dist.all_sum(bad)) == 0
+
+
+def check_loss(job: Job, step: int, loss: float) -> None:
+    """A loss that is not finite stops the run (it would only spread NaN into the weights and every later
+    checkpoint): almost always a learning rate too high for the draft. Every rank sees the same summed
+    loss, so all of them stop."""
+    if math.isfinite(loss):
+        return
+    why = "the draft's weights are no longer finite" if not weights_finite(job) else "the draft's weights are finite"
+    raise ValueError(f"the training loss is {loss} at step {step + 1} ({why}): the learning rate is probably too "
+                     f"high (--lr {job.cfg.lr:g}); lower it and run again with --overwrite (the checkpoints "
+                     f"written so far, in {job.out / 'checkpoints'}, are from before it); if it persists at a low "
+                     "--lr, the target's logits overflow (float16?)")
 
 
 def micro_loss(job: Job, batch, teacher: TeacherTopK | None, normalizer) -> torch.Tensor:
@@ -265,6 +290,10 @@ def log_eval(job: Job, step: int, spec: bool) -> None:
 
 
 def save(job: Job, step: int) -> None:
+    if not weights_finite(job):   # the step's update overflowed: a checkpoint of it would be no good
+        raise ValueError(f"the draft's weights are no longer finite after step {step}: the learning rate is too high "
+                         f"(--lr {job.cfg.lr:g}); lower it and run again with --overwrite (the checkpoints written "
+                         f"so far, in {job.out / 'checkpoints'}, are from before it)")
     ms, opt = model_state(job.model, job.dist), optim_state(job.model, job.optimizer, job.dist)
     if job.dist.main:
         save_checkpoint(job.out, step, ms, opt, job.cfg.keep_checkpoints)
@@ -283,31 +312,20 @@ def export(job: Job) -> None:
     job.dist.barrier()
 
 
-class Progress:
-    """tqdm bar on rank 0 (when --progress): loss, and the latest estimated acceptance and MAL."""
+def _progress(job: Job) -> Progress:
+    """The bar on rank 0 (when --progress): loss, and the latest estimated acceptance and MAL."""
+    cfg = job.cfg
+    return Progress(cfg.steps, f"distill {cfg.divergence}/{cfg.data_source}", enabled=job.dist.main and cfg.progress,
+                    initial=job.start)
 
-    def __init__(self, job: Job):
-        self.bar = None
-        if job.dist.main and job.cfg.progress:
-            from tqdm.auto import tqdm
-            cfg = job.cfg
-            self.bar = tqdm(total=cfg.steps, initial=job.start, desc=f"distill {cfg.divergence}/{cfg.data_source}",
-                            dynamic_ncols=True)
 
-    def update(self, row: dict, last_eval: dict) -> None:
-        if self.bar is None:
-            return
-        post = {"loss": f"{row['loss']:.4f}"}
-        if "est_acceptance" in last_eval:
-            post["acc"] = f"{last_eval['est_acceptance']:.3f}"
-        if "mean_accepted_length" in last_eval:
-            post["mal"] = f"{last_eval['mean_accepted_length']:.2f}"
-        self.bar.set_postfix(post)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _figures(row: dict, last_eval: dict) -> dict:
+    post = {"loss": f"{row['loss']:.4f}"}
+    if "est_acceptance" in last_eval:
+        post["acc"] = f"{last_eval['est_acceptance']:.3f}"
+    if "mean_accepted_length" in last_eval:
+        post["mal"] = f"{last_eval['mean_accepted_length']:.2f}"
+    return post
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -20,9 +20,15 @@ Static mode (for CUDA graphs): shapes must not change between replays, so every 
 all `capacity` columns (the mask hides the unused tail) and writes at a device tensor of column
 indices (`write_index`) with index_copy_, which a captured graph replays at new positions.
 
+Windowed attention (sliding windows, chunks: see families.py) needs each column's position: a cache made
+with `positions=True` keeps them beside the validity mask (moved with it by compaction and row
+selection), and `windowed(mask, window)` hides the columns outside each query's window, counted in
+positions, so holes and padding never shift a window.
+
 transformers models see the same buffers through `HFCache`, a subclass of transformers' public
-`Cache` whose per-layer `update` is `KVCache.write` (transformers 5.17 and 5.24 both call
-`cache.update(k, v, layer_idx, ...)` from every attention layer and return a 4-D mask unchanged).
+`Cache` whose per-layer `update` is `KVCache.write` (transformers 5.17 to 5.25 all call
+`cache.update(k, v, layer_idx, ...)` from every attention layer, and use a 4-D mask, or a dict of
+them by layer type, unchanged).
 """
 from __future__ import annotations
 
@@ -37,10 +43,15 @@ class KVCache:
     """Preallocated K/V buffers of one model, with holes (see the module docstring). A layer's buffers
     are allocated at its first write, from the shapes the model writes ([B0, Hkv, capacity, D])."""
 
-    def __init__(self, batch: int, capacity: int, dtype: torch.dtype, device, static: bool = False):
+    def __init__(self, batch: int, capacity: int, dtype: torch.dtype, device, static: bool = False,
+                 positions: bool = False):
+        """positions: keep each column's position (for windowed masks, `windowed`); costs one small
+        write per forward and a gather per compaction or row selection."""
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.valid = torch.zeros((batch, capacity), dtype=torch.bool, device=device)  # [B0, capacity]
+        self.pos = torch.zeros((batch, capacity), dtype=torch.long, device=device) if positions else None
+        self._q_pos = None            # [B, S] positions of the forward in flight (with `pos`)
         self.batch = batch            # live rows: the first `batch` rows of every buffer
         self.length = 0               # columns in use (host int): the shared write position
         self.capacity = capacity
@@ -55,9 +66,10 @@ class KVCache:
         self._hidden = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
 
     # -- one forward
-    def begin(self, valid_new: torch.Tensor) -> torch.Tensor:
-        """Mark the S new columns of each row (valid_new: [B, S] bool) and return the additive mask
-        [B, 1, S, L] of this forward (L = length + S, or capacity in static mode)."""
+    def begin(self, valid_new: torch.Tensor, pos_new: torch.Tensor | None = None) -> torch.Tensor:
+        """Mark the S new columns of each row (valid_new: [B, S] bool; pos_new: [B, S] their positions,
+        needed when the cache keeps positions) and return the additive mask [B, 1, S, L] of this forward
+        (L = length + S, or capacity in static mode): full attention; `windowed` narrows it."""
         B, S = valid_new.shape
         if B != self.batch:
             raise ValueError(f"forward over {B} rows but the cache holds {self.batch}")
@@ -67,6 +79,11 @@ class KVCache:
                 raise ValueError(f"KV cache full: {self.length} + {S} columns > capacity {self.capacity}")
         start, stop = self.length, self.length + S
         self.valid[:B, start:stop] = valid_new
+        if self.pos is not None:
+            if pos_new is None:
+                raise ValueError("this cache keeps positions (windowed attention): pass each new column's position")
+            self.pos[:B, start:stop] = pos_new
+            self._q_pos = pos_new
         L = self.capacity if self.static else stop
         if S == 1 and not self.static:  # the decode step: visibility is validity (3 ops, no causal part)
             visible = self.valid[:B, None, None, :L]                                   # [B, 1, 1, L]
@@ -77,6 +94,17 @@ class KVCache:
             self.write_index = torch.arange(start, stop, device=self.valid.device)
         self._pending = S
         return torch.where(visible, self._zero, self._hidden)
+
+    def windowed(self, mask: torch.Tensor, window) -> torch.Tensor:
+        """`mask` (this forward's, from begin) with every column outside each query's window hidden too.
+        window: families.Window, in positions: sliding keeps q_pos - k_pos < size, chunked keeps
+        q_pos // size == k_pos // size. Columns already hidden (holes, pads, the future) stay hidden
+        whatever position they hold. Costs ~4 small ops per distinct window per forward."""
+        B, L = mask.shape[0], mask.shape[-1]
+        q = self._q_pos[:, None, :, None]                                        # [B, 1, S, 1]
+        k = self.pos[:B, None, None, :L]                                         # [B, 1, 1, L]
+        outside = (q - k >= window.size) if window.kind == "sliding" else (q // window.size != k // window.size)
+        return mask.masked_fill(outside, self._hidden)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v: [B, Hkv, S, D] of the forward in flight. Returns the K, V to attend to: views
@@ -128,6 +156,8 @@ class KVCache:
         for buf in self.keys + self.values:
             buf[:n, :, :L] = buf[idx, :, :L]
         self.valid[:n, :L] = self.valid[idx, :L]
+        if self.pos is not None:
+            self.pos[:n, :L] = self.pos[idx, :L]
         self.batch = n
         self._live_views()
 
@@ -142,6 +172,8 @@ class KVCache:
         keep = int(valid.sum(1).max()) if L else 0
         order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)[:, :keep]  # [B, keep]
         self.valid[:B, :keep] = valid.gather(1, order)
+        if self.pos is not None:
+            self.pos[:B, :keep] = self.pos[:B, :L].gather(1, order)
         for buf in self.keys + self.values:
             Hkv, D = buf.shape[1], buf.shape[3]
             gidx = order[:, None, :, None].expand(B, Hkv, keep, D)
@@ -171,10 +203,14 @@ def _hf_cache_class():
         is_compileable = False
         is_sliding = False
 
-        def __init__(self, kv: KVCache, index: int):
+        def __init__(self, kv: KVCache, index: int, window=None):
             super().__init__()
             self.kv, self.index = kv, index
             self.is_initialized = True
+            # Declared as transformers' own cache would (DynamicSlidingWindowLayer), though this layer keeps
+            # every column: specdec passes the masks, which hide what lies outside the window.
+            self.is_sliding = window is not None
+            self.sliding_window = None if window is None else window.size
 
         def lazy_initialization(self, key_states, value_states):
             pass
@@ -194,8 +230,8 @@ def _hf_cache_class():
     class HFCache(Cache):
         """transformers' public Cache API over a KVCache (see the module docstring)."""
 
-        def __init__(self, kv: KVCache, num_layers: int):
-            super().__init__(layers=[_Layer(kv, i) for i in range(num_layers)])
+        def __init__(self, kv: KVCache, windows: list):
+            super().__init__(layers=[_Layer(kv, i, w) for i, w in enumerate(windows)])
             self.kv = kv
 
     _HF_CACHE = HFCache
@@ -205,6 +241,7 @@ def _hf_cache_class():
 _HF_CACHE = None
 
 
-def hf_cache(kv: KVCache, num_layers: int):
-    """A transformers Cache over `num_layers` attention layers that writes into `kv` in place."""
-    return _hf_cache_class()(kv, num_layers)
+def hf_cache(kv: KVCache, windows: list):
+    """A transformers Cache that writes into `kv` in place, one layer per entry of `windows` (each a
+    families.Window or None for full attention)."""
+    return _hf_cache_class()(kv, windows)

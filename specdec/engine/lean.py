@@ -16,16 +16,18 @@ CUDA the weights stay as they are: CUDA graphs remove the dispatch cost instead,
 7B model's projections would cost GBs. Fused weights are rebuilt when a parameter changes (its version
 counter moves), so a draft being trained is always decoded with its current weights.
 
-Equivalence: logits equal the transformers forward up to float rounding (tests/test_lean.py); plain
+Equivalence: logits equal the transformers forward up to float rounding (tests/test_runner.py); plain
 and speculative decoding use the same forward, so greedy speculative output equals plain greedy
-output exactly. Models outside the family (or with sliding windows, length-dependent RoPE, biases
-where Llama has none) use the transformers forward over the same cache (`supports` says which).
+output exactly. Models outside the family (or with attention windows shorter than their context,
+length-dependent RoPE, biases where Llama has none) use the transformers forward over the same cache,
+which honours windows (`supports` says which).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from . import families
 from .quant import RowwiseInt8Linear
 
 _FAMILY = ("llama", "mistral", "qwen2")
@@ -45,10 +47,9 @@ def supports(model) -> str | None:
         return f"hidden_act {cfg.hidden_act!r}"
     if getattr(cfg, "mlp_bias", False) or getattr(cfg, "pretraining_tp", 1) != 1:
         return "mlp_bias / pretraining_tp"
-    window = getattr(cfg, "sliding_window", None)
-    if window and (kind != "qwen2" or getattr(cfg, "use_sliding_window", False)) \
-            and window < getattr(cfg, "max_position_embeddings", 0):
-        return f"sliding_window {window}"
+    windows = sorted({w.size for _, w in families.layer_windows(cfg) if w is not None})
+    if windows:   # full attention only; windowed models run transformers' forward with windowed masks
+        return f"attention window {windows[0]} shorter than the context"
     rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
     if rope_type not in _STATIC_ROPE:

@@ -1,8 +1,10 @@
-"""The lean forward in NumPy, for small float32 models on the CPU (the bundled draft's path).
+"""The lean forward in NumPy, for small float32 models on the CPU (the bundled draft's path), and for
+models with quantized weights (quantize="gguf" / "q8_0": `QuantLeanForward`, on the C kernels of
+specdec/engine/qkernels.c; the fastest exact path for a memory-bound target on the CPU).
 
-Why: a small draft's step is per-operation overhead. On the project's CPUs a PyTorch operation costs a
-few microseconds of dispatch before any arithmetic, and its fp32 GEMV is 2-3x slower than OpenBLAS at
-these sizes, while a NumPy operation costs about a microsecond (bench/RESULTS.md, "Fast decode path").
+Why: a small draft's step is per-operation overhead. On the project's CPUs a PyTorch operation pays
+more dispatch before any arithmetic than a NumPy one, and its fp32 GEMV is slower than OpenBLAS at these
+sizes (measured: bench/RESULTS.md, "Fast decode path" and its "Figures moved from the code").
 This is the same math as specdec/engine/lean.py (fused, norm-folded projections, RoPE on q and k at once,
 grouped-query attention without copying K/V), on NumPy views of the same weights and of the same KV
 cache buffers (zero-copy), so the engine's cache bookkeeping is unchanged.
@@ -21,11 +23,13 @@ speculative decoding of a model use the same forward, so greedy output stays exa
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import torch
 
-from . import lean
+from . import lean, qkernels, qweights
+from .qweights import QuantWeights
 
 # Models up to this many parameters take the NumPy path under impl="auto".
 SMALL_MODEL_PARAMS = 4_000_000
@@ -44,6 +48,35 @@ def supports(model) -> str | None:
     return None
 
 
+def quantized(model) -> bool:
+    """Whether `model` carries quantized weights (quantize="gguf" / "q8_0"): impl="auto" runs it here."""
+    return qweights.weights_of(model) is not None
+
+
+_told: set[str] = set()
+
+
+def forward_of(model, fwd: lean.LeanForward, previous=None):
+    """The forward impl="numpy" runs for `model`: QuantLeanForward where it carries quantized weights
+    and the C kernels build here, else NumpyLeanForward (float32 weights; for a quantized model they
+    are the same model, dequantized, so only speed differs: one line on stderr says so). `previous`
+    is reused while it still fits."""
+    qw = qweights.current_weights(model)
+    reason = None if qw is None else qkernels.available()
+    if reason is None and qw is not None and fwd.D not in qkernels.HEAD_DIMS:
+        reason = f"the C layers run head sizes {qkernels.HEAD_DIMS}, not {fwd.D}"
+    if qw is not None and reason is None:
+        if isinstance(previous, QuantLeanForward) and previous.fwd is fwd and previous.qw is qw:
+            return previous
+        return QuantLeanForward(fwd, qw)
+    if reason is not None and reason not in _told:
+        _told.add(reason)
+        print(f"specdec: quantize={qw.mode!r} runs on its float32 weights (slower): {reason}", file=sys.stderr)
+    if isinstance(previous, NumpyLeanForward) and previous.fwd is fwd:
+        return previous
+    return NumpyLeanForward(fwd)
+
+
 def is_small(model) -> bool:
     return sum(p.numel() for p in model.parameters()) <= SMALL_MODEL_PARAMS
 
@@ -51,13 +84,22 @@ def is_small(model) -> bool:
 def blas_single_threaded() -> bool:
     """Whether NumPy's OpenBLAS runs one thread (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS, read when
     NumPy loads it). With more, its idle threads spin after every call and take the cores from PyTorch's
-    (measured: the int8 target's step 2.3x slower beside them), so impl="auto" takes the NumPy path only
-    with one; `specdec` commands set it."""
+    (the int8 target's step slows down beside them: bench/RESULTS.md, "Figures moved from the code"), so
+    impl="auto" takes the NumPy path only with one; `specdec` commands set it."""
     for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(name)
         if value:
             return value.strip() == "1"
     return (os.cpu_count() or 1) == 1
+
+
+def cache_views(fwd: lean.LeanForward, cache, B: int, S: int) -> list:
+    """NumPy views of the cache's live K/V buffers (zero-copy; the cache makes them once per batch)."""
+    if len(cache.keys) < len(fwd.layers):   # first forward: the cache allocates its buffers
+        zeros = torch.zeros((B, fwd.Hkv, S, fwd.D), dtype=cache.dtype)
+        for i in range(len(cache.keys), len(fwd.layers)):
+            cache.write(i, zeros, zeros)
+    return cache.numpy_views()
 
 
 def _softmax_(s):
@@ -92,18 +134,12 @@ class NumpyLeanForward:
             self._built_for = f.layers
         return self._layers
 
-    def _cache_views(self, cache, B, S):
-        """NumPy views of the cache's live K/V buffers (zero-copy; the cache makes them once per batch)."""
-        if len(cache.keys) < len(self.fwd.layers):   # first forward: the cache allocates its buffers
-            zeros = torch.zeros((B, self.fwd.Hkv, S, self.fwd.D))
-            for i in range(len(cache.keys), len(self.fwd.layers)):
-                cache.write(i, zeros, zeros)
-        return cache.numpy_views()
 
     def _rms(self, x):
-        # np.mean's own steps (a sum reduction, then a divide) without its Python wrapper, ~20 us less per
-        # call, five calls per draft step (np.mean divides by an intp, i.e. in float64: bitwise the same
-        # where the width is a power of two, within one float32 rounding elsewhere)
+        # np.mean's own steps (a sum reduction, then a divide) without its Python wrapper (its cost, five
+        # calls per draft step: bench/RESULTS.md, "Figures moved from the code"). np.mean divides by an
+        # intp, i.e. in float64: bitwise the same where the width is a power of two, within one float32
+        # rounding elsewhere
         ms = np.add.reduce(x * x, axis=-1, keepdims=True) / x.shape[-1]
         return x * (1.0 / np.sqrt(ms + self.fwd.eps))
 
@@ -113,7 +149,7 @@ class NumpyLeanForward:
         B, S = ids.shape
         H, Hkv, D = f.H, f.Hkv, f.D
         G = H // Hkv
-        views = self._cache_views(cache, B, S)
+        views = cache_views(self.fwd, cache, B, S)
         start, stop = cache.length, cache.length + S
         m = mask.numpy()                                                       # [B, 1, S, L]
         if G > 1:
@@ -146,4 +182,68 @@ class NumpyLeanForward:
         logits = self._rms(x) @ wh
         if bh is not None:
             logits += bh
+        return torch.from_numpy(logits).view(B, -1, logits.shape[-1])
+
+
+class QuantLeanForward:
+    """The lean forward of a model with quantized weights (qweights.py: quantize="gguf" / "q8_0"):
+    every layer in one C call (qkernels.c: RMSNorm, the quantized projections, RoPE, the cache write,
+    attention, SiLU gating), then the final norm and the quantized head. NumPy only gathers the
+    embeddings and RoPE rows and hands over views of the cache's buffers (zero-copy).
+
+    Exactness: every reduction in the C layer runs in one fixed order, and attention sums its columns
+    left to right (a hidden column adds exactly 0), so a row's logits are bitwise the same alone or in
+    a ragged batch, scored 1 or k tokens at a time, with holes anywhere in its cache: greedy speculative
+    decoding reproduces plain decoding exactly, whatever the batch (tests/test_qkernels.py)."""
+
+    def __init__(self, fwd: lean.LeanForward, weights: QuantWeights):
+        self.fwd, self.qw = fwd, weights
+        self._lib = qkernels.library()
+        self._embed = fwd.embed.numpy()
+        mats = [[qkernels.qmat_struct(m) for m in (ly.qkv, ly.o, ly.gate_up, ly.down)] for ly in weights.layers]
+        self._mats = mats
+        self._layers = None          # the ctypes Layer array, per cache buffers
+        self._views_for = None
+        self._work = np.empty(0, np.float32)
+        self._step = qkernels.Step()
+
+    def __deepcopy__(self, memo):
+        return None   # holds raw pointers into this model's arrays: a copied model builds its own
+
+    def _layer_array(self, views):
+        """Layer structs with this cache's buffers (rebuilt when the cache's live views change)."""
+        if self._views_for is not views:
+            arr = (qkernels.Layer * len(self.qw.layers))()
+            for i, (ly, mats, (K, V)) in enumerate(zip(self.qw.layers, self._mats, views)):
+                arr[i] = qkernels.Layer(*mats, ly.norm1.ctypes.data, ly.norm2.ctypes.data, K.ctypes.data, V.ctypes.data)
+            self._layers, self._views_for, self._views = arr, views, views
+        return self._layers
+
+    def _work_buffer(self, B: int, S: int, L: int) -> int:
+        f, ly = self.fwd, self.qw.layers[0]
+        need = self._lib.layer_work_floats(B * S, S, ly.norm1.shape[0], f.H, f.Hkv, f.D, ly.down.K, L)
+        if self._work.size < need:
+            self._work = np.empty(max(need, 2 * self._work.size), np.float32)
+        return self._work.ctypes.data
+
+    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0):
+        f = self.fwd
+        B, S = ids.shape
+        views = cache_views(f, cache, B, S)
+        K0 = views[0][0]
+        if K0.dtype != np.float32 or not all(k.flags.c_contiguous and v.flags.c_contiguous for k, v in views):
+            raise ValueError("the quantized forward needs a float32, contiguous KV cache")
+        x = self._embed[ids.numpy().reshape(-1)]                                   # [N, d] (a copy)
+        rope = np.ascontiguousarray(f._table(cache.capacity, torch.float32).numpy()[pos.numpy().reshape(-1)])
+        m = np.ascontiguousarray(mask.numpy(), dtype=np.float32)                   # [B, 1, S, L]
+        st = self._step
+        st.B, st.S, st.d, st.H, st.Hkv, st.D = B, S, x.shape[1], f.H, f.Hkv, f.D
+        st.inter, st.cap, st.start, st.L = self.qw.layers[0].down.K, K0.shape[2], cache.length, m.shape[-1]
+        st.eps, st.scale = f.eps, f.scale
+        st.rope, st.mask, st.work = rope.ctypes.data, m.ctypes.data, self._work_buffer(B, S, m.shape[-1])
+        if self._lib.layers_forward(self._layer_array(views), len(self.qw.layers), st, x.ctypes.data) != 0:
+            raise ValueError("the quantized layers rejected this forward's shapes")
+        if logits_to_keep and logits_to_keep < S:
+            x = np.ascontiguousarray(x.reshape(B, S, -1)[:, -logits_to_keep:].reshape(B * logits_to_keep, -1))
+        logits = qkernels.matmul(qkernels.rmsnorm(x, self.qw.head_norm, f.eps), self.qw.head)
         return torch.from_numpy(logits).view(B, -1, logits.shape[-1])

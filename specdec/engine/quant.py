@@ -1,4 +1,4 @@
-"""Row-independent int8 linear layers for the CPU.
+"""Row-independent int8 projections (linear layers, and the modules computing one) for the CPU.
 
 Why int8: a decode step streams every weight once, and on the CPU a verify over gamma+1 tokens is
 compute-bound in fp32 (a skinny GEMM runs at a small fraction of peak): both costs fall with int8.
@@ -30,20 +30,53 @@ import warnings
 
 import torch
 
-QUANTIZE = ("none", "int8")
+from . import qweights
+
+# "gguf" / "q8_0": weight-only blocks with float32 activations for the C kernels (specdec/engine/qweights.py)
+QUANTIZE = ("none", "int8") + qweights.MODES
+
+
+# The projection modules quantized, by exact type (qualified name: no transformers import here), and how
+# to read each as y = x W^T + b with W [out, in]. Exact types, not isinstance(nn.Linear): a subclass may
+# compute something else (LoRA, bitsandbytes, ...); these three are checked to compute exactly that.
+def _linear_weight(m):
+    return m.weight, m.bias
+
+
+def _conv1d_weight(m):   # transformers' Conv1D (GPT-2): y = x W + b with W [in, out], a transposed linear
+    return m.weight.t(), m.bias
+
+
+PROJECTIONS = {
+    "torch.nn.modules.linear.Linear": _linear_weight,
+    "transformers.models.falcon.modeling_falcon.FalconLinear": _linear_weight,   # x @ W.T (+ b)
+    "transformers.pytorch_utils.Conv1D": _conv1d_weight,
+}
+
+
+def _qualname(m) -> str:
+    return f"{type(m).__module__}.{type(m).__qualname__}"
+
+
+def projection_weight(module):
+    """(W [out, in], b [out] or None) of a projection module quantize_model converts, else None."""
+    read = PROJECTIONS.get(_qualname(module))
+    return None if read is None else read(module)
 
 
 class RowwiseInt8Linear(torch.nn.Module):
-    """An nn.Linear replacement: int8 per-channel weights, per-row int8 activations (CPU only)."""
+    """A projection replacement (nn.Linear, FalconLinear, transformers' Conv1D: PROJECTIONS): int8
+    per-channel weights, per-row int8 activations (CPU only)."""
 
-    def __init__(self, linear: torch.nn.Linear | None = None, *, _int8=None, _scale=None, _bias=None):
+    def __init__(self, linear: torch.nn.Module | None = None, *, _int8=None, _scale=None, _bias=None):
         super().__init__()
         if linear is not None:
-            w = linear.weight.detach().float().cpu()
+            weight, bias = projection_weight(linear) or _linear_weight(linear)
+            w = weight.detach().float().cpu()
             w_ext = torch.cat([w, w.new_zeros(w.shape[0], 2)], 1)                   # the +-1 columns weigh 0
             _scale = (w_ext.abs().amax(1) / 127.0).clamp_min(1e-12).double()        # [out] per channel
             _int8 = torch.round(w_ext / _scale[:, None].float()).clamp(-127, 127).to(torch.int8)
-            _bias = None if linear.bias is None else linear.bias.detach().float().clone()
+            _bias = None if bias is None else bias.detach().float().clone()
         self.out_features, self.in_features = _int8.shape[0], _int8.shape[1] - 2
         zero = torch.zeros(self.out_features, dtype=torch.long)
         with warnings.catch_warnings():  # quantized tensor constructors warn of a future deprecation
@@ -98,30 +131,57 @@ class RowwiseInt8Linear(torch.nn.Module):
                                  _bias=None if self.bias is None else self.bias.clone())
 
 
-def quantize_model(model, mode: str = "int8"):
-    """Replace every nn.Linear of `model` (the LM head included) by a RowwiseInt8Linear, in place.
-    Embeddings and norms stay in floating point. Returns the model. mode "none" does nothing."""
+def quantize_model(model, mode: str = "int8", gguf_path=None):
+    """Replace every projection of `model` (PROJECTIONS: nn.Linear, FalconLinear, transformers' Conv1D; the
+    LM head included) by a RowwiseInt8Linear, in place. Embeddings and norms stay in floating point, and
+    so does any other weight matrix (e.g. a mixture of experts' fused expert tensors and its router): those
+    are named in one warning line and in `model.config.specdec_float_layers` (`float_layers`). Returns the
+    model. mode "none" does nothing; "gguf" and "q8_0" attach weight-only blocks instead
+    (qweights.quantize_model; gguf_path for "gguf")."""
     if mode not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {mode!r}")
     if mode == "none":
         return model
+    if mode in qweights.MODES:
+        return qweights.quantize_model(model, mode, gguf_path)
     dev = next(model.parameters()).device
     if dev.type != "cpu":
         raise ValueError(f"--quantize int8 is a CPU path (the model is on {dev}); on CUDA use bfloat16")
     if "x86" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "x86"
-    targets = [(name, mod) for name, mod in model.named_modules() if type(mod) is torch.nn.Linear]
+    targets = [(name, mod) for name, mod in model.named_modules() if projection_weight(mod) is not None]
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, RowwiseInt8Linear(mod))
+    left = float_layers(model)
+    if left:
+        kinds = sorted({kind for _, kind in left})
+        warnings.warn(f"int8: {len(left)} weight matrices stay float ({', '.join(kinds)}, e.g. {left[0][0]}); "
+                      "specdec quantizes nn.Linear, FalconLinear and transformers' Conv1D", stacklevel=2)
     # The LM head no longer shares the input embedding's weight; tell transformers not to re-tie them.
     if hasattr(model, "config"):
         model.config.tie_word_embeddings = False
         model.config.specdec_quantize = mode
+        model.config.specdec_float_layers = [name for name, _ in left]
     return model
 
 
+def float_layers(model) -> list[tuple[str, str]]:
+    """(name, type) of every module that holds a weight matrix (a parameter of 2 or more dimensions)
+    quantize_model leaves in floating point, embeddings aside (they are looked up, not multiplied)."""
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (RowwiseInt8Linear, torch.nn.Embedding)):
+            continue
+        if any(p.dim() >= 2 for p in mod.parameters(recurse=False)):
+            out.append((name, type(mod).__name__))
+    return out
+
+
 def quantization_of(model) -> str:
-    """'int8' if quantize_model converted `model`, else 'none'."""
+    """'int8' / 'gguf' / 'q8_0' if quantize_model converted `model`, else 'none'."""
+    qw = qweights.weights_of(model)
+    if qw is not None:
+        return qw.mode
     return "int8" if any(isinstance(m, RowwiseInt8Linear) for m in model.modules()) else "none"

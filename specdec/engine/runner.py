@@ -12,11 +12,9 @@ anything.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from . import lean, lean_numpy, quant
+from . import families, lean, lean_numpy, quant
 from .kvcache import KVCache, hf_cache
 from .devices import input_device
 
@@ -25,17 +23,7 @@ IMPLS = ("auto", "lean", "numpy", "hf")
 
 def cache_kwarg(model) -> str:
     """transformers 5.24 renamed forward's `past_key_values` to `cache`; accept both."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def num_attention_layers(model) -> int:
-    cfg = model.config
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    raise ValueError(f"cannot tell how many layers {type(model).__name__} has (no num_hidden_layers in its config)")
+    return families.cache_kwarg(model) or "past_key_values"
 
 
 def model_dtype(model) -> torch.dtype:
@@ -63,7 +51,8 @@ def resolve_impl(model, impl: str = "auto") -> str:
         if lean.supports(model) is not None:
             return "hf"
         small = lean_numpy.is_small(model) and lean_numpy.blas_single_threaded()
-        return "numpy" if small and lean_numpy.supports(model) is None else "lean"
+        quantized = lean_numpy.quantized(model)   # quantize="gguf" / "q8_0": the C kernels' forward
+        return "numpy" if (small or quantized) and lean_numpy.supports(model) is None else "lean"
     check = {"lean": lean.supports, "numpy": lean_numpy.supports}.get(impl)
     reason = check(model) if check else None
     if reason is not None:
@@ -71,12 +60,10 @@ def resolve_impl(model, impl: str = "auto") -> str:
     return impl
 
 
-def numpy_forward_of(model) -> lean_numpy.NumpyLeanForward:
-    fwd = lean_forward_of(model)
-    npf = getattr(model, "_specdec_numpy", None)
-    if npf is None or npf.fwd is not fwd:
-        npf = lean_numpy.NumpyLeanForward(fwd)
-        object.__setattr__(model, "_specdec_numpy", npf)
+def numpy_forward_of(model):
+    """NumpyLeanForward, or QuantLeanForward for a model with quantized weights (lean_numpy.forward_of)."""
+    npf = lean_numpy.forward_of(model, lean_forward_of(model), getattr(model, "_specdec_numpy", None))
+    object.__setattr__(model, "_specdec_numpy", npf)
     return npf
 
 
@@ -86,13 +73,11 @@ def cache_dtype(model, impl: str) -> torch.dtype:
     Why: attention sums over the cache's columns, and where padding and holes sit (which differs between
     a row decoded alone, in a ragged batch, or as a speculative verify) changes the order of those sums
     and so the last bits of the result. In float32 that is float rounding. An int8 model then rounds every
-    activation row to 255 levels, and a last-bit change that lands on a rounding boundary moves a level:
-    measured on the bundled int8 target at batch 8, a row's greedy output changed with the batch it was in.
-    With K, V (and so the scores and both reductions) in float64, the result rounded back to float32 no
-    longer depends on the layout (beyond ~1e-9 per element). The cost is attention arithmetic and twice
-    the cache's bytes: measured on the bundled pair, +16% on a plain decode step at batch 1, and at batch
-    8 (where the cache outweighs the int8 weights) plain decoding fell from 268 to 162 tokens/s
-    (bench/RESULTS.md, "Fast decode path")."""
+    activation row to 255 levels, and a last-bit change that lands on a rounding boundary moves a level
+    (the bundled int8 target's greedy output once changed with the batch a row was in). With K, V (and
+    so the scores and both reductions) in float64, the result rounded back to float32 no longer depends
+    on the layout. The cost is attention arithmetic and twice the cache's bytes, most at batch > 1, where
+    the cache outweighs the int8 weights (measured: bench/RESULTS.md, "Fast decode path")."""
     if impl == "lean" and quant.quantization_of(model) == "int8":
         return torch.float64
     return model_dtype(model)
@@ -103,6 +88,7 @@ class ModelRunner:
                  static: bool | None = None):
         """static: the cache's static mode (default: on with cuda_graphs); tests force it on the CPU to
         check that the shapes graphs need compute the same logits."""
+        families.check(model)
         self.model = model
         self.device = input_device(model)
         self.impl = resolve_impl(model, impl)
@@ -114,14 +100,17 @@ class ModelRunner:
             raise ValueError("CUDA graphs need the static cache")
         if static:
             capacity = -(-capacity // 64) * 64   # SDPA's fused kernels want an aligned mask width
-        self.kv = KVCache(batch, capacity, cache_dtype(model, self.impl), self.device, static=static)
+        # Windowed layers (the lean forwards have none: lean.supports) need each column's position.
+        self._plan = families.mask_plan(model.config) if self.impl == "hf" else None
+        self.kv = KVCache(batch, capacity, cache_dtype(model, self.impl), self.device, static=static,
+                          positions=self._plan is not None)
         self.graphs = None
         if self.impl == "lean":
             self._lean = lean_forward_of(model)
         elif self.impl == "numpy":
             self._lean = numpy_forward_of(model)
         else:
-            self._hf_cache = hf_cache(self.kv, num_attention_layers(model))
+            self._hf_cache = hf_cache(self.kv, [w for _, w in families.layer_windows(model.config)])
             self._kw = cache_kwarg(model)
         if cuda_graphs:
             from .graphs import GraphSet
@@ -132,13 +121,23 @@ class ModelRunner:
         """One forward over the cache whose begin() produced `mask`. ids, pos: [B, S]."""
         if self.impl in ("lean", "numpy"):
             return self._lean(ids, pos, self.kv, mask, logits_to_keep)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+        out = self.model(input_ids=ids, attention_mask=self._layer_masks(mask), position_ids=pos, use_cache=True,
                          logits_to_keep=logits_to_keep, **{self._kw: self._hf_cache})
         return out.logits
 
+    def _layer_masks(self, mask):
+        """The attention_mask the transformers forward gets (families.mask_plan): the full-attention mask,
+        one windowed mask, or a mask per layer type."""
+        plan = self._plan
+        if plan is None:
+            return mask
+        if isinstance(plan, families.Window):
+            return self.kv.windowed(mask, plan)
+        return {t: mask if w is None else self.kv.windowed(mask, w) for t, w in plan.items()}
+
     def forward(self, ids, pos, valid, logits_to_keep: int = 0):
         """Append S columns (ids, pos: [B, S] int64; valid: [B, S] bool); logits [B, S', V]."""
-        mask = self.kv.begin(valid)
+        mask = self.kv.begin(valid, pos)
         if self.graphs is not None and self.graphs.eligible(ids.shape[1]):
             logits = self.graphs.run(ids, pos, mask, logits_to_keep)
         else:

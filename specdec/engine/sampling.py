@@ -7,11 +7,14 @@ different code paths for these).
 
 Conventions (Hugging Face's warper order): top-k and top-p are applied to the logits divided by the
 temperature; the masked logits keep their raw scale (masked entries are -inf), and the temperature is
-applied once more by `probs_from_logits`. Temperature 0 means greedy.
+applied once more by `probs_from_logits`. Temperature 0 means greedy (`common.values.is_greedy`: the one
+rule, with the smallest sampling temperature the callers' checks enforce).
 """
 from __future__ import annotations
 
 import torch
+
+from ..common.values import is_greedy
 
 NEG_INF = float("-inf")
 
@@ -27,7 +30,7 @@ def mask_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     if top_k > 0 and top_k < V:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # [..., 1]
         logits = logits.masked_fill(logits < kth, NEG_INF)
-    if top_p < 1.0 and temperature > 0:
+    if top_p < 1.0 and not is_greedy(temperature):
         scaled = logits.float() / temperature
         sorted_logits, sorted_idx = torch.sort(scaled, dim=-1, descending=True)  # [..., V]
         sorted_probs = sorted_logits.softmax(dim=-1)
@@ -41,6 +44,20 @@ def mask_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     return logits
 
 
+def pad_vocab(logits: torch.Tensor, width: int) -> torch.Tensor:
+    """[..., W] -> [..., width]: a model's logits widened with -inf (probability 0) for the ids it has no
+    logit for (a draft whose vocabulary is smaller than the target's). Costs a copy when W < width."""
+    missing = width - logits.shape[-1]
+    return torch.nn.functional.pad(logits, (0, missing), value=NEG_INF) if missing > 0 else logits
+
+
+def unusable_rows(logits: torch.Tensor) -> torch.Tensor:
+    """[..., V] -> [...] bool: rows no token can be chosen from (a NaN or +inf logit, or every logit
+    -inf). softmax turns such a row into NaN and argmax then returns an id nobody sampled (token 0 for
+    an all -inf row). One max over V: torch's max propagates NaN."""
+    return ~logits.amax(dim=-1).isfinite()
+
+
 def probs_from_logits(logits: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
     """softmax(logits / T) in fp32. logits: [B, ..., V]; temperature: scalar or [B] (> 0 where used).
 
@@ -49,9 +66,9 @@ def probs_from_logits(logits: torch.Tensor, temperature: torch.Tensor | float) -
     x = logits.float()
     if isinstance(temperature, torch.Tensor):
         t = temperature.to(device=x.device, dtype=torch.float32)
-        t = torch.where(t > 0, t, torch.ones_like(t)).reshape(t.shape + (1,) * (x.dim() - t.dim()))
+        t = torch.where(is_greedy(t), torch.ones_like(t), t).reshape(t.shape + (1,) * (x.dim() - t.dim()))
         x = x / t
-    elif temperature > 0:
+    elif not is_greedy(temperature):
         x = x / temperature
     return x.softmax(dim=-1)
 
@@ -74,6 +91,6 @@ def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = N
 def sample_tokens(masked_logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Next tokens from masked logits [..., V] -> [...] int64: argmax at temperature 0, else a sample of
     softmax(masked_logits / temperature)."""
-    if temperature == 0:
+    if is_greedy(temperature):
         return masked_logits.argmax(dim=-1)
     return sample_from_probs(probs_from_logits(masked_logits, temperature), generator)

@@ -15,15 +15,14 @@ Temperature 0 is greedy: accept iff x_i == argmax p_i, and the extra token is ar
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 import torch
 
-from .sampling import probs_from_logits, sample_from_probs
-
-LENIENCE_KINDS = ("lin", "sq", "exp")
+from ..common.values import LENIENCE_KINDS  # noqa: F401 (re-exported)
+from ..common.values import MIN_TEMPERATURE, BadType, check_lenience, check_temperature, is_greedy
+from .sampling import probs_from_logits, sample_from_probs, unusable_rows
 BACKENDS = ("torch", "triton", "auto")
 
 
@@ -43,52 +42,61 @@ def lenient_target(p_x: torch.Tensor, kind: str | None, eps: float) -> torch.Ten
         return p_x / (eps * eps)
     if kind == "exp":
         return p_x.pow(eps)
-    raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {kind!r}")
+    check_lenience(kind, eps)   # raises: an unknown kind
 
 
 def _temperature_tensor(temperature, B: int, device) -> torch.Tensor:
-    """Scalar or [B] temperature -> [B] fp32 on device; checks it is finite and non-negative (one host
-    sync when a tensor is passed, paid only on this validation path)."""
+    """Scalar or [B] temperature -> [B] fp32 on device; each checked by the one temperature rule
+    (common/values.py; one host sync when a tensor is passed, paid only on this validation path)."""
     if isinstance(temperature, torch.Tensor):
         t = temperature.to(device=device, dtype=torch.float32).reshape(-1)
         if t.numel() == 1:
             t = t.expand(B)
         if t.shape != (B,):
             raise ValueError(f"temperature must be a float or a [B]={B} tensor, got shape {tuple(temperature.shape)}")
-        if not bool(((t >= 0) & t.isfinite()).all()):
-            raise ValueError("temperature must be finite and >= 0 (0 means greedy)")
+        bad = ~(t.isfinite() & (is_greedy(t) | (t >= MIN_TEMPERATURE)))
+        if bool(bad.any()):
+            check_temperature(float(t[bad][0]), "temperature")   # raises, naming the first bad value
         return t.contiguous()
-    t = float(temperature)
-    if not math.isfinite(t) or t < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t}")
-    return torch.full((B,), t, device=device, dtype=torch.float32)
+    return torch.full((B,), check_temperature(temperature, "temperature"), device=device, dtype=torch.float32)
 
 
 def check_values(target_logits, draft_logits, draft_tokens, num_draft_tokens) -> None:
-    """What `verify` checks on values (one host sync): every draft id a row verifies lies in [0, V), and
-    no logit is NaN or +inf (-inf is a masked entry). Without it an out-of-range id would be emitted as
-    is, and NaN logits would silently emit token 0."""
+    """What `verify` checks on values (one host sync): every count lies in [0, K], every draft id a row
+    verifies lies in [0, V), and every position a row uses has a logit row a token can be chosen from (no
+    NaN or +inf; not all -inf: -inf marks a masked token). Without it an out-of-range id would be emitted
+    as is, and an unusable row would silently emit token 0."""
     B, K1, V = target_logits.shape
     K = K1 - 1
-    n = torch.full((B,), K, device=draft_tokens.device) if num_draft_tokens is None else num_draft_tokens
-    used = torch.arange(K, device=draft_tokens.device)[None] < n[:, None]           # [B, K]
+    n = torch.full((B,), K, device=draft_tokens.device) if num_draft_tokens is None else num_draft_tokens.long()
+    pos = torch.arange(K1, device=draft_tokens.device)[None]                       # [1, K+1]
+    used = pos[:, :K] < n[:, None]                                                  # [B, K] drafts verified
     x = draft_tokens.long()
-    bad_ids = ((x < 0) | (x >= V)) & used
-    bad_logits = torch.stack([target_logits.isnan().any() | target_logits.isposinf().any(),
-                              draft_logits.isnan().any() | draft_logits.isposinf().any()])
-    flags = torch.cat([bad_ids.any(1), bad_logits]).tolist()
-    if any(flags[:B]):
-        b = flags.index(True)
+    checks = {"counts": (n < 0) | (n > K),                                          # [B] each
+              "ids": (((x < 0) | (x >= V)) & used).any(1),
+              "target_logits": (unusable_rows(target_logits) & (pos <= n[:, None])).any(1),   # up to the bonus
+              "draft_logits": (unusable_rows(draft_logits) & used).any(1)}
+    flags = dict(zip(checks, torch.stack(list(checks.values())).tolist()))
+    if any(flags["counts"]):
+        raise ValueError(f"num_draft_tokens must lie in [0, K={K}], got {n.tolist()}")
+    if any(flags["ids"]):
+        b = flags["ids"].index(True)
         raise ValueError(f"draft_tokens of row {b} hold ids outside [0, {V}): {draft_tokens[b].tolist()}; "
                          "drafts must come from the shared vocabulary")
-    for name, bad in zip(("target_logits", "draft_logits"), flags[B:]):
-        if bad:
-            raise ValueError(f"{name} contain NaN or +inf; verification needs finite logits (-inf marks a "
-                             "masked token)")
+    for name in ("target_logits", "draft_logits"):
+        if any(flags[name]):
+            raise ValueError(f"{name} contain NaN or +inf, or a position whose logits are all -inf (row "
+                             f"{flags[name].index(True)}): no token can be chosen from it (-inf marks a masked token)")
 
 
 def check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps):
-    """Shape / dtype / device checks shared by every backend. Returns (B, K, V)."""
+    """Type / shape / dtype / device checks shared by every backend. Returns (B, K, V)."""
+    for name, t, shape in (("target_logits", target_logits, "[B, K+1, V]"), ("draft_logits", draft_logits, "[B, K, V]"),
+                           ("draft_tokens", draft_tokens, "[B, K]"), ("num_draft_tokens", num_draft_tokens, "[B]")):
+        if not isinstance(t, torch.Tensor) and not (name == "num_draft_tokens" and t is None):
+            raise BadType(f"{name} must be a {shape} torch.Tensor, got {type(t).__name__}")
+    if num_draft_tokens is not None and (num_draft_tokens.is_floating_point() or num_draft_tokens.dtype == torch.bool):
+        raise BadType(f"num_draft_tokens must be an integer tensor, got {num_draft_tokens.dtype}")
     if target_logits.dim() != 3:
         raise ValueError(f"target_logits must be [B, K+1, V], got shape {tuple(target_logits.shape)}")
     B, K1, V = target_logits.shape
@@ -112,10 +120,7 @@ def check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, le
         devs.add(num_draft_tokens.device)
     if len(devs) != 1:
         raise ValueError(f"all verify inputs must be on one device, got {sorted(map(str, devs))}")
-    if lenience is not None and lenience not in LENIENCE_KINDS:
-        raise ValueError(f"lenience must be one of {LENIENCE_KINDS} or None, got {lenience!r}")
-    if not (0.0 < lenience_eps <= 1.0):
-        raise ValueError(f"lenience_eps must be in (0, 1], got {lenience_eps}")
+    check_lenience(lenience, lenience_eps)
     return B, K, V
 
 
@@ -130,7 +135,7 @@ def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num
     B, K1, V = target_logits.shape
     K = K1 - 1
     device = target_logits.device
-    greedy = temperature == 0                                         # [B]
+    greedy = is_greedy(temperature)                                   # [B]
     n = (torch.full((B,), K, device=device, dtype=torch.int64) if num_draft_tokens is None
          else num_draft_tokens.to(torch.int64).clamp(0, K))           # [B]
     x = draft_tokens.to(torch.int64).clamp(0, V - 1)                  # [B, K]; junk beyond n is masked below
@@ -201,6 +206,8 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise BadType(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     B, K, V = check_inputs(target_logits, draft_logits, draft_tokens, num_draft_tokens, lenience, lenience_eps)
     temp = _temperature_tensor(temperature, B, target_logits.device)
     if validate:
@@ -214,10 +221,10 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
             raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before importing "
                              "triton to run it on the CPU; use backend='torch' or 'auto' otherwise")
         from ..kernels.verify_triton import verify_triton  # heavy optional dependency: imported on use
-        out = verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
-                            generator, lenience, lenience_eps)
-        return VerifyResult(tokens=out.tokens, num_accepted=out.num_accepted)
-    all_greedy = not isinstance(temperature, torch.Tensor) and float(temperature) == 0.0
+        tokens, num_accepted = verify_triton(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
+                                             generator, lenience, lenience_eps)
+        return VerifyResult(tokens=tokens, num_accepted=num_accepted)
+    all_greedy = not isinstance(temperature, torch.Tensor) and is_greedy(float(temperature))
     return verify_reference(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
                             generator, lenience, lenience_eps, all_greedy)
 

@@ -46,11 +46,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
+
+from ..common.values import check_lenience
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":
@@ -349,11 +349,6 @@ def _split(rows: int, V: int, block: int, sms: int, max_tiles: int | None = None
     return triton.cdiv(n_tiles, tiles), tiles
 
 
-class Verified(NamedTuple):
-    tokens: torch.Tensor         # [B, K+1] int64: emitted tokens left-aligned, -1 after the last
-    num_accepted: torch.Tensor   # [B] int64
-
-
 def _check(target_logits, draft_logits, draft_tokens, temperature, num_draft_tokens, lenience, lenience_eps):
     """The launch contract (shapes, dtypes, devices, strides): asserted here, before any launch."""
     if target_logits.dim() != 3:
@@ -370,8 +365,7 @@ def _check(target_logits, draft_logits, draft_tokens, temperature, num_draft_tok
         raise ValueError(f"draft_tokens must be int32 or int64, got {draft_tokens.dtype}")
     if num_draft_tokens is not None and tuple(num_draft_tokens.shape) != (B,):
         raise ValueError(f"num_draft_tokens must be [B] = ({B},), got {tuple(num_draft_tokens.shape)}")
-    if not (0.0 < lenience_eps <= 1.0):
-        raise ValueError(f"lenience_eps must be in (0, 1], got {lenience_eps}")
+    check_lenience(lenience, lenience_eps)
     dev = target_logits.device
     if {draft_logits.device, draft_tokens.device} != {dev}:
         raise ValueError("all verify_triton inputs must be on one device")
@@ -394,8 +388,6 @@ def _check(target_logits, draft_logits, draft_tokens, temperature, num_draft_tok
         raise ValueError("temperature must be contiguous; call .contiguous()")
     if num_draft_tokens is not None and num_draft_tokens.is_floating_point():
         raise ValueError(f"num_draft_tokens must be an integer tensor, got {num_draft_tokens.dtype}")
-    if lenience not in _LENIENCE_CODE:
-        raise ValueError(f"lenience must be one of {tuple(k for k in _LENIENCE_CODE if k)} or None, got {lenience!r}")
     return B, K, V
 
 
@@ -403,8 +395,11 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
                   temperature: torch.Tensor, num_draft_tokens: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, lenience: str | None = None,
                   lenience_eps: float = 1.0, *, block: int | None = None,
-                  sample_block: int | None = None, num_warps: int | None = None) -> Verified:
+                  sample_block: int | None = None, num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused verification; same contract as `verify_reference` (temperature a [B] fp32 tensor).
+    Returns (tokens [B, K+1] int64: emitted tokens left-aligned, -1 after the last; num_accepted [B]
+    int64): the fields of engine/verify.py's VerifyResult, which `verify(..., backend="triton")` wraps
+    them in (one result type; this module imports nothing of the engine).
 
     target_logits [B, K+1, V], draft_logits [B, K, V]: fp32 / bf16 / fp16, last dim contiguous (other
     strides are free, so a slice to the shared vocabulary needs no copy). draft_tokens [B, K] int32/int64.
@@ -422,7 +417,7 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
     tokens = torch.empty((B, K + 1), device=dev, dtype=torch.int64)
     num_accepted = torch.empty((B,), device=dev, dtype=torch.int64)
     if B == 0:
-        return Verified(tokens=tokens, num_accepted=num_accepted)
+        return tokens, num_accepted
     if block is None:
         block = 4096 if target_logits.element_size() <= 2 else 2048
     if sample_block is None:
@@ -500,4 +495,4 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
             rmass, pmass, tokens, B, K, V, nc3, tiles3, s_tb, s_tk, s_db, s_dk, s_xb, s_xk, s_n,
             HAS_N=has_n, R=r4, BLOCK=block3, BLOCK_NC=bnc3, BLOCK_K1=max(2, p2(K + 1)),
             num_warps=8 if r4 * block3 >= 4096 else 4)
-    return Verified(tokens=tokens, num_accepted=num_accepted)
+    return tokens, num_accepted

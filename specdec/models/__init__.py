@@ -1,3 +1,3 @@
 """Models: loading a target / draft pair and its tokenizer, the vocabulary check, the bundled pair."""
-from .load import (ASSETS, DTYPES, bundled_pair, check_vocab, load_model, load_pair, load_tokenizer,  # noqa: F401
-                   resolve_dtype)
+from .load import (ASSETS, DTYPES, bundled_pair, check_vocab, context_of, load_config, load_model,  # noqa: F401
+                   load_pair, load_tokenizer, resolve_dtype)

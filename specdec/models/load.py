@@ -1,12 +1,16 @@
 """Loading target / draft models and tokenizers, vocabulary alignment, and the bundled default pair."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from ..engine import families
 from ..engine.quant import QUANTIZE, quantize_model
-from ..engine.devices import input_device, logit_width
+from ..common.values import BadType
+from ..engine.devices import input_device, logit_width, resolve_device
+from ..engine.params import max_positions
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -28,6 +32,8 @@ def bundled_pair() -> tuple[Path, Path]:
 def resolve_dtype(dtype) -> torch.dtype | str:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype or torch.float32
+    if not isinstance(dtype, str):
+        raise BadType(f"dtype must be a name ({', '.join(sorted(DTYPES))}) or a torch.dtype, got {dtype!r}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     return DTYPES[dtype]
@@ -41,6 +47,7 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, qua
     _check_exists(name_or_path)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    check_family(name_or_path)
     kwargs = {"dtype": resolve_dtype(dtype)}
     if device_map is not None:
         kwargs["device_map"] = device_map  # transformers/accelerate place the layers across devices
@@ -52,10 +59,40 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, qua
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"cannot load a causal LM from {name_or_path!r}: {first} (a truncated or corrupt "
                          "weights file? download or copy it again)") from None
+    families.check(model)   # what only the model tells (its forward's arguments)
     if device_map is None:
         model = model.to(device)
     model.eval().requires_grad_(False)
     return quantize_model(model, quantize)
+
+
+def check_family(name_or_path) -> None:
+    """Refuse a model specdec cannot run exactly (ALiBi, recurrent state, ...: engine/families.py) from
+    its config, before any weights load. A config that cannot be read is left to load_model to report."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_path))
+    except (OSError, ValueError):
+        return
+    families.check(config)
+
+
+def load_config(name_or_path):
+    """The model's transformers config alone (config.json, no weights): for checks before any model loads."""
+    from transformers import AutoConfig
+
+    _check_exists(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read a model config from {name_or_path!r}: {str(e).splitlines()[0]}") from None
+
+
+def context_of(*models) -> int | None:
+    """The smallest context (positions) of the models at these paths, from their config.json alone."""
+    limits = [n for n in (max_positions(load_config(m)) for m in models) if n]
+    return min(limits) if limits else None
 
 
 def load_tokenizer(name_or_path):
@@ -102,15 +139,34 @@ def check_vocab(target_tok, draft_tok, target_name="target", draft_name="draft")
     return len(tv)
 
 
+def check_pair_args(target, draft, device_map, quantize, draft_quantize) -> None:
+    """load_pair's arguments, by type and value, before anything is read."""
+    for name, value in (("target", target), ("draft", draft)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise BadType(f"{name} must be a model folder, a hub id or None (the bundled pair), got "
+                          f"{type(value).__name__}")
+    if device_map is not None and not isinstance(device_map, (str, dict)):
+        raise BadType(f"device_map must be a string (e.g. 'auto'), a dict or None, got {type(device_map).__name__}")
+    for name, value in (("quantize", quantize), ("draft_quantize", draft_quantize)):
+        if value not in QUANTIZE and not (name == "draft_quantize" and value is None):
+            raise ValueError(f"{name} must be one of {QUANTIZE}, got {value!r}")
+
+
 def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map=None, quantize: str = "none",
               draft_quantize: str | None = None):
     """(target_model, draft_model, tokenizer, shared_vocab) for two paths or hub ids; None = bundled pair.
     quantize "int8": row-independent int8 projections (specdec.engine.quant; CPU only) for the target, and for
     the draft unless draft_quantize says otherwise."""
+    check_pair_args(target, draft, device_map, quantize, draft_quantize)
+    resolve_dtype(dtype)
+    device = str(resolve_device(device, "device")) if device_map is None else device
     if target is None or draft is None:
         bt, bd = bundled_pair()
         target = bt if target is None else target
         draft = bd if draft is None else draft
+    for name in (target, draft):
+        _check_exists(name)
+        check_family(name)
     ttok, dtok = load_tokenizer(target), load_tokenizer(draft)
     vocab = check_vocab(ttok, dtok, str(target), str(draft))
     tmodel = load_model(target, dtype, device, device_map, quantize)

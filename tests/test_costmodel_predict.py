@@ -1,12 +1,12 @@
-"""The math behind gamma="auto" on pure inputs: the choice of the round's draft count, the running
-acceptance estimate, the monotone cost fit, and the chosen-count histogram of DecodeStats."""
+"""The math behind gamma="auto" on pure inputs (specdec/costmodel/predict.py): the choice of the round's
+draft count, the running acceptance estimate, the monotone cost fit, the speedup over a mix of counts."""
 import random
 
 import pytest
 
-from specdec.metrics import (DecodeStats, best_draft_count, discounted_counts, expected_tokens_per_step,
-                             linear_round_costs, predicted_speedup, predicted_speedup_mix, robust_line, round_cost,
-                             shrunk_alpha)
+from specdec.costmodel.predict import (best_draft_count, discounted_counts, expected_tokens_per_step,
+                                       linear_round_costs, predicted_speedup, predicted_speedup_mix, robust_line,
+                                       round_cost, shrunk_alpha)
 
 
 def _ratios(c, v=1.0, slope=0.05, top=8):
@@ -134,14 +134,3 @@ def test_predicted_speedup_mix():
     one, four = predicted_speedup(0.6, 1, 0.1, 1.1), predicted_speedup(0.6, 4, 0.1, 1.4)
     assert min(one, four) < mixed < max(one, four)
     assert predicted_speedup_mix(0.6, [], 0.1, v) is None
-
-
-def test_gamma_counts_histogram():
-    st = DecodeStats()
-    st.observe([2, 2, 0], [1, 2, 0])
-    st.observe([5], [0])
-    assert st.gamma_counts == [1, 0, 2, 0, 0, 1]
-    assert st.mean_gamma == pytest.approx(9 / 3)
-    merged = DecodeStats.merged([st, st])
-    assert merged.gamma_counts == [2, 0, 4, 0, 0, 2]
-    assert "gamma_counts" in st.to_dict() and st.to_dict()["mean_gamma"] == pytest.approx(3.0)

@@ -1,5 +1,6 @@
-"""The cost table and its cache: what the key holds, that a stale or foreign table is never read, the
-round costs gamma="auto" reads, and the decoder measuring once and reading the cache afterwards."""
+"""The cost model's table, cache and measurement (specdec/costmodel/): what the key holds, that a stale or
+foreign table is never read, the round costs gamma="auto" reads, and the decoder measuring once and
+reading the cache afterwards."""
 import copy
 import json
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from specdec import SpeculativeDecoder, costs
+from specdec import SpeculativeDecoder
+from specdec.costmodel import cache as costcache
+from specdec.costmodel import measure, table
 from specdec.engine.quant import quantize_model
 
 
@@ -19,14 +22,14 @@ def pair():
 def _key(pair, **kw):
     args = dict(batch_size=2, context=32, sampling=False, gammas=range(1, 5))
     args.update(kw)
-    return costs.cost_key(*pair, **args)
+    return costcache.cost_key(*pair, **args)
 
 
 def test_key_holds_what_a_round_costs_depends_on(pair, monkeypatch):
     base = _key(pair)
     assert base == _key(pair)                                   # deterministic
     for change in (dict(batch_size=3), dict(context=64), dict(sampling=True), dict(gammas=range(1, 9)),
-                   dict(impl="hf"), dict(cuda_graphs=True)):
+                   dict(impl="hf"), dict(impl=("auto", "hf")), dict(cuda_graphs=True)):
         assert _key(pair, **change) != base, change
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
     assert _key(pair) != base                                   # another thread count
@@ -61,11 +64,11 @@ def test_the_engine_fingerprint_covers_every_module_a_forward_runs():
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             names = [node.module] if node.module else [a.name for a in node.names]
             imported |= {path.parent / f"{n}.py" for n in names}
-    assert imported and imported <= set(costs.engine_sources()), imported - set(costs.engine_sources())
+    assert imported and imported <= set(costcache.engine_sources()), imported - set(costcache.engine_sources())
 
 
 def test_cache_round_trip_and_refusals(pair, tmp_path):
-    cache = costs.CostCache(tmp_path)
+    cache = costcache.CostCache(tmp_path)
     key = _key(pair)
     entry = {"round_s": {"greedy": {1: 0.01, 2: 0.012}}}
     assert cache.load(key) is None
@@ -81,7 +84,8 @@ def test_cache_round_trip_and_refusals(pair, tmp_path):
     path.write_text("{ not json")
     assert cache.load(key) is None
     path.write_text(json.dumps({"key": data["key"], "costs": "garbage"}))
-    assert cache.load(key) is None
+    with pytest.warns(UserWarning, match="unusable costs"):
+        assert cache.load(key) is None
     # get: measures when nothing usable is stored, then reads what it stored
     calls = []
     assert cache.get(key, lambda: calls.append(1) or entry) == entry
@@ -91,25 +95,25 @@ def test_cache_round_trip_and_refusals(pair, tmp_path):
 
 def test_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "a"))
-    assert costs.default_cache_dir() == tmp_path / "a" / "costs"
+    assert costcache.default_cache_dir() == tmp_path / "a" / "costs"
     monkeypatch.delenv("SPECDEC_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert costs.default_cache_dir() == tmp_path / "xdg" / "specdec" / "costs"
+    assert costcache.default_cache_dir() == tmp_path / "xdg" / "specdec" / "costs"
     # an unwritable cache costs a measurement, nothing else
     blocked = tmp_path / "file"
     blocked.write_text("")
-    costs.CostCache(blocked / "sub").store({"k": 1}, {"round_s": {}})
+    costcache.CostCache(blocked / "sub").store({"k": 1}, {"round_s": {}})
 
 
 def test_round_costs_and_nearest_batch_size():
     entry = {"c": 0.1, "v": {1: 1.0, 2: 1.2}, "round_s": {"greedy": {1: 0.010, 2: 0.012}}}
-    assert costs.round_costs(entry, sampling=False) == {1: 0.010, 2: 0.012}
-    assert costs.round_costs(entry, sampling=True) == {1: 0.010, 2: 0.012}     # the other mode's
-    assert costs.round_costs({"c": 0.1, "v": {1: 1.0, 2: 1.2}}, False) == pytest.approx({1: 1.1, 2: 1.4})
-    table = {1: "one", 4: "four", 16: "sixteen"}
-    assert [costs.costs_at(table, b) for b in (1, 2, 3, 5, 8, 12, 64)] == \
+    assert table.round_costs(entry, sampling=False) == {1: 0.010, 2: 0.012}
+    assert table.round_costs(entry, sampling=True) == {1: 0.010, 2: 0.012}     # the other mode's
+    assert table.round_costs({"c": 0.1, "v": {1: 1.0, 2: 1.2}}, False) == pytest.approx({1: 1.1, 2: 1.4})
+    by_size = {1: "one", 4: "four", 16: "sixteen"}
+    assert [table.costs_at(by_size, b) for b in (1, 2, 3, 5, 8, 12, 64)] == \
         ["one", "four", "four", "four", "four", "sixteen", "sixteen"]
-    back = costs.entry_from_json(json.loads(json.dumps(entry)))
+    back = table.read_entry(json.loads(json.dumps(entry)))
     assert back == entry
 
 
@@ -125,7 +129,7 @@ def test_auto_measures_once_then_reads_the_cache(pair, tmp_path, monkeypatch):
     assert stored["key"]["gammas"] == [1, 2, 3, 4] and stored["key"]["sampling"] is False
     assert set(stored["costs"]["round_s"]["greedy"]) == {"1", "2", "3", "4"}
     # a new decoder (a new process) reads the table instead of measuring
-    monkeypatch.setattr(SpeculativeDecoder, "measure_round_costs", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(costcache, "measure_round_costs", lambda *a, **k: pytest.fail("measured again"))
     again = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=4, cost_cache=tmp_path)
     assert again.generate(ids, max_new_tokens=12).new_tokens == first.new_tokens
     # sampling is its own key (it costs more per draft): measured apart
@@ -136,8 +140,8 @@ def test_auto_measures_once_then_reads_the_cache(pair, tmp_path, monkeypatch):
 def test_measure_round_costs(pair):
     target, draft = pair
     dec = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=3)
-    rc = dec.measure_round_costs(torch.tensor([[3, 4, 5, 6]]).repeat(2, 1), None, sampling=True, repeats=1,
-                                 new_tokens=40)
+    rc = measure.measure_round_costs(dec, torch.tensor([[3, 4, 5, 6]]).repeat(2, 1), None, sampling=True,
+                                     repeats=1, new_tokens=40)
     assert set(rc) == {1, 2, 3} and all(0 < s < 5 for s in rc.values())
 
 
@@ -152,3 +156,62 @@ def test_a_first_call_that_measures_decodes_as_a_call_that_reads(pair, tmp_path)
     assert len(list(tmp_path.glob("costs-*.json"))) == 1
     again = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=3, cost_cache=tmp_path).generate(ids, mask, **kw)
     assert first.new_tokens == again.new_tokens
+
+
+# ------------------------------------------------------------------ damaged costs (issue 19, class 8)
+
+def _cached_file(pair, tmp_path, round_s):
+    """The cache file a gamma="auto" decoder of `pair` (batch 1, 7-token prompt, greedy, max_gamma 4)
+    reads, written by hand with the given round times."""
+    target, _ = pair
+    draft = copy.deepcopy(target)
+    dec = SpeculativeDecoder(target, draft, gamma="auto", max_gamma=4, cost_cache=tmp_path)
+    key = costcache.cost_key(target, draft, 1, costcache.context_bucket(7), False, range(1, 5), dec.resolved_impl,
+                             False, dec.device)
+    path = costcache.CostCache(tmp_path).path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "costs": {"round_s": {"greedy": round_s}}}))
+    return dec, path
+
+
+@pytest.mark.parametrize("seconds", [0.0, -0.01])
+def test_a_cache_file_of_zero_or_negative_costs_is_measured_again(pair, tmp_path, seconds):
+    """A cost cache file whose round times are zero (a ZeroDivisionError inside the choice) or negative
+    (auto then drafted nothing, K = 0, every round) is never used: it is measured again, with a warning
+    naming the file, and replaced."""
+    dec, path = _cached_file(pair, tmp_path, {str(k): seconds for k in range(1, 5)})
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9]])
+    with pytest.warns(UserWarning, match=f"{path.name}.*unusable costs.*measuring them again"):
+        out = dec.generate(ids, max_new_tokens=12)
+    assert sum(out.stats.gamma_counts[1:]) > 0             # rounds drafted: K >= 1
+    stored = json.loads(path.read_text())["costs"]["round_s"]["greedy"]
+    assert set(stored) == {"1", "2", "3", "4"} and all(s > 0 for s in stored.values())
+
+
+def test_a_cache_file_missing_a_count_or_a_mode_is_measured_again(pair, tmp_path):
+    dec, path = _cached_file(pair, tmp_path, {})
+    with pytest.warns(UserWarning, match="unusable costs"):
+        dec.generate(torch.tensor([[3, 4, 5, 6, 7, 8, 9]]), max_new_tokens=6)
+    assert json.loads(path.read_text())["costs"]["round_s"]["greedy"]
+
+
+@pytest.mark.parametrize("entry, field", [
+    ({"c": 0.0, "v": {"1": 1.1}}, "c"), ({"c": 0.1, "v": {"1": -1.0}}, "v"), ({"c": 0.1, "v": {}}, "v"),
+    ({"c": 0.1, "v": {"x": 1.0}}, "integer keys"), ({"c": 0.1, "v": {"0": 1.0}}, "count 0"),
+    ({"c": float("nan"), "v": {"1": 1.0}}, "c"), ({"c": True, "v": {"1": 1.0}}, "c"),
+    ({"round_s": {"greedy": {"1": 0.0}}}, "round_s.greedy"), ({"round_s": {"fast": {"1": 1.0}}}, "unknown mode"),
+    ({"c": 0.1}, "neither round times"), ({"target_step_s": -1.0, "c": 0.1, "v": {"1": 1.0}}, "target_step_s"),
+    ("garbage", "not a costs entry"), (None, "not"),
+])
+def test_read_entry_refuses_costs_no_prediction_may_use(entry, field):
+    with pytest.raises(ValueError, match=field):
+        table.read_entry(entry)
+
+
+def test_read_table_names_the_batch_size():
+    good = {"c": 0.1, "v": {"1": 1.1}}
+    assert table.read_table({"1": good, "8": good}) == {1: {"c": 0.1, "v": {1: 1.1}}, 8: {"c": 0.1, "v": {1: 1.1}}}
+    with pytest.raises(ValueError, match="batch size 8: c = 0"):
+        table.read_table({"1": good, "8": {"c": 0, "v": {"1": 1.1}}})
+    with pytest.raises(ValueError, match="batch size '0' is not an integer >= 1"):
+        table.read_table({"0": good})

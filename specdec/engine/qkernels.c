@@ -1,0 +1,514 @@
+/* specdec's CPU kernels for quantized models: a weight-only quantized GEMM and, around it, the rest of
+ * a Llama-family decoder layer (RMSNorm, RoPE, the KV-cache write, attention, SiLU gating), so that one
+ * call runs every layer of a forward (specdec/engine/qkernels.py binds them; lean_numpy.py drives them).
+ *
+ * The GEMM: y[m, n] (+)= sum_k x[m, k] * W[n, k].
+ *
+ * W is stored as llama.cpp / GGUF blocks of 32 weights along k (row n = K/32 consecutive blocks):
+ *   Q4_1 (20 bytes): fp16 d, fp16 m, 16 bytes of nibbles; byte j holds element j (low nibble) and
+ *                    element j + 16 (high nibble); w = d * q + m.
+ *   Q8_0 (34 bytes): fp16 d, 32 int8; w = d * q.
+ * x and y are float32. Each block is decoded to float32 once per group of rows (tile) and used for
+ * every row of the tile.
+ *
+ * Exactness (what the engine relies on):
+ *  - The weights are exactly the fp32 weights a dequantizer produces: d * q is exact in float32 (an
+ *    11-bit by at most 8-bit product), so fma(q, d, m) == d * q + m rounded once, as gguf's NumPy
+ *    dequantizer (and so transformers) computes it.
+ *  - Every output element is summed in ONE fixed order whatever M, the tile or the code path: an
+ *    8-lane accumulator, lane l taking k = 32 b + 8 g + l for blocks b then groups g in order (fused
+ *    multiply-adds), then the lanes added in the fixed tree of hsum8(). So a row's result does not
+ *    depend on the other rows or on how many rows share the call, bit for bit; the portable C path
+ *    below mirrors the AVX2 path operation for operation (fmaf), so both give the same bits.
+ * Build: -O3 [-march=native] -ffp-contract=off (no compiler-chosen contractions; every fusion here is
+ * an explicit fma). QGEMM_PORTABLE forces the portable path (tests compare the two).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(QGEMM_PORTABLE)
+#define QGEMM_AVX2 1
+#include <immintrin.h>
+#else
+#define QGEMM_AVX2 0
+#endif
+
+#define QK 32
+#define Q4_1_BYTES 20
+#define Q8_0_BYTES 34
+#define KIND_Q4_1 0
+#define KIND_Q8_0 1
+#define ABI_VERSION 3
+#define MAX_TILE_ROWS 5   /* rows a tile computes at once (see ALL_TILES) */
+
+int qgemm_abi_version(void) { return ABI_VERSION; }
+int qgemm_simd(void) { return QGEMM_AVX2 ? 8 : 0; }   /* lanes of the vector path, 0 = portable */
+
+static float half_to_float(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+    if (exp == 0 && man == 0) {
+        bits = sign;
+    } else if (exp == 0) {            /* subnormal: normalise */
+        int shifts = 0;
+        while (!(man & 0x400u)) { man <<= 1; shifts++; }
+        bits = sign | ((uint32_t)(113 - shifts) << 23) | ((man & 0x3ffu) << 13);
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* ---- the order-defining pieces, portable form: acc[l] over k = 32 b + 8 g + l, then hsum8 ---- */
+
+static inline float hsum8_scalar(const float a[8]) {
+    /* ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)): the AVX2 tree below */
+    float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
+static inline void decode_scalar(int kind, const uint8_t *blk, float w[QK]) {
+    if (kind == KIND_Q4_1) {
+        float d = half_to_float(blk), m = half_to_float(blk + 2);
+        for (int j = 0; j < 16; j++) {
+            w[j] = fmaf((float)(blk[4 + j] & 15), d, m);
+            w[j + 16] = fmaf((float)(blk[4 + j] >> 4), d, m);
+        }
+    } else {
+        float d = half_to_float(blk);
+        for (int j = 0; j < QK; j++) w[j] = (float)(int8_t)blk[2 + j] * d;
+    }
+}
+
+static void gemm_scalar(int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw,
+                        float *y, int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate) {
+    const int64_t nb = K / QK, bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES;
+    float wf[QK];
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t m = 0; m < M; m++) {
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            const float *xr = x + m * ldx;
+            for (int64_t b = 0; b < nb; b++) {
+                decode_scalar(kind, w + n * ldw + b * bs, wf);
+                for (int g = 0; g < 4; g++)
+                    for (int l = 0; l < 8; l++)
+                        acc[l] = fmaf(wf[8 * g + l], xr[b * QK + 8 * g + l], acc[l]);
+            }
+            float s = hsum8_scalar(acc);
+            y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
+        }
+    }
+}
+
+#if QGEMM_AVX2
+/* ---- AVX2 + FMA: the same operations, 8 lanes at a time ---- */
+
+static inline float hsum8(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); /* l, l+4 */
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                       /* (0+4)+(2+6), (1+5)+(3+7) */
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+
+static inline __m256 bcast_half(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _mm256_set1_ps(_cvtsh_ss(h));
+}
+
+static inline __attribute__((always_inline)) void decode_q4_1(const uint8_t *blk, __m256 w[4]) {
+    const __m256 d = bcast_half(blk), m = bcast_half(blk + 2);
+    const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 4)));   /* bytes 0-7 */
+    const __m256i hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 12)));  /* bytes 8-15 */
+    const __m256i low4 = _mm256_set1_epi32(15);
+    w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, low4)), d, m);   /* k 0-7 */
+    w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, low4)), d, m);   /* k 8-15 */
+    w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(lo, 4)), d, m);     /* k 16-23 */
+    w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(hi, 4)), d, m);     /* k 24-31 */
+}
+
+static inline __attribute__((always_inline)) void decode_q8_0(const uint8_t *blk, __m256 w[4]) {
+    const __m256 d = bcast_half(blk);
+    for (int g = 0; g < 4; g++)
+        w[g] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                   _mm_loadl_epi64((const __m128i *)(blk + 2 + 8 * g)))), d);
+}
+
+/* One MT x NT tile of outputs over all of K: MT * NT independent accumulators (enough chains to keep
+ * both FMA pipes busy), each block of a column decoded once for the MT rows. MT, NT are constants at
+ * every call site, so the loops unroll and the accumulators live in registers. */
+static inline __attribute__((always_inline)) void tile(
+        int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw, float *y, int64_t ldy,
+        int64_t nb, const int MT, const int NT, int accumulate) {
+    const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES;
+    __m256 acc[MAX_TILE_ROWS][8];
+#pragma GCC unroll 5
+    for (int i = 0; i < MT; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+#pragma GCC unroll 8
+        for (int j = 0; j < NT; j++) {
+            __m256 wv[4];
+            /* the next tile's blocks, one tile ahead: a tile's rows are short streams (360-960 bytes
+             * for K = 576-1536) that the hardware prefetcher picks up too late (what it costs without:
+             * bench/RESULTS.md, "Quantized CPU kernels") */
+            _mm_prefetch((const char *)(w + (NT + j) * ldw + b * bs), _MM_HINT_T0);
+            if (kind == KIND_Q4_1) decode_q4_1(w + j * ldw + b * bs, wv);
+            else decode_q8_0(w + j * ldw + b * bs, wv);
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++)
+#pragma GCC unroll 5
+                for (int i = 0; i < MT; i++)
+                    acc[i][j] = _mm256_fmadd_ps(wv[g], _mm256_loadu_ps(x + i * ldx + b * QK + 8 * g), acc[i][j]);
+        }
+    }
+#pragma GCC unroll 5
+    for (int i = 0; i < MT; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NT; j++) {
+            float s = hsum8(acc[i][j]);
+            y[i * ldy + j] = accumulate ? y[i * ldy + j] + s : s;
+        }
+}
+
+/* Columns [n0, n1) for MT rows: tiles of NT columns, single columns at the end. */
+#define COLUMNS(KIND, MT, NT)                                                                          \
+    static void columns_##KIND##_##MT(const float *x, int64_t ldx, const uint8_t *w, int64_t ldw,    \
+                                      float *y, int64_t ldy, int64_t n0, int64_t n1, int64_t nb,     \
+                                      int accumulate) {                                              \
+        int64_t n = n0;                                                                              \
+        for (; n + NT <= n1; n += NT) tile(KIND, x, ldx, w + n * ldw, ldw, y + n, ldy, nb, MT, NT, accumulate); \
+        for (; n < n1; n++) tile(KIND, x, ldx, w + n * ldw, ldw, y + n, ldy, nb, MT, 1, accumulate);  \
+    }
+/* rows per tile -> columns per tile: 8-10 accumulators (at least 8 independent FMA chains to cover
+ * the FMA latency on two pipes; at most 10 so that they, a block's decoded weights and the constants
+ * fit AVX2's 16 registers) */
+#define ALL_TILES(KIND) COLUMNS(KIND, 1, 8) COLUMNS(KIND, 2, 4) COLUMNS(KIND, 3, 3) \
+                        COLUMNS(KIND, 4, 2) COLUMNS(KIND, 5, 2)
+ALL_TILES(0)
+ALL_TILES(1)
+
+typedef void (*columns_fn)(const float *, int64_t, const uint8_t *, int64_t, float *, int64_t,
+                           int64_t, int64_t, int64_t, int);
+static const columns_fn COLUMN_FNS[2][MAX_TILE_ROWS + 1] = {
+    {0, columns_0_1, columns_0_2, columns_0_3, columns_0_4, columns_0_5},
+    {0, columns_1_1, columns_1_2, columns_1_3, columns_1_4, columns_1_5},
+};
+
+/* 24 columns (a multiple of every tile width) at a time, every row chunk over them while their blocks are in
+ * L1: the weights stream from memory once per call whatever M. */
+#define COLUMN_BLOCK 24
+
+static void gemm_avx2(int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw,
+                      float *y, int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate) {
+    const int64_t nb = K / QK;
+    for (int64_t n0 = 0; n0 < N; n0 += COLUMN_BLOCK) {
+        const int64_t n1 = n0 + COLUMN_BLOCK < N ? n0 + COLUMN_BLOCK : N;
+        int64_t mt;
+        for (int64_t m0 = 0; m0 < M; m0 += mt) {     /* chunks of 5 rows; the last two balanced (6 = 3 + 3) */
+            const int64_t left = M - m0;
+            mt = left <= MAX_TILE_ROWS ? left : (left < 2 * MAX_TILE_ROWS ? (left + 1) / 2 : MAX_TILE_ROWS);
+            COLUMN_FNS[kind][mt](x + m0 * ldx, ldx, w, ldw, y + m0 * ldy, ldy, n0, n1, nb, accumulate);
+        }
+    }
+}
+#endif
+
+/* The entry point. x: [M, K] float32 (row stride ldx floats); w: N rows of K/32 blocks (row stride
+ * ldw bytes); y: [M, N] float32 (row stride ldy floats), overwritten or (accumulate) added to.
+ * Returns 0, or -1 on a bad argument (the Python wrapper checks first; this is the last guard). */
+int qgemm(int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw, float *y, int64_t ldy,
+          int64_t M, int64_t N, int64_t K, int accumulate) {
+    if ((kind != KIND_Q4_1 && kind != KIND_Q8_0) || K % QK || M < 0 || N < 0 || ldx < K || ldy < N)
+        return -1;
+#if QGEMM_AVX2
+    gemm_avx2(kind, x, ldx, w, ldw, y, ldy, M, N, K, accumulate);
+#else
+    gemm_scalar(kind, x, ldx, w, ldw, y, ldy, M, N, K, accumulate);
+#endif
+    return 0;
+}
+
+/* The portable path on any build (tests compare it with the vector path bit for bit). */
+int qgemm_portable(int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw, float *y,
+                   int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate) {
+    if ((kind != KIND_Q4_1 && kind != KIND_Q8_0) || K % QK || M < 0 || N < 0 || ldx < K || ldy < N)
+        return -1;
+    gemm_scalar(kind, x, ldx, w, ldw, y, ldy, M, N, K, accumulate);
+    return 0;
+}
+
+/* ======================================================================================================
+ * The rest of a layer. Portable C whose reductions keep ONE order (8 lanes over the index, then the
+ * hsum8 tree; or a plain left-to-right sum): the compiler vectorises the lane loops but may not
+ * reorder a float sum (no -ffast-math), so every build computes the same bits for a row whatever the
+ * other rows, the number of tokens in the forward, or where padding and holes sit in the cache.
+ * ==================================================================================================== */
+
+/* 8 float lanes (GCC / Clang vector extension: one AVX register where there is one, else narrower
+ * registers or scalars; each lane's arithmetic is plain IEEE float either way, so the order is the code's) */
+typedef float v8f __attribute__((vector_size(32)));
+
+static inline v8f load8(const float *p) {
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline float hsum_v8(v8f a) {
+    float l[8];
+    memcpy(l, &a, sizeof l);
+    return hsum8_scalar(l);
+}
+
+#if QGEMM_AVX2
+/* hsum8 of 8 vectors at once: [hsum8(a[0]), ..., hsum8(a[7])], each by the same tree as hsum8
+ * (s_l = a_l + a_{l+4}; (s_0 + s_2) + (s_1 + s_3)), in 12 shuffles and adds instead of 8 x 5 */
+static inline __m256 hsum8x8(const __m256 a[8]) {
+    __m256 w[4];                                    /* w[j] = [s of a[j] | s of a[j+4]] */
+    for (int j = 0; j < 4; j++)
+        w[j] = _mm256_add_ps(_mm256_permute2f128_ps(a[j], a[j + 4], 0x20),
+                             _mm256_permute2f128_ps(a[j], a[j + 4], 0x31));
+    const __m256 z01 = _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 z23 = _mm256_add_ps(_mm256_shuffle_ps(w[2], w[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm256_shuffle_ps(w[2], w[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm256_add_ps(_mm256_shuffle_ps(z01, z23, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm256_shuffle_ps(z01, z23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#endif
+
+/* sum_i a[i] b[i]: lane l takes i = 8 t + l (multiply, then add: no fusion), then the hsum8 tree */
+static inline float dot_lanes(const float *a, const float *b, int64_t n) {
+    v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) acc += load8(a + i) * load8(b + i);
+    float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    memcpy(tail, &acc, sizeof tail);
+    for (int l = 0; i + l < n; l++) tail[l] += a[i + l] * b[i + l];
+    return hsum8_scalar(tail);
+}
+
+/* exp(x) for the softmax (x <= 0) and SiLU: Cephes' expf polynomial (~1 ulp), exactly 0 below -87 so
+ * that a masked column (score + float32 min) adds exactly nothing. Elementwise: the same bits for an
+ * element in a vector body or a scalar tail. */
+static inline float exp_fixed(float x) {
+    const float big = 12582912.0f;                            /* 1.5 * 2^23: adding it rounds to an integer */
+    float xc = x > 88.0f ? 88.0f : (x < -87.0f ? -87.0f : x);
+    float n = (xc * 1.44269504088896341f + big) - big;        /* round(x / ln 2) */
+    float r = fmaf(n, -0.693359375f, xc);
+    r = fmaf(n, 2.12194440e-4f, r);                           /* x - n ln 2 in two parts */
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    float y = fmaf(p, r * r, r) + 1.0f;
+    int32_t e = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &e, 4);
+    return x < -87.0f ? 0.0f : y * scale;
+}
+
+/* out[m] = x[m] / rms(x[m]) * g (g may be NULL), each row alone */
+int rmsnorm_rows(const float *x, int64_t ldx, const float *g, float eps, float *out, int64_t ldo,
+                 int64_t M, int64_t d) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * ldx;
+        float *o = out + m * ldo;
+        const float r = 1.0f / sqrtf(dot_lanes(xr, xr, d) / (float)d + eps);
+        if (g)
+            for (int64_t i = 0; i < d; i++) o[i] = (xr[i] * r) * g[i];
+        else
+            for (int64_t i = 0; i < d; i++) o[i] = xr[i] * r;
+    }
+    return 0;
+}
+
+/* Attention of the Q = G * S queries that share one KV head (G query heads x S tokens of one row)
+ * against its columns [0, L): softmax(q K^T * scale + mask) V for each query.
+ * Order, the same for every query whatever Q, L or the layout: a score is the 8-lane dot product of
+ * q and a key row (multiply, then add, over lanes l = 8 t + l) reduced by the hsum8 tree; the softmax
+ * sum and every output element run left to right over the columns. A hidden column's weight is
+ * exactly 0 (exp_fixed), and adding 0 changes no sum, so padding and holes anywhere leave the result
+ * unchanged. Columns go 8 at a time through both passes, every query per chunk, so each K and V row
+ * is read from memory once per step, not once per query head and token.
+ * DV = D / 8 (a constant at each call site: q, o and a row live in registers); D % 8 == 0, D <= 256.
+ * q(i) / o(i): query i = s * G + g at qs + s * ldq + g * D, o likewise (ldo); mask row of query i:
+ * mask + s * L. P: [Q, L] scratch; sums: [Q] scratch. */
+static inline __attribute__((always_inline)) void attend_group(
+        const float *qs, int64_t ldq, int64_t G, int64_t S, const float *K, const float *V, int64_t L,
+        const int DV, const float *mask, float scale, float *P, float *sums, float *os, int64_t ldo) {
+    const int64_t D = 8 * DV, Q = G * S;
+    int64_t c = 0;
+    for (; c + 8 <= L; c += 8)                    /* scores, 8 columns at a time */
+        for (int64_t i = 0; i < Q; i++) {
+            const float *q = qs + (i / G) * ldq + (i % G) * D;
+            v8f acc[8];
+            for (int j = 0; j < 8; j++) {
+                acc[j] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
+                for (int t = 0; t < DV; t++) acc[j] += load8(q + 8 * t) * load8(K + (c + j) * D + 8 * t);
+            }
+            float *pr = P + i * L + c;
+            const float *mr = mask + (i / G) * L + c;
+#if QGEMM_AVX2
+            __m256 a[8];
+            for (int j = 0; j < 8; j++) a[j] = (__m256)acc[j];
+            _mm256_storeu_ps(pr, _mm256_add_ps(_mm256_mul_ps(hsum8x8(a), _mm256_set1_ps(scale)),
+                                               _mm256_loadu_ps(mr)));
+#else
+            for (int j = 0; j < 8; j++) pr[j] = hsum_v8(acc[j]) * scale + mr[j];
+#endif
+        }
+    for (; c < L; c++)
+        for (int64_t i = 0; i < Q; i++) {
+            const float *q = qs + (i / G) * ldq + (i % G) * D;
+            v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int t = 0; t < DV; t++) acc += load8(q + 8 * t) * load8(K + c * D + 8 * t);
+            P[i * L + c] = hsum_v8(acc) * scale + mask[(i / G) * L + c];
+        }
+    for (int64_t i = 0; i < Q; i++) {             /* softmax numerators and sums, row by row */
+        float *pr = P + i * L, mx = -INFINITY, sum = 0.0f;
+        for (c = 0; c < L; c++) mx = pr[c] > mx ? pr[c] : mx;
+        for (c = 0; c < L; c++) pr[c] = exp_fixed(pr[c] - mx);
+        for (c = 0; c < L; c++) sum += pr[c];
+        sums[i] = sum;
+        for (int64_t l = 0; l < D; l++) os[(i / G) * ldo + (i % G) * D + l] = 0.0f;
+    }
+    for (c = 0; c < L; c += 8) {                  /* P V, 8 columns at a time, every query per chunk */
+        const int64_t n = L - c < 8 ? L - c : 8;
+        for (int64_t i = 0; i < Q; i++) {
+            float *o = os + (i / G) * ldo + (i % G) * D;
+            v8f ov[DV];
+            for (int t = 0; t < DV; t++) ov[t] = load8(o + 8 * t);
+            for (int64_t j = 0; j < n; j++) {
+                const float pc = P[i * L + c + j];
+                const v8f pv = {pc, pc, pc, pc, pc, pc, pc, pc};
+                for (int t = 0; t < DV; t++) ov[t] += pv * load8(V + (c + j) * D + 8 * t);
+            }
+            for (int t = 0; t < DV; t++) memcpy(o + 8 * t, &ov[t], sizeof(v8f));
+        }
+    }
+    for (int64_t i = 0; i < Q; i++)
+        for (int64_t l = 0; l < D; l++) os[(i / G) * ldo + (i % G) * D + l] /= sums[i];
+}
+
+#define ATTEND_D(DV) static void attend_##DV(const float *qs, int64_t ldq, int64_t G, int64_t S,        \
+    const float *K, const float *V, int64_t L, const float *mask, float scale, float *P, float *sums, \
+    float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, scale, P, sums, os, ldo); }
+ATTEND_D(1) ATTEND_D(2) ATTEND_D(4) ATTEND_D(8) ATTEND_D(12) ATTEND_D(16) ATTEND_D(32)
+typedef void (*attend_fn)(const float *, int64_t, int64_t, int64_t, const float *, const float *, int64_t,
+                          const float *, float, float *, float *, float *, int64_t);
+
+static attend_fn attend_for(int64_t D) {          /* NULL: a head size the layer does not run */
+    switch (D) {
+        case 8: return attend_1;
+        case 16: return attend_2;
+        case 32: return attend_4;
+        case 64: return attend_8;
+        case 96: return attend_12;
+        case 128: return attend_16;
+        case 256: return attend_32;
+        default: return 0;
+    }
+}
+
+/* ---- one decoder layer, and every layer of a forward in one call ---- */
+
+typedef struct {              /* a quantized matrix W [N, K] (+ bias [N] or NULL) */
+    int64_t kind, N, K, ldw;
+    const uint8_t *w;
+    const float *bias;
+} QMat;
+
+typedef struct {
+    QMat qkv, o, gate_up, down;       /* q|k|v and gate|up fused along N */
+    const float *norm1, *norm2;       /* RMSNorm weights [d] */
+    float *kbuf, *vbuf;               /* the cache: [B0, Hkv, cap, D], live rows first */
+} Layer;
+
+typedef struct {
+    int64_t B, S, d, H, Hkv, D, inter, cap, start, L;
+    double eps, scale;
+    const float *rope;                /* [B*S, 2D]: cos | sin with its first half negated (lean.py's table) */
+    const float *mask;                /* [B, S, L] additive: 0 visible, float32 min hidden */
+    float *work;                      /* layer_work_floats() floats */
+} Step;
+
+/* scratch floats layers_forward() needs: activations of N = B * S tokens, then attention's P and sums */
+int64_t layer_work_floats(int64_t N, int64_t S, int64_t d, int64_t H, int64_t Hkv, int64_t D, int64_t inter,
+                          int64_t L) {
+    return N * d + N * (H + 2 * Hkv) * D + N * H * D + N * 3 * inter + (H / Hkv) * S * (L + 1);
+}
+
+static void gemm(const QMat *m, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t M, int accumulate) {
+    qgemm((int)m->kind, x, ldx, m->w, m->ldw, y, ldy, M, m->N, m->K, accumulate);
+    if (m->bias)
+        for (int64_t r = 0; r < M; r++)
+            for (int64_t n = 0; n < m->N; n++) y[r * ldy + n] += m->bias[n];
+}
+
+/* RoPE on one head in place: x * cos + roll(x, D/2) * signed_sin, as lean.py computes it */
+static void rope_head(float *x, const float *cs, int64_t D, float *tmp) {
+    const int64_t h = D / 2;
+    for (int64_t i = 0; i < D; i++) tmp[i] = x[i];
+    for (int64_t i = 0; i < D; i++) x[i] = tmp[i] * cs[i] + tmp[(i + h) % D] * cs[D + i];
+}
+
+static void attention_block(const Layer *ly, const Step *st, float *qkv, float *o, float *p) {
+    const int64_t B = st->B, S = st->S, H = st->H, Hkv = st->Hkv, D = st->D, G = H / Hkv;
+    const int64_t W = (H + 2 * Hkv) * D, cap = st->cap;
+    float tmp[1024];
+    for (int64_t n = 0; n < B * S; n++) {           /* RoPE on q and k, then K/V into the cache */
+        const int64_t b = n / S, c = st->start + n % S;
+        float *row = qkv + n * W;
+        for (int64_t h = 0; h < H + Hkv; h++) rope_head(row + h * D, st->rope + n * 2 * D, D, tmp);
+        for (int64_t h = 0; h < Hkv; h++) {
+            memcpy(ly->kbuf + ((b * Hkv + h) * cap + c) * D, row + (H + h) * D, D * sizeof(float));
+            memcpy(ly->vbuf + ((b * Hkv + h) * cap + c) * D, row + (H + Hkv + h) * D, D * sizeof(float));
+        }
+    }
+    const attend_fn fn = attend_for(D);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t kv = 0; kv < Hkv; kv++) {
+            const int64_t at = (b * Hkv + kv) * cap * D;
+            fn(qkv + b * S * W + kv * G * D, W, G, S, ly->kbuf + at, ly->vbuf + at, st->L,
+               st->mask + b * S * st->L, (float)st->scale, p, p + G * S * st->L, o + b * S * H * D + kv * G * D, H * D);
+        }
+}
+
+/* SiLU(g) * u for each row of gu = [g | u] */
+static void silu_mul(const float *gu, int64_t M, int64_t I, float *out) {
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t i = 0; i < I; i++) {
+            const float g = gu[r * 2 * I + i];
+            out[r * I + i] = g / (1.0f + exp_fixed(-g)) * gu[r * 2 * I + I + i];
+        }
+}
+
+/* x [B*S, d] in place through `n` layers. Returns 0, or -1 on a bad argument. */
+int layers_forward(const Layer *layers, int64_t n, const Step *st, float *x) {
+    const int64_t N = st->B * st->S, d = st->d, H = st->H, Hkv = st->Hkv, D = st->D, I = st->inter;
+    if (!attend_for(D) || H % Hkv || st->start + st->S > st->cap || st->L > st->cap) return -1;
+    float *h = st->work, *qkv = h + N * d, *o = qkv + N * (H + 2 * Hkv) * D, *gu = o + N * H * D,
+          *act = gu + N * 2 * I, *p = act + N * I;
+    for (int64_t i = 0; i < n; i++) {
+        const Layer *ly = layers + i;
+        rmsnorm_rows(x, d, ly->norm1, (float)st->eps, h, d, N, d);
+        gemm(&ly->qkv, h, d, qkv, (H + 2 * Hkv) * D, N, 0);
+        attention_block(ly, st, qkv, o, p);
+        gemm(&ly->o, o, H * D, x, d, N, 1);
+        rmsnorm_rows(x, d, ly->norm2, (float)st->eps, h, d, N, d);
+        gemm(&ly->gate_up, h, d, gu, 2 * I, N, 0);
+        silu_mul(gu, N, I, act);
+        gemm(&ly->down, act, I, x, d, N, 1);
+    }
+    return 0;
+}

@@ -1,0 +1,143 @@
+"""The Python face of specdec/engine/qkernels.c: quantized matrices, the GEMM, RMSNorm and a whole
+forward's layers in one call, on NumPy arrays without copies.
+
+Every wrapper checks shapes, dtypes and strides before it hands pointers to C (a wrong stride there
+is silent memory corruption, not an exception). The kernels sum every output element in one fixed
+order (qkernels.c says which), so a row's result is bitwise the same alone or among other rows, and
+whatever the number of tokens in the forward. The library is built on first use (native.py);
+`available()` says whether it can be, and why not.
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import native
+from .qformats import BLOCK, BLOCK_BYTES, KINDS
+
+ABI_VERSION = 3
+HEAD_DIMS = (8, 16, 32, 64, 96, 128, 256)   # attention head sizes layers_forward runs (qkernels.c attend_for)
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_lib = None
+
+
+@dataclass(frozen=True)
+class QMatrix:
+    """W [N, K] as quantized blocks: `blocks` [N, K/32 * block bytes] uint8, C-contiguous (row n = the
+    K/32 blocks of W's row n, in order). `bias` [N] float32 or None."""
+    kind: str
+    blocks: np.ndarray
+    K: int
+    bias: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {tuple(KINDS)}, got {self.kind!r}")
+        b = self.blocks
+        if self.K % BLOCK or b.dtype != np.uint8 or b.ndim != 2 or not b.flags.c_contiguous \
+                or b.shape[1] != self.K // BLOCK * BLOCK_BYTES[self.kind]:
+            raise ValueError(f"{self.kind} blocks for K={self.K} must be a C-contiguous uint8 array "
+                             f"[N, {self.K // BLOCK * BLOCK_BYTES[self.kind]}], got {b.dtype} {b.shape}")
+        if self.bias is not None and (self.bias.dtype != np.float32 or self.bias.shape != (b.shape[0],)
+                                      or not self.bias.flags.c_contiguous):
+            raise ValueError(f"bias must be float32 [{b.shape[0]}]")
+
+    @property
+    def N(self) -> int:
+        return self.blocks.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.blocks.nbytes
+
+
+class _QMat(ctypes.Structure):
+    _fields_ = [("kind", _I), ("N", _I), ("K", _I), ("ldw", _I), ("w", _P), ("bias", _P)]
+
+
+class Layer(ctypes.Structure):
+    """One layer's weights and cache buffers, as layers_forward() reads them (qkernels.c)."""
+    _fields_ = [("qkv", _QMat), ("o", _QMat), ("gate_up", _QMat), ("down", _QMat),
+                ("norm1", _P), ("norm2", _P), ("kbuf", _P), ("vbuf", _P)]
+
+
+class Step(ctypes.Structure):
+    """One forward's sizes and per-call buffers (qkernels.c)."""
+    _fields_ = [(n, _I) for n in ("B", "S", "d", "H", "Hkv", "D", "inter", "cap", "start", "L")] + \
+               [("eps", ctypes.c_double), ("scale", ctypes.c_double),
+                ("rope", _P), ("mask", _P), ("work", _P)]
+
+
+def qmat_struct(m: QMatrix) -> _QMat:
+    return _QMat(KINDS[m.kind], m.N, m.K, m.blocks.strides[0], m.blocks.ctypes.data,
+                 None if m.bias is None else m.bias.ctypes.data)
+
+
+def library():
+    """The loaded kernel library (built on first use); raises native.NativeUnavailable."""
+    global _lib
+    if _lib is None:
+        lib = native.load("qkernels", abi=("qgemm_abi_version", ABI_VERSION))
+        gemm_args = [ctypes.c_int, _P, _I, _P, _I, _P, _I, _I, _I, _I, ctypes.c_int]
+        for name, args in (("qgemm", gemm_args), ("qgemm_portable", gemm_args),
+                           ("rmsnorm_rows", [_P, _I, _P, _F, _P, _I, _I, _I]),
+                           ("layers_forward", [ctypes.POINTER(Layer), _I, ctypes.POINTER(Step), _P])):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, ctypes.c_int
+        lib.layer_work_floats.argtypes = [_I] * 8
+        lib.layer_work_floats.restype = _I
+        lib.qgemm_simd.restype = ctypes.c_int
+        _lib = lib
+    return _lib
+
+
+def available() -> str | None:
+    """None if the kernels can be used here, else the one-line reason (no compiler, build failed)."""
+    try:
+        library()
+        return None
+    except native.NativeUnavailable as e:
+        return str(e)
+
+
+def _rows(x: np.ndarray, K: int, what: str) -> np.ndarray:
+    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != K or x.strides[1] != 4 or x.strides[0] % 4:
+        raise ValueError(f"{what} must be float32 [M, {K}] with unit column stride, got {x.dtype} {x.shape}")
+    return x
+
+
+def matmul(x: np.ndarray, w: QMatrix, out: np.ndarray | None = None, accumulate: bool = False,
+           portable: bool = False) -> np.ndarray:
+    """x [M, K] float32 -> x W^T (+ bias) [M, N] float32; with accumulate, out += x W^T.
+    portable: the scalar C path instead of the vector one (tests: both give the same bits)."""
+    _rows(x, w.K, "x")
+    M = x.shape[0]
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate needs out")
+        out = np.empty((M, w.N), np.float32)
+    else:
+        _rows(out, w.N, "out")
+        if out.shape[0] != M:
+            raise ValueError(f"out has {out.shape[0]} rows, x {M}")
+    fn = library().qgemm_portable if portable else library().qgemm
+    rc = fn(KINDS[w.kind], x.ctypes.data, x.strides[0] // 4, w.blocks.ctypes.data, w.blocks.strides[0],
+            out.ctypes.data, out.strides[0] // 4, M, w.N, w.K, int(accumulate))
+    if rc != 0:
+        raise ValueError("qgemm rejected its arguments")
+    if w.bias is not None:
+        out += w.bias
+    return out
+
+
+def rmsnorm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
+    """x [M, d] float32 -> x / rms(x) * weight, row by row in a fixed order."""
+    M, d = _rows(x, x.shape[-1], "x").shape
+    if weight is not None and (weight.dtype != np.float32 or weight.shape != (d,) or not weight.flags.c_contiguous):
+        raise ValueError(f"weight must be float32 [{d}]")
+    out = np.empty((M, d), np.float32)
+    library().rmsnorm_rows(x.ctypes.data, x.strides[0] // 4, None if weight is None else weight.ctypes.data,
+                           eps, out.ctypes.data, d, M, d)
+    return out

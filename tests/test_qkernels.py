@@ -1,0 +1,388 @@
+"""The quantized CPU kernels (specdec/engine/qkernels.c) against their NumPy reference, their fixed
+summation order (a row's result does not depend on the other rows, the number of tokens in a forward,
+padding or holes: bitwise), the models built on them (quantize="q8_0" / "gguf") decoding exactly, and
+the build cache (native.py)."""
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_llama
+from specdec import SpeculativeDecoder, autoregressive_generate
+from specdec.engine import lean_numpy, native, qformats, qkernels, qweights
+from specdec.engine.quant import quantization_of, quantize_model
+from specdec.engine.runner import ModelRunner
+from test_decoding import _batch, _noisy_copy
+
+pytestmark = pytest.mark.skipif(qkernels.available() is not None,
+                                reason=f"the C kernels do not build here: {qkernels.available()}")
+KINDS = ("q4_1", "q8_0")
+
+
+def _weights(N, K, seed=0):
+    g = np.random.default_rng(seed)
+    w = g.standard_normal((N, K)).astype(np.float32) * g.uniform(0.01, 2.0, (N, 1)).astype(np.float32)
+    w[0, :32] = 0.0                                     # an all-zero block (d = 0)
+    return w
+
+
+def _qmatrix(kind, N, K, seed=0, bias=False):
+    b = np.random.default_rng(seed + 1).standard_normal(N).astype(np.float32) if bias else None
+    return qkernels.QMatrix(kind, qformats.QUANTIZERS[kind](_weights(N, K, seed)), K, b)
+
+
+# ---- formats -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocks_match_ggml_and_gguf(kind):
+    """Our quantizers write ggml's blocks, and dequantize reads them as gguf (so transformers) does."""
+    gguf = pytest.importorskip("gguf")
+    t = {"q4_1": gguf.GGMLQuantizationType.Q4_1, "q8_0": gguf.GGMLQuantizationType.Q8_0}[kind]
+    w = _weights(37, 160)
+    blocks = qformats.QUANTIZERS[kind](w)
+    assert np.array_equal(blocks, gguf.quants.quantize(w, t))
+    ours = qformats.dequantize(blocks, kind, 160)
+    assert np.array_equal(ours.view(np.uint32), gguf.quants.dequantize(blocks, t).view(np.uint32))
+    assert np.abs(ours - w).max() <= np.abs(w).max() / (15 if kind == "q4_1" else 127)
+
+
+def test_format_errors():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        qformats.quantize_q8_0(np.zeros((4, 40), np.float32))
+    with pytest.raises(ValueError, match="blocks for K=64"):
+        qkernels.QMatrix("q8_0", np.zeros((4, 60), np.uint8), 64)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        qkernels.QMatrix("q4_0", np.zeros((4, 36), np.uint8), 64)
+    m = _qmatrix("q8_0", 8, 64)
+    with pytest.raises(ValueError, match=r"float32 \[M, 64\]"):
+        qkernels.matmul(np.zeros((2, 64), np.float64), m)
+    with pytest.raises(ValueError, match=r"float32 \[M, 64\]"):
+        qkernels.matmul(np.zeros((2, 128), np.float32)[:, ::2], m)   # a strided view: refused, not misread
+
+
+# ---- the GEMM ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("N,K", [(1, 32), (7, 96), (13, 160), (37, 224), (50, 32)])
+def test_gemm_matches_the_reference(kind, N, K):
+    """Odd block counts, N not a multiple of any tile width, M across the tile and chunk sizes."""
+    m = _qmatrix(kind, N, K, seed=N + K, bias=N % 2 == 1)
+    x = np.random.default_rng(3).standard_normal((16, K)).astype(np.float32)
+    x[2] *= 1e3                                                    # rows of very different scales
+    ref = qformats.reference_matmul(x, m.blocks, kind, K, m.bias)
+    w = qformats.dequantize(m.blocks, kind, K).astype(np.float64)
+    bound = np.abs(x).astype(np.float64) @ np.abs(w).T * (K * 2 ** -24) + 1e-30   # float32 summation
+    for M in (1, 3, 5, 9, 16):
+        y = qkernels.matmul(x[:M], m)
+        assert np.all(np.abs(y - ref[:M]) <= bound[:M] + np.abs(ref[:M]) * 2 ** -23), (M, np.abs(y - ref[:M]).max())
+        assert np.array_equal(y, qkernels.matmul(x[:M], m, portable=True)), M   # vector path == portable path
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gemm_rows_are_bitwise_independent(kind):
+    """Row r of an M-row call equals the same row alone (and inside any other M), bit for bit."""
+    m = _qmatrix(kind, 29, 192)
+    x = (np.random.default_rng(4).standard_normal((17, 192)) * np.logspace(-3, 3, 17)[:, None]).astype(np.float32)
+    full = qkernels.matmul(x, m)
+    for M in range(1, 18):
+        assert np.array_equal(qkernels.matmul(x[:M], m), full[:M]), M
+    for r in range(17):
+        assert np.array_equal(qkernels.matmul(x[r:r + 1], m)[0], full[r]), r
+    strided = np.zeros((17, 256), np.float32)[:, :192]            # a row stride wider than K
+    strided[:] = x
+    assert np.array_equal(qkernels.matmul(strided, m), full)
+    base = np.random.default_rng(5).standard_normal((17, 29)).astype(np.float32)
+    acc = base.copy()
+    qkernels.matmul(x, m, out=acc, accumulate=True)                # out += x W^T: one add per element
+    assert np.array_equal(acc, base + full)
+
+
+def test_rmsnorm_rows():
+    x = (np.random.default_rng(6).standard_normal((9, 72)) * np.logspace(-2, 2, 9)[:, None]).astype(np.float32)
+    g = np.random.default_rng(7).standard_normal(72).astype(np.float32)
+    y = qkernels.rmsnorm(x, g, 1e-5)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64 ** 2).mean(1, keepdims=True) + 1e-5) * g
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    for r in range(9):
+        assert np.array_equal(qkernels.rmsnorm(x[r:r + 1], g, 1e-5)[0], y[r])
+
+
+# ---- models on the kernels -----------------------------------------------------------------------
+
+def _model(seed=3, layers=2, **kw):
+    return tiny_llama(seed=seed, hidden_size=64, heads=4, kv_heads=2, num_layers=layers, **kw)
+
+
+@pytest.fixture(scope="module")
+def q8_pair():
+    target = quantize_model(_model(seed=3), "q8_0")
+    draft = quantize_model(_noisy_copy(_model(seed=3), 0.03), "q8_0")
+    return target, draft
+
+
+def test_q8_0_model_runs_on_the_kernels_and_equals_its_float_weights(q8_pair):
+    target, _ = q8_pair
+    assert quantization_of(target) == "q8_0"
+    assert isinstance(ModelRunner(target, 1, 16, impl="auto")._lean, lean_numpy.QuantLeanForward)
+    floats = copy.deepcopy(target)
+    object.__delattr__(floats, "_specdec_qweights")                 # the same (rounded) weights, float32 path
+    assert isinstance(ModelRunner(floats, 1, 16, impl="numpy")._lean, lean_numpy.NumpyLeanForward)
+    ids = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    valid, pos = torch.ones_like(ids, dtype=torch.bool), torch.arange(12).expand(2, -1)
+    a = ModelRunner(target, 2, 16, impl="numpy").forward(ids, pos, valid)
+    b = ModelRunner(floats, 2, 16, impl="numpy").forward(ids, pos, valid)
+    assert (a - b).abs().max() < 1e-4 * b.abs().max()
+    w = qformats.dequantize(target._specdec_qweights.layers[0].down.blocks, "q8_0", 128)
+    assert torch.equal(torch.from_numpy(w), target.model.layers[0].mlp.down_proj.weight)
+
+
+def test_rows_logits_do_not_depend_on_the_batch_padding_holes_or_tokens_per_forward(q8_pair):
+    """A row's logits are bitwise the same alone, left-padded in a ragged batch, and scored 1, 2 or 4
+    tokens at a time (float32 cache: the kernels' attention sums columns in order, hidden ones add 0)."""
+    target, _ = q8_pair
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 64, (n,), generator=g) for n in (37, 11, 60, 5)]
+    tail = torch.randint(3, 64, (4, 3), generator=g)
+
+    def run(batch_rows, idx, S):
+        P = max(len(r) for r in batch_rows)
+        ids = torch.zeros((len(batch_rows), P), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, r in enumerate(batch_rows):
+            ids[b, P - len(r):], mask[b, P - len(r):] = r, 1
+        runner = ModelRunner(target, len(batch_rows), P + 8, impl="numpy")
+        assert runner.kv.dtype == torch.float32
+        runner.prefill(ids, mask)
+        pos = (mask.sum(1) - 1)[:, None] + torch.arange(4)[None]
+        new = torch.cat([ids[:, -1:], tail[idx]], 1)
+        valid = torch.ones((len(batch_rows), S), dtype=torch.bool)
+        return torch.cat([runner.forward(new[:, i:i + S], pos[:, i:i + S], valid) for i in range(0, 4, S)], 1)
+
+    together = run(rows, list(range(4)), 4)
+    for b in range(4):
+        for S in (1, 2, 4):
+            assert torch.equal(run([rows[b]], [b], S)[0], together[b]), (b, S)
+
+
+def test_greedy_speculative_equals_plain_on_the_q8_0_target(q8_pair):
+    target, draft = q8_pair
+    ids, mask = _batch(B=5)
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=20)
+    for gamma in (1, 3, 5):
+        sd = SpeculativeDecoder(target, draft, gamma=gamma).generate(ids, mask, max_new_tokens=20)
+        assert sd.new_tokens == ar.new_tokens, gamma
+        assert 0.1 < sd.stats.acceptance_rate < 1.0
+    for r in range(ids.shape[0]):   # each ragged row equals its own batch-1 run
+        row = ids[r:r + 1, mask[r].argmax():]
+        assert SpeculativeDecoder(target, draft, gamma=3).generate(row, max_new_tokens=20).new_tokens[0] == ar.new_tokens[r]
+
+
+def test_q8_0_errors_and_staleness():
+    with pytest.raises(ValueError, match="not multiples of 32"):
+        quantize_model(tiny_llama(hidden_size=16, heads=2, kv_heads=1), "q8_0")
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        quantize_model(_model(), "q4_0")
+    m = quantize_model(_model(seed=5, layers=1), "q8_0")
+    first = qweights.weights_of(m)
+    with torch.no_grad():
+        m.model.layers[0].mlp.down_proj.weight.mul_(2.0)             # an update after quantization
+    again = qweights.current_weights(m)
+    assert again is not first
+    w = qformats.dequantize(again.layers[0].down.blocks, "q8_0", 128)
+    assert torch.equal(torch.from_numpy(w), m.model.layers[0].mlp.down_proj.weight)
+
+
+# ---- GGUF ------------------------------------------------------------------------------------------
+
+def _permute(rows, heads):
+    """llama.cpp's convert_hf_to_gguf q/k permutation (what qweights undoes)."""
+    return rows.reshape(heads, 2, rows.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _write_gguf(model, path, head_kind="q8_0"):
+    """A tiny GGUF as llama.cpp's converter writes one (q4_1 layers, permuted q/k rows), and `model`
+    turned into the model converted from it (its weights := the blocks, dequantized)."""
+    gguf = pytest.importorskip("gguf")
+    types = {"q4_1": gguf.GGMLQuantizationType.Q4_1, "q8_0": gguf.GGMLQuantizationType.Q8_0}
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    names = qweights._GGUF_NAMES
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            for mod in (layer.self_attn, layer.mlp):
+                for attr, short in names.items():
+                    if not hasattr(mod, attr):
+                        continue
+                    lin = getattr(mod, attr)
+                    blocks = qformats.quantize_q4_1(lin.weight.numpy())
+                    lin.weight.copy_(torch.from_numpy(qformats.dequantize(blocks, "q4_1", lin.in_features)))
+                    heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}.get(attr)
+                    w.add_tensor(f"blk.{i}.{short}.weight", _permute(blocks, heads) if heads else blocks,
+                                 raw_dtype=types["q4_1"])
+        head = model.lm_head
+        blocks = qformats.QUANTIZERS[head_kind](head.weight.numpy())
+        head.weight.copy_(torch.from_numpy(qformats.dequantize(blocks, head_kind, head.in_features)))
+        w.add_tensor("output.weight", blocks, raw_dtype=types[head_kind])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return model
+
+
+@pytest.fixture(scope="module")
+def gguf_target(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    model = _write_gguf(_model(seed=7), path)
+    return model, path
+
+
+def test_gguf_blocks_are_the_models_weights(gguf_target):
+    model, path = gguf_target
+    m = quantize_model(copy.deepcopy(model), "gguf", gguf_path=str(path))
+    qw = qweights.weights_of(m)
+    assert quantization_of(m) == "gguf" and qw.layers[0].qkv.kind == "q4_1" and qw.head.kind == "q8_0"
+    assert qw.source["sha256"] == qweights.sha256_of(path)
+    q = m.model.layers[0].self_attn
+    fused = torch.cat([q.q_proj.weight, q.k_proj.weight, q.v_proj.weight])
+    assert torch.equal(torch.from_numpy(qformats.dequantize(qw.layers[0].qkv.blocks, "q4_1", 64)), fused)
+    m.config.specdec_gguf = {"path": str(path)}                      # the path a converted model records
+    assert qweights.weights_of(quantize_model(m, "gguf")).source["path"] == os.path.abspath(path)
+
+
+def test_gguf_refuses_a_model_that_is_not_the_files(gguf_target):
+    model, path = gguf_target
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        w = other.model.layers[1].mlp.up_proj.weight
+        w[3, 5] = torch.nextafter(w[3, 5], torch.tensor(float("inf")))   # one weight, one ulp
+    with pytest.raises(ValueError, match="blk.1.ffn_up.weight .* not the model's weight bit for bit"):
+        quantize_model(other, "gguf", gguf_path=str(path))
+    with pytest.raises(ValueError, match="is not a file"):
+        quantize_model(copy.deepcopy(model), "gguf", gguf_path=str(path) + ".missing")
+    with pytest.raises(ValueError, match="records none"):
+        quantize_model(copy.deepcopy(model), "gguf")                   # no path given or recorded
+
+
+def test_greedy_speculative_equals_plain_on_a_gguf_target(gguf_target):
+    model, path = gguf_target
+    target = quantize_model(copy.deepcopy(model), "gguf", gguf_path=str(path))
+    draft = quantize_model(_noisy_copy(model, 0.02, seed=1), "q8_0")
+    ids, mask = _batch(B=4)
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=16)
+    for gamma in (2, 4):
+        sd = SpeculativeDecoder(target, draft, gamma=gamma).generate(ids, mask, max_new_tokens=16)
+        assert sd.new_tokens == ar.new_tokens, gamma
+        assert sd.stats.acceptance_rate > 0.1
+
+
+# ---- the build cache -------------------------------------------------------------------------------
+
+_SRC = "int answer(void) { return ANSWER; }\nint abi(void) { return 1; }\n"
+
+
+def _source(tmp_path, answer):
+    p = tmp_path / "tiny.c"
+    p.write_text(_SRC.replace("ANSWER", str(answer)))
+    return p
+
+
+def test_cache_builds_once_and_rebuilds_on_a_new_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "cache"))
+    lib = native.load("tiny", ("abi", 1), _source(tmp_path, 41))
+    assert lib.answer() == 41
+    built = sorted((tmp_path / "cache" / "native").glob("tiny-*.so"))
+    assert len(built) == 1
+    assert native.load("tiny", ("abi", 1), _source(tmp_path, 41)) is lib         # memoised, not rebuilt
+    assert native.load("tiny", ("abi", 1), _source(tmp_path, 42)).answer() == 42  # new source: new key
+    monkeypatch.setattr(native, "FLAG_SETS", (("-O1",),))                          # new flags: new key
+    native.load("tiny", ("abi", 1), _source(tmp_path, 42))
+    assert len(list((tmp_path / "cache" / "native").glob("tiny-*.so"))) == 3
+
+
+def test_a_corrupt_cached_library_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "cache"))
+    src = _source(tmp_path, 7)
+    cmd = native.compiler()
+    flags = native.FLAG_SETS[0]
+    path = native.cache_dir() / f"tiny-{native.build_key(src.read_bytes(), native._compiler_identity(cmd), flags)}.so"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x7fELF truncated")
+    assert native.load("tiny", ("abi", 1), src).answer() == 7
+    assert path.stat().st_size > 100
+
+
+def test_no_compiler_is_one_clear_line_and_the_float_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(native.NativeUnavailable, match="is not an executable; set CC"):
+        native.load("tiny", ("abi", 1), _source(tmp_path, 1))
+    monkeypatch.setattr(qkernels, "_lib", None)
+    monkeypatch.setattr(native, "_loaded", {})
+    reason = qkernels.available()
+    assert reason is not None and "\n" not in reason
+    monkeypatch.setattr(lean_numpy, "_told", set())
+    model = quantize_model(_model(seed=9, layers=1), "q8_0")
+    runner = ModelRunner(model, 1, 16, impl="auto")
+    assert runner.impl == "numpy" and isinstance(runner._lean, lean_numpy.NumpyLeanForward)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quantize='q8_0' runs on its float32 weights" in err[0] and "set CC" in err[0]
+    ids = torch.tensor([[3, 4, 5]])
+    out = runner.forward(ids, torch.arange(3)[None], torch.ones_like(ids, dtype=torch.bool))
+    assert torch.isfinite(out).all()
+
+
+# ---- the benchmark script ----------------------------------------------------------------------------
+
+def test_qgemm_bench_runs_and_reports_against_the_bandwidth(tmp_path, monkeypatch, capsys):
+    from conftest import bench_script
+    m = bench_script("qgemm_bench", monkeypatch)
+    monkeypatch.setattr(m, "SHAPES", [("o", "q4_1", 40, 96), ("head", "q8_0", 70, 64)])
+    out = tmp_path / "q.json"
+    assert m.main(["--sections", "kernels,bundled,exactness", "--rows", "1,3", "--iters", "1", "--stream-mb", "1",
+                   "--context", "8", "--gamma", "1", "--exact-prompts", "1", "--exact-tokens", "4",
+                   "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["read_bandwidth_GBps"] > 0 and d["env"]["device"] == "cpu"
+    assert [(r["shape"], r["rows"]) for r in d["kernels"]] == [("o 40x96", 1), ("o 40x96", 3),
+                                                              ("head 70x64", 1), ("head 70x64", 3)]
+    assert all(r["ms"] > 0 and r["GBps"] > 0 and r["fp32_ms"] > 0 for r in d["kernels"])
+    paths = {(r["model"], r["path"], r["impl"]) for r in d["steps"]}
+    assert {("bundled-target", "q8_0", "QuantLeanForward"), ("bundled-target", "int8", "LeanForward"),
+            ("bundled-draft", "fp32", "NumpyLeanForward")} <= paths
+    assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in d["steps"])
+    exact = {r["path"]: r for r in d["exactness"]}
+    assert set(exact) == {"int8", "q8_0"} and all(r["positions"] == 4 for r in exact.values())
+    assert all(0 <= r["top1_agree"] <= 1 and r["mean_kl"] >= 0 for r in exact.values())
+    assert m.main(["--sections", "kernels,nope"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_the_portable_build_computes_the_same_logits(q8_pair, monkeypatch):
+    """A build without AVX2 (QGEMM_PORTABLE: the scalar GEMM, per-column attention sums) gives the
+    vector build's logits bit for bit: the order is the code's, not the instruction set's."""
+    target, _ = q8_pair
+    ids = torch.randint(3, 64, (3, 21), generator=torch.Generator().manual_seed(2))
+    valid, pos = torch.ones_like(ids, dtype=torch.bool), torch.arange(21).expand(3, -1)
+
+    def logits():
+        object.__setattr__(target, "_specdec_numpy", None)
+        runner = ModelRunner(target, 3, 32, impl="numpy")
+        assert isinstance(runner._lean, lean_numpy.QuantLeanForward)
+        return runner.forward(ids, pos, valid)
+
+    vector = logits()
+    monkeypatch.setattr(native, "FLAG_SETS", tuple(f + ("-DQGEMM_PORTABLE",) for f in native.FLAG_SETS))
+    monkeypatch.setattr(qkernels, "_lib", None)
+    assert qkernels.library().qgemm_simd() == 0
+    assert torch.equal(logits(), vector)
+    object.__setattr__(target, "_specdec_numpy", None)
+
+
+def test_the_cost_cache_fingerprint_covers_the_c_kernels():
+    """A change to the kernels' C source changes step costs: cached round costs must not outlive it."""
+    from specdec.costmodel import cache as costcache
+    assert native.HERE / "qkernels.c" in set(costcache.engine_sources())
