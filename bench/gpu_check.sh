@@ -74,7 +74,7 @@ timeout 120 $PY bench/step_costs.py --device cuda --shapes real --iters 20 --out
   2>&1 | tee -a "$OUT/costs.log"
 
 step "end-to-end: specdec bench on CUDA, bundled pair" | tee "$OUT/e2e.log"
-timeout 120 $PY -m specdec bench --device cuda --gamma 1,2,4 --temperature 0,1 --batch-size 1,8 --repeats 3 \
+timeout 150 $PY -m specdec bench --device cuda --gamma 1,2,4 --temperature 0,1 --batch-size 1,8 --baselines ar --repeats 2 \
   --out "$OUT/bench_cuda" --no-plots --no-progress 2>&1 | tee -a "$OUT/e2e.log"
 cp "$OUT/bench_cuda/results.json" "$OUT/bench_cuda_results.json" 2>/dev/null || true
 

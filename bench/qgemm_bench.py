@@ -45,6 +45,7 @@ from specdec.common.config import add_arguments, config_from_args, option, to_di
 from specdec.common.env import environment  # noqa: E402
 from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.common.table import format_table  # noqa: E402
+from specdec.costmodel.measure import interleaved_times  # noqa: E402
 from specdec.engine.timing import StepTimer  # noqa: E402
 from specdec.engine import qformats, qkernels, qweights  # noqa: E402
 from specdec.engine.decoding import autoregressive_generate  # noqa: E402
@@ -108,13 +109,7 @@ def interleaved(jobs: dict, iters: int, warmup: int = 2) -> dict:
     """jobs: name -> zero-argument callable returning seconds; each round calls every job once (the order
     alternating). name -> (median, min) seconds: the median is the figure; on a shared machine the
     minimum says what an undisturbed run costs."""
-    times = {name: [] for name in jobs}
-    names = list(jobs)
-    for i in range(warmup + iters):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            dt = jobs[name]()
-            if i >= warmup:
-                times[name].append(dt)
+    times = interleaved_times(jobs, iters, warmup)
     return {name: (float(np.median(v)), float(np.min(v))) for name, v in times.items()}
 
 

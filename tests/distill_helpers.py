@@ -53,3 +53,17 @@ def assert_same_weights(a, b, atol=0.0):
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0 if atol == 0 else 1e-4, msg=k)
+
+
+def flip_tensor_byte(path) -> None:
+    """Damage a torch.save file the way a bad disk or copy does: one byte in the middle of its largest
+    tensor record flipped, the size unchanged (the file still loads)."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(Path(path).read_bytes())
+    head = info.header_offset   # local file header: 30 bytes, the name, the extra field, then the data
+    start = head + 30 + int.from_bytes(raw[head + 26:head + 28], "little") + int.from_bytes(raw[head + 28:head + 30],
+                                                                                            "little")
+    raw[start + info.file_size // 2] ^= 0x55
+    Path(path).write_bytes(bytes(raw))

@@ -8,7 +8,7 @@ import pytest
 
 from specdec.common.config import add_arguments, config_from_args, differences, option, parse_script_args
 from specdec.common.files import write_json_atomic
-from specdec.common.outdir import RUN_FILE, prepare_out_dir
+from specdec.common.outdir import RUN_FILE, claim
 
 
 @dataclass
@@ -55,6 +55,12 @@ def test_help_shows_groups_and_defaults():
 
 def test_differences_names_each_field():
     assert differences({"lr": 1e-3, "gamma": [1, 2]}, {"lr": 3e-4, "gamma": (1, 2)}) == ["--lr: 0.001 -> 0.0003"]
+
+
+def prepare_out_dir(path, command, config, **kw):
+    """Claim the folder for a run (writing results.json) that ends at once, successfully."""
+    with claim(path, command, config, outputs=("results.json",), **kw) as run:
+        return run.path
 
 
 def test_out_dir_policy(tmp_path):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from distill_helpers import assert_same_weights, make_cfg, save_pair
+from distill_helpers import assert_same_weights, flip_tensor_byte, make_cfg, save_pair
 from specdec.cli import main
 from specdec.distill import DistillConfig, train
 from specdec.common.outdir import RUN_FILE
@@ -155,6 +155,26 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one(tmp_path, pair_
     assert len(err) == 1 and "step_000003" in err[0]
     assert_same_weights(out, full)
     assert [r["step"] for r in _rows(out) if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_with_a_flipped_byte_is_skipped_and_named(tmp_path, pair_dirs, capsys):
+    """One byte flipped in the newest checkpoint (same size, still loads) was resumed from without a word."""
+    out = tmp_path / "run"
+    cfg = dict(steps=4, save_every=1, keep_checkpoints=2)
+    train(make_cfg(pair_dirs, out, **cfg))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    flip_tensor_byte(out / "checkpoints" / "step_000003" / "trainer_state.pt")
+    capsys.readouterr()
+    train(make_cfg(pair_dirs, out, resume=True, **cfg))
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(err) == 1 and "step_000003 is damaged (the sha256" in err[0] and "resuming from step_000002" in err[0]
+    assert_same_weights(out, full)
+    flip_tensor_byte(out / "checkpoints" / "step_000003" / "trainer_state.pt")
+    flip_tensor_byte(out / "checkpoints" / "step_000002" / "trainer_state.pt")
+    with pytest.raises(ValueError, match="no intact checkpoint .*: every one is damaged"):
+        train(make_cfg(pair_dirs, out, resume=True, **cfg))
 
 
 def test_a_corrupt_metrics_line_names_the_file(tmp_path, pair_dirs):

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from distill_helpers import assert_same_weights, make_cfg, save_pair
+from distill_helpers import assert_same_weights, flip_tensor_byte, make_cfg, save_pair
 from specdec.cli import main
 from specdec.distill import CacheConfig, build_cache, train
 from specdec.distill.cache import TeacherCache
@@ -59,10 +59,8 @@ def test_a_cache_whose_files_do_not_match_its_meta_is_refused(tmp_path, pair_dir
     same_settings = build_cache(_cache(pair_dirs, tmp_path / "twin", topk=4))
     # a step file of another build with the same settings (same size): caught by its build id
     shutil.copy(same_settings / "step_000001.pt", a / "step_000001.pt")
-    cache = TeacherCache(a)
-    cache.entry(0, 0)
     with pytest.raises(ValueError, match="step_000001.pt belongs to another build"):
-        cache.entry(1, 0)
+        TeacherCache(a)   # when the cache opens (its checksum differs), before any model loads
     # a step file with other settings (another size), and a missing one: refused when the run starts
     shutil.copy(other_k / "step_000001.pt", a / "step_000001.pt")
     run = make_cfg(pair_dirs, tmp_path / "run", steps=2, teacher_cache=str(a))
@@ -113,3 +111,51 @@ def test_cli_out_that_is_a_file_fails_before_the_target_loads(tmp_path, pair_dir
     assert main(args + ["--out", str(tmp_path / "c"), "--device", "tpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "is a file" in err[0] and "cannot write" in err[1] and "--device" in err[2]
+
+
+def _copy(entry):
+    """A cached entry detached from its file (a reader may map the file: its tensors would see the damage)."""
+    batch, teacher = entry
+    return (type(batch)(batch.input_ids.clone(), batch.attention_mask.clone(), batch.cont_mask.clone(), batch.source),
+            type(teacher)(teacher.idx.clone(), teacher.logp.clone(), teacher.tail.clone()))
+
+
+def _same_entry(a, b) -> bool:
+    (ba, ta), (bb, tb) = a, b
+    return all(x.equal(y) for x, y in ((ba.input_ids, bb.input_ids), (ba.attention_mask, bb.attention_mask),
+                                       (ba.cont_mask, bb.cont_mask), (ta.idx, tb.idx), (ta.logp, tb.logp),
+                                       (ta.tail, tb.tail)))
+
+
+def test_a_damaged_step_file_is_named_and_resume_rewrites_it(tmp_path, pair_dirs, capsys):
+    """A step file with one byte flipped (same size) was read without a word and trained on."""
+    out = build_cache(_cache(pair_dirs, tmp_path / "c", steps=2))
+    good = _copy(TeacherCache(out).entry(1, 0))
+    cache = TeacherCache(out)
+    flip_tensor_byte(out / "step_000001.pt")
+    cache.entry(0, 0)
+    with pytest.raises(ValueError, match="step_000001.pt is damaged .* --resume"):   # damaged while in use
+        cache.entry(1, 0)
+    with pytest.raises(ValueError, match="step_000001.pt is damaged .* --resume"):   # damaged before the run
+        TeacherCache(out)
+    run = ["distill", "--out", str(tmp_path / "run"), "--target", pair_dirs["target"], "--draft", pair_dirs["draft"],
+           "--data", pair_dirs["data"], "--data-source", "dataset", "--prompt-tokens", "12", "--new-tokens", "6",
+           "--batch-size", "4", "--steps", "2", "--eval-every", "0", "--spec-eval-every", "0", "--eval-prompts", "2",
+           "--no-progress", "--device", "cpu", "--teacher-cache", str(out)]
+    capsys.readouterr()
+    assert main(run) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "step_000001.pt is damaged" in err, err
+    build_cache(_cache(pair_dirs, out, steps=2, resume=True))          # rewrites only the damaged step
+    assert _same_entry(TeacherCache(out).entry(1, 0), good)
+
+
+def test_resume_rewrites_a_damaged_step_of_an_unfinished_build(tmp_path, pair_dirs):
+    out = build_cache(_cache(pair_dirs, tmp_path / "c", steps=2))
+    good = _copy(TeacherCache(out).entry(0, 0))
+    (out / "meta.json").unlink()                                       # unfinished
+    flip_tensor_byte(out / "step_000000.pt")
+    kept = (out / "step_000001.pt").stat().st_mtime_ns
+    build_cache(_cache(pair_dirs, out, steps=2, resume=True))
+    assert (out / "step_000001.pt").stat().st_mtime_ns == kept
+    assert _same_entry(TeacherCache(out).entry(0, 0), good)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ALPHA, binom_pvalue, chi2_pvalue
-from specdec import verify
+from specdec import verify as _verify
 from specdec.engine.sampling import probs_from_logits
 from specdec.engine.verify import lenient_target
 
@@ -19,6 +19,17 @@ BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
 # Under TRITON_INTERPRET=1 each Triton program runs in Python (~10 ms a row here), so the kernel's
 # statistical tests use fewer rows; on CUDA they use as many as the reference.
 SLOW_TRITON = not torch.cuda.is_available()
+
+
+def verify(*args, backend="torch", **kw):
+    """specdec.verify, with the Triton backend's inputs on CUDA where there is a GPU (the compiled
+    kernel; bench/gpu_check.sh runs this file there) and results back on the CPU for the checks."""
+    if backend == "triton" and torch.cuda.is_available():
+        def cuda(x):
+            return x.cuda() if isinstance(x, torch.Tensor) else x
+        res = _verify(*map(cuda, args), backend=backend, **{k: cuda(v) for k, v in kw.items()})
+        return type(res)(res.tokens.cpu(), res.num_accepted.cpu())
+    return _verify(*args, backend=backend, **kw)
 
 
 def rows_for(backend, n):

@@ -186,7 +186,7 @@ def test_sampled_all_accepted_bonus_and_all_rejected():
     t[:, :, ::3] = float("-inf")                        # masked entries (top-k style) are never emitted
     d = t[:, :K].clone()                                # q == p exactly: every draft is accepted
     g = torch.Generator().manual_seed(0)
-    x = torch.multinomial(torch.softmax(d.reshape(-1, V), -1), 1, generator=g).reshape(B, K).to(DEVICE)
+    x = torch.multinomial(torch.softmax(d.reshape(-1, V), -1).cpu(), 1, generator=g).reshape(B, K).to(DEVICE)
     out = verify_triton(t, d, x, _temps(B, 1.0), generator=_gen(0))
     assert out.num_accepted.tolist() == [K] * B
     assert bool((out.tokens[:, K] % 3 != 0).all())      # the bonus comes from p_K's support

@@ -51,11 +51,16 @@ from .results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_
                       read_results, summarise, with_speedups)
 from ..common.env import environment
 from ..common.files import write_json_atomic
-from ..common.outdir import RUN_FILE, prepare_out_dir
+from ..common.fingerprint import fingerprint_inputs
+from ..common.outdir import RunFolder, claim
 from ..common.progress import Progress
 from ..common.table import format_table as _table
 from ..common.values import is_greedy
 from ..engine.devices import input_device, resolve_device
+
+# What a run writes into --out (common.outdir: --overwrite deletes these and nothing else).
+OUTPUTS = ("results.json",) + tuple(f"{name}.png" for name in FIGURES)
+
 
 def plan(cfg: BenchConfig) -> dict:
     """(temperature, batch size) -> the configurations measured together, "ar" first."""
@@ -94,6 +99,7 @@ class BenchResult:
     results_path: Path
     meta: dict
     rows: list
+    plots: list                  # the figures written (none with --no-plots)
 
 
 def _validate(cfg: BenchConfig):
@@ -137,18 +143,14 @@ def _graphs(cfg: BenchConfig, device, impls) -> bool:
     return usable
 
 
-def _claim_out(cfg: BenchConfig) -> Path:
-    out = prepare_out_dir(cfg.out, "bench", to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
-                          can_resume=True, free=RESUMABLE_CHANGES)
+def _claim_out(cfg: BenchConfig) -> RunFolder:
+    target, draft = _model_paths(cfg)
+    inputs = fingerprint_inputs({"--target": target, "--draft": draft}, {"--prompts": cfg.prompts})
+    run = claim(cfg.out, "bench", to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume, can_resume=True,
+                free=RESUMABLE_CHANGES, inputs=inputs, outputs=OUTPUTS)
     for name in FIGURES:  # figures of an unfinished run must not sit beside the results that replace it
-        (out / f"{name}.png").unlink(missing_ok=True)
-    return out
-
-
-def _release_if_unused(out: Path) -> None:
-    """A run that failed before writing any result leaves the folder as it found it (new, empty)."""
-    if [p.name for p in out.iterdir()] == [RUN_FILE]:
-        (out / RUN_FILE).unlink()
+        (run.path / f"{name}.png").unlink(missing_ok=True)
+    return run
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -341,22 +343,30 @@ def write_results(path: Path, meta: dict, rows: list[BenchRow]) -> None:
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
     """The benchmark as a Python call (what `specdec bench` and `specdec demo` run). Checks everything
-    it can before loading a model; writes DIR/results.json after every group."""
+    it can before loading a model; writes DIR/results.json after every group, then the plots."""
     device = _validate(cfg)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    with _claim_out(cfg) as run:   # held until the plots are written; released as found if loading fails
+        meta, rows = _sweep(cfg, device, run)
+        path = run.path / "results.json"
+        plots = [] if cfg.no_plots else plot_files([path], run.path)
+    return BenchResult(run.path, path, meta, rows, plots)
+
+
+def _sweep(cfg: BenchConfig, device, run: RunFolder) -> tuple[dict, list]:
     groups = plan(cfg)
-    out = _claim_out(cfg)
-    path = out / "results.json"
+    path = run.path / "results.json"
     # a bar from the first second: loading and the cost measurement show as its status
     progress = Progress(sum(len(g) for g in groups.values()) * cfg.repeats, "bench", enabled=cfg.progress,
                         unit="pass")
     try:
-        inputs = _load(cfg, device, out, progress)
+        inputs = _load(cfg, device, progress)
         meta, rows = _start(cfg, inputs, path)
         costs = _costs(cfg, inputs, meta, progress)
         if AUTO in cfg.gamma:  # auto reads the costs measured in this run (recorded in meta), not the cache
             inputs.decoders[AUTO] = _auto_decoder(cfg, inputs, costs)
+        run.commit()   # a failure before this point leaves --out as it was found
         write_results(path, meta, rows)
         done = {(r.temperature, r.batch_size) for r in rows}
         for (temp, bs), settings in groups.items():
@@ -371,19 +381,15 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         progress.close(keep=False)  # the error message gets a line of its own
         raise
     progress.close()
-    return BenchResult(out, path, meta, rows)
+    return meta, rows
 
 
-def _load(cfg: BenchConfig, device, out: Path, progress: Progress) -> BenchInputs:
+def _load(cfg: BenchConfig, device, progress: Progress) -> BenchInputs:
     progress.status("loading the models")
     if not cfg.progress:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
-    try:
-        return load_inputs(cfg, device)
-    except BaseException:
-        _release_if_unused(out)
-        raise
+    return load_inputs(cfg, device)
 
 
 def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, list]:
@@ -392,8 +398,10 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
     if not (cfg.resume and path.exists()):
         return meta, []
     saved, rows = read_results(path)
-    meta["costs"] = saved.get("costs", {})  # old and new rows' predictions share c and v
-    meta["resumed"] = saved.get("resumed", []) + [meta["date"]]
+    costs = saved.get("costs")   # old and new rows' predictions share c and v (_costs measures what is unusable)
+    meta["costs"] = costs if isinstance(costs, dict) else {}
+    resumed = saved.get("resumed")
+    meta["resumed"] = (resumed if isinstance(resumed, list) else []) + [meta["date"]]
     meta["date"] = saved.get("date", meta["date"])
     return meta, rows
 
@@ -527,8 +535,7 @@ def run(args) -> int:
         print("\ngamma auto against the best fixed gamma and the best HF schedule, per cell:")
         print(auto)
     if not cfg.no_plots:
-        written = plot_files([result.results_path], result.out)
-        print(f"plots: {', '.join(str(p) for p in written) or 'none'}")
+        print(f"plots: {', '.join(str(p) for p in result.plots) or 'none'}")
     best = max((r for r in rows if r.method == "sd" and r.category == "all" and r.speedup),
                key=lambda r: r.speedup, default=None)
     print(json.dumps({"results": str(result.results_path), "rows": len(rows),

@@ -35,11 +35,12 @@ model over the counts chosen: sum_k n_k tau(alpha, k) / sum_k n_k (k c + v(k)) (
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.files import json_type, read_json
 from ..common.values import is_greedy
 from ..costmodel import AUTO
 from ..costmodel.predict import predicted_speedup, predicted_speedup_mix
@@ -97,8 +98,26 @@ class BenchRow:
         missing = [k for k in ("method", "temperature", "batch_size") if k not in d]
         if missing:
             raise ValueError(f"{where} has no {missing[0]!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{"gamma": None, **{k: v for k, v in d.items() if k in names}})
+        hints = typing.get_type_hints(cls)
+        kw = {"gamma": None, **{k: v for k, v in d.items() if k in hints}}
+        for k, v in kw.items():   # a damaged or hand-edited file: named here, not as a TypeError in a plot
+            if not _fits(v, hints[k]):
+                raise ValueError(f"{where}: {k!r} is {json_type(v, article=True)} ({str(v)[:40]!r}), not what a "
+                                 "bench row holds there; is it a specdec bench results.json?")
+        return cls(**kw)
+
+
+def _fits(value, hint) -> bool:
+    """Is a JSON value of the row field type `hint` (float also takes an integer; a bool is no number)?"""
+    for kind in typing.get_args(hint) or (hint,):
+        if value is None and kind is type(None):
+            return True
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (kind is float and number) or (kind is int and number and isinstance(value, int)):
+            return True
+        if kind in (str, bool, list, dict) and isinstance(value, kind):
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -262,11 +281,7 @@ def with_speedups(rows: list[BenchRow]) -> list[BenchRow]:
 def read_results(path) -> tuple[dict, list[BenchRow]]:
     """(meta, rows) of a results.json written by `specdec bench`; one-line errors name the file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); is it a specdec bench "
-                         "results.json?") from None
+    data = read_json(path, "is it a specdec bench results.json?")
     if not isinstance(data, dict) or "runs" not in data:
         raise ValueError(f"{path} has no 'runs' list; is it a specdec bench results.json?")
     runs = data["runs"]

@@ -39,13 +39,16 @@ from ..data.prompts import builtin
 from ..costmodel import AUTO
 from ..benchmark.results import BenchRow, auto_shift
 from ..common.files import read_jsonl, write_json_atomic, write_text_atomic
-from ..common.outdir import prepare_out_dir
+from ..common.fingerprint import fingerprint_inputs
+from ..common.outdir import claim
 from ..common.table import format_table as _table
 from ..engine.devices import resolve_device
 from ..models import bundled_pair
 from ..models.options import ModelsBlock
 
 GOAL_GAMMA = 4          # the gamma the MAL goal is stated at
+# What a demo writes into --out (common.outdir: --overwrite deletes these and nothing else).
+OUTPUTS = ("prompts.jsonl", "before", "draft", "after", "plots", "summary.json")
 
 
 @dataclass
@@ -285,19 +288,23 @@ def run_demo(cfg: DemoConfig) -> dict:
     bt, bd = bundled_pair()
     check_context(dcfg, cfg.target or bt, cfg.draft or bd)   # the models' context, from their configs
     check_new_tokens(cfg.max_new_tokens, cfg.target or bt, cfg.draft or bd)
-    prepare_out_dir(out, "demo", to_dict(cfg), overwrite=cfg.overwrite)
-    times: dict = {}
-    prompts = _timed(times, "prompts_s", lambda: write_prompts(cfg))
-    before_cfg = bench_config(cfg, cfg.draft, out / "before", prompts_path(cfg))
-    after_cfg = bench_config(cfg, dcfg.out, out / "after", prompts_path(cfg))
-    print(f"[demo] 1/3 bench before ({len(prompts)} prompts) -> {out / 'before'}", flush=True)
-    before = _timed(times, "bench_before_s", lambda: run_bench(before_cfg))
-    print(f"[demo] 2/3 distill {cfg.steps} steps ({cfg.divergence}, {cfg.data_source}) -> {dcfg.out}", flush=True)
-    _timed(times, "distill_s", lambda: train(dcfg))
-    print(f"[demo] 3/3 bench after -> {out / 'after'}", flush=True)
-    after = _timed(times, "bench_after_s", lambda: run_bench(after_cfg))
-    return summarise(cfg, dcfg, before.rows, after.rows, times, out,
-                     [before.results_path, after.results_path])
+    inputs = fingerprint_inputs({"--target": cfg.target or bt, "--draft": cfg.draft or bd}, {})
+    # prompts.jsonl is part of the setup: a demo whose first benchmark cannot load its models leaves --out as found
+    with claim(out, "demo", to_dict(cfg), overwrite=cfg.overwrite, inputs=inputs, outputs=OUTPUTS,
+               setup_files=("prompts.jsonl",)) as run:
+        times: dict = {}
+        prompts = _timed(times, "prompts_s", lambda: write_prompts(cfg))
+        before_cfg = bench_config(cfg, cfg.draft, out / "before", prompts_path(cfg))
+        after_cfg = bench_config(cfg, dcfg.out, out / "after", prompts_path(cfg))
+        print(f"[demo] 1/3 bench before ({len(prompts)} prompts) -> {out / 'before'}", flush=True)
+        before = _timed(times, "bench_before_s", lambda: run_bench(before_cfg))
+        run.commit()
+        print(f"[demo] 2/3 distill {cfg.steps} steps ({cfg.divergence}, {cfg.data_source}) -> {dcfg.out}", flush=True)
+        _timed(times, "distill_s", lambda: train(dcfg))
+        print(f"[demo] 3/3 bench after -> {out / 'after'}", flush=True)
+        after = _timed(times, "bench_after_s", lambda: run_bench(after_cfg))
+        return summarise(cfg, dcfg, before.rows, after.rows, times, out,
+                         [before.results_path, after.results_path])
 
 
 def summarise(cfg: DemoConfig, dcfg: DistillConfig, before: list, after: list, times: dict, out: Path,

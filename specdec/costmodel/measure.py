@@ -35,9 +35,10 @@ def sync(device) -> None:
             torch.cuda.synchronize(i)
 
 
-def interleaved_medians(jobs: dict, iters: int, warmup: int = 2) -> dict:
+def interleaved_times(jobs: dict, iters: int, warmup: int = 2) -> dict:
     """jobs: name -> zero-argument callable returning seconds. Runs warmup + iters rounds, each
-    calling every job once (in alternating order); returns name -> median seconds."""
+    calling every job once (in alternating order, so drift on a shared machine hits every job alike);
+    returns name -> the iters timed seconds."""
     times = {name: [] for name in jobs}
     names = list(jobs)
     for i in range(warmup + iters):
@@ -45,7 +46,12 @@ def interleaved_medians(jobs: dict, iters: int, warmup: int = 2) -> dict:
             dt = jobs[name]()
             if i >= warmup:
                 times[name].append(dt)
-    return {name: statistics.median(v) for name, v in times.items()}
+    return times
+
+
+def interleaved_medians(jobs: dict, iters: int, warmup: int = 2) -> dict:
+    """interleaved_times, reduced to name -> median seconds."""
+    return {name: statistics.median(v) for name, v in interleaved_times(jobs, iters, warmup).items()}
 
 
 def lower_quartile(xs: list) -> float:

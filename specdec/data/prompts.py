@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 from typing import TypedDict
 
+from ..common.files import read_text
 from ..common.values import check_chat_template
 from .chat_prompts import CHAT_PROMPTS
 from .corpus import builtin_prompts
@@ -121,16 +122,16 @@ def load_prompts_file(path, tokenizer=None, chat_template: str = "auto") -> list
     if path.is_dir():
         raise ValueError(f"prompts path {str(path)!r} is a folder; pass a JSONL file")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: malformed JSON on line {lineno} ({e.msg}); each line must be one "
-                                 "JSON object") from None
-            out.append(_parse_line(obj, lineno, path))
+    text = read_text(path, "save the prompts file as UTF-8 (one JSON object per line)")
+    for lineno, line in enumerate(text.split("\n"), start=1):   # not splitlines(): U+2028 may sit in a string
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: malformed JSON on line {lineno} ({e.msg}); each line must be one "
+                             "JSON object") from None
+        out.append(_parse_line(obj, lineno, path))
     if not out:
         raise ValueError(f"prompts file {str(path)!r} is empty; add one JSON object per line")
     return with_chat_template(group_by_category(out), tokenizer, chat_template)

@@ -9,11 +9,15 @@ Layout of DIR (an output folder like any other: refused when it holds another ru
   step_NNNNNN.pt       one file per optimizer step: the build id, and for each global micro-batch the
                        sequences (input_ids, attention_mask, cont_mask) and, for the N real continuation
                        tokens, topk_idx [N, K] int32, topk_logp [N, K] fp32, tail_logp [N] fp32
+  checksums.jsonl      one line per step file as it is written: its name, size and sha256
   meta.json            written last (a folder without it is an unfinished build): the settings the
-                       batches depend on, the build id, and every step file with its size
-A reader refuses a folder whose step files are missing or of another size than meta.json says (checked
-when it opens the cache), or carry another build id (checked when it reads the file): a cache is used
-only as exactly what its meta.json describes.
+                       batches depend on, the build id, and every step file with its size and sha256
+A reader refuses a folder whose step files are missing, or of another size or sha256 than meta.json says
+(checked when it opens the cache, before any model loads, and again as it reads each file), or carry
+another build id: a cache is used only as exactly what its meta.json describes, and a damaged file (a
+flipped bit, a bad copy) is named with what to do: `--resume` rewrites the steps that do not match
+their checksum. --resume of an unfinished build likewise keeps only the step files checksums.jsonl
+vouches for.
 
 The batches are exactly those `specdec distill` would build (same pure function of seed and step), so a
 cached run and an uncached one see the same sequences. The log-probs are at the deployment temperature:
@@ -23,8 +27,9 @@ tokens: 64 KiB).
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
+import re
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -37,8 +42,10 @@ from ..common.config import option
 from ..common.values import check_int, check_seed, check_temperature
 from ..models import bundled_pair, context_of, load_model, load_tokenizer
 from ..models.options import TargetBlock
-from ..common.files import write_json_atomic, write_text_atomic
-from ..common.outdir import prepare_out_dir
+from ..common.files import (append_jsonl, read_json, read_jsonl, read_text, require, write_bytes_atomic,
+                            write_json_atomic, write_text_atomic)
+from ..common.fingerprint import bytes_digest, file_digest, fingerprint_inputs
+from ..common.outdir import claim
 from ..engine.devices import resolve_device
 from ..engine.params import check_logits_flag
 from ..engine.sampling import unusable_rows
@@ -48,7 +55,10 @@ from .losses import teacher_topk
 
 # Settings a cache and a training run must agree on.
 MATCH = ("data_source", "data", "chat_template", "prompt_tokens", "new_tokens", "temperature", "batch_size", "seed")
-FORMAT = 2
+FORMAT = 4   # 3: checksums; 4: chat_template in MATCH (a format-3 cache has none, so it is rebuilt, not mismatched)
+CHECKSUMS = "checksums.jsonl"
+# What a build writes into DIR (common.outdir: --overwrite deletes these and nothing else).
+OUTPUTS = ("build_id", CHECKSUMS, "meta.json", "step_*.pt")
 _REBUILD = "rebuild the cache with `specdec cache-teacher --overwrite`"
 
 
@@ -101,32 +111,42 @@ class TeacherCache:
         if not meta.is_file():
             raise ValueError(f"--teacher-cache {self.folder} is not a finished teacher cache (no meta.json); build "
                              "one with `specdec cache-teacher --out DIR` (or finish it with --resume)")
-        self.meta = json.loads(meta.read_text(encoding="utf-8"))
+        self.meta = require(read_json(meta, _REBUILD), meta, _REBUILD)
         if self.meta.get("format") != FORMAT or "files" not in self.meta:
             raise ValueError(f"--teacher-cache {self.folder} was written by another version of specdec; {_REBUILD}")
-        for step in range(self.meta["steps"]):   # a stat per file here; the build id when a file is read
-            self._check_size(step)
+        require(self.meta, meta, _REBUILD, steps=int, files=dict, cache_id=str)
+        for step in range(self.meta["steps"]):   # every file's size and checksum before any model loads
+            path, entry = self._check_size(step)
+            raw = path.read_bytes()
+            if bytes_digest(raw) != entry["sha256"]:
+                self._verify(path, step, raw, entry)
         self._step, self._data = None, None
 
-    def _check_size(self, step: int) -> Path:
+    def _check_size(self, step: int) -> tuple[Path, dict]:
         name = step_name(step)
-        path, size = self.folder / name, self.meta["files"].get(name)
-        if size is None or not path.is_file() or path.stat().st_size != size:
+        path, entry = self.folder / name, self.meta["files"].get(name)
+        if entry is not None:
+            require(entry, f"{self.folder / 'meta.json'}: {name}", _REBUILD, size=int, sha256=str)
+        if entry is None or not path.is_file() or path.stat().st_size != entry["size"]:
             raise ValueError(f"--teacher-cache {self.folder}: {name} is missing or not the file meta.json "
                              f"describes; {_REBUILD}")
-        return path
+        return path, entry
 
     def _check_file(self, step: int) -> dict:
-        """The step file, after checking it is the one meta.json lists (size, build id and step). mmap:
-        only the tensors a micro-batch touches are read from disk."""
-        path = self._check_size(step)
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # noqa: BLE001 - whatever torch raises for a damaged file
-            raise ValueError(f"--teacher-cache {path} does not read ({type(e).__name__}); {_REBUILD}") from None
-        if data.get("cache_id") != self.meta["cache_id"] or data.get("step") != step:
+        """The step file, after checking it is the one meta.json lists (size, sha256, build id, step),
+        again: it may have changed since the cache was opened. A step file holds a few micro-batches."""
+        path, entry = self._check_size(step)
+        return self._verify(path, step, path.read_bytes(), entry)
+
+    def _verify(self, path: Path, step: int, raw: bytes, entry: dict) -> dict:
+        data = _load_step(raw)
+        if data is not None and (data.get("cache_id") != self.meta["cache_id"] or data.get("step") != step):
             raise ValueError(f"--teacher-cache {path} belongs to another build than {self.folder / 'meta.json'}; "
                              f"{_REBUILD}")
+        if data is None or bytes_digest(raw) != entry["sha256"]:
+            raise ValueError(f"--teacher-cache {path} is damaged (its sha256 is not the one meta.json lists); run "
+                             "its `specdec cache-teacher` again with --resume (the same settings) to rewrite the "
+                             f"damaged steps, or {_REBUILD}")
         return data
 
     def check_compatible(self, cfg, world: int, target: str) -> None:
@@ -173,21 +193,51 @@ def _build_id(out: Path) -> str:
     files of another build are told apart even when its settings were the same."""
     path = out / "build_id"
     if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
+        build_id = read_text(path, _REBUILD).strip()
+        if not re.fullmatch("[0-9a-f]{32}", build_id):
+            raise ValueError(f"{path} is damaged (not a build id); {_REBUILD}")
+        return build_id
     build_id = uuid.uuid4().hex
     write_text_atomic(path, build_id + "\n")
     return build_id
 
 
-def _written(path: Path, cache_id: str, step: int) -> bool:
-    """A step file this build already wrote (kept on --resume)."""
-    if not path.is_file():
-        return False
+def _load_step(raw: bytes) -> dict | None:
+    """A step file's content, or None when it does not read."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - any unreadable file is rewritten
-        return False
-    return data.get("cache_id") == cache_id and data.get("step") == step
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - whatever torch raises for a damaged file
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _checksums(out: Path) -> dict:
+    """name -> {"size", "sha256"} of the step files this build wrote (a resumed build keeps those whose
+    bytes still match), from checksums.jsonl (a step written again: its last line)."""
+    path = out / CHECKSUMS
+    if not path.is_file():
+        return {}
+    rows, _ = read_jsonl(path, _REBUILD)
+    for n, r in enumerate(rows, 1):
+        require(r, f"{path}: row {n}", _REBUILD, file=str, size=int, sha256=str)
+    return {r["file"]: {"size": r["size"], "sha256": r["sha256"]} for r in rows}
+
+
+def _intact(path: Path, entry: dict | None) -> bool:
+    return (entry is not None and path.is_file() and path.stat().st_size == entry["size"]
+            and file_digest(path) == entry["sha256"])
+
+
+def _write_step(path: Path, content: dict) -> dict:
+    """One step file, written whole (a temporary file renamed into place); its {"size", "sha256"}, also
+    appended to checksums.jsonl."""
+    buf = io.BytesIO()
+    torch.save(content, buf)
+    raw = buf.getvalue()
+    write_bytes_atomic(path, raw)
+    entry = {"size": len(raw), "sha256": bytes_digest(raw)}
+    append_jsonl(path.parent / CHECKSUMS, {"file": path.name, **entry})
+    return entry
 
 
 @torch.no_grad()
@@ -220,24 +270,26 @@ def build_cache(cfg: CacheConfig) -> Path:
     tok = load_tokenizer(target_path)
     prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data, chat_template=cfg.chat_template)
     prompts.check_source(cfg.data_source)
-    out = prepare_out_dir(cfg.out, "cache-teacher", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
-                          can_resume=True, free=("out", "resume", "overwrite", "device", "threads"))
-    target = load_model(target_path, "float32", device)
-    vocab = min(len(tok), target.get_output_embeddings().weight.shape[0])
-    settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)
-                if f.name not in ("out", "resume", "overwrite", "device", "threads")}
-    settings.update(target=target_path, vocab_size=vocab)
-    cache_id = _build_id(out)
-    files = {}
-    for step in range(cfg.steps):
-        path = out / step_name(step)
-        if not _written(path, cache_id, step):
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            torch.save({"cache_id": cache_id, "step": step,
-                        "micro_batches": _cache_step(step, cfg, prompts, target, tok, vocab, device)}, tmp)
-            os.replace(tmp, path)          # each step file appears whole
-        files[path.name] = path.stat().st_size
-    write_json_atomic(out / "meta.json", {**settings, "format": FORMAT, "cache_id": cache_id, "files": files})
+    inputs = fingerprint_inputs({"--target": target_path}, {"--data": cfg.data})
+    with claim(cfg.out, "cache-teacher", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
+               can_resume=True, free=("out", "resume", "overwrite", "device", "threads"), inputs=inputs,
+               outputs=OUTPUTS) as run:
+        # released as found if the target does not load
+        out = run.path
+        target = load_model(target_path, "float32", device)
+        run.commit()
+        vocab = min(len(tok), target.get_output_embeddings().weight.shape[0])
+        settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)
+                    if f.name not in ("out", "resume", "overwrite", "device", "threads")}
+        settings.update(target=target_path, vocab_size=vocab)
+        cache_id, known, files = _build_id(out), _checksums(out), {}
+        for step in range(cfg.steps):
+            path = out / step_name(step)
+            files[path.name] = known.get(path.name)
+            if not _intact(path, files[path.name]):
+                files[path.name] = _write_step(path, {"cache_id": cache_id, "step": step, "micro_batches": _cache_step(
+                    step, cfg, prompts, target, tok, vocab, device)})
+        write_json_atomic(out / "meta.json", {**settings, "format": FORMAT, "cache_id": cache_id, "files": files})
     return out
 
 

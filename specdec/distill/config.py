@@ -18,7 +18,7 @@ from .data import SOURCES
 from .losses import KINDS
 
 # Settings that may change when a run is resumed: they do not change the trained weights or the meaning
-# of a metrics row. Every other setting must equal the checkpoint's (common.outdir.prepare_out_dir names the ones
+# of a metrics row. Every other setting must equal the checkpoint's (common.outdir.claim names the ones
 # that differ).
 FREE_ON_RESUME = ("out", "resume", "overwrite", "threads", "progress", "device", "eval_every", "spec_eval_every",
                   "save_every", "keep_checkpoints")

@@ -8,7 +8,7 @@ One step = `grad_accum` micro-batches per process. The loss of a step is
 where the count is all_reduced before any backward (losses.py explains why per-micro-batch means are
 wrong). DDP averages gradients over ranks, so each rank scales its sum by world_size / count.
 
-Outputs in DIR (an output folder holds one run: common.outdir.prepare_out_dir): the trained draft as a Hugging
+Outputs in DIR (an output folder holds one run: common.outdir): the trained draft as a Hugging
 Face checkpoint with its tokenizer (loadable by AutoModelForCausalLM and `specdec bench --draft DIR`),
 `distill_config.json`, `metrics.jsonl` (train loss every step, eval rows every --eval-every /
 --spec-eval-every steps), and `checkpoints/step_NNNNNN/` every --save-every steps (checkpoint.py).
@@ -34,10 +34,12 @@ from ..common import config
 from ..common.config import config_from_args
 from ..models import bundled_pair, check_vocab, load_model, load_tokenizer
 from ..common.files import write_json_atomic
-from ..common.outdir import prepare_out_dir
+from ..common.fingerprint import fingerprint_inputs
+from ..common.outdir import RunFolder, claim
 from ..common.progress import Progress
 from .cache import TeacherCache
-from .checkpoint import MetricsLog, export_hf, load_latest, save_checkpoint, set_rng_state
+from .checkpoint import (OUTPUTS, MetricsLog, checkpoint_dirs, export_hf, load_latest, save_checkpoint,
+                         set_rng_state)
 from .config import FREE_ON_RESUME, DistillConfig, check_context
 from .data import LiveSource, PromptSet, TeacherTopK, continuation_logits, heldout_prompts
 from .dist import (Dist, clip_grad_norm, full_params, grad_sync, init_dist, load_optim_state, model_state,
@@ -54,6 +56,7 @@ class Job:
     dist: Dist
     device: torch.device
     out: Path
+    run: RunFolder                  # the claimed output folder (held on rank 0)
     tokenizer: object
     target: torch.nn.Module
     draft: torch.nn.Module          # the draft itself (sampling, evaluation, export)
@@ -76,7 +79,9 @@ def train(cfg: DistillConfig) -> dict:
     device = pick_device(cfg.device)
     dist = init_dist(device, cfg.fsdp)
     try:
-        return fit(setup(cfg, dist, device))
+        inputs = check_inputs(cfg, dist)
+        with claim_out_dir(cfg, dist, inputs.fingerprints) as run:   # released as found if the setup fails
+            return fit(setup(cfg, dist, device, inputs, run))
     finally:
         dist.close()
 
@@ -84,7 +89,20 @@ def train(cfg: DistillConfig) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # Setup: every check that can fail runs before the output folder is claimed or a model is loaded.
 
-def setup(cfg: DistillConfig, dist: Dist, device: torch.device) -> Job:
+@dataclass
+class Inputs:
+    """What is checked before the output folder is claimed: the models' paths, tokenizer and vocabulary,
+    and the data (a teacher cache, or the prompts)."""
+    target_path: str
+    draft_path: str
+    tokenizer: object
+    vocab: int
+    cache: TeacherCache | None
+    prompts: PromptSet | None
+    fingerprints: dict       # of the models and data files (common.fingerprint): --resume refuses a change
+
+
+def check_inputs(cfg: DistillConfig, dist: Dist) -> Inputs:
     bt, bd = bundled_pair() if cfg.target is None or cfg.draft is None else (None, None)
     target_path, draft_path = str(cfg.target or bt), str(cfg.draft or bd)
     tok = load_tokenizer(draft_path)
@@ -97,12 +115,18 @@ def setup(cfg: DistillConfig, dist: Dist, device: torch.device) -> Job:
     else:
         prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data, chat_template=cfg.chat_template)
         prompts.check_source(cfg.data_source, cfg.lmbda)
-    out = claim_out_dir(cfg, dist)
-    resumed = resume_state(cfg, out, dist)
+    fingerprints = fingerprint_inputs({"--target": target_path, "--draft": draft_path},
+                                      {"--data": cfg.data, "--teacher-cache": cache and cache.folder / "meta.json"})
+    return Inputs(target_path, draft_path, tok, vocab, cache, prompts, fingerprints)
 
-    target = load_model(target_path, "float32", device)
-    draft = load_model(draft_path, "float32", device)
-    vocab = min(vocab, target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
+
+def setup(cfg: DistillConfig, dist: Dist, device: torch.device, inputs: Inputs, run: RunFolder) -> Job:
+    out, tok = run.path, inputs.tokenizer
+    resumed = resume_state(cfg, out, dist)
+    target = load_model(inputs.target_path, "float32", device)
+    draft = load_model(inputs.draft_path, "float32", device)
+    vocab = min(inputs.vocab, target.get_output_embeddings().weight.shape[0],
+                draft.get_output_embeddings().weight.shape[0])
     draft.requires_grad_(True).train()
     if resumed is not None:
         draft.load_state_dict(resumed["model"])
@@ -118,27 +142,30 @@ def setup(cfg: DistillConfig, dist: Dist, device: torch.device) -> Job:
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     eos_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    source = cache or LiveSource(prompts, cfg, target=target, draft=draft, pad_id=pad_id, eos_ids=eos_ids,
-                                 vocab_size=vocab, device=device)
+    source = inputs.cache or LiveSource(inputs.prompts, cfg, target=target, draft=draft, pad_id=pad_id,
+                                        eos_ids=eos_ids, vocab_size=vocab, device=device)
     eval_prompts = heldout_prompts(tok, cfg.eval_prompts, cfg.prompt_tokens) if dist.main else []
-    return Job(cfg, dist, device, out, tok, target, draft, model, optimizer, source, eval_prompts, metrics, vocab,
-               pad_id, draft_path, start)
+    run.commit()
+    return Job(cfg, dist, device, out, run, tok, target, draft, model, optimizer, source, eval_prompts, metrics,
+               vocab, pad_id, inputs.draft_path, start)
 
 
-def claim_out_dir(cfg: DistillConfig, dist: Dist) -> Path:
+def claim_out_dir(cfg: DistillConfig, dist: Dist, inputs: dict) -> RunFolder:
     """The output-folder policy (rank 0 checks and claims; the others wait). A fresh run also records its
     settings in distill_config.json; a resumed one leaves both files describing the checkpoint."""
-    out, error = Path(cfg.out), None
+    out, error, run = Path(cfg.out), None, RunFolder.elsewhere(cfg.out)
     if dist.main:
         try:
-            prepare_out_dir(out, "distill", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
-                            can_resume=True, free=FREE_ON_RESUME)
+            run = claim(out, "distill", config.to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
+                        can_resume=True, free=FREE_ON_RESUME, inputs=inputs, outputs=OUTPUTS,
+                        setup_files=("distill_config.json",))
             if not cfg.resume:
                 write_json_atomic(out / "distill_config.json", config.to_dict(cfg), indent=2)
-        except ValueError as e:
+        except (ValueError, OSError) as e:
+            run.close(failed=True)
             error = e
     dist.raise_together(error)
-    return out
+    return run
 
 
 def resume_state(cfg: DistillConfig, out: Path, dist: Dist) -> dict | None:
@@ -146,8 +173,10 @@ def resume_state(cfg: DistillConfig, out: Path, dist: Dist) -> dict | None:
         return None
     found = load_latest(out, verbose=dist.main)
     if found is None:
-        raise ValueError(f"--resume: no intact checkpoint in {out / 'checkpoints'} (the run stopped before its "
-                         "first --save-every step); start it again with --overwrite")
+        why = (": every one is damaged (the warnings above name them)" if checkpoint_dirs(out) else
+               " (the run stopped before its first --save-every step)")
+        raise ValueError(f"--resume: no intact checkpoint in {out / 'checkpoints'}{why}; start it again with "
+                         "--overwrite")
     return found[1]
 
 
@@ -279,7 +308,7 @@ def export(job: Job) -> None:
         if job.dist.fsdp:  # the module holds only this rank's shards: rebuild a whole one from the gathered state
             draft = load_model(job.draft_path, "float32", "cpu")
             draft.load_state_dict(ms)
-        export_hf(draft, job.tokenizer, job.out)
+        export_hf(draft, job.tokenizer, job.out, record=job.run.record)
     job.dist.barrier()
 
 

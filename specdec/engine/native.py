@@ -1,7 +1,7 @@
 """Build, cache and load specdec's C kernels (specdec/engine/*.c) with the system C compiler.
 
 Why C: the CPU target path needs a weight-only quantized GEMM at float32 activations that sums every
-output in one fixed order (specdec/engine/qgemm.c says why); neither PyTorch nor NumPy has one on the
+output in one fixed order (specdec/engine/qkernels.c says why); neither PyTorch nor NumPy has one on the
 CPU (torch's int4 pack kernels are fast only with bf16 activations, which change the model).
 
 A library is compiled on first use with `$CC` (else cc, gcc, clang):

@@ -73,9 +73,21 @@ def probs_from_logits(logits: torch.Tensor, temperature: torch.Tensor | float) -
     return x.softmax(dim=-1)
 
 
+def _draw_device(device, generator: torch.Generator | None) -> torch.device:
+    """Where the draw happens: on the generator's device, so that a CPU generator seeds CUDA work too
+    (the numbers then cross once to `device`: a few bytes a row, and the same stream on every device)."""
+    return torch.device(device) if generator is None else generator.device
+
+
+def uniform(shape, device, generator: torch.Generator | None) -> torch.Tensor:
+    """i.i.d. U[0, 1) float32 on `device`, drawn from `generator` on whichever device it lives."""
+    return torch.rand(shape, device=_draw_device(device, generator), generator=generator).to(device)
+
+
 def exponential_noise(shape, device, generator: torch.Generator | None) -> torch.Tensor:
     """i.i.d. Exp(1) noise, clamped away from 0 so that prob / E never divides 0 by 0."""
-    e = torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=generator)
+    e = torch.empty(shape, device=_draw_device(device, generator), dtype=torch.float32)
+    e = e.exponential_(generator=generator).to(device)
     return e.clamp_min_(torch.finfo(torch.float32).tiny)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from ..common.values import LENIENCE_KINDS  # noqa: F401 (re-exported)
 from ..common.values import MIN_TEMPERATURE, BadType, check_lenience, check_temperature, is_greedy
-from .sampling import probs_from_logits, sample_from_probs, unusable_rows
+from .sampling import probs_from_logits, sample_from_probs, uniform, unusable_rows
 BACKENDS = ("torch", "triton", "auto")
 
 
@@ -152,7 +152,7 @@ def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num
     q = probs_from_logits(draft_logits, temperature)                  # [B, K, V] fp32
     p_x = p[:, :K].gather(-1, x.unsqueeze(-1)).squeeze(-1)            # [B, K]
     q_x = q.gather(-1, x.unsqueeze(-1)).squeeze(-1)                   # [B, K]
-    u = torch.rand((B, K), device=device, generator=generator)        # [B, K] in [0, 1)
+    u = uniform((B, K), device, generator)                             # [B, K] in [0, 1)
     # u < min(1, f(p)/q)  <=>  u * q < f(p): no division, and q = 0 (never sampled) cannot divide by 0.
     accept_sampled = u * q_x < lenient_target(p_x, lenience, lenience_eps)
     accept = torch.where(greedy.unsqueeze(1), accept_greedy, accept_sampled) & valid

@@ -19,7 +19,7 @@ import sys
 
 # (B, K, V, dtype) of the launches compiled: real vocabularies, every logits dtype, K = 0 (no drafts).
 SHAPES = ((1, 4, 32000, "bfloat16"), (64, 8, 128256, "bfloat16"), (8, 4, 151936, "float32"),
-          (4, 0, 4096, "float16"))
+          (4, 0, 4096, "float16"), (1, 1, 4096, "bfloat16"))   # the last: the bundled pair, gamma 1
 
 
 def _signature(jit, args, consts) -> dict:
@@ -43,6 +43,23 @@ def _signature(jit, args, consts) -> dict:
     return sig
 
 
+def _divisibility(jit, args, consts) -> dict:
+    """The JIT's alignment attributes: a pointer at a multiple of 16 bytes and an int that is a multiple of
+    16 are marked divisible by 16, which changes the layouts the compiler picks (and where it can fail)."""
+    import torch
+    attrs = {}
+    for i, (name, a) in enumerate(zip(jit.arg_names, args)):
+        if name in consts:
+            continue
+        if isinstance(a, torch.Tensor):
+            aligned = a.data_ptr() % 16 == 0
+        else:
+            aligned = type(a) is int and a % 16 == 0
+        if aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
 class _Intercept:
     """Stands in for a @triton.jit kernel: `kernel[grid](...)` compiles instead of launching."""
 
@@ -53,9 +70,13 @@ class _Intercept:
         import triton
 
         def launch(*args, num_warps=4, num_stages=None, **consts):
+            # The JIT specialises an int argument equal to 1 into a constant; the compiler then folds
+            # it, which is where Triton 3.6 failed on the bundled pair (B = K = NC = TILES = 1): do the same.
+            consts = {**{n: 1 for n, a in zip(self.jit.arg_names, args)
+                         if type(a) is int and a == 1}, **consts}
             opts = {"num_warps": num_warps, **({"num_stages": num_stages} if num_stages else {})}
             src = triton.compiler.ASTSource(fn=self.jit, signature=_signature(self.jit, args, consts),
-                                            constexprs=consts)
+                                            constexprs=consts, attrs=_divisibility(self.jit, args, consts))
             try:
                 k = triton.compile(src, target=self.target, options=opts)
                 self.report.append((self.jit.__name__, consts, "ok",

@@ -51,6 +51,7 @@ import triton
 import triton.language as tl
 
 from ..common.values import check_lenience
+from ..engine.sampling import uniform
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":
@@ -292,8 +293,10 @@ def _emit_kernel(
         use_p = (j >= n) | (tl.sum(rm, axis=1) <= 0.0)
         pmass = tl.load(pmass_ptr + b[:, None] * NC + oc[None, :], mask=cm, other=0.0)
         w = tl.where(use_p[:, None], pmass, rm)
-        # Level 1: the chunk, by inverse CDF over the chunk masses.
-        cw = tl.cumsum(w, axis=1)
+        # Level 1: the chunk, by inverse CDF over the chunk masses. The prefix sum is a masked sum over
+        # [R, NC, NC] rather than tl.cumsum: Triton 3.6 fails to compile a scan over an axis this short
+        # (NC = 2 with 8 warps asserts in ScanOpToLLVM, seen on an H200); NC is at most a few dozen.
+        cw = tl.sum(tl.where(oc[None, None, :] <= oc[None, :, None], w[:, None, :], 0.0), axis=2)
         goal = tl.load(us_ptr + 2 * b, mask=sampled, other=0.0) * tl.sum(w, axis=1)
         c = tl.min(tl.where(cm & (cw > goal[:, None]), oc[None, :], _INT_MAX), axis=1)
         c_last = tl.max(tl.where(cm & (w > 0.0), oc[None, :], -1), axis=1)
@@ -429,7 +432,7 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
     sms = _num_sms(dev)
     # One draw: [B, K] accept uniforms (the same numbers the reference draws first, for one seed on
     # the CPU generator), then [B, 2] for the two-level sampling.
-    u_all = torch.rand((B * (K + 2),), device=dev, generator=generator)
+    u_all = uniform((B * (K + 2),), dev, generator)
     u, us = (u_all[: B * K] if K > 0 else u_all), u_all[B * K:]
 
     if K == 0:  # zero-size tensors carry no usable pointer; the kernels never touch the draft at K = 0
