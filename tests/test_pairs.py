@@ -83,9 +83,46 @@ def test_missing_draft_says_pass_draft(smollm2, monkeypatch, tmp_path):
     monkeypatch.setattr(pairs, "ASSETS", tmp_path)
     resolved = pairs.resolve_pair("smollm2")
     assert resolved.target == target and resolved.draft is None and "pass --draft DIR" in resolved.draft_problem
-    with pytest.raises(ValueError, match="smollm2 pair's draft is not in this install .* pass --draft DIR"):
-        benchmark.BenchConfig(pair="smollm2")
+    for make in (lambda: GenerateConfig(pair="smollm2"), lambda: DistillConfig(pair="smollm2", out=str(tmp_path)),
+                 lambda: DemoConfig(pair="smollm2", out=str(tmp_path / "d"))):
+        with pytest.raises(ValueError, match="smollm2 pair has no draft in this install .none ships yet.* pass "
+                                             "--draft DIR"):
+            make()
     assert CacheConfig(out=str(tmp_path / "c"), pair="smollm2").target == str(target)   # needs no draft
+
+
+def test_bench_without_the_pairs_draft_runs_the_rows_that_need_none(smollm2, monkeypatch, tmp_path, capsys):
+    """No SmolLM2 draft ships: `bench --pair smollm2` runs plain decoding, generate() and llama.cpp, and
+    says in one line that the speculative rows need --draft; asking for them is one line, exit 2; the
+    commands that need a draft refuse in one line, exit 2."""
+    monkeypatch.setattr(pairs, "ASSETS", tmp_path / "no-assets")
+    _fake_llama_cpp(monkeypatch)
+    cfg = benchmark.BenchConfig(pair="smollm2")
+    assert cfg.draft is None and cfg.gamma == () and cfg.baselines == ("ar", "hf_generate", "llamacpp")
+    assert benchmark.BenchConfig(pair="smollm2", baselines="ar,hf").baselines == ("ar", "hf_generate")
+    out = tmp_path / "run"
+    assert main(["bench", "--pair", "smollm2", "--temperature", "0,1", "--max-new-tokens", "6", "--threads", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    meta, rows = res["meta"], [r for r in res["runs"] if r["category"] == "all"]
+    assert meta["draft"] is None and meta["draft_params"] is None and meta["costs"] == {}
+    assert "pass --draft DIR" in meta["no_draft"] and set(meta["engine"]["quantize"]) == {"target"}
+    assert {(r["method"], r["temperature"]) for r in rows} == {
+        (m, t) for m in ("ar", "hf_generate", "llamacpp") for t in (0.0, 1.0)}
+    assert all(r["error"] is None and r["tokens_per_s"] > 0 for r in rows)
+    printed = capsys.readouterr()
+    said = [ln for ln in printed.out.splitlines() if "speculative rows" in ln]
+    assert said == ["speculative rows not run: the smollm2 pair has no draft in this install (none ships yet: "
+                    f"{tmp_path / 'no-assets' / pairs.SMOLLM2_DRAFT}); pass --draft DIR, a model that shares "
+                    "SmolLM2's tokenizer"]
+    for argv, flag in ((["bench", "--gamma", "4"], "--gamma"), (["bench", "--baselines", "hf_assisted"],
+                                                              "--baselines hf_assisted"),
+                       (["generate"], None), (["distill"], None), (["demo"], None)):
+        assert main([*argv, "--pair", "smollm2", "--out", str(tmp_path / "refused"), "--no-progress"]
+                    if argv[0] != "generate" else [*argv, "--pair", "smollm2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pass --draft DIR" in err[0] and (flag is None or f"{flag} needs a draft" in err[0])
+    assert not (tmp_path / "refused").exists()
 
 
 def test_pair_fills_only_what_is_left_unset(smollm2, tmp_path):

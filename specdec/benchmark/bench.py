@@ -41,7 +41,7 @@ from ..common.config import add_arguments as _add_arguments, config_from_args, t
 from ..engine.decoding import SpeculativeDecoder, autoregressive_generate, capacity_for
 from ..engine.params import check_cache_memory, max_positions
 from ..engine.quant import quantization_of
-from ..models import bundled_pair, context_of, load_pair
+from ..models import bundled_pair, context_of, load_pair, load_target
 from ..models.gguf_cache import source_gguf, source_record
 from ..engine.runner import resolve_impl
 from .config import RESUMABLE_CHANGES, BenchConfig
@@ -108,7 +108,7 @@ def _validate(cfg: BenchConfig):
     cfg.quantization_on(device)
     if cfg.cuda_graphs == "on" and device.type != "cuda":
         raise ValueError("--cuda-graphs on needs a CUDA device; use --cuda-graphs off or auto")
-    check_new_tokens(cfg.max_new_tokens, *_model_paths(cfg))
+    check_new_tokens(cfg.max_new_tokens, *(m for m in _model_paths(cfg) if m is not None))
     # a bad line fails here, not later
     prompts, _ = load_prompts(cfg.prompts, None, cfg.prompts_per_category, cfg.chat_template)
     if max(cfg.batch_size) > len(prompts):
@@ -119,7 +119,10 @@ def _validate(cfg: BenchConfig):
     return device
 
 
-def _model_paths(cfg: BenchConfig) -> tuple[str, str]:
+def _model_paths(cfg: BenchConfig) -> tuple[str, str | None]:
+    """(target, draft): the bundled pair's where not given; draft None for a pair without one (no_draft)."""
+    if cfg.no_draft:
+        return str(cfg.target), None
     bt, bd = bundled_pair() if cfg.target is None or cfg.draft is None else (None, None)
     return str(cfg.target or bt), str(cfg.draft or bd)
 
@@ -186,31 +189,41 @@ class BenchInputs:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
 
 
-def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
-    target_name, draft_name = _model_paths(cfg)
+def _load_models(cfg: BenchConfig, device, target_name: str, draft_name: str | None) -> tuple:
+    """(target, draft, tokenizer, vocab); draft None for a run without one (cfg.no_draft)."""
     tq, dq = cfg.quantization_on(device)
+    if draft_name is None:
+        target, tok, vocab = load_target(target_name, cfg.dtype_on(device), str(device), cfg.device_map, quantize=tq)
+        return target, None, tok, vocab
     target, draft, tok, vocab = load_pair(target_name, draft_name, cfg.dtype_on(device), str(device), cfg.device_map,
                                           quantize=tq, draft_quantize=dq)
+    if cfg.device_map is not None and input_device(draft) != input_device(target):
+        draft.to(input_device(target))  # the decoder keeps its state beside the target's input embeddings
+    return target, draft, tok, vocab
+
+
+def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
+    target_name, draft_name = _model_paths(cfg)
+    target, draft, tok, vocab = _load_models(cfg, device, target_name, draft_name)
     dev = input_device(target)  # cuda:0 when --device-map shards the target
-    if cfg.device_map is not None and input_device(draft) != dev:
-        draft.to(dev)  # the decoder keeps its state beside the target's input embeddings
+    models = (target,) if draft is None else (target, draft)
     prompts, source = load_prompts(cfg.prompts, tok, cfg.prompts_per_category, cfg.chat_template)
     if not prompts:
         raise ValueError("no prompts to run; check --prompts / --num-prompts")
     chat = uses_chat_template(tok, cfg.chat_template)
-    ids = _encode(tok, [p["prompt"] for p in prompts], (target, draft), cfg.max_new_tokens, chat)
+    ids = _encode(tok, [p["prompt"] for p in prompts], models, cfg.max_new_tokens, chat)
     runner = None
     if any(s.method == llamacpp.METHOD for group in plan(cfg).values() for s in group):
         runner = llamacpp.LlamaCppRunner(source_gguf(target_name), max(map(len, ids)) + cfg.max_new_tokens,
                                          cfg.threads or torch.get_num_threads(), cfg.seed)
     # what ran: quantize "auto" is chosen per model as it loads (models/load.py quantize_auto)
-    engine = {"quantize": {"target": quantization_of(target), "draft": quantization_of(draft)},
-              "impl": cfg.impl,
-              "resolved_impl": {"target": resolve_impl(target, cfg.impl), "draft": resolve_impl(draft, cfg.impl)}}
+    named = {"target": target} if draft is None else {"target": target, "draft": draft}
+    engine = {"quantize": {k: quantization_of(m) for k, m in named.items()}, "impl": cfg.impl,
+              "resolved_impl": {k: resolve_impl(m, cfg.impl) for k, m in named.items()}}
     engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
     # the largest caches the sweep allocates, before any of them (the decoders check their own again)
-    check_cache_memory((target, draft), max(cfg.batch_size), capacity_for(
-        max(map(len, ids)), cfg.max_new_tokens, max(cfg.cost_gammas)), cfg.impl, engine["cuda_graphs"])
+    check_cache_memory(models, max(cfg.batch_size), capacity_for(
+        max(map(len, ids)), cfg.max_new_tokens, max(cfg.cost_gammas, default=0)), cfg.impl, engine["cuda_graphs"])
     decoders = {g: SpeculativeDecoder(target, draft, gamma=g, vocab_size=vocab, impl=cfg.impl,
                                       cuda_graphs=engine["cuda_graphs"]) for g in cfg.fixed_gammas}
     return BenchInputs(target, draft, tok, vocab, dev, target_name, draft_name, prompts, source, ids, decoders,
@@ -241,7 +254,8 @@ def meta_of(cfg: BenchConfig, inputs: BenchInputs) -> dict:
     hf_map = {k: str(v) for k, v in (getattr(inputs.target, "hf_device_map", None) or {}).items()} or None
     return {
         "target": inputs.target_name, "draft": inputs.draft_name, "target_params": n_params(inputs.target),
-        "draft_params": n_params(inputs.draft), "vocab_size": inputs.vocab, **environment(inputs.device),
+        "draft_params": None if inputs.draft is None else n_params(inputs.draft), "no_draft": cfg.no_draft,
+        "vocab_size": inputs.vocab, **environment(inputs.device),
         "device_map": cfg.device_map, "hf_device_map": hf_map, "dtype": cfg.dtype_on(inputs.device),
         "command": shlex.join(["specdec", "bench", *to_argv(cfg)]), "prompts_source": inputs.prompts_source,
         "num_prompts": len(inputs.prompts), "categories": list(dict.fromkeys(inputs.cats)), "config": to_dict(cfg),
@@ -410,7 +424,9 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
     """batch size -> c and v, measured on the first prompt (already truncated to fit the context), and,
     when gamma auto runs, the round times it chooses by (greedy and/or sampled, as the temperatures
     need) on the first bs prompts; for each batch size the saved run does not have (or has costs no
-    prediction may use: measured again); recorded in meta["costs"]."""
+    prediction may use: measured again); recorded in meta["costs"]; none without a draft (no sd rows)."""
+    if inputs.draft is None:
+        return {}
     costs = _saved_costs(meta["costs"])
     modes = sorted({"greedy" if is_greedy(t) else "sampling" for t in cfg.temperature}) if AUTO in cfg.gamma else []
     probe = SpeculativeDecoder(inputs.target, inputs.draft, gamma=1, vocab_size=inputs.vocab, impl=cfg.impl,
@@ -521,9 +537,11 @@ def run(args) -> int:
     cfg = config_from_args(args, BenchConfig)
     result = run_bench(cfg)
     m, rows = result.meta, result.rows
-    print(f"specdec bench: {m['target']} <- {m['draft']} on {m['device']} ({m['dtype']}), {m['num_prompts']} "
+    print(f"specdec bench: {m['target']} <- {m['draft'] or 'no draft'} on {m['device']} ({m['dtype']}), {m['num_prompts']} "
           f"prompts x {cfg.max_new_tokens} new tokens, median of {cfg.repeats}")
     print(format_table(rows))
+    if m["no_draft"]:
+        print(f"speculative rows not run: {m['no_draft']}")
     if cfg.runs("llamacpp") and m["llamacpp"].get("absent") and source_gguf(m["target"]) is not None:
         print(f"llama.cpp row absent: {m['llamacpp']['absent']}")
     for bs, a in m["llamacpp"].get("greedy_agreement", {}).items():

@@ -12,6 +12,7 @@ from ..common.config import flag_name, option, parse_value, with_default
 from ..common.values import AUTO, check_gamma, check_int, check_seed, check_temperature
 from ..costmodel.policy import AutoConfig
 from ..models.options import EngineBlock
+from ..models.pairs import draft_problem
 
 # ar: specdec's plain decoding (every speedup's denominator); hf_generate: transformers' generate();
 # hf_assisted: its assisted generation (batch size 1); hf: both HF rows; llamacpp: llama.cpp's plain
@@ -39,7 +40,10 @@ RESUMABLE_CHANGES = ("out", "threads", "no_plots", "progress", "no_progress")   
 @dataclass
 class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
     """The models, engine and output blocks (models/options.py, common/blocks.py), and the sweep. After
-    __post_init__ every sweep axis holds the values to run: the --sweep preset's where none was given."""
+    __post_init__ every sweep axis holds the values to run: the --sweep preset's where none was given.
+    A --pair whose draft is missing (and no --draft) runs the rows that need no draft: no gamma, no HF
+    assisted generation (`no_draft` says why; asking for either is refused)."""
+    RUNS_WITHOUT_DRAFT: typing.ClassVar[bool] = True   # models/pairs.py apply_pair
     out: str | None = with_default(ResumableOutputBlock, "out", "bench_out")
     device_map: str | None = option(None, "e.g. auto: spread the target over several GPUs (transformers/accelerate)",
                                     group="models")
@@ -78,6 +82,7 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
     no_plots: bool = option(False, "skip the plots", group="output")
 
     def __post_init__(self):
+        asked = {"--gamma": self.gamma is not None, "--baselines": self.baselines is not None}
         super().__post_init__()   # the models block first: --pair fills what is still None
         self.sweep = DEFAULT_SWEEP if self.sweep is None else self.sweep
         self.num_prompts = DEFAULT_NUM_PROMPTS if self.num_prompts is None else self.num_prompts
@@ -88,8 +93,15 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
         for name, value in preset.items():  # an axis not given takes the preset's values; "1,2" works too
             given = getattr(self, name)
             setattr(self, name, value if given is None else parse_value(given, hints[name], flag_name(name)))
-        for flag, values in (("--gamma", self.gamma), ("--temperature", self.temperature),
-                             ("--batch-size", self.batch_size)):
+        self.baselines = tuple(str(b).strip().lower() for b in self.baselines)
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baseline {unknown[0]!r}; --baselines takes a comma-separated subset of "
+                             f"{','.join(BASELINES)}")
+        if self.no_draft:
+            self._without_draft(asked)
+        axes = (("--temperature", self.temperature), ("--batch-size", self.batch_size))
+        for flag, values in axes if self.no_draft else (("--gamma", self.gamma),) + axes:
             if not values:
                 raise ValueError(f"{flag} needs at least one value (comma-separated)")
         self.gamma = tuple(check_gamma(g, "--gamma") for g in self.gamma)
@@ -97,17 +109,30 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
             raise ValueError(f"--gamma lists a value twice: {','.join(map(str, self.gamma))}")
         self.temperature = tuple(check_temperature(t, "--temperature") for t in self.temperature)
         self.batch_size = tuple(check_int(b, "--batch-size", 1) for b in self.batch_size)
-        self.baselines = tuple(str(b).strip().lower() for b in self.baselines)
-        unknown = [b for b in self.baselines if b not in BASELINES]
-        if unknown:
-            raise ValueError(f"unknown baseline {unknown[0]!r}; --baselines takes a comma-separated subset of "
-                             f"{','.join(BASELINES)}")
         for name, low in (("max_new_tokens", 1), ("warmup", 0), ("repeats", 1), ("num_prompts", 0)):
             setattr(self, name, check_int(getattr(self, name), flag_name(name), low))
         self.seed = check_seed(self.seed, "--seed")
         if self.prompts is not None and not str(self.prompts).startswith("builtin:") and not Path(self.prompts).exists():
             raise FileNotFoundError(f"prompts file {self.prompts!r} does not exist; pass a JSONL file with one "
                                     '{"prompt": ..., "category": ...} per line')
+
+    @property
+    def no_draft(self) -> str | None:
+        """Why the run has no draft (None: it has one): a --pair without its draft and no --draft."""
+        return draft_problem(self.pair) if self.pair is not None and self.draft is None else None
+
+    def _without_draft(self, asked: dict) -> None:
+        """The preset's speculative rows (gamma, HF assisted generation) dropped; asked for, refused."""
+        if asked["--gamma"] and self.gamma:
+            raise ValueError(f"--gamma needs a draft: {self.no_draft}")
+        if asked["--baselines"] and "hf_assisted" in self.baselines:
+            raise ValueError(f"--baselines hf_assisted needs a draft: {self.no_draft}")
+        self.gamma = ()
+        self.baselines = tuple(dict.fromkeys("hf_generate" if b == "hf" else b
+                                             for b in self.baselines if b != "hf_assisted"))
+        if not {"ar", "hf_generate", "llamacpp"} & set(self.baselines):
+            raise ValueError(f"nothing to run without a draft: --baselines has no ar, hf_generate or llamacpp; "
+                             f"{self.no_draft}")
 
     def runs(self, baseline: str) -> bool:
         """Whether the run has `baseline` (hf stands for hf_generate and hf_assisted)."""

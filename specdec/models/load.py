@@ -198,6 +198,22 @@ def check_pair_args(target, draft, device_map, quantize, draft_quantize) -> None
             raise ValueError(f"{name} must be one of {(AUTO_QUANTIZE,) + QUANTIZE}, got {value!r}")
 
 
+def load_target(target, dtype="float32", device="cpu", device_map=None, quantize: str = "none"):
+    """(target_model, tokenizer, vocab) for a run with no draft (plain decoding only): load_pair's checks
+    for the target alone; vocab is its tokenizer's size (what check_vocab returns for a matching pair)."""
+    check_pair_args(target, None, device_map, quantize, None)
+    resolve_dtype(dtype)
+    device = str(resolve_device(device, "device")) if device_map is None else device
+    _check_exists(target)
+    check_family(target)
+    tok = load_tokenizer(target)
+    vocab = len(tok.get_vocab())
+    model = load_model(target, dtype, device, device_map, quantize)
+    if logit_width(model) < vocab:
+        raise ValueError(f"{target} has {logit_width(model)} output logits but its tokenizer has {vocab} tokens")
+    return model, tok, vocab
+
+
 def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map=None, quantize: str = "none",
               draft_quantize: str | None = None):
     """(target_model, draft_model, tokenizer, shared_vocab) for two paths (folders or .gguf files) or hub
