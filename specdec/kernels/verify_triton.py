@@ -51,7 +51,6 @@ import triton
 import triton.language as tl
 
 from ..common.values import check_lenience
-from ..engine.sampling import uniform
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":
@@ -432,7 +431,10 @@ def verify_triton(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft
     sms = _num_sms(dev)
     # One draw: [B, K] accept uniforms (the same numbers the reference draws first, for one seed on
     # the CPU generator), then [B, 2] for the two-level sampling.
-    u_all = uniform((B * (K + 2),), dev, generator)
+    # Drawn on the generator's device (a CPU generator seeds CUDA work too), as engine.sampling.uniform
+    # does: the kernels sit below the engine and do not import it.
+    draw_dev = dev if generator is None else generator.device
+    u_all = torch.rand((B * (K + 2),), device=draw_dev, generator=generator).to(dev)
     u, us = (u_all[: B * K] if K > 0 else u_all), u_all[B * K:]
 
     if K == 0:  # zero-size tensors carry no usable pointer; the kernels never touch the draft at K = 0
