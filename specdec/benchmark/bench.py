@@ -537,8 +537,8 @@ def run(args) -> int:
     cfg = config_from_args(args, BenchConfig)
     result = run_bench(cfg)
     m, rows = result.meta, result.rows
-    print(f"specdec bench: {m['target']} <- {m['draft'] or 'no draft'} on {m['device']} ({m['dtype']}), {m['num_prompts']} "
-          f"prompts x {cfg.max_new_tokens} new tokens, median of {cfg.repeats}")
+    print(f"specdec bench: {m['target']} <- {m['draft'] or 'no draft'} on {m['device']} ({m['dtype']}), "
+          f"{m['num_prompts']} prompts x {cfg.max_new_tokens} new tokens, median of {cfg.repeats}")
     print(format_table(rows))
     if m["no_draft"]:
         print(f"speculative rows not run: {m['no_draft']}")
