@@ -14,6 +14,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from specdec.engine.runner import ModelRunner  # noqa: E402  (after TRITON_INTERPRET is set)
+
 # Tiny models: one thread avoids OpenMP spin-waits that dominate at these sizes (and on shared CPUs).
 torch.set_num_threads(1)
 
@@ -45,6 +47,34 @@ def target_model():
 @pytest.fixture(scope="session")
 def draft_model():
     return tiny_llama(seed=1, num_layers=1, hidden_size=16, heads=2, kv_heads=1)
+
+
+def assert_rows_independent(model, impl: str, cache_dtype) -> None:
+    """A target is a fixed distribution: a row's logits are bitwise the same alone, left-padded in a
+    ragged batch, and scored 1, 2 or 4 tokens per forward (4 rows of 37, 11, 60 and 5 prompt tokens, then
+    4 more tokens each), on `impl` with a KV cache of `cache_dtype`."""
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 64, (n,), generator=g) for n in (37, 11, 60, 5)]
+    tail = torch.randint(3, 64, (4, 3), generator=g)                 # 3 more tokens for every row
+
+    def run(batch_rows, idx, S):
+        P = max(len(r) for r in batch_rows)
+        ids = torch.zeros((len(batch_rows), P), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, r in enumerate(batch_rows):
+            ids[b, P - len(r):], mask[b, P - len(r):] = r, 1
+        runner = ModelRunner(model, len(batch_rows), P + 8, impl=impl)
+        assert runner.kv.dtype == cache_dtype
+        runner.prefill(ids, mask)
+        pos = (mask.sum(1) - 1)[:, None] + torch.arange(4)[None]
+        new = torch.cat([ids[:, -1:], tail[idx]], 1)                 # [B, 4]: pending + 3
+        valid = torch.ones((len(batch_rows), S), dtype=torch.bool)
+        return torch.cat([runner.forward(new[:, i:i + S], pos[:, i:i + S], valid) for i in range(0, 4, S)], 1)
+
+    together = run(rows, list(range(4)), 4)                          # [B, 4, V]
+    for b in range(4):
+        for S in (1, 2, 4):
+            assert torch.equal(run([rows[b]], [b], S)[0], together[b]), (b, S)
 
 
 def chi2_pvalue(counts, probs, min_expected: float = 5.0) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_llama
+from conftest import assert_rows_independent, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
 from specdec.engine import lean_numpy, native, qformats, qkernels, qweights
 from specdec.engine.quant import quantization_of, quantize_model
@@ -144,28 +144,7 @@ def test_rows_logits_do_not_depend_on_the_batch_padding_holes_or_tokens_per_forw
     """A row's logits are bitwise the same alone, left-padded in a ragged batch, and scored 1, 2 or 4
     tokens at a time (float32 cache: the kernels' attention sums columns in order, hidden ones add 0)."""
     target, _ = q8_pair
-    g = torch.Generator().manual_seed(0)
-    rows = [torch.randint(3, 64, (n,), generator=g) for n in (37, 11, 60, 5)]
-    tail = torch.randint(3, 64, (4, 3), generator=g)
-
-    def run(batch_rows, idx, S):
-        P = max(len(r) for r in batch_rows)
-        ids = torch.zeros((len(batch_rows), P), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, r in enumerate(batch_rows):
-            ids[b, P - len(r):], mask[b, P - len(r):] = r, 1
-        runner = ModelRunner(target, len(batch_rows), P + 8, impl="numpy")
-        assert runner.kv.dtype == torch.float32
-        runner.prefill(ids, mask)
-        pos = (mask.sum(1) - 1)[:, None] + torch.arange(4)[None]
-        new = torch.cat([ids[:, -1:], tail[idx]], 1)
-        valid = torch.ones((len(batch_rows), S), dtype=torch.bool)
-        return torch.cat([runner.forward(new[:, i:i + S], pos[:, i:i + S], valid) for i in range(0, 4, S)], 1)
-
-    together = run(rows, list(range(4)), 4)
-    for b in range(4):
-        for S in (1, 2, 4):
-            assert torch.equal(run([rows[b]], [b], S)[0], together[b]), (b, S)
+    assert_rows_independent(target, "numpy", torch.float32)
 
 
 def test_greedy_speculative_equals_plain_on_the_q8_0_target(q8_pair):

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from conftest import ALPHA, chi2_pvalue, tiny_llama
+from conftest import ALPHA, assert_rows_independent, chi2_pvalue, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
 from specdec.engine.quant import RowwiseInt8Linear, float_layers, quantization_of, quantize_model
 from test_decoding import _batch, _exact_two_token_dist, _noisy_copy
@@ -67,31 +67,8 @@ def test_a_quantized_rows_logits_do_not_depend_on_padding_or_holes():
     scored S tokens at a time, on the lean path (its attention runs on a float64 cache: in float32 the
     sums over padded / holed columns round differently, and int8 activation rounding turns that into
     different levels; the bundled int8 target's greedy output changed with its batch at batch 8)."""
-    from specdec.engine.runner import ModelRunner
     model = quantize_model(tiny_llama(seed=3, hidden_size=64, heads=4, kv_heads=2, num_layers=2))
-    g = torch.Generator().manual_seed(0)
-    rows = [torch.randint(3, 64, (n,), generator=g) for n in (37, 11, 60, 5)]
-    tail = torch.randint(3, 64, (4, 3), generator=g)                 # 3 more tokens for every row
-
-    def run(batch_rows, idx, S):
-        P = max(len(r) for r in batch_rows)
-        ids = torch.zeros((len(batch_rows), P), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, r in enumerate(batch_rows):
-            ids[b, P - len(r):], mask[b, P - len(r):] = r, 1
-        run_ = ModelRunner(model, len(batch_rows), P + 8, impl="lean")
-        assert run_.kv.dtype == torch.float64
-        run_.prefill(ids, mask)
-        pos = (mask.sum(1) - 1)[:, None] + torch.arange(4)[None]
-        new = torch.cat([ids[:, -1:], tail[idx]], 1)                 # [B, 4]: pending + 3
-        out = [run_.forward(new[:, i:i + S], pos[:, i:i + S], torch.ones((len(batch_rows), S), dtype=torch.bool))
-               for i in range(0, 4, S)]
-        return torch.cat(out, 1)                                    # [B, 4, V]
-
-    together = run(rows, list(range(4)), 4)
-    for b in range(4):
-        for S in (1, 2, 4):
-            assert torch.equal(run([rows[b]], [b], S)[0], together[b]), (b, S)
+    assert_rows_independent(model, "lean", torch.float64)
 
 
 def test_quantized_lean_and_transformers_forwards_agree(int8_pair):
