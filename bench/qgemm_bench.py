@@ -5,17 +5,19 @@ they replace: kernel GB/s per shape and rows, and whole decode steps beside thei
 
 Sections (--sections, comma-separated):
   kernels  each projection shape of SmolLM2-135M (q4_1 layers, q8_0 head; also the layers as q8_0) at
-           1..16 rows: median ms per matrix, GB/s of its blocks and that as a share of the read bandwidth
+           1..16 rows: median ms per matrix (float32 activations, and Q8 activations: "q8a", x q8a = its speedup), GB/s of its blocks and that as a share of the read bandwidth
            measured in the same run (a sum over 256 MB), against NumPy's float32 x @ W^T (OpenBLAS) of the
            same matrix. Each matrix is one of enough copies to overflow the caches, as in a decode step.
   steps    SmolLM2-135M-Instruct (--target: its converted float32 folder; else loaded from --gguf by
            transformers, slowly): one cached forward over 1 and gamma+1 tokens after a --context prefill,
-           per path: float32 NumPy (impl numpy), int8 (quantize int8, lean), q8_0 and gguf (the kernels);
+           per path: float32 NumPy (impl numpy), int8 (quantize int8, lean), q8_0 and gguf (the kernels),
+           gguf-q8a and q8_0-q8a (the same blocks with Q8 activations: the integer-dot GEMM);
            beside the floor (the bytes of the weights and of the KV cache a step reads / the read
            bandwidth; the int8 path's cache is float64), all
            interleaved; and a draft-sized model (the target's first --draft-layers layers, its head cut
            to --draft-vocab rows) as float32 NumPy and q8_0.
-  bundled  the bundled toy pair: float32 NumPy, int8 and q8_0 (what quantize="q8_0" costs there).
+  bundled  the bundled toy pair: float32 NumPy, int8, q8_0 and q8_0-q8a (what they cost there).
+--paths limits every section to some paths (e.g. q8_0,q8_0-q8a,gguf,gguf-q8a: old vs new, interleaved).
   exactness  how far each quantized model is from its float32 model (SmolLM2: int8, q8_0; the
            bundled target: int8, q8_0; gguf IS the float32 model): on --exact-prompts built-in prompts
            plus the float32 model's greedy continuation (--exact-tokens), the share of continuation
@@ -55,6 +57,7 @@ from specdec.data.prompts import builtin  # noqa: E402
 from specdec.models import load_pair, load_tokenizer  # noqa: E402
 
 SECTIONS = ("kernels", "steps", "bundled", "exactness")
+PATHS = ("fp32", "int8", "q8_0", "gguf", "q8_0-q8a", "gguf-q8a")
 # SmolLM2-135M: hidden 576, 9 + 3 + 3 heads of 64, intermediate 1536, vocab 49152
 SHAPES = [("qkv", "q4_1", 960, 576), ("o", "q4_1", 576, 576), ("gate_up", "q4_1", 3072, 576),
           ("down", "q4_1", 576, 1536), ("head", "q8_0", 49152, 576),
@@ -77,6 +80,8 @@ class QGemmBenchConfig:
     draft_vocab: int = option(16384, "head rows of the draft-sized model", group="steps")
     exact_prompts: int = option(8, "built-in prompts for the exactness section", group="exactness")
     exact_tokens: int = option(32, "greedy tokens per prompt for the exactness section", group="exactness")
+    paths: str = option("all", "comma-separated paths to build and time (fp32, int8, q8_0, gguf, q8_0-q8a, "
+                               "gguf-q8a), or all", group="what")
     iters: int = option(15, "timed rounds (each times every job once; medians)", group="timing")
     out: str | None = option(None, "JSON output path", group="output")
 
@@ -90,12 +95,19 @@ class QGemmBenchConfig:
                      "exact_prompts", "exact_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        bad = sorted(set(self.path_list) - set(PATHS))
+        if bad:
+            raise ValueError(f"--paths: unknown {bad}; choose from {PATHS} or all")
         if self.target is not None and not Path(self.target).is_dir():
             raise ValueError(f"--target {self.target!r} is not a folder")
 
     @property
     def section_list(self) -> list[str]:
         return [s for s in self.sections.split(",") if s]
+
+    @property
+    def path_list(self) -> list[str]:
+        return list(PATHS) if self.paths == "all" else [p for p in self.paths.split(",") if p]
 
     @property
     def row_list(self) -> list[int]:
@@ -159,28 +171,36 @@ def kernel_rows(cfg: QGemmBenchConfig, bandwidth: float) -> list[dict]:
                     qkernels.matmul(x, m, out=out)
                 return (time.perf_counter() - t0) / len(mats)
 
+            def run_a(x=x, out=out, mats=mats):   # the same blocks, Q8 activations (integer dot products)
+                t0 = time.perf_counter()
+                for m in mats:
+                    qkernels.matmul(x, m, out=out, act="q8")
+                return (time.perf_counter() - t0) / len(mats)
+
             def run_f(x=x, out=out, fp32=fp32):
                 t0 = time.perf_counter()
                 for w in fp32:
                     np.matmul(x, w, out=out)
                 return (time.perf_counter() - t0) / len(fp32)
 
-            t = interleaved({"q": run_q, "f": run_f}, cfg.iters, warmup=1)
+            t = interleaved({"q": run_q, "a": run_a, "f": run_f}, cfg.iters, warmup=1)
             med = {k: v[0] for k, v in t.items()}
             gbps = one.nbytes / med["q"] / 1e9
             rows.append({"shape": f"{name} {N}x{K}", "kind": kind, "rows": M, "ms": 1e3 * med["q"],
                          "ms_min": 1e3 * t["q"][1], "MB": one.nbytes / 1e6, "GBps": gbps,
                          "of_stream": gbps * 1e9 / bandwidth, "Gw_rows_s": N * K * M / med["q"] / 1e9,
-                         "fp32_ms": 1e3 * med["f"], "speedup": med["f"] / med["q"]})
+                         "fp32_ms": 1e3 * med["f"], "speedup": med["f"] / med["q"],
+                         "q8a_ms": 1e3 * med["a"], "q8a_speedup": med["q"] / med["a"]})
             print(f"  {name:8s} {kind} M={M:<3d} {1e3 * med['q']:8.3f} ms {gbps:6.1f} GB/s  "
-                  f"fp32 {1e3 * med['f']:8.3f} ms", flush=True)
+                  f"q8a {1e3 * med['a']:8.3f} ms  fp32 {1e3 * med['f']:8.3f} ms", flush=True)
     return rows
 
 
 KERNEL_COLUMNS = [("shape", "shape", 18, "s"), ("kind", "kind", 5, "s"), ("rows", "M", 3, "d"),
                   ("ms", "ms", 8, ".3f"), ("ms_min", "min ms", 8, ".3f"), ("MB", "MB", 6, ".2f"), ("GBps", "GB/s", 6, ".1f"),
                   ("of_stream", "of bw", 6, ".0%"), ("Gw_rows_s", "Gw*M/s", 7, ".1f"),
-                  ("fp32_ms", "fp32 ms", 8, ".3f"), ("speedup", "x fp32", 6, ".2f")]
+                  ("fp32_ms", "fp32 ms", 8, ".3f"), ("speedup", "x fp32", 6, ".2f"),
+                  ("q8a_ms", "q8a ms", 8, ".3f"), ("q8a_speedup", "x q8a", 6, ".2f")]
 
 
 # ---- whole steps -----------------------------------------------------------------------------------
@@ -271,32 +291,39 @@ def kv_bytes(model, columns: int, dtype) -> int:
     return 2 * cfg.num_hidden_layers * kv_heads * head_dim * columns * torch.empty((), dtype=dtype).element_size()
 
 
-STEP_COLUMNS = [("model", "model", 14, "s"), ("path", "path", 6, "s"), ("impl", "forward", 18, "s"),
+STEP_COLUMNS = [("model", "model", 14, "s"), ("path", "path", 8, "s"), ("impl", "forward", 18, "s"),
                 ("tokens", "S", 2, "d"), ("ms", "ms", 8, ".2f"), ("ms_min", "min ms", 8, ".2f"), ("MB", "MB", 7, ".1f"), ("kv_MB", "KV MB", 6, ".1f"),
                 ("floor_ms", "floor", 7, ".2f"), ("x_floor", "x floor", 7, ".2f"), ("v", "v", 5, ".2f")]
 
 
+def _variants(model, paths, gguf=None) -> dict:
+    """path -> (model, impl) for each of `paths` the model supports (fp32 is the model itself)."""
+    out = {}
+    for path in paths:
+        if path == "fp32":
+            out[path] = (model, "numpy")
+        elif path == "int8":
+            out[path] = (quantize_model(copy.deepcopy(model), "int8"), "lean")
+        elif qweights.supports(model) is None and (gguf or not path.startswith("gguf")):
+            out[path] = (quantize_model(copy.deepcopy(model), path, gguf_path=gguf), "numpy")
+    return out
+
+
 def smollm2_models(cfg: QGemmBenchConfig) -> dict:
     target, gguf = load_smollm2(cfg)
-    q8 = quantize_model(copy.deepcopy(target), "q8_0")
-    int8 = quantize_model(copy.deepcopy(target), "int8")
-    gg = quantize_model(copy.deepcopy(target), "gguf", gguf_path=gguf)
     draft = draft_sized(target, cfg.draft_layers, cfg.draft_vocab)
-    draft_q8 = quantize_model(copy.deepcopy(draft), "q8_0")
-    return {("smollm2", "fp32"): (target, "numpy"), ("smollm2", "int8"): (int8, "lean"),
-            ("smollm2", "q8_0"): (q8, "numpy"), ("smollm2", "gguf"): (gg, "numpy"),
-            (f"draft-{cfg.draft_layers}L", "fp32"): (draft, "numpy"), (f"draft-{cfg.draft_layers}L", "q8_0"): (draft_q8, "numpy")}
-
-
-def bundled_models() -> dict:
-    target, draft, _, _ = load_pair(None, None, "float32", "cpu")
-    out = {}
-    for name, model in (("bundled-target", target), ("bundled-draft", draft)):
-        out[(name, "fp32")] = (model, "numpy")
-        out[(name, "int8")] = (quantize_model(copy.deepcopy(model), "int8"), "lean")
-        if qweights.supports(model) is None:
-            out[(name, "q8_0")] = (quantize_model(copy.deepcopy(model), "q8_0"), "numpy")
+    out = {("smollm2", p): v for p, v in _variants(target, cfg.path_list, gguf).items()}
+    out.update({(f"draft-{cfg.draft_layers}L", p): v
+                for p, v in _variants(draft, [p for p in cfg.path_list if p in ("fp32", "q8_0")]).items()})
+    out.setdefault(("smollm2", "fp32"), (target, "numpy"))   # the exactness section's reference
     return out
+
+
+def bundled_models(cfg: QGemmBenchConfig) -> dict:
+    target, draft, _, _ = load_pair(None, None, "float32", "cpu")
+    paths = [p for p in cfg.path_list if not p.startswith("gguf")]
+    return {(name, p): v for name, model in (("bundled-target", target), ("bundled-draft", draft))
+            for p, v in _variants(model, paths).items()}
 
 
 # ---- exactness -----------------------------------------------------------------------------------
@@ -334,7 +361,7 @@ def exactness_rows(name: str, variants: dict, tokenizer, cfg: QGemmBenchConfig) 
             for path, st in stats.items()]
 
 
-EXACT_COLUMNS = [("model", "model", 14, "s"), ("path", "path", 6, "s"), ("prompts", "prompts", 7, "d"),
+EXACT_COLUMNS = [("model", "model", 14, "s"), ("path", "path", 8, "s"), ("prompts", "prompts", 7, "d"),
                  ("positions", "positions", 9, "d"), ("top1_agree", "top-1 =", 8, ".4f"),
                  ("mean_kl", "mean KL", 9, ".2e"), ("greedy_prefix", "greedy =", 8, ".1f"),
                  ("greedy_all", "all =", 5, "d")]
@@ -343,13 +370,14 @@ EXACT_COLUMNS = [("model", "model", 14, "s"), ("path", "path", 6, "s"), ("prompt
 def exactness(cfg: QGemmBenchConfig, smollm2: dict | None) -> list[dict]:
     rows = []
     target, _, tok, _ = load_pair(None, None, "float32", "cpu")
-    rows += exactness_rows("bundled-target", {"fp32": target, "int8": quantize_model(copy.deepcopy(target), "int8"),
-                                              "q8_0": quantize_model(copy.deepcopy(target), "q8_0")}, tok, cfg)
+    paths = ["fp32"] + [p for p in cfg.path_list if p not in ("fp32",) and not p.startswith("gguf")]
+    rows += exactness_rows("bundled-target", {p: m for p, (m, _) in _variants(target, paths).items()}, tok, cfg)
     if smollm2 is None and cfg.target:
         smollm2 = smollm2_models(cfg)
     if smollm2 is not None and cfg.target:
-        variants = {"fp32": smollm2[("smollm2", "fp32")][0], "int8": smollm2[("smollm2", "int8")][0],
-                    "q8_0": smollm2[("smollm2", "q8_0")][0]}
+        variants = {"fp32": smollm2[("smollm2", "fp32")][0]}   # gguf IS the float32 model; gguf-q8a is not
+        variants.update({p: smollm2[("smollm2", p)][0] for p in cfg.path_list
+                         if p not in ("fp32", "gguf") and ("smollm2", p) in smollm2})
         rows += exactness_rows("smollm2", variants, load_tokenizer(cfg.target), cfg)
     return rows
 
@@ -367,10 +395,10 @@ def run(cfg: QGemmBenchConfig) -> dict:
         result["kernels"] = kernel_rows(cfg, bandwidth)
     models, smollm2 = {}, None
     if "bundled" in cfg.section_list:
-        models.update(bundled_models())
+        models.update(bundled_models(cfg))
     if "steps" in cfg.section_list:
         smollm2 = smollm2_models(cfg)
-        models.update(smollm2)
+        models.update({k: v for k, v in smollm2.items() if k[1] in cfg.path_list})
     with torch.no_grad():
         if models:
             result["steps"] = step_rows(models, cfg, bandwidth)

@@ -71,7 +71,8 @@ def forward_of(model, fwd: lean.LeanForward, previous=None):
         return QuantLeanForward(fwd, qw)
     if reason is not None and reason not in _told:
         _told.add(reason)
-        print(f"specdec: quantize={qw.mode!r} runs on its float32 weights (slower): {reason}", file=sys.stderr)
+        act = " and float32 activations" if qw.act == "q8" else ""
+        print(f"specdec: quantize={qw.mode!r} runs on its float32 weights{act} (slower): {reason}", file=sys.stderr)
     if isinstance(previous, NumpyLeanForward) and previous.fwd is fwd:
         return previous
     return NumpyLeanForward(fwd)
@@ -239,11 +240,11 @@ class QuantLeanForward:
         st = self._step
         st.B, st.S, st.d, st.H, st.Hkv, st.D = B, S, x.shape[1], f.H, f.Hkv, f.D
         st.inter, st.cap, st.start, st.L = self.qw.layers[0].down.K, K0.shape[2], cache.length, m.shape[-1]
-        st.eps, st.scale = f.eps, f.scale
+        st.eps, st.scale, st.act = f.eps, f.scale, int(self.qw.act == "q8")
         st.rope, st.mask, st.work = rope.ctypes.data, m.ctypes.data, self._work_buffer(B, S, m.shape[-1])
         if self._lib.layers_forward(self._layer_array(views), len(self.qw.layers), st, x.ctypes.data) != 0:
             raise ValueError("the quantized layers rejected this forward's shapes")
         if logits_to_keep and logits_to_keep < S:
             x = np.ascontiguousarray(x.reshape(B, S, -1)[:, -logits_to_keep:].reshape(B * logits_to_keep, -1))
-        logits = qkernels.matmul(qkernels.rmsnorm(x, self.qw.head_norm, f.eps), self.qw.head)
+        logits = qkernels.matmul(qkernels.rmsnorm(x, self.qw.head_norm, f.eps), self.qw.head, act=self.qw.act)
         return torch.from_numpy(logits).view(B, -1, logits.shape[-1])

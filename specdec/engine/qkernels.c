@@ -39,7 +39,7 @@
 #define Q8_0_BYTES 34
 #define KIND_Q4_1 0
 #define KIND_Q8_0 1
-#define ABI_VERSION 3
+#define ABI_VERSION 4
 #define MAX_TILE_ROWS 5   /* rows a tile computes at once (see ALL_TILES) */
 
 int qgemm_abi_version(void) { return ABI_VERSION; }
@@ -245,6 +245,193 @@ int qgemm_portable(int kind, const float *x, int64_t ldx, const uint8_t *w, int6
 }
 
 /* ======================================================================================================
+ * The integer-dot GEMM (opt-in: quantize "gguf-q8a" / "q8_0-q8a"), as llama.cpp computes on AVX2
+ * without VNNI: each activation row is rounded per 32-value block to Q8 (q = nearbyint(x / dx),
+ * dx = max|x| / 127, fp32, from that row and block alone; sx = dx * sum q, the Q8_1 sum for Q4_1's
+ * m term), then
+ *   y[m, n] = hsum8(acc), acc[l] over blocks b in order:
+ *     acc[l] = fma((float) isum_l, dw * dx, acc[l]),  isum_l = sum_{t<4} qw[4l+t] qx[4l+t]
+ *     Q4_1 only: acc[l] = fma(mw, l == 0 ? sx : 0, acc[l])   (the m term, in lane 0)
+ * isum_l is an exact integer (|isum_l| <= 4 * 128 * 127), whatever instructions sum it
+ * (_mm256_maddubs_epi16 with the sign trick, then _mm256_madd_epi16: lane l of the result is bytes
+ * 4l..4l+3); everything in floating point runs in the one order above, so the portable path gives the
+ * same bits and a row's result does not depend on the other rows or how many share the call.
+ * It is a different model from the weight-only one (activations rounded to 8 bits): it is opt-in.
+ * ==================================================================================================== */
+
+/* bytes of scratch qgemm_q8a needs for M rows of width K: qx [M, K] int8, dx and sx [M, K/32] fp32 */
+int64_t q8a_scratch_bytes(int64_t M, int64_t K) { return M * K + 2 * M * (K / QK) * (int64_t)sizeof(float); }
+
+/* x [M, K] -> qx [M, K] int8, dx, sx [M, K/32] (each row and block alone; one code for both paths) */
+int quantize_rows_q8(const float *x, int64_t ldx, int64_t M, int64_t K, int8_t *qx, float *dx, float *sx) {
+    const int64_t nb = K / QK;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = x + m * ldx + b * QK;
+            float amax = 0.0f;
+            for (int j = 0; j < QK; j++) { const float a = fabsf(xb[j]); amax = a > amax ? a : amax; }
+            const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            int s = 0;
+            for (int j = 0; j < QK; j++) {
+                const int v = (int)nearbyintf(xb[j] * id);    /* |v| <= 127: x * id <= 127 (+ ulps) */
+                qx[m * K + b * QK + j] = (int8_t)v;
+                s += v;
+            }
+            dx[m * nb + b] = d;
+            sx[m * nb + b] = d * (float)s;
+        }
+    return 0;
+}
+
+static void gemm_q8a_scalar(int kind, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w,
+                            int64_t ldw, float *y, int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate) {
+    const int64_t nb = K / QK, bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES;
+    int qw[QK];
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t m = 0; m < M; m++) {
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = w + n * ldw + b * bs;
+                const int8_t *xq = qx + m * K + b * QK;
+                if (kind == KIND_Q4_1)
+                    for (int j = 0; j < 16; j++) { qw[j] = blk[4 + j] & 15; qw[j + 16] = blk[4 + j] >> 4; }
+                else
+                    for (int j = 0; j < QK; j++) qw[j] = (int8_t)blk[2 + j];
+                const float d = half_to_float(blk) * dx[m * nb + b];
+                for (int l = 0; l < 8; l++) {
+                    int is = 0;
+                    for (int t = 0; t < 4; t++) is += qw[4 * l + t] * xq[4 * l + t];
+                    acc[l] = fmaf((float)is, d, acc[l]);
+                }
+                if (kind == KIND_Q4_1) {   /* the m term in lane 0; the others add mw * 0 (as the AVX2 path) */
+                    const float mw = half_to_float(blk + 2);
+                    for (int l = 0; l < 8; l++) acc[l] = fmaf(mw, l == 0 ? sx[m * nb + b] : 0.0f, acc[l]);
+                }
+            }
+            const float s = hsum8_scalar(acc);
+            y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
+        }
+}
+
+#if QGEMM_AVX2
+/* an MT x NT tile over all K, each weight block loaded once for the MT rows (as tile() above). Q4_1's
+ * m term rides in lane 0 of the same accumulator (fma(mw, [sx, 0, ...], acc): lanes 1-7 add mw * 0), so
+ * that no extra registers hold it: MT x NT scalar sums beside the vectors would spill. */
+static inline __attribute__((always_inline)) void tile_q8a(
+        int kind, const int8_t *qx, const float *dx, const float *sx, int64_t K, const uint8_t *w, int64_t ldw,
+        float *y, int64_t ldy, int64_t nb, const int MT, const int NT, int accumulate) {
+    const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[MAX_TILE_ROWS][8];
+#pragma GCC unroll 5
+    for (int i = 0; i < MT; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+#pragma GCC unroll 8
+        for (int j = 0; j < NT; j++) {
+            const uint8_t *blk = w + j * ldw + b * bs;
+            _mm_prefetch((const char *)(w + (NT + j) * ldw + b * bs), _MM_HINT_T0);
+            const __m256 dw = bcast_half(blk);
+            __m256i wq, aw;
+            __m256 mw = _mm256_setzero_ps();
+            if (kind == KIND_Q4_1) {
+                const __m128i t = _mm_loadu_si128((const __m128i *)(blk + 4));
+                wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));  /* k 0-15 | 16-31 */
+                aw = wq;
+                mw = bcast_half(blk + 2);
+            } else {
+                wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                aw = _mm256_sign_epi8(wq, wq);                                            /* |w| as unsigned */
+            }
+#pragma GCC unroll 5
+            for (int i = 0; i < MT; i++) {
+                __m256i xq = _mm256_loadu_si256((const __m256i *)(qx + i * K + b * QK));
+                if (kind != KIND_Q4_1) xq = _mm256_sign_epi8(xq, wq);                       /* x * sign(w) */
+                const __m256i is = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xq), ones);
+                const __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(dx + i * nb + b));
+                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), d, acc[i][j]);
+                if (kind == KIND_Q4_1)
+                    acc[i][j] = _mm256_fmadd_ps(mw, _mm256_zextps128_ps256(_mm_load_ss(sx + i * nb + b)), acc[i][j]);
+            }
+        }
+    }
+#pragma GCC unroll 5
+    for (int i = 0; i < MT; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NT; j++) {
+            const float s = hsum8(acc[i][j]);
+            y[i * ldy + j] = accumulate ? y[i * ldy + j] + s : s;
+        }
+}
+
+#define COLUMNS_Q8A(KIND, MT, NT)                                                                      \
+    static void q8a_columns_##KIND##_##MT(const int8_t *qx, const float *dx, const float *sx, int64_t K, \
+                                          const uint8_t *w, int64_t ldw, float *y, int64_t ldy,        \
+                                          int64_t n0, int64_t n1, int64_t nb, int accumulate) {        \
+        int64_t n = n0;                                                                                \
+        for (; n + NT <= n1; n += NT)                                                                  \
+            tile_q8a(KIND, qx, dx, sx, K, w + n * ldw, ldw, y + n, ldy, nb, MT, NT, accumulate);      \
+        for (; n < n1; n++) tile_q8a(KIND, qx, dx, sx, K, w + n * ldw, ldw, y + n, ldy, nb, MT, 1, accumulate); \
+    }
+#define ALL_TILES_Q8A(KIND) COLUMNS_Q8A(KIND, 1, 8) COLUMNS_Q8A(KIND, 2, 4) COLUMNS_Q8A(KIND, 3, 3) \
+                            COLUMNS_Q8A(KIND, 4, 2) COLUMNS_Q8A(KIND, 5, 2)
+ALL_TILES_Q8A(0)
+ALL_TILES_Q8A(1)
+
+typedef void (*q8a_columns_fn)(const int8_t *, const float *, const float *, int64_t, const uint8_t *, int64_t,
+                               float *, int64_t, int64_t, int64_t, int64_t, int);
+static const q8a_columns_fn Q8A_COLUMN_FNS[2][MAX_TILE_ROWS + 1] = {
+    {0, q8a_columns_0_1, q8a_columns_0_2, q8a_columns_0_3, q8a_columns_0_4, q8a_columns_0_5},
+    {0, q8a_columns_1_1, q8a_columns_1_2, q8a_columns_1_3, q8a_columns_1_4, q8a_columns_1_5},
+};
+
+static void gemm_q8a_avx2(int kind, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w,
+                          int64_t ldw, float *y, int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate) {
+    const int64_t nb = K / QK;
+    for (int64_t n0 = 0; n0 < N; n0 += COLUMN_BLOCK) {
+        const int64_t n1 = n0 + COLUMN_BLOCK < N ? n0 + COLUMN_BLOCK : N;
+        int64_t mt;
+        for (int64_t m0 = 0; m0 < M; m0 += mt) {
+            const int64_t left = M - m0;
+            mt = left <= MAX_TILE_ROWS ? left : (left < 2 * MAX_TILE_ROWS ? (left + 1) / 2 : MAX_TILE_ROWS);
+            Q8A_COLUMN_FNS[kind][mt](qx + m0 * K, dx + m0 * nb, sx + m0 * nb, K, w, ldw, y + m0 * ldy, ldy,
+                                     n0, n1, nb, accumulate);
+        }
+    }
+}
+#endif
+
+static int q8a_entry(int portable, int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw, float *y,
+                     int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate, void *scratch) {
+    if ((kind != KIND_Q4_1 && kind != KIND_Q8_0) || K % QK || M < 0 || N < 0 || ldx < K || ldy < N || !scratch)
+        return -1;
+    int8_t *qx = (int8_t *)scratch;
+    float *dx = (float *)((uint8_t *)scratch + M * K), *sx = dx + M * (K / QK);   /* M * K: a multiple of 32 */
+    quantize_rows_q8(x, ldx, M, K, qx, dx, sx);
+#if QGEMM_AVX2
+    if (!portable) {
+        gemm_q8a_avx2(kind, qx, dx, sx, w, ldw, y, ldy, M, N, K, accumulate);
+        return 0;
+    }
+#endif
+    (void)portable;
+    gemm_q8a_scalar(kind, qx, dx, sx, w, ldw, y, ldy, M, N, K, accumulate);
+    return 0;
+}
+
+/* qgemm's arguments and `scratch` (q8a_scratch_bytes(M, K) bytes): y (+)= Q8(x) W^T as above */
+int qgemm_q8a(int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw, float *y, int64_t ldy,
+              int64_t M, int64_t N, int64_t K, int accumulate, void *scratch) {
+    return q8a_entry(0, kind, x, ldx, w, ldw, y, ldy, M, N, K, accumulate, scratch);
+}
+
+int qgemm_q8a_portable(int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw, float *y,
+                       int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate, void *scratch) {
+    return q8a_entry(1, kind, x, ldx, w, ldw, y, ldy, M, N, K, accumulate, scratch);
+}
+
+/* ======================================================================================================
  * The rest of a layer. Portable C whose reductions keep ONE order (8 lanes over the index, then the
  * hsum8 tree; or a plain left-to-right sum): the compiler vectorises the lane loops but may not
  * reorder a float sum (no -ffast-math), so every build computes the same bits for a row whatever the
@@ -436,20 +623,31 @@ typedef struct {
 
 typedef struct {
     int64_t B, S, d, H, Hkv, D, inter, cap, start, L;
+    int64_t act;                      /* 0: float32 activations (qgemm), 1: Q8 activations (qgemm_q8a) */
     double eps, scale;
     const float *rope;                /* [B*S, 2D]: cos | sin with its first half negated (lean.py's table) */
     const float *mask;                /* [B, S, L] additive: 0 visible, float32 min hidden */
     float *work;                      /* layer_work_floats() floats */
 } Step;
 
-/* scratch floats layers_forward() needs: activations of N = B * S tokens, then attention's P and sums */
-int64_t layer_work_floats(int64_t N, int64_t S, int64_t d, int64_t H, int64_t Hkv, int64_t D, int64_t inter,
-                          int64_t L) {
-    return N * d + N * (H + 2 * Hkv) * D + N * H * D + N * 3 * inter + (H / Hkv) * S * (L + 1);
+static int64_t widest_input(int64_t d, int64_t H, int64_t D, int64_t inter) {
+    int64_t k = d > H * D ? d : H * D;
+    return k > inter ? k : inter;
 }
 
-static void gemm(const QMat *m, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t M, int accumulate) {
-    qgemm((int)m->kind, x, ldx, m->w, m->ldw, y, ldy, M, m->N, m->K, accumulate);
+/* scratch floats layers_forward() needs: activations of N = B * S tokens, attention's P and sums, then
+ * the Q8 activations of the widest projection input (q8a_scratch_bytes, in floats) */
+int64_t layer_work_floats(int64_t N, int64_t S, int64_t d, int64_t H, int64_t Hkv, int64_t D, int64_t inter,
+                          int64_t L) {
+    return N * d + N * (H + 2 * Hkv) * D + N * H * D + N * 3 * inter + (H / Hkv) * S * (L + 1)
+           + (q8a_scratch_bytes(N, widest_input(d, H, D, inter)) + 3) / 4;
+}
+
+/* q8: the scratch of qgemm_q8a (Q8 activations), NULL for float32 activations */
+static void gemm(const QMat *m, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t M, int accumulate,
+                 void *q8) {
+    if (q8) qgemm_q8a((int)m->kind, x, ldx, m->w, m->ldw, y, ldy, M, m->N, m->K, accumulate, q8);
+    else qgemm((int)m->kind, x, ldx, m->w, m->ldw, y, ldy, M, m->N, m->K, accumulate);
     if (m->bias)
         for (int64_t r = 0; r < M; r++)
             for (int64_t n = 0; n < m->N; n++) y[r * ldy + n] += m->bias[n];
@@ -496,19 +694,20 @@ static void silu_mul(const float *gu, int64_t M, int64_t I, float *out) {
 /* x [B*S, d] in place through `n` layers. Returns 0, or -1 on a bad argument. */
 int layers_forward(const Layer *layers, int64_t n, const Step *st, float *x) {
     const int64_t N = st->B * st->S, d = st->d, H = st->H, Hkv = st->Hkv, D = st->D, I = st->inter;
-    if (!attend_for(D) || H % Hkv || st->start + st->S > st->cap || st->L > st->cap) return -1;
+    if (!attend_for(D) || H % Hkv || st->start + st->S > st->cap || st->L > st->cap || st->act < 0 || st->act > 1) return -1;
     float *h = st->work, *qkv = h + N * d, *o = qkv + N * (H + 2 * Hkv) * D, *gu = o + N * H * D,
           *act = gu + N * 2 * I, *p = act + N * I;
+    void *q8 = st->act ? (void *)(p + (H / Hkv) * st->S * (st->L + 1)) : 0;
     for (int64_t i = 0; i < n; i++) {
         const Layer *ly = layers + i;
         rmsnorm_rows(x, d, ly->norm1, (float)st->eps, h, d, N, d);
-        gemm(&ly->qkv, h, d, qkv, (H + 2 * Hkv) * D, N, 0);
+        gemm(&ly->qkv, h, d, qkv, (H + 2 * Hkv) * D, N, 0, q8);
         attention_block(ly, st, qkv, o, p);
-        gemm(&ly->o, o, H * D, x, d, N, 1);
+        gemm(&ly->o, o, H * D, x, d, N, 1, q8);
         rmsnorm_rows(x, d, ly->norm2, (float)st->eps, h, d, N, d);
-        gemm(&ly->gate_up, h, d, gu, 2 * I, N, 0);
+        gemm(&ly->gate_up, h, d, gu, 2 * I, N, 0, q8);
         silu_mul(gu, N, I, act);
-        gemm(&ly->down, act, I, x, d, N, 1);
+        gemm(&ly->down, act, I, x, d, N, 1, q8);
     }
     return 0;
 }

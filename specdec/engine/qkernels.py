@@ -4,7 +4,8 @@ forward's layers in one call, on NumPy arrays without copies.
 Every wrapper checks shapes, dtypes and strides before it hands pointers to C (a wrong stride there
 is silent memory corruption, not an exception). The kernels sum every output element in one fixed
 order (qkernels.c says which), so a row's result is bitwise the same alone or among other rows, and
-whatever the number of tokens in the forward. The library is built on first use (native.py);
+whatever the number of tokens in the forward. `act="q8"` runs the opt-in integer-dot GEMM instead (each
+activation row rounded per 32-value block to Q8, block dot products in integers: qkernels.c). The library is built on first use (native.py);
 `available()` says whether it can be, and why not.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from . import native
 from .qformats import BLOCK, BLOCK_BYTES, KINDS
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 HEAD_DIMS = (8, 16, 32, 64, 96, 128, 256)   # attention head sizes layers_forward runs (qkernels.c attend_for)
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _lib = None
@@ -65,7 +66,7 @@ class Layer(ctypes.Structure):
 
 class Step(ctypes.Structure):
     """One forward's sizes and per-call buffers (qkernels.c)."""
-    _fields_ = [(n, _I) for n in ("B", "S", "d", "H", "Hkv", "D", "inter", "cap", "start", "L")] + \
+    _fields_ = [(n, _I) for n in ("B", "S", "d", "H", "Hkv", "D", "inter", "cap", "start", "L", "act")] + \
                [("eps", ctypes.c_double), ("scale", ctypes.c_double),
                 ("rope", _P), ("mask", _P), ("work", _P)]
 
@@ -82,6 +83,8 @@ def library():
         lib = native.load("qkernels", abi=("qgemm_abi_version", ABI_VERSION))
         gemm_args = [ctypes.c_int, _P, _I, _P, _I, _P, _I, _I, _I, _I, ctypes.c_int]
         for name, args in (("qgemm", gemm_args), ("qgemm_portable", gemm_args),
+                           ("qgemm_q8a", gemm_args + [_P]), ("qgemm_q8a_portable", gemm_args + [_P]),
+                           ("quantize_rows_q8", [_P, _I, _I, _I, _P, _P, _P]),
                            ("rmsnorm_rows", [_P, _I, _P, _F, _P, _I, _I, _I]),
                            ("layers_forward", [ctypes.POINTER(Layer), _I, ctypes.POINTER(Step), _P])):
             fn = getattr(lib, name)
@@ -89,6 +92,7 @@ def library():
         lib.layer_work_floats.argtypes = [_I] * 8
         lib.layer_work_floats.restype = _I
         lib.qgemm_simd.restype = ctypes.c_int
+        lib.q8a_scratch_bytes.argtypes, lib.q8a_scratch_bytes.restype = [_I, _I], _I
         _lib = lib
     return _lib
 
@@ -108,10 +112,16 @@ def _rows(x: np.ndarray, K: int, what: str) -> np.ndarray:
     return x
 
 
+ACTS = ("f32", "q8")   # activations of a GEMM: float32, or rounded per block to Q8 (integer dot products)
+
+
 def matmul(x: np.ndarray, w: QMatrix, out: np.ndarray | None = None, accumulate: bool = False,
-           portable: bool = False) -> np.ndarray:
+           portable: bool = False, act: str = "f32") -> np.ndarray:
     """x [M, K] float32 -> x W^T (+ bias) [M, N] float32; with accumulate, out += x W^T.
-    portable: the scalar C path instead of the vector one (tests: both give the same bits)."""
+    portable: the scalar C path instead of the vector one (tests: both give the same bits).
+    act="q8": Q8(x) W^T, the integer-dot GEMM (qkernels.c qgemm_q8a)."""
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
     _rows(x, w.K, "x")
     M = x.shape[0]
     if out is None:
@@ -122,14 +132,31 @@ def matmul(x: np.ndarray, w: QMatrix, out: np.ndarray | None = None, accumulate:
         _rows(out, w.N, "out")
         if out.shape[0] != M:
             raise ValueError(f"out has {out.shape[0]} rows, x {M}")
-    fn = library().qgemm_portable if portable else library().qgemm
-    rc = fn(KINDS[w.kind], x.ctypes.data, x.strides[0] // 4, w.blocks.ctypes.data, w.blocks.strides[0],
-            out.ctypes.data, out.strides[0] // 4, M, w.N, w.K, int(accumulate))
+    lib = library()
+    args = [KINDS[w.kind], x.ctypes.data, x.strides[0] // 4, w.blocks.ctypes.data, w.blocks.strides[0],
+            out.ctypes.data, out.strides[0] // 4, M, w.N, w.K, int(accumulate)]
+    if act == "q8":
+        scratch = np.empty(lib.q8a_scratch_bytes(M, w.K), np.uint8)
+        rc = (lib.qgemm_q8a_portable if portable else lib.qgemm_q8a)(*args, scratch.ctypes.data)
+    else:
+        rc = (lib.qgemm_portable if portable else lib.qgemm)(*args)
     if rc != 0:
         raise ValueError("qgemm rejected its arguments")
     if w.bias is not None:
         out += w.bias
     return out
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [M, K] float32 -> (q [M, K] int8, d [M, K/32] float32, s [M, K/32] float32): the Q8 activations
+    qgemm_q8a computes with (d = max|x| / 127 per row block, q = nearbyint(x / d), s = d * sum q)."""
+    M, K = _rows(x, x.shape[-1], "x").shape
+    if K % BLOCK:
+        raise ValueError(f"x's width {K} is not a multiple of {BLOCK}")
+    q = np.empty((M, K), np.int8)
+    d, s = np.empty((M, K // BLOCK), np.float32), np.empty((M, K // BLOCK), np.float32)
+    library().quantize_rows_q8(x.ctypes.data, x.strides[0] // 4, M, K, q.ctypes.data, d.ctypes.data, s.ctypes.data)
+    return q, d, s
 
 
 def rmsnorm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:

@@ -10,6 +10,11 @@
         forward of the model (transformers', the lean ones, the kernels) computes one and the same model.
         With tied embeddings the input embedding is rounded too (it is the head's tensor), as llama.cpp's
         q8_0 token_embd is.
+gguf-q8a / q8_0-q8a  the same blocks, run with each activation row rounded per 32-value block to Q8 and
+        integer block dot products (qkernels.c qgemm_q8a; llama.cpp's own CPU arithmetic). Opt-in: a
+        different model from the weight-only one (its logits are close, not equal, to it); still a fixed
+        function of each row, so speculative decoding stays exact. Only the C kernels' forward
+        rounds activations; impl lean / hf run the weight-only model.
 Embeddings and norms stay float32 (a row gather and d-wide vectors). The weights are attached to the
 model (`weights_of`), not its state_dict; they go stale if the model's parameters change afterwards
 (checked where a forward is built).
@@ -26,7 +31,8 @@ import torch
 from .qformats import BLOCK, BLOCK_BYTES, QUANTIZERS, dequantize
 from .qkernels import QMatrix
 
-MODES = ("gguf", "q8_0")
+Q8A = "-q8a"                                   # suffix: the same blocks, Q8 activations
+MODES = ("gguf", "q8_0", "gguf" + Q8A, "q8_0" + Q8A)
 _ATTR = "_specdec_qweights"
 
 
@@ -48,6 +54,11 @@ class QuantWeights:
     head_norm: np.ndarray
     source: dict = field(default_factory=dict)    # gguf: path, sha256; q8_0: {}
     key: tuple = ()                               # version_key(model) when built
+
+    @property
+    def act(self) -> str:
+        """The activations the kernels run with: "q8" (mode ...-q8a) or "f32" (qkernels.ACTS)."""
+        return "q8" if self.mode.endswith(Q8A) else "f32"
 
     @property
     def nbytes(self) -> int:
@@ -230,10 +241,11 @@ def quantize_model(model, mode: str, gguf_path=None):
     gguf: the blocks of `gguf_path`, else of the GGUF the model's config records (`recorded_gguf`)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "q8_0":
+    if mode.removesuffix(Q8A) == "q8_0":
         qw = quantize_q8_0(model)
     else:
         qw = from_gguf(model, gguf_path or recorded_gguf(model))
+    qw.mode = mode
     object.__setattr__(model, _ATTR, qw)   # not a submodule: no state_dict entry
     model.config.specdec_quantize = mode
     return model

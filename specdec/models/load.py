@@ -48,7 +48,7 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, qua
     """AutoModelForCausalLM from a local folder, a .gguf file (converted once: gguf_cache.py) or a hub id, in
     eval mode with gradients off. quantize (CPU): "int8" row-independent int8 projections (engine/quant.py),
     "gguf" the blocks of the GGUF the model was converted from, "q8_0" weights rounded to Q8_0 blocks
-    (engine/qweights.py), "auto" the first of those the model supports (quantize_auto), "none"."""
+    (engine/qweights.py; "gguf-q8a" / "q8_0-q8a": the same blocks with Q8 activations, opt-in), "auto" the first of those the model supports (quantize_auto), "none"."""
     from transformers import AutoModelForCausalLM
 
     _check_exists(name_or_path)

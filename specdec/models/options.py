@@ -61,7 +61,9 @@ class EngineBlock(ModelsBlock):
                                group="engine")
     quantize: str = option("auto", "how both models run (CPU paths): gguf (a model converted from a GGUF runs "
                            "that file's own Q4_1 / Q8_0 blocks: the same model), q8_0 (weights rounded to Q8_0 "
-                           "blocks; float Llama-style models), int8 (row-independent int8 projections, any "
+                           "blocks; float Llama-style models), gguf-q8a / q8_0-q8a (opt-in: the same blocks with each "
+                           "activation row rounded per 32 values to Q8 and integer dot products, as llama.cpp "
+                           "computes; close to, not equal to, the weight-only model), int8 (row-independent int8 projections, any "
                            "model), none (the float model); auto: per model, gguf where it was converted from a "
                            "GGUF, else q8_0 where the C kernels run it, else int8 (CPU; with --impl lean or hf: "
                            "int8 target, float draft), none on CUDA. Plain decoding runs the same models",
