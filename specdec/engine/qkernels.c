@@ -44,6 +44,14 @@
 
 int qgemm_abi_version(void) { return ABI_VERSION; }
 int qgemm_simd(void) { return QGEMM_AVX2 ? 8 : 0; }   /* lanes of the vector path, 0 = portable */
+/* the Q8-activation GEMM's byte dot products: 2 vpdpbusd (AVX512-VNNI), 1 maddubs + madd, 0 portable */
+int qgemm_int_dot(void) {
+#if QGEMM_AVX2 && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return 2;
+#else
+    return QGEMM_AVX2 ? 1 : 0;
+#endif
+}
 
 static float half_to_float(const uint8_t *p) {
     uint16_t h;
@@ -314,6 +322,18 @@ static void gemm_q8a_scalar(int kind, const int8_t *qx, const float *dx, const f
 }
 
 #if QGEMM_AVX2
+/* lane l: sum_{t<4} a[4l+t] b[4l+t], a unsigned, b signed bytes, exact (|sum| <= 4 * 255 * 127 here:
+ * |w| <= 128 or a nibble, |q| <= 127, so maddubs' int16 pairs never saturate). With AVX512-VNNI (256-bit
+ * forms, AVX512VL) one instruction, vpdpbusd; the same integers either way. */
+static inline __m256i dot4(__m256i a, __m256i b, __m256i ones) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    (void)ones;
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones);
+#endif
+}
+
 /* an MT x NT tile over all K, each weight block loaded once for the MT rows (as tile() above). Q4_1's
  * m term rides in lane 0 of the same accumulator (fma(mw, [sx, 0, ...], acc): lanes 1-7 add mw * 0), so
  * that no extra registers hold it: MT x NT scalar sums beside the vectors would spill. */
@@ -348,7 +368,7 @@ static inline __attribute__((always_inline)) void tile_q8a(
             for (int i = 0; i < MT; i++) {
                 __m256i xq = _mm256_loadu_si256((const __m256i *)(qx + i * K + b * QK));
                 if (kind != KIND_Q4_1) xq = _mm256_sign_epi8(xq, wq);                       /* x * sign(w) */
-                const __m256i is = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xq), ones);
+                const __m256i is = dot4(aw, xq, ones);
                 const __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(dx + i * nb + b));
                 acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), d, acc[i][j]);
                 if (kind == KIND_Q4_1)

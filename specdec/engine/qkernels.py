@@ -92,6 +92,7 @@ def library():
         lib.layer_work_floats.argtypes = [_I] * 8
         lib.layer_work_floats.restype = _I
         lib.qgemm_simd.restype = ctypes.c_int
+        lib.qgemm_int_dot.restype = ctypes.c_int
         lib.q8a_scratch_bytes.argtypes, lib.q8a_scratch_bytes.restype = [_I, _I], _I
         _lib = lib
     return _lib
