@@ -392,6 +392,8 @@ def test_gguf_refuses_a_model_that_is_not_the_files(gguf_target):
         quantize_model(copy.deepcopy(model), "gguf", gguf_path=str(path) + ".missing")
     with pytest.raises(ValueError, match="records none"):
         quantize_model(copy.deepcopy(model), "gguf")                   # no path given or recorded
+    with pytest.raises(ValueError, match='quantize="gguf-q8a" needs the GGUF file'):
+        quantize_model(copy.deepcopy(model), "gguf-q8a")
 
 
 def test_greedy_speculative_equals_plain_on_a_gguf_target(gguf_target):

@@ -141,11 +141,12 @@ def _assemble(model, mode: str, blocks_of, source: dict) -> QuantWeights:
     return QuantWeights(mode, layers, _qmat([blocks_of(head)]), _np(norm.weight), source, version_key(model))
 
 
-def quantize_q8_0(model) -> QuantWeights:
-    """Round every projection and the head of `model` to q8_0 in place; the blocks (see the module doc)."""
+def quantize_q8_0(model, mode: str = "q8_0") -> QuantWeights:
+    """Round every projection and the head of `model` to q8_0 in place; the blocks (see the module doc).
+    mode: the name errors quote (q8_0 or q8_0-q8a)."""
     reason = supports(model)
     if reason is not None:
-        raise ValueError(f'quantize="q8_0" does not support this model: {reason}')
+        raise ValueError(f'quantize="{mode}" does not support this model: {reason}')
     done: dict[int, tuple] = {}
 
     def blocks_of(m):
@@ -201,18 +202,19 @@ def recorded_gguf(model) -> str | None:
     return rec.get("path") if isinstance(rec, dict) else None
 
 
-def from_gguf(model, path) -> QuantWeights:
-    """The blocks of GGUF file `path` for `model`, each checked equal to the model's weight bit for bit."""
+def from_gguf(model, path, mode: str = "gguf") -> QuantWeights:
+    """The blocks of GGUF file `path` for `model`, each checked equal to the model's weight bit for bit.
+    mode: the name errors quote (gguf or gguf-q8a)."""
     import gguf  # optional: only this mode reads GGUF files
 
     reason = supports(model)
     if reason is not None:
-        raise ValueError(f'quantize="gguf" does not support this model: {reason}')
+        raise ValueError(f'quantize="{mode}" does not support this model: {reason}')
     if not path:
-        raise ValueError('quantize="gguf" needs the GGUF file the model was converted from, and this model '
+        raise ValueError(f'quantize="{mode}" needs the GGUF file the model was converted from, and this model '
                          "records none (config.specdec_gguf): use a model converted from a GGUF, or q8_0")
     if not os.path.isfile(path):
-        raise ValueError(f'quantize="gguf": the GGUF file {path!r} is not a file')
+        raise ValueError(f'quantize="{mode}": the GGUF file {path!r} is not a file')
     tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
     names = _gguf_names(model)
 
@@ -242,9 +244,9 @@ def quantize_model(model, mode: str, gguf_path=None):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode.removesuffix(Q8A) == "q8_0":
-        qw = quantize_q8_0(model)
+        qw = quantize_q8_0(model, mode)
     else:
-        qw = from_gguf(model, gguf_path or recorded_gguf(model))
+        qw = from_gguf(model, gguf_path or recorded_gguf(model), mode)
     qw.mode = mode
     object.__setattr__(model, _ATTR, qw)   # not a submodule: no state_dict entry
     model.config.specdec_quantize = mode
