@@ -167,6 +167,9 @@ static inline __attribute__((always_inline)) void tile(
              * for K = 576-1536) that the hardware prefetcher picks up too late (what it costs without:
              * bench/RESULTS.md, "Quantized CPU kernels") */
             _mm_prefetch((const char *)(w + (NT + j) * ldw + b * bs), _MM_HINT_T0);
+            /* and four tiles ahead into L2: one tile of lead alone left 1-row calls waiting on memory
+             * (bench/RESULTS.md, "Integer dot products on Q8 activations") */
+            _mm_prefetch((const char *)(w + (4 * NT + j) * ldw + b * bs), _MM_HINT_T1);
             if (kind == KIND_Q4_1) decode_q4_1(w + j * ldw + b * bs, wv);
             else decode_q8_0(w + j * ldw + b * bs, wv);
 #pragma GCC unroll 4
