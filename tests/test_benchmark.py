@@ -272,8 +272,10 @@ def test_existing_run_is_refused_then_overwritten(pair, tmp_path, capsys, monkey
     assert {r["gamma"] for r in _runs(out)} == {None, 2} and not (out / "speedup.png").exists()
 
 
-def test_resume_measures_only_the_missing_groups(pair, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "run"
+def _killed_after_the_greedy_group(pair, out, monkeypatch) -> list:
+    """A bench run into `out` that dies at its first sampled speculative batch, as a killed run would
+    (results.json then holds the greedy group). Returns the temperatures of every batch run_batch is
+    asked for, from now on (resumed runs included)."""
     real, calls = benchmark.run_batch, []
 
     def flaky(inputs, cfg, s, *a):
@@ -285,6 +287,12 @@ def test_resume_measures_only_the_missing_groups(pair, tmp_path, monkeypatch, ca
     monkeypatch.setattr(benchmark, "run_batch", flaky)
     with pytest.raises(RuntimeError, match="killed"):
         bench(pair, out, *SMALL)
+    return calls
+
+
+def test_resume_measures_only_the_missing_groups(pair, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    calls = _killed_after_the_greedy_group(pair, out, monkeypatch)
     greedy = _runs(out)
     (out / "acceptance.png").write_bytes(b"figure of the unfinished run")
     # a changed setting is named, and nothing runs
@@ -307,16 +315,7 @@ def test_resume_measures_damaged_costs_again(pair, tmp_path, monkeypatch):
     """Step costs of zero in the results.json being resumed (an edited or damaged file) once reached the
     predictions of the new rows: a ZeroDivisionError after the group ran. They are measured again."""
     out = tmp_path / "run"
-    real = benchmark.run_batch
-
-    def flaky(inputs, cfg, s, *a):
-        if s.temperature > 0 and s.method == "sd" and not cfg.resume:
-            raise RuntimeError("killed")
-        return real(inputs, cfg, s, *a)
-
-    monkeypatch.setattr(benchmark, "run_batch", flaky)
-    with pytest.raises(RuntimeError, match="killed"):
-        bench(pair, out, *SMALL)
+    _killed_after_the_greedy_group(pair, out, monkeypatch)
     path = out / "results.json"
     data = json.loads(path.read_text())
     data["meta"]["costs"]["1"].update(c=0.0, v={k: 0.0 for k in data["meta"]["costs"]["1"]["v"]})
