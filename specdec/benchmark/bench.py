@@ -213,7 +213,7 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     chat = uses_chat_template(tok, cfg.chat_template)
     ids = _encode(tok, [p["prompt"] for p in prompts], models, cfg.max_new_tokens, chat)
     runner = None
-    if any(s.method == llamacpp.METHOD for group in plan(cfg).values() for s in group):
+    if llamacpp_absent(cfg) is None:   # the rule plan() adds the llamacpp rows by
         runner = llamacpp.LlamaCppRunner(source_gguf(target_name), max(map(len, ids)) + cfg.max_new_tokens,
                                          cfg.threads or torch.get_num_threads(), cfg.seed)
     # what ran: quantize "auto" is chosen per model as it loads (models/load.py quantize_auto)
