@@ -159,6 +159,7 @@ def kernel_rows(cfg: QGemmBenchConfig, bandwidth: float) -> list[dict]:
     for name, kind, N, K in SHAPES:
         one = _random_blocks(kind, N, K, rng)
         mats = [qkernels.QMatrix(kind, one.copy(), K) for _ in range(_copies(one.nbytes, cfg.stream_mb << 20))]
+        packed = [qkernels.pack_q8a(m) for m in mats]                  # the Q8-activation GEMM's layout
         w32 = rng.standard_normal((K, N)).astype(np.float32)            # W^T, contiguous: x @ W^T
         fp32 = [w32.copy() for _ in range(_copies(w32.nbytes, cfg.stream_mb << 20))]
         for M in cfg.row_list:
@@ -171,7 +172,7 @@ def kernel_rows(cfg: QGemmBenchConfig, bandwidth: float) -> list[dict]:
                     qkernels.matmul(x, m, out=out)
                 return (time.perf_counter() - t0) / len(mats)
 
-            def run_a(x=x, out=out, mats=mats):   # the same blocks, Q8 activations (integer dot products)
+            def run_a(x=x, out=out, mats=packed):   # the same blocks, Q8 activations (integer dot products)
                 t0 = time.perf_counter()
                 for m in mats:
                     qkernels.matmul(x, m, out=out, act="q8")

@@ -156,7 +156,7 @@ def test_q8a_integer_dot_products_are_exact(kind):
     """Integer activations of block max 127 (dx = 1) and weights of scale 1: every block dot product is
     an integer and the kernel's result is the exact integer sum (any lost or doubled term shows)."""
     g = np.random.default_rng(9)
-    N, K = 23, 192
+    N, K = 23, 32 * 19                                                # 2 groups of 8 blocks and a tail of 3
     x = g.integers(-127, 128, (7, K)).astype(np.float32)
     x[:, ::32] = 127                                                 # block max 127: q = x exactly
     if kind == "q8_0":
@@ -175,7 +175,8 @@ def test_q8a_integer_dot_products_are_exact(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("N,K", [(1, 32), (13, 160), (50, 224)])
+@pytest.mark.parametrize("N,K", [(1, 32), (13, 160), (50, 224), (9, 256), (5, 288), (6, 384), (6, 576)])
+# blocks a row: 1, 5, 7, 8, 9, 12, 18 (groups of 8; last groups of r = 1, 2, 4 read densely, 3, 5, 7 masked)
 def test_q8a_gemm_matches_its_reference_and_the_portable_path(kind, N, K):
     m = _qmatrix(kind, N, K, seed=N + K, bias=True)
     x = np.random.default_rng(3).standard_normal((16, K)).astype(np.float32)
@@ -198,20 +199,63 @@ def test_q8a_gemm_matches_its_reference_and_the_portable_path(kind, N, K):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_q8a_gemm_rows_are_bitwise_independent(kind):
-    m = _qmatrix(kind, 29, 192)
-    x = (np.random.default_rng(4).standard_normal((17, 192)) * np.logspace(-3, 3, 17)[:, None]).astype(np.float32)
+    m = qkernels.pack_q8a(_qmatrix(kind, 29, 320))                   # 10 blocks a row: a group and a tail
+    x = (np.random.default_rng(4).standard_normal((17, 320)) * np.logspace(-3, 3, 17)[:, None]).astype(np.float32)
     full = qkernels.matmul(x, m, act="q8")
     for M in range(1, 18):
         assert np.array_equal(qkernels.matmul(x[:M], m, act="q8"), full[:M]), M
     for r in range(17):
         assert np.array_equal(qkernels.matmul(x[r:r + 1], m, act="q8")[0], full[r]), r
-    strided = np.zeros((17, 256), np.float32)[:, :192]
+    strided = np.zeros((17, 352), np.float32)[:, :320]
     strided[:] = x
     assert np.array_equal(qkernels.matmul(strided, m, act="q8"), full)
     base = np.random.default_rng(5).standard_normal((17, 29)).astype(np.float32)
     acc = base.copy()
     qkernels.matmul(x, m, out=acc, accumulate=True, act="q8")
     assert np.array_equal(acc, base + full)
+
+
+def test_q8a_gemm_is_the_same_on_every_instruction_set(monkeypatch):
+    """vpdpbusd (AVX512-VNNI), vpmaddubsw + vpmaddwd (AVX2) and the portable C give the same bits on every
+    shape of last group (dense r = 1, 2, 4; masked r = 3, 5, 6, 7; none) and 1-9 rows (row tiles)."""
+    shapes = [(kind, 32 * nb) for kind in KINDS for nb in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 18)]
+    mats = {(kind, K): qkernels.pack_q8a(_qmatrix(kind, 11, K, seed=K)) for kind, K in shapes}
+    xs = {K: np.random.default_rng(K).standard_normal((9, K)).astype(np.float32) for _, K in shapes}
+
+    def run(portable=False):
+        return {key: qkernels.matmul(xs[key[1]], m, act="q8", portable=portable) for key, m in mats.items()}
+
+    want = run(portable=True)
+    builds = [("-mno-avx512vnni",)] if qkernels.library().qgemm_int_dot() == 2 else []
+    got = [run()]
+    for extra in builds:
+        monkeypatch.setattr(native, "FLAG_SETS", tuple(f + extra for f in native.FLAG_SETS[:1]))
+        monkeypatch.setattr(qkernels, "_lib", None)
+        assert qkernels.library().qgemm_int_dot() == 1
+        got.append(run())
+    for g in got:
+        for key in want:
+            assert np.array_equal(g[key], want[key]), key
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("blocks", [1, 3, 8, 9, 18, 24])
+def test_q8a_layout_is_the_same_bytes_regrouped(kind, blocks):
+    """pack_q8a moves bytes (and Q4_1 nibbles) only: unpacking gives the GGUF blocks back, byte for byte,
+    every byte of a row is used once (a permutation keeps the multiset of values), and the GEMM
+    refuses a packed matrix where it reads the GGUF layout."""
+    m = _qmatrix(kind, 7, 32 * blocks, bias=True)
+    p = qkernels.pack_q8a(m)
+    assert p.layout == "q8a" and p.blocks.shape == m.blocks.shape and p.bias is m.bias
+    assert qkernels.pack_q8a(p) is p and qkernels.unpack_q8a(m) is m
+    assert np.array_equal(qkernels.unpack_q8a(p).blocks, m.blocks)
+    nibbles = (lambda b: np.sort(np.concatenate([b & 15, b >> 4], 1), 1)) if kind == "q4_1" else (lambda b: np.sort(b, 1))
+    assert np.array_equal(nibbles(p.blocks), nibbles(m.blocks))
+    assert not np.array_equal(p.blocks, m.blocks)
+    with pytest.raises(ValueError, match="act='f32' reads the gguf layout"):
+        qkernels.matmul(np.zeros((1, m.K), np.float32), p)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        qkernels.QMatrix(kind, m.blocks, m.K, layout="q4")
 
 
 # ---- models on the kernels -----------------------------------------------------------------------
@@ -281,7 +325,7 @@ def test_q8a_model_is_opt_in_and_close_to_its_float_model(q8_pair, q8a_pair):
     target, _ = q8a_pair
     assert quantization_of(target) == "q8_0-q8a" and qweights.weights_of(target).act == "q8"
     assert qweights.weights_of(q8_pair[0]).act == "f32"
-    assert np.array_equal(qweights.weights_of(target).layers[0].down.blocks,
+    assert np.array_equal(qkernels.unpack_q8a(qweights.weights_of(target).layers[0].down).blocks,
                           qweights.weights_of(q8_pair[0]).layers[0].down.blocks)   # the same weights
     ids = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(0))
     valid, pos = torch.ones_like(ids, dtype=torch.bool), torch.arange(12).expand(2, -1)

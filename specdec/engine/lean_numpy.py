@@ -198,8 +198,8 @@ class QuantLeanForward:
     decoding reproduces plain decoding exactly, whatever the batch (tests/test_qkernels.py)."""
 
     def __init__(self, fwd: lean.LeanForward, weights: QuantWeights):
-        self.fwd, self.qw = fwd, weights
         self._lib = qkernels.library()
+        self.fwd, self.qw = fwd, qweights.in_kernel_layout(weights)
         self._embed = fwd.embed.numpy()
         mats = [[qkernels.qmat_struct(m) for m in (ly.qkv, ly.o, ly.gate_up, ly.down)] for ly in weights.layers]
         self._mats = mats

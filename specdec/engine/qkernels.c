@@ -39,7 +39,7 @@
 #define Q8_0_BYTES 34
 #define KIND_Q4_1 0
 #define KIND_Q8_0 1
-#define ABI_VERSION 4
+#define ABI_VERSION 5
 #define MAX_TILE_ROWS 5   /* rows a tile computes at once (see ALL_TILES) */
 
 int qgemm_abi_version(void) { return ABI_VERSION; }
@@ -256,22 +256,98 @@ int qgemm_portable(int kind, const float *x, int64_t ldx, const uint8_t *w, int6
 }
 
 /* ======================================================================================================
- * The integer-dot GEMM (opt-in: quantize "gguf-q8a" / "q8_0-q8a"), as llama.cpp computes on AVX2
- * without VNNI: each activation row is rounded per 32-value block to Q8 (q = nearbyint(x / dx),
- * dx = max|x| / 127, fp32, from that row and block alone; sx = dx * sum q, the Q8_1 sum for Q4_1's
- * m term), then
- *   y[m, n] = hsum8(acc), acc[l] over blocks b in order:
- *     acc[l] = fma((float) isum_l, dw * dx, acc[l]),  isum_l = sum_{t<4} qw[4l+t] qx[4l+t]
- *     Q4_1 only: acc[l] = fma(mw, l == 0 ? sx : 0, acc[l])   (the m term, in lane 0)
- * isum_l is an exact integer (|isum_l| <= 4 * 128 * 127), whatever instructions sum it
- * (_mm256_maddubs_epi16 with the sign trick, then _mm256_madd_epi16: lane l of the result is bytes
- * 4l..4l+3); everything in floating point runs in the one order above, so the portable path gives the
- * same bits and a row's result does not depend on the other rows or how many share the call.
+ * The integer-dot GEMM (opt-in: quantize "gguf-q8a" / "q8_0-q8a"): each activation row is rounded per
+ * 32-value block to Q8 (q = nearbyint(x / dx), dx = max|x| / 127, fp32, from that row and block alone;
+ * sx = dx * sum q, the Q8_1 sum for Q4_1's m term), each block's dot product runs in integers, then
+ *   y[m, n] = hsum8(acc), lane l of acc taking the blocks b = 8 g + l, groups g in order:
+ *     acc[l] = fma((float) isum_b, dw_b * dx_b, acc[l]),  isum_b = sum_{k<32} qw_b[k] qx_b[k]
+ *     Q4_1 only: acc[l] = fma(mw_b, sx_b, acc[l])
+ *   (a lane whose block lies past the end, b >= K/32, adds fma(0, 0, .) in both places).
+ * One lane per block, so that a row pays per 8 blocks 8 vpdpbusd + 1 convert + 1 multiply + 1 FMA
+ * (+1 FMA for Q4_1's m term); a lane per 4 bytes of one block (the weight-only GEMM's order) paid the
+ * convert, multiply and FMA per block and row, which set the time of a 5-row verify (bench/RESULTS.md,
+ * "One lane per block"). To get there the weights are stored transposed per group of 8 blocks (q8a_pack,
+ * once at load: vector t = bytes 4t..4t+3 of each block), and each row's Q8 activations are
+ * transposed the same way once per call.
+ * isum_b is an exact integer (|isum_b| <= 32 * 128 * 127) whatever instructions sum it (vpdpbusd with
+ * AVX512-VNNI; else vpmaddubsw with the sign trick, then vpmaddwd), so the portable path gives the same
+ * bits, and a row's result does not depend on the other rows or on how many share the call.
  * It is a different model from the weight-only one (activations rounded to 8 bits): it is opt-in.
  * ==================================================================================================== */
 
-/* bytes of scratch qgemm_q8a needs for M rows of width K: qx [M, K] int8, dx and sx [M, K/32] fp32 */
-int64_t q8a_scratch_bytes(int64_t M, int64_t K) { return M * K + 2 * M * (K / QK) * (int64_t)sizeof(float); }
+#define Q8A_GROUP 8                                  /* blocks per group: one per float lane */
+static int64_t q8a_groups(int64_t K) { return (K / QK + Q8A_GROUP - 1) / Q8A_GROUP; }
+
+/* The layout the integer-dot GEMM reads its weights in (q8a_pack writes it once, at load; the same bytes
+ * per row as GGUF's): a row's blocks in groups of 8, a group of r blocks (r = 8, or K/32 mod 8 for the
+ * last) holding, lane l = block 8g + l:
+ *   Q8_0: 8 vectors of 4r bytes, vector t = bytes 4t..4t+3 of each block's weights; then r fp16 d  (34 r)
+ *   Q4_1: 4 vectors of 4r bytes, vector t = elements 4t..4t+3 of each block in the low nibbles and
+ *         elements 4t+16..4t+19 in the high ones; then r fp16 d, then r fp16 m                        (20 r)
+ * so that a full group loads as 8 transposed vectors and 8 scales without shuffles (a transpose per
+ * column and call cost more than the single-row GEMM saved: bench/RESULTS.md, "One lane per block"). */
+typedef struct { int64_t q, stride, d, m; } Q8aSpot;   /* byte offsets of a block's lane in its group */
+
+static Q8aSpot q8a_spot(int kind, int64_t nb, int64_t b) {
+    const int64_t g = b / Q8A_GROUP, l = b % Q8A_GROUP, r = nb - g * Q8A_GROUP < Q8A_GROUP ? nb - g * Q8A_GROUP : Q8A_GROUP;
+    const int64_t at = g * Q8A_GROUP * (kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES);
+    const int64_t qbytes = (kind == KIND_Q4_1 ? 16 : 32) * r;
+    Q8aSpot s = {at + 4 * l, 4 * r, at + qbytes + 2 * l, at + qbytes + 2 * r + 2 * l};
+    return s;
+}
+
+/* element k's byte in the packed layout, and (Q4_1) whether it is the high nibble */
+static inline int64_t q8a_elem(int kind, Q8aSpot s, int k, int *high) {
+    *high = kind == KIND_Q4_1 && k >= 16;
+    const int t = kind == KIND_Q4_1 ? (k / 4) % 4 : k / 4;
+    return s.q + t * s.stride + k % 4;
+}
+
+/* GGUF blocks [N rows, K/32 blocks] (row stride lds bytes) -> the packed layout (row stride ldd), or back
+ * (unpack != 0: src packed, dst GGUF). Returns 0, or -1 on a bad argument. */
+int q8a_pack(int kind, const uint8_t *src, int64_t lds, uint8_t *dst, int64_t ldd, int64_t N, int64_t K, int unpack) {
+    if ((kind != KIND_Q4_1 && kind != KIND_Q8_0) || K % QK || N < 0) return -1;
+    const int64_t nb = K / QK, bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES;
+    if (lds < nb * bs || ldd < nb * bs) return -1;
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *in = src + n * lds;
+        uint8_t *out = dst + n * ldd;
+        if (kind == KIND_Q4_1) memset(out, 0, nb * bs);              /* nibbles are or-ed in */
+        for (int64_t b = 0; b < nb; b++) {
+            const Q8aSpot s = q8a_spot(kind, nb, b);
+            const int64_t nat = b * bs;                                /* the GGUF block */
+            if (!unpack) {
+                memcpy(out + s.d, in + nat, 2);
+                if (kind == KIND_Q4_1) memcpy(out + s.m, in + nat + 2, 2);
+            } else {
+                memcpy(out + nat, in + s.d, 2);
+                if (kind == KIND_Q4_1) memcpy(out + nat + 2, in + s.m, 2);
+            }
+            for (int k = 0; k < QK; k++) {
+                int high;
+                const int64_t at = q8a_elem(kind, s, k, &high);
+                if (kind == KIND_Q8_0) {
+                    if (!unpack) out[at] = in[nat + 2 + k];
+                    else out[nat + 2 + k] = in[at];
+                } else {
+                    const int64_t gb = nat + 4 + k % 16;              /* GGUF: byte k mod 16, high for k >= 16 */
+                    const int v = unpack ? (high ? in[at] >> 4 : in[at] & 15) : (k >= 16 ? in[gb] >> 4 : in[gb] & 15);
+                    if (!unpack) out[at] |= (uint8_t)(high ? v << 4 : v);
+                    else out[gb] |= (uint8_t)(k >= 16 ? v << 4 : v);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* bytes of scratch qgemm_q8a needs for M rows of width K: qx [M, K] int8 and dx, sx [M, K/32] fp32 (as
+ * quantize_rows_q8 writes them), then the vector path's transposed copy: xt [M, G, 8, 32] bytes and
+ * dxp, sxp [M, 8 G] fp32, zeros past the last block (G = K/32 / 8 rounded up) */
+int64_t q8a_scratch_bytes(int64_t M, int64_t K) {
+    const int64_t nb = K / QK, G = q8a_groups(K);
+    return M * K + 2 * M * nb * (int64_t)sizeof(float) + M * G * 8 * QK + 2 * M * G * 8 * (int64_t)sizeof(float);
+}
 
 /* x [M, K] -> qx [M, K] int8, dx, sx [M, K/32] (each row and block alone; one code for both paths) */
 int quantize_rows_q8(const float *x, int64_t ldx, int64_t M, int64_t K, int8_t *qx, float *dx, float *sx) {
@@ -296,134 +372,278 @@ int quantize_rows_q8(const float *x, int64_t ldx, int64_t M, int64_t K, int8_t *
 
 static void gemm_q8a_scalar(int kind, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w,
                             int64_t ldw, float *y, int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate) {
-    const int64_t nb = K / QK, bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES;
+    const int64_t nb = K / QK, G = q8a_groups(K);
     int qw[QK];
     for (int64_t n = 0; n < N; n++)
         for (int64_t m = 0; m < M; m++) {
             float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = w + n * ldw + b * bs;
-                const int8_t *xq = qx + m * K + b * QK;
-                if (kind == KIND_Q4_1)
-                    for (int j = 0; j < 16; j++) { qw[j] = blk[4 + j] & 15; qw[j + 16] = blk[4 + j] >> 4; }
-                else
-                    for (int j = 0; j < QK; j++) qw[j] = (int8_t)blk[2 + j];
-                const float d = half_to_float(blk) * dx[m * nb + b];
-                for (int l = 0; l < 8; l++) {
+            for (int64_t g = 0; g < G; g++)
+                for (int l = 0; l < Q8A_GROUP; l++) {
+                    const int64_t b = g * Q8A_GROUP + l;
+                    if (b >= nb) {                   /* past the end: what the vector path's zero lanes add */
+                        acc[l] = fmaf(0.0f, 0.0f, acc[l]);
+                        if (kind == KIND_Q4_1) acc[l] = fmaf(0.0f, 0.0f, acc[l]);
+                        continue;
+                    }
+                    const uint8_t *col = w + n * ldw;
+                    const int8_t *xq = qx + m * K + b * QK;
+                    const Q8aSpot sp = q8a_spot(kind, nb, b);
+                    for (int k = 0; k < QK; k++) {
+                        int high;
+                        const uint8_t v = col[q8a_elem(kind, sp, k, &high)];
+                        qw[k] = kind == KIND_Q4_1 ? (high ? v >> 4 : v & 15) : (int8_t)v;
+                    }
                     int is = 0;
-                    for (int t = 0; t < 4; t++) is += qw[4 * l + t] * xq[4 * l + t];
-                    acc[l] = fmaf((float)is, d, acc[l]);
+                    for (int k = 0; k < QK; k++) is += qw[k] * xq[k];
+                    acc[l] = fmaf((float)is, half_to_float(col + sp.d) * dx[m * nb + b], acc[l]);
+                    if (kind == KIND_Q4_1) acc[l] = fmaf(half_to_float(col + sp.m), sx[m * nb + b], acc[l]);
                 }
-                if (kind == KIND_Q4_1) {   /* the m term in lane 0; the others add mw * 0 (as the AVX2 path) */
-                    const float mw = half_to_float(blk + 2);
-                    for (int l = 0; l < 8; l++) acc[l] = fmaf(mw, l == 0 ? sx[m * nb + b] : 0.0f, acc[l]);
-                }
-            }
             const float s = hsum8_scalar(acc);
             y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
         }
 }
 
 #if QGEMM_AVX2
-/* lane l: sum_{t<4} a[4l+t] b[4l+t], a unsigned, b signed bytes, exact (|sum| <= 4 * 255 * 127 here:
- * |w| <= 128 or a nibble, |q| <= 127, so maddubs' int16 pairs never saturate). With AVX512-VNNI (256-bit
- * forms, AVX512VL) one instruction, vpdpbusd; the same integers either way. */
-static inline __m256i dot4(__m256i a, __m256i b, __m256i ones) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    (void)ones;
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#define Q8A_VNNI 1
 #else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones);
+#define Q8A_VNNI 0
 #endif
+/* rows per tile: its accumulators, a group's 8 transposed weight vectors and the temporaries fit the
+ * 32 vector registers AVX512VL gives ymm code; AVX2's 16 hold fewer */
+#if defined(__AVX512VL__)
+#define Q8A_TILE_ROWS 8
+#else
+#define Q8A_TILE_ROWS 4
+#endif
+
+/* A last group of r = 1, 2 or 4 blocks is read densely: its 8 vectors of 4r bytes are r full vectors
+ * (lane j of vector u: bytes 4t..4t+3 of block l, 8u + j = t r + l), r dot products instead of 8, then
+ * the lanes j = l mod r added (integers: exact). SmolLM2's width 576 is 18 blocks: 2 groups and r = 2. */
+static inline int dense_tail(int64_t r) { return r == 1 || r == 2 || r == 4; }
+
+/* the rows' Q8 activations as the tile reads them, per row and group a 256-byte slot: xt[m][g] holds
+ * vector t = bytes 4t..4t+3 of blocks 8g .. 8g+7 (lane l: block 8g+l), zeros past the last block; a
+ * dense last group (dense_tail) holds the packed weights' order instead: byte 4 r t + 4 l + j = byte
+ * 4t + j of block l. dxp / sxp: the blocks' scales in the same lanes (zero past the last block).
+ * offset: every byte + 128 (x as unsigned: the VNNI tile's Q8_0 form, vpdpbusd multiplying unsigned
+ * by signed bytes; the weights' sum times 128 is taken off again, exactly) */
+static void q8a_transpose_rows(const int8_t *qx, const float *dx, const float *sx, int64_t M, int64_t K,
+                               int offset, uint8_t *xt, float *dxp, float *sxp) {
+    const int64_t nb = K / QK, G = q8a_groups(K);
+    const uint8_t flip = offset ? 0x80 : 0;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t r = nb - g * Q8A_GROUP < Q8A_GROUP ? nb - g * Q8A_GROUP : Q8A_GROUP;
+            uint8_t *slot = xt + (m * G + g) * 8 * 32;
+            if (r < Q8A_GROUP && dense_tail(r)) memset(slot, flip, 8 * 32);
+            for (int l = 0; l < Q8A_GROUP; l++) {
+                const int64_t b = g * Q8A_GROUP + l, at = m * G * Q8A_GROUP + g * Q8A_GROUP + l;
+                for (int t = 0; t < 8; t++)
+                    for (int j = 0; j < 4; j++) {
+                        const uint8_t v = (uint8_t)((l < r ? (uint8_t)qx[m * K + b * QK + 4 * t + j] : 0) ^ flip);
+                        if (r < Q8A_GROUP && dense_tail(r)) {
+                            if (l < r) slot[4 * r * t + 4 * l + j] = v;
+                        } else slot[32 * t + 4 * l + j] = v;
+                    }
+                dxp[at] = l < r ? dx[m * nb + b] : 0.0f;
+                sxp[at] = l < r ? sx[m * nb + b] : 0.0f;
+            }
+        }
 }
 
-/* an MT x NT tile over all K, each weight block loaded once for the MT rows (as tile() above). Q4_1's
- * m term rides in lane 0 of the same accumulator (fma(mw, [sx, 0, ...], acc): lanes 1-7 add mw * 0), so
- * that no extra registers hold it: MT x NT scalar sums beside the vectors would spill. */
-static inline __attribute__((always_inline)) void tile_q8a(
-        int kind, const int8_t *qx, const float *dx, const float *sx, int64_t K, const uint8_t *w, int64_t ldw,
-        float *y, int64_t ldy, int64_t nb, const int MT, const int NT, int accumulate) {
-    const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[MAX_TILE_ROWS][8];
-#pragma GCC unroll 5
-    for (int i = 0; i < MT; i++)
+/* one group of a packed column, r blocks (r <= 8): into w, the vectors one row's dot products take,
+ * and into dw / mw lane l block l's scale / minimum (zero for l >= r). Returns how many vectors:
+ * 8 (w[t] lane l = bytes 4t..4t+3 of block l; Q4_1: its nibbles as bytes; lanes >= r zero), or r for
+ * a dense last group (dense_tail: w[u] lane j = bytes 4t..4t+3 of block l, 8u + j = t r + l) */
+static inline __attribute__((always_inline)) int load_group(int kind, const uint8_t *p, const int r,
+                                                            __m256i w[8], __m256 *dw, __m256 *mw) {
+    const int qbytes = (kind == KIND_Q4_1 ? 16 : 32) * r;
+    const __m256i low4 = _mm256_set1_epi8(15);
+    int nv = 8;
+    __m128i dh, mh = _mm_setzero_si128();
+    if (r == Q8A_GROUP) {
+        if (kind == KIND_Q4_1) {
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 32 * t));
+                w[t] = _mm256_and_si256(v, low4);
+                w[t + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+            }
+            mh = _mm_loadu_si128((const __m128i *)(p + qbytes + 16));
+        } else {
 #pragma GCC unroll 8
-        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-#pragma GCC unroll 8
-        for (int j = 0; j < NT; j++) {
-            const uint8_t *blk = w + j * ldw + b * bs;
-            /* one tile ahead into L1 (as tile()), and four tiles ahead into L2: this tile's arithmetic
-             * is short, so one tile of lead alone leaves a 1-row call waiting on memory (what the
-             * second costs without: bench/RESULTS.md, "Integer dot products on Q8 activations") */
-            _mm_prefetch((const char *)(w + (NT + j) * ldw + b * bs), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w + (4 * NT + j) * ldw + b * bs), _MM_HINT_T1);
-            const __m256 dw = bcast_half(blk);
-            __m256i wq, aw;
-            __m256 mw = _mm256_setzero_ps();
+            for (int t = 0; t < 8; t++) w[t] = _mm256_loadu_si256((const __m256i *)(p + 32 * t));
+        }
+        dh = _mm_loadu_si128((const __m128i *)(p + qbytes));
+    } else {
+        if (dense_tail(r)) {                          /* r vectors, in the order the rows' slots hold */
+            nv = r;
+            if (kind == KIND_Q8_0) {
+                for (int u = 0; u < r; u++) w[u] = _mm256_loadu_si256((const __m256i *)(p + 32 * u));
+            } else if (r == 1) {                      /* 16 bytes: elements 0-15 low, 16-31 high */
+                const __m128i t = _mm_loadu_si128((const __m128i *)p);
+                w[0] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), low4);
+            } else {                                  /* r / 2 vectors: low nibbles t < 4, high t >= 4 */
+                for (int v = 0; v < r / 2; v++) {
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(p + 32 * v));
+                    w[v] = _mm256_and_si256(x, low4);
+                    w[r / 2 + v] = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
+                }
+            }
+        } else {                                      /* 4r-byte vectors, lanes >= r masked off */
+            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
             if (kind == KIND_Q4_1) {
-                const __m128i t = _mm_loadu_si128((const __m128i *)(blk + 4));
-                wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));  /* k 0-15 | 16-31 */
-                aw = wq;
-                mw = bcast_half(blk + 2);
+                for (int t = 0; t < 4; t++) {
+                    const __m256i v = _mm256_maskload_epi32((const int *)(p + 4 * r * t), mask);
+                    w[t] = _mm256_and_si256(v, low4);
+                    w[t + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                }
             } else {
-                wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-                aw = _mm256_sign_epi8(wq, wq);                                            /* |w| as unsigned */
-            }
-#pragma GCC unroll 5
-            for (int i = 0; i < MT; i++) {
-                __m256i xq = _mm256_loadu_si256((const __m256i *)(qx + i * K + b * QK));
-                if (kind != KIND_Q4_1) xq = _mm256_sign_epi8(xq, wq);                       /* x * sign(w) */
-                const __m256i is = dot4(aw, xq, ones);
-                const __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(dx + i * nb + b));
-                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), d, acc[i][j]);
-                if (kind == KIND_Q4_1)
-                    acc[i][j] = _mm256_fmadd_ps(mw, _mm256_zextps128_ps256(_mm_load_ss(sx + i * nb + b)), acc[i][j]);
+                for (int t = 0; t < 8; t++) w[t] = _mm256_maskload_epi32((const int *)(p + 4 * r * t), mask);
             }
         }
+        uint16_t d16[8] = {0, 0, 0, 0, 0, 0, 0, 0}, m16[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        memcpy(d16, p + qbytes, 2 * r);
+        if (kind == KIND_Q4_1) memcpy(m16, p + qbytes + 2 * r, 2 * r);
+        dh = _mm_loadu_si128((const __m128i *)d16);
+        mh = _mm_loadu_si128((const __m128i *)m16);
     }
-#pragma GCC unroll 5
-    for (int i = 0; i < MT; i++)
-#pragma GCC unroll 8
-        for (int j = 0; j < NT; j++) {
-            const float s = hsum8(acc[i][j]);
-            y[i * ldy + j] = accumulate ? y[i * ldy + j] + s : s;
-        }
+    *dw = _mm256_cvtph_ps(dh);
+    *mw = kind == KIND_Q4_1 ? _mm256_cvtph_ps(mh) : _mm256_setzero_ps();
+    return nv;
 }
 
-#define COLUMNS_Q8A(KIND, MT, NT)                                                                      \
-    static void q8a_columns_##KIND##_##MT(const int8_t *qx, const float *dx, const float *sx, int64_t K, \
-                                          const uint8_t *w, int64_t ldw, float *y, int64_t ldy,        \
-                                          int64_t n0, int64_t n1, int64_t nb, int accumulate) {        \
-        int64_t n = n0;                                                                                \
-        for (; n + NT <= n1; n += NT)                                                                  \
-            tile_q8a(KIND, qx, dx, sx, K, w + n * ldw, ldw, y + n, ldy, nb, MT, NT, accumulate);      \
-        for (; n < n1; n++) tile_q8a(KIND, qx, dx, sx, K, w + n * ldw, ldw, y + n, ldy, nb, MT, 1, accumulate); \
+/* sum_u of the byte dot products of w[u] and the row's slot xr (vector u at xr + 32 u), lane by lane,
+ * starting from `base`; two chains (even and odd u) so that one vpdpbusd latency chain does not hold
+ * the tile. Integer sums: any order is exact. aw: the unsigned operands (non-VNNI: |w| or nibbles). */
+static inline __attribute__((always_inline)) __m256i row_dots(int kind, const __m256i *w, const __m256i *aw,
+                                                              const int nv, __m256i base, const uint8_t *xr) {
+    __m256i s0 = base, s1 = _mm256_setzero_si256();
+#if Q8A_VNNI
+    (void)aw;
+#pragma GCC unroll 8
+    for (int u = 0; u < nv; u++) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(xr + 32 * u));
+        const __m256i d = kind == KIND_Q4_1 ? _mm256_dpbusd_epi32(u % 2 ? s1 : s0, w[u], x)
+                                            : _mm256_dpbusd_epi32(u % 2 ? s1 : s0, x, w[u]);
+        if (u % 2) s1 = d; else s0 = d;
     }
-#define ALL_TILES_Q8A(KIND) COLUMNS_Q8A(KIND, 1, 8) COLUMNS_Q8A(KIND, 2, 4) COLUMNS_Q8A(KIND, 3, 3) \
-                            COLUMNS_Q8A(KIND, 4, 2) COLUMNS_Q8A(KIND, 5, 2)
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 8
+    for (int u = 0; u < nv; u++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(xr + 32 * u));
+        if (kind == KIND_Q8_0) x = _mm256_sign_epi8(x, w[u]);                            /* x * sign(w) */
+        const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[u], x), ones);
+        if (u % 2) s1 = _mm256_add_epi32(s1, d); else s0 = _mm256_add_epi32(s0, d);
+    }
+#endif
+    return _mm256_add_epi32(s0, s1);
+}
+
+/* a dense last group's lane sums: lane l < r = sum of lanes j = l mod r, lanes >= r zero (r = 1, 2, 4) */
+static inline __m256i fold_lanes(__m256i s, int r) {
+    s = _mm256_add_epi32(s, _mm256_permute2x128_si256(s, s, 0x01));
+    if (r <= 2) s = _mm256_add_epi32(s, _mm256_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    if (r == 1) s = _mm256_add_epi32(s, _mm256_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm256_and_si256(s, _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
+/* one group (r blocks) of one column for the MT rows of the tile */
+static inline __attribute__((always_inline)) void group_q8a(
+        int kind, const uint8_t *p, const int r, const uint8_t *xt, const float *dxp, const float *sxp,
+        int64_t G, int64_t g, const int MT, __m256 *acc) {
+    __m256i w[8], aw[8];
+    __m256 dw, mw;
+    const int nv = load_group(kind, p, r, w, &dw, &mw);
+    __m256i base = _mm256_setzero_si256();
+#if Q8A_VNNI
+    if (kind == KIND_Q8_0) {                          /* -128 * (sum of each lane's weights) */
+        const __m256i h = _mm256_set1_epi8((char)0x80);
+#pragma GCC unroll 8
+        for (int u = 0; u < nv; u++) base = _mm256_dpbusd_epi32(base, h, w[u]);
+        base = _mm256_sub_epi32(_mm256_setzero_si256(), base);
+    }
+#else
+#pragma GCC unroll 8
+    for (int u = 0; u < nv; u++) aw[u] = kind == KIND_Q8_0 ? _mm256_sign_epi8(w[u], w[u]) : w[u];   /* |w| */
+#endif
+    (void)aw;
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++) {
+        __m256i is = row_dots(kind, w, aw, nv, base, xt + (i * G + g) * 8 * 32);
+        if (nv < 8) is = fold_lanes(is, r);
+        const int64_t at = (i * G + g) * Q8A_GROUP;
+        const __m256 d = _mm256_mul_ps(dw, _mm256_loadu_ps(dxp + at));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), d, acc[i]);
+        if (kind == KIND_Q4_1) acc[i] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(sxp + at), acc[i]);
+    }
+}
+
+/* MT rows x one column over all of K: the full groups, then the last one */
+static inline __attribute__((always_inline)) void tile_q8a(
+        int kind, const uint8_t *xt, const float *dxp, const float *sxp, int64_t G, int64_t nb,
+        const uint8_t *w, int64_t ldw, float *y, int64_t ldy, const int MT, int accumulate) {
+    const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES, full = nb / Q8A_GROUP;
+    __m256 acc[8];                                    /* MT <= 8 (every instance is compiled; R picks) */
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *blk = w + g * Q8A_GROUP * bs;
+        /* the same group of the columns 8 ahead into L1 and 32 ahead into L2: one column of work is
+         * short, and the hardware prefetcher alone leaves a 1-row call waiting on memory */
+        for (int64_t o = 0; o < Q8A_GROUP * bs + 64; o += 64) {
+            _mm_prefetch((const char *)(blk + 8 * ldw + o), _MM_HINT_T0);
+            _mm_prefetch((const char *)(blk + 32 * ldw + o), _MM_HINT_T1);
+        }
+        if (g < full) group_q8a(kind, blk, Q8A_GROUP, xt, dxp, sxp, G, g, MT, acc);
+        else {
+            const int r = (int)(nb - full * Q8A_GROUP);
+            if (r == 2) group_q8a(kind, blk, 2, xt, dxp, sxp, G, g, MT, acc);        /* constants: unrolled */
+            else if (r == 4) group_q8a(kind, blk, 4, xt, dxp, sxp, G, g, MT, acc);
+            else group_q8a(kind, blk, r, xt, dxp, sxp, G, g, MT, acc);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++) {
+        const float s = hsum8(acc[i]);
+        y[i * ldy] = accumulate ? y[i * ldy] + s : s;
+    }
+}
+
+#define COLUMNS_Q8A(KIND, MT)                                                                          \
+    static void q8a_columns_##KIND##_##MT(const uint8_t *xt, const float *dxp, const float *sxp, int64_t G, \
+                                          int64_t nb, const uint8_t *w, int64_t ldw, float *y, int64_t ldy, \
+                                          int64_t n0, int64_t n1, int accumulate) {                    \
+        for (int64_t n = n0; n < n1; n++)                                                              \
+            tile_q8a(KIND, xt, dxp, sxp, G, nb, w + n * ldw, ldw, y + n, ldy, MT, accumulate);          \
+    }
+#define ALL_TILES_Q8A(KIND) COLUMNS_Q8A(KIND, 1) COLUMNS_Q8A(KIND, 2) COLUMNS_Q8A(KIND, 3) COLUMNS_Q8A(KIND, 4) \
+                            COLUMNS_Q8A(KIND, 5) COLUMNS_Q8A(KIND, 6) COLUMNS_Q8A(KIND, 7) COLUMNS_Q8A(KIND, 8)
 ALL_TILES_Q8A(0)
 ALL_TILES_Q8A(1)
 
-typedef void (*q8a_columns_fn)(const int8_t *, const float *, const float *, int64_t, const uint8_t *, int64_t,
-                               float *, int64_t, int64_t, int64_t, int64_t, int);
-static const q8a_columns_fn Q8A_COLUMN_FNS[2][MAX_TILE_ROWS + 1] = {
-    {0, q8a_columns_0_1, q8a_columns_0_2, q8a_columns_0_3, q8a_columns_0_4, q8a_columns_0_5},
-    {0, q8a_columns_1_1, q8a_columns_1_2, q8a_columns_1_3, q8a_columns_1_4, q8a_columns_1_5},
+typedef void (*q8a_columns_fn)(const uint8_t *, const float *, const float *, int64_t, int64_t, const uint8_t *,
+                               int64_t, float *, int64_t, int64_t, int64_t, int);
+static const q8a_columns_fn Q8A_COLUMN_FNS[2][9] = {
+    {0, q8a_columns_0_1, q8a_columns_0_2, q8a_columns_0_3, q8a_columns_0_4, q8a_columns_0_5, q8a_columns_0_6,
+     q8a_columns_0_7, q8a_columns_0_8},
+    {0, q8a_columns_1_1, q8a_columns_1_2, q8a_columns_1_3, q8a_columns_1_4, q8a_columns_1_5, q8a_columns_1_6,
+     q8a_columns_1_7, q8a_columns_1_8},
 };
 
-static void gemm_q8a_avx2(int kind, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w,
+static void gemm_q8a_avx2(int kind, const uint8_t *xt, const float *dxp, const float *sxp, const uint8_t *w,
                           int64_t ldw, float *y, int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate) {
-    const int64_t nb = K / QK;
+    const int64_t nb = K / QK, G = q8a_groups(K), R = Q8A_TILE_ROWS;
     for (int64_t n0 = 0; n0 < N; n0 += COLUMN_BLOCK) {
         const int64_t n1 = n0 + COLUMN_BLOCK < N ? n0 + COLUMN_BLOCK : N;
         int64_t mt;
-        for (int64_t m0 = 0; m0 < M; m0 += mt) {
+        for (int64_t m0 = 0; m0 < M; m0 += mt) {     /* chunks of R rows; the last two balanced */
             const int64_t left = M - m0;
-            mt = left <= MAX_TILE_ROWS ? left : (left < 2 * MAX_TILE_ROWS ? (left + 1) / 2 : MAX_TILE_ROWS);
-            Q8A_COLUMN_FNS[kind][mt](qx + m0 * K, dx + m0 * nb, sx + m0 * nb, K, w, ldw, y + m0 * ldy, ldy,
-                                     n0, n1, nb, accumulate);
+            mt = left <= R ? left : (left < 2 * R ? (left + 1) / 2 : R);
+            Q8A_COLUMN_FNS[kind][mt](xt + m0 * G * 8 * QK, dxp + m0 * G * Q8A_GROUP, sxp + m0 * G * Q8A_GROUP, G, nb,
+                                     w, ldw, y + m0 * ldy, ldy, n0, n1, accumulate);
         }
     }
 }
@@ -433,12 +653,17 @@ static int q8a_entry(int portable, int kind, const float *x, int64_t ldx, const 
                      int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate, void *scratch) {
     if ((kind != KIND_Q4_1 && kind != KIND_Q8_0) || K % QK || M < 0 || N < 0 || ldx < K || ldy < N || !scratch)
         return -1;
+    const int64_t nb = K / QK;
     int8_t *qx = (int8_t *)scratch;
-    float *dx = (float *)((uint8_t *)scratch + M * K), *sx = dx + M * (K / QK);   /* M * K: a multiple of 32 */
+    float *dx = (float *)((uint8_t *)scratch + M * K), *sx = dx + M * nb;   /* M * K: a multiple of 32 */
     quantize_rows_q8(x, ldx, M, K, qx, dx, sx);
 #if QGEMM_AVX2
     if (!portable) {
-        gemm_q8a_avx2(kind, qx, dx, sx, w, ldw, y, ldy, M, N, K, accumulate);
+        const int64_t G = q8a_groups(K);
+        uint8_t *xt = (uint8_t *)(sx + M * nb);
+        float *dxp = (float *)(xt + M * G * 8 * QK), *sxp = dxp + M * G * Q8A_GROUP;
+        q8a_transpose_rows(qx, dx, sx, M, K, Q8A_VNNI && kind == KIND_Q8_0, xt, dxp, sxp);
+        gemm_q8a_avx2(kind, xt, dxp, sxp, w, ldw, y, ldy, M, N, K, accumulate);
         return 0;
     }
 #endif
@@ -640,6 +865,7 @@ typedef struct {              /* a quantized matrix W [N, K] (+ bias [N] or NULL
     int64_t kind, N, K, ldw;
     const uint8_t *w;
     const float *bias;
+    int64_t packed;           /* 1: q8a_pack's layout (the Q8-activation GEMM's), 0: GGUF's */
 } QMat;
 
 typedef struct {
@@ -722,6 +948,9 @@ static void silu_mul(const float *gu, int64_t M, int64_t I, float *out) {
 int layers_forward(const Layer *layers, int64_t n, const Step *st, float *x) {
     const int64_t N = st->B * st->S, d = st->d, H = st->H, Hkv = st->Hkv, D = st->D, I = st->inter;
     if (!attend_for(D) || H % Hkv || st->start + st->S > st->cap || st->L > st->cap || st->act < 0 || st->act > 1) return -1;
+    for (int64_t i = 0; i < n; i++)               /* each GEMM reads its own layout */
+        if (layers[i].qkv.packed != st->act || layers[i].o.packed != st->act || layers[i].gate_up.packed != st->act
+            || layers[i].down.packed != st->act) return -1;
     float *h = st->work, *qkv = h + N * d, *o = qkv + N * (H + 2 * Hkv) * D, *gu = o + N * H * D,
           *act = gu + N * 2 * I, *p = act + N * I;
     void *q8 = st->act ? (void *)(p + (H / Hkv) * st->S * (st->L + 1)) : 0;

@@ -5,7 +5,8 @@ Every wrapper checks shapes, dtypes and strides before it hands pointers to C (a
 is silent memory corruption, not an exception). The kernels sum every output element in one fixed
 order (qkernels.c says which), so a row's result is bitwise the same alone or among other rows, and
 whatever the number of tokens in the forward. `act="q8"` runs the opt-in integer-dot GEMM instead (each
-activation row rounded per 32-value block to Q8, block dot products in integers: qkernels.c). The library is built on first use (native.py);
+activation row rounded per 32-value block to Q8, block dot products in integers: qkernels.c), on weights
+regrouped once at load (pack_q8a). The library is built on first use (native.py);
 `available()` says whether it can be, and why not.
 """
 from __future__ import annotations
@@ -18,24 +19,32 @@ import numpy as np
 from . import native
 from .qformats import BLOCK, BLOCK_BYTES, KINDS
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 HEAD_DIMS = (8, 16, 32, 64, 96, 128, 256)   # attention head sizes layers_forward runs (qkernels.c attend_for)
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _lib = None
 
 
+LAYOUTS = ("gguf", "q8a")   # a row's blocks as GGUF stores them, or as the Q8-activation GEMM reads them
+
+
 @dataclass(frozen=True)
 class QMatrix:
     """W [N, K] as quantized blocks: `blocks` [N, K/32 * block bytes] uint8, C-contiguous (row n = the
-    K/32 blocks of W's row n, in order). `bias` [N] float32 or None."""
+    K/32 blocks of W's row n). `layout` "gguf": each block whole, in order (the weight-only GEMM's);
+    "q8a": the same bytes regrouped 8 blocks at a time (pack_q8a; the Q8-activation GEMM's).
+    `bias` [N] float32 or None."""
     kind: str
     blocks: np.ndarray
     K: int
     bias: np.ndarray | None = None
+    layout: str = "gguf"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {tuple(KINDS)}, got {self.kind!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         b = self.blocks
         if self.K % BLOCK or b.dtype != np.uint8 or b.ndim != 2 or not b.flags.c_contiguous \
                 or b.shape[1] != self.K // BLOCK * BLOCK_BYTES[self.kind]:
@@ -55,7 +64,7 @@ class QMatrix:
 
 
 class _QMat(ctypes.Structure):
-    _fields_ = [("kind", _I), ("N", _I), ("K", _I), ("ldw", _I), ("w", _P), ("bias", _P)]
+    _fields_ = [("kind", _I), ("N", _I), ("K", _I), ("ldw", _I), ("w", _P), ("bias", _P), ("packed", _I)]
 
 
 class Layer(ctypes.Structure):
@@ -73,7 +82,7 @@ class Step(ctypes.Structure):
 
 def qmat_struct(m: QMatrix) -> _QMat:
     return _QMat(KINDS[m.kind], m.N, m.K, m.blocks.strides[0], m.blocks.ctypes.data,
-                 None if m.bias is None else m.bias.ctypes.data)
+                 None if m.bias is None else m.bias.ctypes.data, int(m.layout == "q8a"))
 
 
 def library():
@@ -85,6 +94,7 @@ def library():
         for name, args in (("qgemm", gemm_args), ("qgemm_portable", gemm_args),
                            ("qgemm_q8a", gemm_args + [_P]), ("qgemm_q8a_portable", gemm_args + [_P]),
                            ("quantize_rows_q8", [_P, _I, _I, _I, _P, _P, _P]),
+                           ("q8a_pack", [ctypes.c_int, _P, _I, _P, _I, _I, _I, ctypes.c_int]),
                            ("rmsnorm_rows", [_P, _I, _P, _F, _P, _I, _I, _I]),
                            ("layers_forward", [ctypes.POINTER(Layer), _I, ctypes.POINTER(Step), _P])):
             fn = getattr(lib, name)
@@ -116,13 +126,38 @@ def _rows(x: np.ndarray, K: int, what: str) -> np.ndarray:
 ACTS = ("f32", "q8")   # activations of a GEMM: float32, or rounded per block to Q8 (integer dot products)
 
 
+def pack_q8a(w: QMatrix) -> QMatrix:
+    """w in the layout the Q8-activation GEMM reads (the same bytes regrouped: qkernels.c q8a_pack). Once,
+    at load: the GEMM would otherwise transpose every column's blocks on every call."""
+    return w if w.layout == "q8a" else _repack(w, "q8a")
+
+
+def unpack_q8a(w: QMatrix) -> QMatrix:
+    """pack_q8a's inverse: the GGUF blocks back, byte for byte."""
+    return w if w.layout == "gguf" else _repack(w, "gguf")
+
+
+def _repack(w: QMatrix, layout: str) -> QMatrix:
+    out = np.empty_like(w.blocks)
+    rc = library().q8a_pack(KINDS[w.kind], w.blocks.ctypes.data, w.blocks.strides[0], out.ctypes.data,
+                            out.strides[0], w.N, w.K, int(layout == "gguf"))
+    if rc != 0:
+        raise ValueError("q8a_pack rejected its arguments")
+    return QMatrix(w.kind, out, w.K, w.bias, layout)
+
+
 def matmul(x: np.ndarray, w: QMatrix, out: np.ndarray | None = None, accumulate: bool = False,
            portable: bool = False, act: str = "f32") -> np.ndarray:
     """x [M, K] float32 -> x W^T (+ bias) [M, N] float32; with accumulate, out += x W^T.
     portable: the scalar C path instead of the vector one (tests: both give the same bits).
-    act="q8": Q8(x) W^T, the integer-dot GEMM (qkernels.c qgemm_q8a)."""
+    act="q8": Q8(x) W^T, the integer-dot GEMM (qkernels.c qgemm_q8a), on w packed (pack_q8a; a "gguf"
+    layout is packed here, per call: pack once for anything timed)."""
     if act not in ACTS:
         raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+    if act == "q8":
+        w = pack_q8a(w)
+    elif w.layout != "gguf":
+        raise ValueError(f"act='f32' reads the gguf layout, got a {w.layout!r} matrix (unpack_q8a)")
     _rows(x, w.K, "x")
     M = x.shape[0]
     if out is None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .qformats import BLOCK, BLOCK_BYTES, QUANTIZERS, dequantize
-from .qkernels import QMatrix
+from .qkernels import QMatrix, pack_q8a
 
 Q8A = "-q8a"                                   # suffix: the same blocks, Q8 activations
 MODES = ("gguf", "q8_0", "gguf" + Q8A, "q8_0" + Q8A)
@@ -64,6 +64,17 @@ class QuantWeights:
     def nbytes(self) -> int:
         mats = [m for ly in self.layers for m in (ly.qkv, ly.o, ly.gate_up, ly.down)] + [self.head]
         return sum(m.nbytes for m in mats)
+
+
+def in_kernel_layout(qw: QuantWeights) -> QuantWeights:
+    """qw with its matrices in the layout its GEMM reads, in place: for Q8 activations regrouped 8 blocks
+    at a time (qkernels.pack_q8a: the same bytes), once; weight-only GEMMs read the GGUF layout as
+    built. Called where the kernels run (it needs the C library)."""
+    if qw.act == "q8" and qw.head.layout != "q8a":
+        qw.layers = [QuantLayer(pack_q8a(ly.qkv), pack_q8a(ly.o), pack_q8a(ly.gate_up), pack_q8a(ly.down),
+                                ly.norm1, ly.norm2) for ly in qw.layers]
+        qw.head = pack_q8a(qw.head)
+    return qw
 
 
 def version_key(model) -> tuple:
