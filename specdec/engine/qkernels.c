@@ -343,10 +343,10 @@ int q8a_pack(int kind, const uint8_t *src, int64_t lds, uint8_t *dst, int64_t ld
 
 /* bytes of scratch qgemm_q8a needs for M rows of width K: qx [M, K] int8 and dx, sx [M, K/32] fp32 (as
  * quantize_rows_q8 writes them), then the vector path's transposed copy: xt [M, G, 8, 32] bytes and
- * dxp, sxp [M, 8 G] fp32, zeros past the last block (G = K/32 / 8 rounded up) */
+ * dxp, sxp [M, 8 G] fp32 and xb [M, 8 G] int32, zeros past the last block (G = K/32 / 8 rounded up) */
 int64_t q8a_scratch_bytes(int64_t M, int64_t K) {
     const int64_t nb = K / QK, G = q8a_groups(K);
-    return M * K + 2 * M * nb * (int64_t)sizeof(float) + M * G * 8 * QK + 2 * M * G * 8 * (int64_t)sizeof(float);
+    return M * K + 2 * M * nb * (int64_t)sizeof(float) + M * G * 8 * QK + 3 * M * G * 8 * (int64_t)sizeof(float);
 }
 
 /* x [M, K] -> qx [M, K] int8, dx, sx [M, K/32] (each row and block alone; one code for both paths) */
@@ -425,27 +425,31 @@ static inline int dense_tail(int64_t r) { return r == 1 || r == 2 || r == 4; }
 /* the rows' Q8 activations as the tile reads them, per row and group a 256-byte slot: xt[m][g] holds
  * vector t = bytes 4t..4t+3 of blocks 8g .. 8g+7 (lane l: block 8g+l), zeros past the last block; a
  * dense last group (dense_tail) holds the packed weights' order instead: byte 4 r t + 4 l + j = byte
- * 4t + j of block l. dxp / sxp: the blocks' scales in the same lanes (zero past the last block).
- * offset: every byte + 128 (x as unsigned: the VNNI tile's Q8_0 form, vpdpbusd multiplying unsigned
- * by signed bytes; the weights' sum times 128 is taken off again, exactly) */
+ * 4t + j of block l. dxp / sxp: the blocks' scales in the same lanes (zero past the last block); xb:
+ * -128 times the sum of each block's q, what the VNNI tile takes off after multiplying Q8_0 weights
+ * + 128 (vpdpbusd multiplies unsigned by signed bytes: sum (w + 128) q = sum w q + 128 sum q, exactly) */
 static void q8a_transpose_rows(const int8_t *qx, const float *dx, const float *sx, int64_t M, int64_t K,
-                               int offset, uint8_t *xt, float *dxp, float *sxp) {
+                               uint8_t *xt, float *dxp, float *sxp, int32_t *xb) {
     const int64_t nb = K / QK, G = q8a_groups(K);
-    const uint8_t flip = offset ? 0x80 : 0;
     for (int64_t m = 0; m < M; m++)
         for (int64_t g = 0; g < G; g++) {
             const int64_t r = nb - g * Q8A_GROUP < Q8A_GROUP ? nb - g * Q8A_GROUP : Q8A_GROUP;
+            const int dense = r < Q8A_GROUP && dense_tail(r);
             uint8_t *slot = xt + (m * G + g) * 8 * 32;
-            if (r < Q8A_GROUP && dense_tail(r)) memset(slot, flip, 8 * 32);
-            for (int l = 0; l < Q8A_GROUP; l++) {
-                const int64_t b = g * Q8A_GROUP + l, at = m * G * Q8A_GROUP + g * Q8A_GROUP + l;
+            memset(slot, 0, 8 * 32);
+            for (int l = 0; l < r; l++) {
+                const int8_t *q = qx + m * K + (g * Q8A_GROUP + l) * QK;
+                int32_t sum = 0;
                 for (int t = 0; t < 8; t++)
                     for (int j = 0; j < 4; j++) {
-                        const uint8_t v = (uint8_t)((l < r ? (uint8_t)qx[m * K + b * QK + 4 * t + j] : 0) ^ flip);
-                        if (r < Q8A_GROUP && dense_tail(r)) {
-                            if (l < r) slot[4 * r * t + 4 * l + j] = v;
-                        } else slot[32 * t + 4 * l + j] = v;
+                        slot[dense ? 4 * r * t + 4 * l + j : 32 * t + 4 * l + j] = (uint8_t)q[4 * t + j];
+                        sum += q[4 * t + j];
                     }
+                xb[(m * G + g) * Q8A_GROUP + l] = -128 * sum;
+            }
+            for (int l = 0; l < Q8A_GROUP; l++) {
+                const int64_t at = (m * G + g) * Q8A_GROUP + l, b = g * Q8A_GROUP + l;
+                if (l >= r) xb[at] = 0;
                 dxp[at] = l < r ? dx[m * nb + b] : 0.0f;
                 sxp[at] = l < r ? sx[m * nb + b] : 0.0f;
             }
@@ -514,20 +518,34 @@ static inline __attribute__((always_inline)) int load_group(int kind, const uint
     return nv;
 }
 
-/* sum_u of the byte dot products of w[u] and the row's slot xr (vector u at xr + 32 u), lane by lane,
- * starting from `base`; two chains (even and odd u) so that one vpdpbusd latency chain does not hold
- * the tile. Integer sums: any order is exact. aw: the unsigned operands (non-VNNI: |w| or nibbles). */
-static inline __attribute__((always_inline)) __m256i row_dots(int kind, const __m256i *w, const __m256i *aw,
-                                                              const int nv, __m256i base, const uint8_t *xr) {
-    __m256i s0 = base, s1 = _mm256_setzero_si256();
+/* the unsigned operands of a group's byte dot products, from its weights w: Q4_1 nibbles as they are;
+ * Q8_0 w + 128 (VNNI: the sum of the activations times 128 comes off afterwards, xb) or |w| (AVX2: the
+ * sign trick, the row's bytes taking w's sign; pairs of |w| x stay within maddubs' int16) */
+static inline __attribute__((always_inline)) void unsigned_operands(int kind, const __m256i *w, const int nv, __m256i *aw) {
+#pragma GCC unroll 8
+    for (int u = 0; u < nv; u++)
+        aw[u] = kind == KIND_Q4_1 ? w[u]
 #if Q8A_VNNI
-    (void)aw;
+                                  : _mm256_xor_si256(w[u], _mm256_set1_epi8((char)0x80));
+#else
+                                  : _mm256_sign_epi8(w[u], w[u]);
+#endif
+}
+
+/* sum_u of the byte dot products of aw[u] and the row's slot xr (vector u at xr + 32 u), lane by lane;
+ * two chains (even and odd u) so that one vpdpbusd latency chain does not hold a one-column tile.
+ * Integer sums: any order is exact. w: the signed weights (the AVX2 sign trick reads their signs). */
+static inline __attribute__((always_inline)) __m256i row_dots(int kind, const __m256i *w, const __m256i *aw,
+                                                              const int nv, const uint8_t *xr) {
+    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#if Q8A_VNNI
+    (void)w;
+    (void)kind;
 #pragma GCC unroll 8
     for (int u = 0; u < nv; u++) {
         const __m256i x = _mm256_loadu_si256((const __m256i *)(xr + 32 * u));
-        const __m256i d = kind == KIND_Q4_1 ? _mm256_dpbusd_epi32(u % 2 ? s1 : s0, w[u], x)
-                                            : _mm256_dpbusd_epi32(u % 2 ? s1 : s0, x, w[u]);
-        if (u % 2) s1 = d; else s0 = d;
+        if (u % 2) s1 = _mm256_dpbusd_epi32(s1, aw[u], x);
+        else s0 = _mm256_dpbusd_epi32(s0, aw[u], x);
     }
 #else
     const __m256i ones = _mm256_set1_epi16(1);
@@ -550,61 +568,53 @@ static inline __m256i fold_lanes(__m256i s, int r) {
     return _mm256_and_si256(s, _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
 }
 
+/* the scratch a row's group reads: its slot of Q8 bytes and the offset of its lanes in dxp / sxp / xb */
+typedef struct { const uint8_t *xt; const float *dxp, *sxp; const int32_t *xb; int64_t G; } Q8aRows;
+
+/* acc += the group's block sums times their scales (+ Q4_1's m term), in the order the header defines */
+static inline __attribute__((always_inline)) __m256 scale_add(int kind, __m256i is, __m256 dw, __m256 mw,
+                                                              const Q8aRows *x, int64_t at, __m256 acc) {
+#if Q8A_VNNI
+    if (kind == KIND_Q8_0) is = _mm256_add_epi32(is, _mm256_loadu_si256((const __m256i *)(x->xb + at)));
+#endif
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, _mm256_loadu_ps(x->dxp + at)), acc);
+    if (kind == KIND_Q4_1) acc = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x->sxp + at), acc);
+    return acc;
+}
+
 /* one group (r blocks) of one column for the MT rows of the tile */
-static inline __attribute__((always_inline)) void group_q8a(
-        int kind, const uint8_t *p, const int r, const uint8_t *xt, const float *dxp, const float *sxp,
-        int64_t G, int64_t g, const int MT, __m256 *acc) {
+static inline __attribute__((always_inline)) void group_q8a(int kind, const uint8_t *p, const int r,
+                                                            const Q8aRows *x, int64_t g, const int MT, __m256 *acc) {
     __m256i w[8], aw[8];
     __m256 dw, mw;
     const int nv = load_group(kind, p, r, w, &dw, &mw);
-    __m256i base = _mm256_setzero_si256();
-#if Q8A_VNNI
-    if (kind == KIND_Q8_0) {                          /* -128 * (sum of each lane's weights) */
-        const __m256i h = _mm256_set1_epi8((char)0x80);
-#pragma GCC unroll 8
-        for (int u = 0; u < nv; u++) base = _mm256_dpbusd_epi32(base, h, w[u]);
-        base = _mm256_sub_epi32(_mm256_setzero_si256(), base);
-    }
-#else
-#pragma GCC unroll 8
-    for (int u = 0; u < nv; u++) aw[u] = kind == KIND_Q8_0 ? _mm256_sign_epi8(w[u], w[u]) : w[u];   /* |w| */
-#endif
-    (void)aw;
+    unsigned_operands(kind, w, nv, aw);
 #pragma GCC unroll 8
     for (int i = 0; i < MT; i++) {
-        __m256i is = row_dots(kind, w, aw, nv, base, xt + (i * G + g) * 8 * 32);
+        __m256i is = row_dots(kind, w, aw, nv, x->xt + (i * x->G + g) * 8 * 32);
         if (nv < 8) is = fold_lanes(is, r);
-        const int64_t at = (i * G + g) * Q8A_GROUP;
-        const __m256 d = _mm256_mul_ps(dw, _mm256_loadu_ps(dxp + at));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), d, acc[i]);
-        if (kind == KIND_Q4_1) acc[i] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(sxp + at), acc[i]);
+        acc[i] = scale_add(kind, is, dw, mw, x, (i * x->G + g) * Q8A_GROUP, acc[i]);
     }
 }
 
-/* MT rows x one column over all of K: the full groups, then the last one */
-static inline __attribute__((always_inline)) void tile_q8a(
-        int kind, const uint8_t *xt, const float *dxp, const float *sxp, int64_t G, int64_t nb,
-        const uint8_t *w, int64_t ldw, float *y, int64_t ldy, const int MT, int accumulate) {
-    const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES, full = nb / Q8A_GROUP;
-    __m256 acc[8];                                    /* MT <= 8 (every instance is compiled; R picks) */
-#pragma GCC unroll 8
-    for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < G; g++) {
-        const uint8_t *blk = w + g * Q8A_GROUP * bs;
-        /* the same group of the columns 8 ahead into L1 and 32 ahead into L2: one column of work is
-         * short, and the hardware prefetcher alone leaves a 1-row call waiting on memory */
-        for (int64_t o = 0; o < Q8A_GROUP * bs + 64; o += 64) {
-            _mm_prefetch((const char *)(blk + 8 * ldw + o), _MM_HINT_T0);
-            _mm_prefetch((const char *)(blk + 32 * ldw + o), _MM_HINT_T1);
-        }
-        if (g < full) group_q8a(kind, blk, Q8A_GROUP, xt, dxp, sxp, G, g, MT, acc);
-        else {
-            const int r = (int)(nb - full * Q8A_GROUP);
-            if (r == 2) group_q8a(kind, blk, 2, xt, dxp, sxp, G, g, MT, acc);        /* constants: unrolled */
-            else if (r == 4) group_q8a(kind, blk, 4, xt, dxp, sxp, G, g, MT, acc);
-            else group_q8a(kind, blk, r, xt, dxp, sxp, G, g, MT, acc);
-        }
+/* the same group of the columns 8 ahead into L1 and 32 ahead into L2: one column of work is short, and
+ * the hardware prefetcher alone leaves a 1-row call waiting on memory */
+static inline __attribute__((always_inline)) void prefetch_group(const uint8_t *blk, int64_t ldw, int64_t bs) {
+    for (int64_t o = 0; o < Q8A_GROUP * bs + 64; o += 64) {
+        _mm_prefetch((const char *)(blk + 8 * ldw + o), _MM_HINT_T0);
+        _mm_prefetch((const char *)(blk + 32 * ldw + o), _MM_HINT_T1);
     }
+}
+
+static inline __attribute__((always_inline)) void last_group(int kind, const uint8_t *blk, int r, const Q8aRows *x,
+                                                             int64_t g, const int MT, __m256 *acc) {
+    if (r == 2) group_q8a(kind, blk, 2, x, g, MT, acc);             /* constants: unrolled */
+    else if (r == 4) group_q8a(kind, blk, 4, x, g, MT, acc);
+    else group_q8a(kind, blk, r, x, g, MT, acc);
+}
+
+static inline __attribute__((always_inline)) void store_rows(const __m256 *acc, float *y, int64_t ldy, const int MT,
+                                                             int accumulate) {
 #pragma GCC unroll 8
     for (int i = 0; i < MT; i++) {
         const float s = hsum8(acc[i]);
@@ -612,20 +622,35 @@ static inline __attribute__((always_inline)) void tile_q8a(
     }
 }
 
+/* MT rows x one column over all of K: the full groups, then the last */
+static inline __attribute__((always_inline)) void tile_q8a(
+        int kind, const Q8aRows *x, int64_t nb, const uint8_t *w, int64_t ldw, float *y, int64_t ldy,
+        const int MT, int accumulate) {
+    const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES, full = nb / Q8A_GROUP;
+    __m256 acc[8];                                    /* MT <= 8 (every instance is compiled; R picks) */
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < x->G; g++) {
+        const uint8_t *blk = w + g * Q8A_GROUP * bs;
+        prefetch_group(blk, ldw, bs);
+        if (g < full) group_q8a(kind, blk, Q8A_GROUP, x, g, MT, acc);
+        else last_group(kind, blk, (int)(nb - full * Q8A_GROUP), x, g, MT, acc);
+    }
+    store_rows(acc, y, ldy, MT, accumulate);
+}
+
 #define COLUMNS_Q8A(KIND, MT)                                                                          \
-    static void q8a_columns_##KIND##_##MT(const uint8_t *xt, const float *dxp, const float *sxp, int64_t G, \
-                                          int64_t nb, const uint8_t *w, int64_t ldw, float *y, int64_t ldy, \
-                                          int64_t n0, int64_t n1, int accumulate) {                    \
-        for (int64_t n = n0; n < n1; n++)                                                              \
-            tile_q8a(KIND, xt, dxp, sxp, G, nb, w + n * ldw, ldw, y + n, ldy, MT, accumulate);          \
+    static void q8a_columns_##KIND##_##MT(const Q8aRows *x, int64_t nb, const uint8_t *w, int64_t ldw,    \
+                                          float *y, int64_t ldy, int64_t n0, int64_t n1, int accumulate) { \
+        for (int64_t n = n0; n < n1; n++) tile_q8a(KIND, x, nb, w + n * ldw, ldw, y + n, ldy, MT, accumulate); \
     }
 #define ALL_TILES_Q8A(KIND) COLUMNS_Q8A(KIND, 1) COLUMNS_Q8A(KIND, 2) COLUMNS_Q8A(KIND, 3) COLUMNS_Q8A(KIND, 4) \
                             COLUMNS_Q8A(KIND, 5) COLUMNS_Q8A(KIND, 6) COLUMNS_Q8A(KIND, 7) COLUMNS_Q8A(KIND, 8)
 ALL_TILES_Q8A(0)
 ALL_TILES_Q8A(1)
 
-typedef void (*q8a_columns_fn)(const uint8_t *, const float *, const float *, int64_t, int64_t, const uint8_t *,
-                               int64_t, float *, int64_t, int64_t, int64_t, int);
+typedef void (*q8a_columns_fn)(const Q8aRows *, int64_t, const uint8_t *, int64_t, float *, int64_t, int64_t,
+                               int64_t, int);
 static const q8a_columns_fn Q8A_COLUMN_FNS[2][9] = {
     {0, q8a_columns_0_1, q8a_columns_0_2, q8a_columns_0_3, q8a_columns_0_4, q8a_columns_0_5, q8a_columns_0_6,
      q8a_columns_0_7, q8a_columns_0_8},
@@ -633,17 +658,18 @@ static const q8a_columns_fn Q8A_COLUMN_FNS[2][9] = {
      q8a_columns_1_7, q8a_columns_1_8},
 };
 
-static void gemm_q8a_avx2(int kind, const uint8_t *xt, const float *dxp, const float *sxp, const uint8_t *w,
-                          int64_t ldw, float *y, int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate) {
-    const int64_t nb = K / QK, G = q8a_groups(K), R = Q8A_TILE_ROWS;
+static void gemm_q8a_avx2(int kind, const Q8aRows *x, const uint8_t *w, int64_t ldw, float *y, int64_t ldy,
+                          int64_t M, int64_t N, int64_t K, int accumulate) {
+    const int64_t nb = K / QK, R = Q8A_TILE_ROWS;
     for (int64_t n0 = 0; n0 < N; n0 += COLUMN_BLOCK) {
         const int64_t n1 = n0 + COLUMN_BLOCK < N ? n0 + COLUMN_BLOCK : N;
         int64_t mt;
         for (int64_t m0 = 0; m0 < M; m0 += mt) {     /* chunks of R rows; the last two balanced */
             const int64_t left = M - m0;
             mt = left <= R ? left : (left < 2 * R ? (left + 1) / 2 : R);
-            Q8A_COLUMN_FNS[kind][mt](xt + m0 * G * 8 * QK, dxp + m0 * G * Q8A_GROUP, sxp + m0 * G * Q8A_GROUP, G, nb,
-                                     w, ldw, y + m0 * ldy, ldy, n0, n1, accumulate);
+            const Q8aRows rows = {x->xt + m0 * x->G * 8 * QK, x->dxp + m0 * x->G * Q8A_GROUP,
+                                  x->sxp + m0 * x->G * Q8A_GROUP, x->xb + m0 * x->G * Q8A_GROUP, x->G};
+            Q8A_COLUMN_FNS[kind][mt](&rows, nb, w, ldw, y + m0 * ldy, ldy, n0, n1, accumulate);
         }
     }
 }
@@ -662,8 +688,10 @@ static int q8a_entry(int portable, int kind, const float *x, int64_t ldx, const 
         const int64_t G = q8a_groups(K);
         uint8_t *xt = (uint8_t *)(sx + M * nb);
         float *dxp = (float *)(xt + M * G * 8 * QK), *sxp = dxp + M * G * Q8A_GROUP;
-        q8a_transpose_rows(qx, dx, sx, M, K, Q8A_VNNI && kind == KIND_Q8_0, xt, dxp, sxp);
-        gemm_q8a_avx2(kind, xt, dxp, sxp, w, ldw, y, ldy, M, N, K, accumulate);
+        int32_t *xb = (int32_t *)(sxp + M * G * Q8A_GROUP);
+        q8a_transpose_rows(qx, dx, sx, M, K, xt, dxp, sxp, xb);
+        const Q8aRows rows = {xt, dxp, sxp, xb, G};
+        gemm_q8a_avx2(kind, &rows, w, ldw, y, ldy, M, N, K, accumulate);
         return 0;
     }
 #endif
@@ -698,6 +726,17 @@ static inline v8f load8(const float *p) {
     v8f v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+/* a * b + c in each lane, rounded once (fmaf; one instruction on FMA hardware): the same bits on every build */
+static inline v8f fma8(v8f a, v8f b, v8f c) {
+#if QGEMM_AVX2
+    return (v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    v8f r;
+    for (int l = 0; l < 8; l++) r[l] = fmaf(a[l], b[l], c[l]);
+    return r;
+#endif
 }
 
 static inline float hsum_v8(v8f a) {
@@ -774,8 +813,10 @@ int rmsnorm_rows(const float *x, int64_t ldx, const float *g, float eps, float *
 /* Attention of the Q = G * S queries that share one KV head (G query heads x S tokens of one row)
  * against its columns [0, L): softmax(q K^T * scale + mask) V for each query.
  * Order, the same for every query whatever Q, L or the layout: a score is the 8-lane dot product of
- * q and a key row (multiply, then add, over lanes l = 8 t + l) reduced by the hsum8 tree; the softmax
- * sum and every output element run left to right over the columns. A hidden column's weight is
+ * q and a key row (fused multiply-adds, lane l over i = 8 t + l) reduced by the hsum8 tree; the softmax
+ * sum likewise in 8 lanes (lane l over the columns 8 k + l in order, then hsum8: one serial add per
+ * column was the step's longest chain at long contexts); every output element runs left to right over
+ * the columns (o = fma(p, v, o)). What each cost: bench/RESULTS.md, "One lane per block". A hidden column's weight is
  * exactly 0 (exp_fixed), and adding 0 changes no sum, so padding and holes anywhere leave the result
  * unchanged. Columns go 8 at a time through both passes, every query per chunk, so each K and V row
  * is read from memory once per step, not once per query head and token.
@@ -793,7 +834,7 @@ static inline __attribute__((always_inline)) void attend_group(
             v8f acc[8];
             for (int j = 0; j < 8; j++) {
                 acc[j] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
-                for (int t = 0; t < DV; t++) acc[j] += load8(q + 8 * t) * load8(K + (c + j) * D + 8 * t);
+                for (int t = 0; t < DV; t++) acc[j] = fma8(load8(q + 8 * t), load8(K + (c + j) * D + 8 * t), acc[j]);
             }
             float *pr = P + i * L + c;
             const float *mr = mask + (i / G) * L + c;
@@ -810,15 +851,28 @@ static inline __attribute__((always_inline)) void attend_group(
         for (int64_t i = 0; i < Q; i++) {
             const float *q = qs + (i / G) * ldq + (i % G) * D;
             v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int t = 0; t < DV; t++) acc += load8(q + 8 * t) * load8(K + c * D + 8 * t);
+            for (int t = 0; t < DV; t++) acc = fma8(load8(q + 8 * t), load8(K + c * D + 8 * t), acc);
             P[i * L + c] = hsum_v8(acc) * scale + mask[(i / G) * L + c];
         }
-    for (int64_t i = 0; i < Q; i++) {             /* softmax numerators and sums, row by row */
-        float *pr = P + i * L, mx = -INFINITY, sum = 0.0f;
-        for (c = 0; c < L; c++) mx = pr[c] > mx ? pr[c] : mx;
-        for (c = 0; c < L; c++) pr[c] = exp_fixed(pr[c] - mx);
-        for (c = 0; c < L; c++) sum += pr[c];
-        sums[i] = sum;
+    for (int64_t i = 0; i < Q; i++) {             /* softmax numerators and sums, row by row, 8 lanes */
+        float *pr = P + i * L, m8[8], s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, mx = -INFINITY;
+        for (int l = 0; l < 8; l++) m8[l] = -INFINITY;
+        for (c = 0; c + 8 <= L; c += 8)           /* the max: any order gives its value */
+            for (int l = 0; l < 8; l++) m8[l] = pr[c + l] > m8[l] ? pr[c + l] : m8[l];
+        for (; c < L; c++) mx = pr[c] > mx ? pr[c] : mx;
+        for (int l = 0; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
+        for (c = 0; c + 8 <= L; c += 8)           /* the sum: lane l over columns 8k + l in order, then hsum8 */
+            for (int l = 0; l < 8; l++) {
+                const float e = exp_fixed(pr[c + l] - mx);
+                pr[c + l] = e;
+                s8[l] += e;
+            }
+        for (; c < L; c++) {
+            const float e = exp_fixed(pr[c] - mx);
+            pr[c] = e;
+            s8[c % 8] += e;
+        }
+        sums[i] = hsum8_scalar(s8);
         for (int64_t l = 0; l < D; l++) os[(i / G) * ldo + (i % G) * D + l] = 0.0f;
     }
     for (c = 0; c < L; c += 8) {                  /* P V, 8 columns at a time, every query per chunk */
@@ -830,7 +884,7 @@ static inline __attribute__((always_inline)) void attend_group(
             for (int64_t j = 0; j < n; j++) {
                 const float pc = P[i * L + c + j];
                 const v8f pv = {pc, pc, pc, pc, pc, pc, pc, pc};
-                for (int t = 0; t < DV; t++) ov[t] += pv * load8(V + (c + j) * D + 8 * t);
+                for (int t = 0; t < DV; t++) ov[t] = fma8(pv, load8(V + (c + j) * D + 8 * t), ov[t]);
             }
             for (int t = 0; t < DV; t++) memcpy(o + 8 * t, &ov[t], sizeof(v8f));
         }
