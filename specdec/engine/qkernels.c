@@ -270,8 +270,9 @@ int qgemm_portable(int kind, const float *x, int64_t ldx, const uint8_t *w, int6
  * once at load: vector t = bytes 4t..4t+3 of each block), and each row's Q8 activations are
  * transposed the same way once per call.
  * isum_b is an exact integer (|isum_b| <= 32 * 128 * 127) whatever instructions sum it (vpdpbusd with
- * AVX512-VNNI; else vpmaddubsw with the sign trick, then vpmaddwd), so the portable path gives the same
- * bits, and a row's result does not depend on the other rows or on how many share the call.
+ * AVX512-VNNI, Q8_0 weights taken + 128 as unsigned and 128 times the block's sum of q taken off again;
+ * else vpmaddubsw with the sign trick, then vpmaddwd), so the portable path gives the same bits, and a
+ * row's result does not depend on the other rows or on how many share the call.
  * It is a different model from the weight-only one (activations rounded to 8 bits): it is opt-in.
  * ==================================================================================================== */
 
@@ -532,22 +533,30 @@ static inline __attribute__((always_inline)) void unsigned_operands(int kind, co
 #endif
 }
 
-/* sum_u of the byte dot products of aw[u] and the row's slot xr (vector u at xr + 32 u), lane by lane;
- * two chains (even and odd u) so that one vpdpbusd latency chain does not hold a one-column tile.
+/* sum_u of the byte dot products of aw[u] and the row's slot xr (vector u at xr + 32 u), lane by lane,
+ * in `chains` chains (u mod chains) so that one vpdpbusd latency chain does not hold a one-column tile:
+ * 4 for 1-2 rows (little else to overlap), 2 for more (their registers).
  * Integer sums: any order is exact. w: the signed weights (the AVX2 sign trick reads their signs). */
 static inline __attribute__((always_inline)) __m256i row_dots(int kind, const __m256i *w, const __m256i *aw,
-                                                              const int nv, const uint8_t *xr) {
+                                                              const int nv, const uint8_t *xr, const int chains) {
     __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
 #if Q8A_VNNI
     (void)w;
     (void)kind;
+    __m256i s2 = _mm256_setzero_si256(), s3 = _mm256_setzero_si256();
 #pragma GCC unroll 8
     for (int u = 0; u < nv; u++) {
         const __m256i x = _mm256_loadu_si256((const __m256i *)(xr + 32 * u));
-        if (u % 2) s1 = _mm256_dpbusd_epi32(s1, aw[u], x);
-        else s0 = _mm256_dpbusd_epi32(s0, aw[u], x);
+        const int c = u % chains;
+        if (c == 0) s0 = _mm256_dpbusd_epi32(s0, aw[u], x);
+        else if (c == 1) s1 = _mm256_dpbusd_epi32(s1, aw[u], x);
+        else if (c == 2) s2 = _mm256_dpbusd_epi32(s2, aw[u], x);
+        else s3 = _mm256_dpbusd_epi32(s3, aw[u], x);
     }
+    s0 = _mm256_add_epi32(s0, s2);
+    s1 = _mm256_add_epi32(s1, s3);
 #else
+    (void)chains;
     const __m256i ones = _mm256_set1_epi16(1);
 #pragma GCC unroll 8
     for (int u = 0; u < nv; u++) {
@@ -591,18 +600,18 @@ static inline __attribute__((always_inline)) void group_q8a(int kind, const uint
     unsigned_operands(kind, w, nv, aw);
 #pragma GCC unroll 8
     for (int i = 0; i < MT; i++) {
-        __m256i is = row_dots(kind, w, aw, nv, x->xt + (i * x->G + g) * 8 * 32);
+        __m256i is = row_dots(kind, w, aw, nv, x->xt + (i * x->G + g) * 8 * 32, MT <= 2 ? 4 : 2);
         if (nv < 8) is = fold_lanes(is, r);
         acc[i] = scale_add(kind, is, dw, mw, x, (i * x->G + g) * Q8A_GROUP, acc[i]);
     }
 }
 
-/* the same group of the columns 8 ahead into L1 and 32 ahead into L2: one column of work is short, and
- * the hardware prefetcher alone leaves a 1-row call waiting on memory */
-static inline __attribute__((always_inline)) void prefetch_group(const uint8_t *blk, int64_t ldw, int64_t bs) {
-    for (int64_t o = 0; o < Q8A_GROUP * bs + 64; o += 64) {
-        _mm_prefetch((const char *)(blk + 8 * ldw + o), _MM_HINT_T0);
-        _mm_prefetch((const char *)(blk + 32 * ldw + o), _MM_HINT_T1);
+/* the columns 8 ahead into L1 and 32 ahead into L2 (a column: one row of W, ldw contiguous bytes): one
+ * column of work is short, and the hardware prefetcher alone leaves a 1-row call waiting on memory */
+static inline __attribute__((always_inline)) void prefetch_row(const uint8_t *col, int64_t ldw) {
+    for (int64_t o = 0; o < ldw + 63; o += 64) {
+        _mm_prefetch((const char *)(col + 8 * ldw + o), _MM_HINT_T0);
+        _mm_prefetch((const char *)(col + 32 * ldw + o), _MM_HINT_T1);
     }
 }
 
@@ -630,9 +639,9 @@ static inline __attribute__((always_inline)) void tile_q8a(
     __m256 acc[8];                                    /* MT <= 8 (every instance is compiled; R picks) */
 #pragma GCC unroll 8
     for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();
+    prefetch_row(w, ldw);
     for (int64_t g = 0; g < x->G; g++) {
         const uint8_t *blk = w + g * Q8A_GROUP * bs;
-        prefetch_group(blk, ldw, bs);
         if (g < full) group_q8a(kind, blk, Q8A_GROUP, x, g, MT, acc);
         else last_group(kind, blk, (int)(nb - full * Q8A_GROUP), x, g, MT, acc);
     }
@@ -857,8 +866,15 @@ static inline __attribute__((always_inline)) void attend_group(
     for (int64_t i = 0; i < Q; i++) {             /* softmax numerators and sums, row by row, 8 lanes */
         float *pr = P + i * L, m8[8], s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, mx = -INFINITY;
         for (int l = 0; l < 8; l++) m8[l] = -INFINITY;
-        for (c = 0; c + 8 <= L; c += 8)           /* the max: any order gives its value */
+        c = 0;                                    /* the max: any order gives its value */
+#if QGEMM_AVX2
+        __m256 mv = _mm256_set1_ps(-INFINITY);
+        for (; c + 8 <= L; c += 8) mv = _mm256_max_ps(_mm256_loadu_ps(pr + c), mv);   /* p > m ? p : m */
+        _mm256_storeu_ps(m8, mv);
+#else
+        for (; c + 8 <= L; c += 8)
             for (int l = 0; l < 8; l++) m8[l] = pr[c + l] > m8[l] ? pr[c + l] : m8[l];
+#endif
         for (; c < L; c++) mx = pr[c] > mx ? pr[c] : mx;
         for (int l = 0; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
         for (c = 0; c + 8 <= L; c += 8)           /* the sum: lane l over columns 8k + l in order, then hsum8 */
