@@ -737,17 +737,6 @@ static inline v8f load8(const float *p) {
     return v;
 }
 
-/* a * b + c in each lane, rounded once (fmaf; one instruction on FMA hardware): the same bits on every build */
-static inline v8f fma8(v8f a, v8f b, v8f c) {
-#if QGEMM_AVX2
-    return (v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#else
-    v8f r;
-    for (int l = 0; l < 8; l++) r[l] = fmaf(a[l], b[l], c[l]);
-    return r;
-#endif
-}
-
 static inline float hsum_v8(v8f a) {
     float l[8];
     memcpy(l, &a, sizeof l);
@@ -822,10 +811,11 @@ int rmsnorm_rows(const float *x, int64_t ldx, const float *g, float eps, float *
 /* Attention of the Q = G * S queries that share one KV head (G query heads x S tokens of one row)
  * against its columns [0, L): softmax(q K^T * scale + mask) V for each query.
  * Order, the same for every query whatever Q, L or the layout: a score is the 8-lane dot product of
- * q and a key row (fused multiply-adds, lane l over i = 8 t + l) reduced by the hsum8 tree; the softmax
- * sum likewise in 8 lanes (lane l over the columns 8 k + l in order, then hsum8: one serial add per
- * column was the step's longest chain at long contexts); every output element runs left to right over
- * the columns (o = fma(p, v, o)). What each cost: bench/RESULTS.md, "One lane per block". A hidden column's weight is
+ * q and a key row (multiply, then add, over lanes l = 8 t + l; Zen4 runs them on its two multiply and
+ * two add pipes, so fused multiply-adds measured no faster and their longer latency chain slower)
+ * reduced by the hsum8 tree; the softmax sum likewise in 8 lanes (lane l over the columns 8 k + l in
+ * order, then hsum8: one serial add per column was a long chain at long contexts); every output element
+ * runs left to right over the columns. What each cost: bench/RESULTS.md, "One lane per block". A hidden column's weight is
  * exactly 0 (exp_fixed), and adding 0 changes no sum, so padding and holes anywhere leave the result
  * unchanged. Columns go 8 at a time through both passes, every query per chunk, so each K and V row
  * is read from memory once per step, not once per query head and token.
@@ -843,7 +833,7 @@ static inline __attribute__((always_inline)) void attend_group(
             v8f acc[8];
             for (int j = 0; j < 8; j++) {
                 acc[j] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
-                for (int t = 0; t < DV; t++) acc[j] = fma8(load8(q + 8 * t), load8(K + (c + j) * D + 8 * t), acc[j]);
+                for (int t = 0; t < DV; t++) acc[j] += load8(q + 8 * t) * load8(K + (c + j) * D + 8 * t);
             }
             float *pr = P + i * L + c;
             const float *mr = mask + (i / G) * L + c;
@@ -860,7 +850,7 @@ static inline __attribute__((always_inline)) void attend_group(
         for (int64_t i = 0; i < Q; i++) {
             const float *q = qs + (i / G) * ldq + (i % G) * D;
             v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int t = 0; t < DV; t++) acc = fma8(load8(q + 8 * t), load8(K + c * D + 8 * t), acc);
+            for (int t = 0; t < DV; t++) acc += load8(q + 8 * t) * load8(K + c * D + 8 * t);
             P[i * L + c] = hsum_v8(acc) * scale + mask[(i / G) * L + c];
         }
     for (int64_t i = 0; i < Q; i++) {             /* softmax numerators and sums, row by row, 8 lanes */
@@ -900,7 +890,7 @@ static inline __attribute__((always_inline)) void attend_group(
             for (int64_t j = 0; j < n; j++) {
                 const float pc = P[i * L + c + j];
                 const v8f pv = {pc, pc, pc, pc, pc, pc, pc, pc};
-                for (int t = 0; t < DV; t++) ov[t] = fma8(pv, load8(V + (c + j) * D + 8 * t), ov[t]);
+                for (int t = 0; t < DV; t++) ov[t] += pv * load8(V + (c + j) * D + 8 * t);
             }
             for (int t = 0; t < DV; t++) memcpy(o + 8 * t, &ov[t], sizeof(v8f));
         }
