@@ -201,7 +201,7 @@ class QuantLeanForward:
         self._lib = qkernels.library()
         self.fwd, self.qw = fwd, qweights.in_kernel_layout(weights)
         self._embed = fwd.embed.numpy()
-        mats = [[qkernels.qmat_struct(m) for m in (ly.qkv, ly.o, ly.gate_up, ly.down)] for ly in weights.layers]
+        mats = [[qkernels.qmat_struct(m) for m in (ly.qkv, ly.o, ly.gate_up, ly.down)] for ly in self.qw.layers]
         self._mats = mats
         self._layers = None          # the ctypes Layer array, per cache buffers
         self._views_for = None
