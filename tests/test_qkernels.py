@@ -12,6 +12,7 @@ import torch
 
 from conftest import assert_rows_independent, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
+from specdec.common import fingerprint
 from specdec.engine import lean_numpy, native, qformats, qkernels, qweights
 from specdec.engine.quant import quantization_of, quantize_model
 from specdec.engine.runner import ModelRunner
@@ -403,7 +404,7 @@ def test_gguf_blocks_are_the_models_weights(gguf_target):
     m = quantize_model(copy.deepcopy(model), "gguf", gguf_path=str(path))
     qw = qweights.weights_of(m)
     assert quantization_of(m) == "gguf" and qw.layers[0].qkv.kind == "q4_1" and qw.head.kind == "q8_0"
-    assert qw.source["sha256"] == qweights.sha256_of(path)
+    assert qw.source["sha256"] == fingerprint.file_sha256(path)
     q = m.model.layers[0].self_attn
     fused = torch.cat([q.q_proj.weight, q.k_proj.weight, q.v_proj.weight])
     assert torch.equal(torch.from_numpy(qformats.dequantize(qw.layers[0].qkv.blocks, "q4_1", 64)), fused)

@@ -4,6 +4,8 @@ in one run.
 
   file_digest(path)        a file's content hash (prompt and data files: small, and read by the run anyway;
                            also the checksums of teacher-cache steps and checkpoints)
+  file_sha256(path)        the same hash, memoised per path, size and mtime (a GGUF's: its cache key and
+                           the source quantize="gguf" records)
   model_fingerprint(name)  per file of a model folder (config, tokenizer, weights): the content hash of a
                            small file; for a large one (the weights) its size, modification time and, for
                            safetensors, its header (every tensor's name, dtype, shape and offsets).
@@ -28,12 +30,32 @@ MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safe
                "vocab.*", "merges.txt", "*.model", "chat_template.*", "*.tiktoken")
 
 
-def file_digest(path) -> str:
+def _sha256_hex(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return "sha256:" + h.hexdigest()
+    return h.hexdigest()
+
+
+def file_digest(path) -> str:
+    """"sha256:<hex>" of the file's bytes, read every time (checksums: a file damaged in place keeps its
+    size and mtime)."""
+    return "sha256:" + _sha256_hex(path)
+
+
+_sha_memo: dict = {}
+
+
+def file_sha256(path) -> str:
+    """sha256 hex of the file's bytes, memoised per (path, size, mtime) within the process: a model's
+    source file (a GGUF: ~100 MB) is hashed once however many times a run loads from it."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _sha_memo:
+        _sha_memo[key] = _sha256_hex(p)
+    return _sha_memo[key]
 
 
 def bytes_digest(data: bytes) -> str:

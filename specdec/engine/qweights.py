@@ -21,13 +21,13 @@ model (`weights_of`), not its state_dict; they go stale if the model's parameter
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ..common.fingerprint import file_sha256
 from .qformats import BLOCK, BLOCK_BYTES, QUANTIZERS, dequantize
 from .qkernels import QMatrix, pack_q8a
 
@@ -172,14 +172,6 @@ def quantize_q8_0(model, mode: str = "q8_0") -> QuantWeights:
     return _assemble(model, "q8_0", blocks_of, {})
 
 
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
                "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 
@@ -246,7 +238,7 @@ def from_gguf(model, path, mode: str = "gguf") -> QuantWeights:
         raise ValueError(f"{name} in {path}, dequantized, is not the model's weight bit for bit: the model "
                          "was not converted from this file (use quantize='q8_0' or 'none')")
 
-    return _assemble(model, "gguf", blocks_of, {"path": os.path.abspath(path), "sha256": sha256_of(path)})
+    return _assemble(model, "gguf", blocks_of, {"path": os.path.abspath(path), "sha256": file_sha256(path)})
 
 
 def quantize_model(model, mode: str, gguf_path=None):

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import importlib.util
 import json
 import os
@@ -53,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.cachedir import cache_root
+from ..common.fingerprint import file_sha256
 from ..common.files import write_json_atomic
 
 SCHEMA = 2   # 2: config.json records specdec_gguf (entries of schema 1 are converted again)
@@ -61,8 +61,6 @@ MAGIC = b"GGUF"
 # What reading a GGUF needs beyond specdec's own dependencies (transformers refuses without accelerate).
 PACKAGES = ("gguf", "accelerate")
 QK_TRANSFORM = "llama_qk_unpermute"
-
-_sha_memo: dict = {}
 
 
 def is_gguf_path(name_or_path) -> bool:
@@ -99,20 +97,6 @@ def check_file(path) -> Path:
         if f.read(4) != MAGIC:
             raise ValueError(f"{str(path)!r} is not a GGUF file (it does not start with {MAGIC!r})")
     return p.resolve()
-
-
-def file_sha256(path) -> str:
-    """sha256 of the file's bytes, memoised per (path, size, mtime) within the process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _sha_memo:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        _sha_memo[key] = h.hexdigest()
-    return _sha_memo[key]
 
 
 def entry_problem(folder: Path, sha: str) -> str | None:
