@@ -198,19 +198,29 @@ def check_pair_args(target, draft, device_map, quantize, draft_quantize) -> None
             raise ValueError(f"{name} must be one of {(AUTO_QUANTIZE,) + QUANTIZE}, got {value!r}")
 
 
+def _load_device(target, draft, dtype, device, device_map, quantize, draft_quantize) -> str:
+    """load_pair's and load_target's checks before anything is read; the device the models load onto."""
+    check_pair_args(target, draft, device_map, quantize, draft_quantize)
+    resolve_dtype(dtype)
+    return str(resolve_device(device, "device")) if device_map is None else device
+
+
+def _check_logits(name, model, vocab: int) -> None:
+    width = logit_width(model)
+    if width < vocab:
+        raise ValueError(f"{name} has {width} output logits but its tokenizer has {vocab} tokens")
+
+
 def load_target(target, dtype="float32", device="cpu", device_map=None, quantize: str = "none"):
     """(target_model, tokenizer, vocab) for a run with no draft (plain decoding only): load_pair's checks
     for the target alone; vocab is its tokenizer's size (what check_vocab returns for a matching pair)."""
-    check_pair_args(target, None, device_map, quantize, None)
-    resolve_dtype(dtype)
-    device = str(resolve_device(device, "device")) if device_map is None else device
+    device = _load_device(target, None, dtype, device, device_map, quantize, None)
     _check_exists(target)
     check_family(target)
     tok = load_tokenizer(target)
     vocab = len(tok.get_vocab())
     model = load_model(target, dtype, device, device_map, quantize)
-    if logit_width(model) < vocab:
-        raise ValueError(f"{target} has {logit_width(model)} output logits but its tokenizer has {vocab} tokens")
+    _check_logits(str(target), model, vocab)
     return model, tok, vocab
 
 
@@ -219,9 +229,7 @@ def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map
     """(target_model, draft_model, tokenizer, shared_vocab) for two paths (folders or .gguf files) or hub
     ids; None = bundled pair. quantize (load_model's: "none", "int8", "gguf", "q8_0", "auto") for the
     target, and for the draft unless draft_quantize says otherwise."""
-    check_pair_args(target, draft, device_map, quantize, draft_quantize)
-    resolve_dtype(dtype)
-    device = str(resolve_device(device, "device")) if device_map is None else device
+    device = _load_device(target, draft, dtype, device, device_map, quantize, draft_quantize)
     if target is None or draft is None:
         bt, bd = bundled_pair()
         target = bt if target is None else target
@@ -237,8 +245,6 @@ def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map
     dmodel = load_model(draft, dtype, input_device(tmodel) if device_map is not None else device,
                         quantize=quantize if draft_quantize is None else draft_quantize)
     for name, m in ((str(target), tmodel), (str(draft), dmodel)):
-        width = logit_width(m)
-        if width < vocab:
-            raise ValueError(f"{name} has {width} output logits but its tokenizer has {vocab} tokens")
+        _check_logits(name, m, vocab)
     return tmodel, dmodel, ttok, vocab
 
