@@ -5,7 +5,8 @@ they replace: kernel GB/s per shape and rows, and whole decode steps beside thei
 
 Sections (--sections, comma-separated):
   kernels  each projection shape of SmolLM2-135M (q4_1 layers, q8_0 head; also the layers as q8_0) at
-           1..16 rows: median ms per matrix (float32 activations, and Q8 activations: "q8a", x q8a = its speedup), GB/s of its blocks and that as a share of the read bandwidth
+           1..16 rows: median ms per matrix (float32 activations, and Q8 activations: "q8a", x q8a = its
+           speedup), GB/s of its blocks and that as a share of the read bandwidth
            measured in the same run (a sum over 256 MB), against NumPy's float32 x @ W^T (OpenBLAS) of the
            same matrix. Each matrix is one of enough copies to overflow the caches, as in a decode step.
   steps    SmolLM2-135M-Instruct (--target: its converted float32 folder; else loaded from --gguf by
@@ -17,12 +18,12 @@ Sections (--sections, comma-separated):
            interleaved; and a draft-sized model (the target's first --draft-layers layers, its head cut
            to --draft-vocab rows) as float32 NumPy and q8_0.
   bundled  the bundled toy pair: float32 NumPy, int8, q8_0 and q8_0-q8a (what they cost there).
---paths limits every section to some paths (e.g. q8_0,q8_0-q8a,gguf,gguf-q8a: old vs new, interleaved).
   exactness  how far each quantized model is from its float32 model (SmolLM2: int8, q8_0; the
            bundled target: int8, q8_0; gguf IS the float32 model): on --exact-prompts built-in prompts
            plus the float32 model's greedy continuation (--exact-tokens), the share of continuation
            positions whose top-1 token agrees with float32's, the mean KL(float32 || quantized), and
            how many greedy tokens each model reproduces before it first departs from float32's.
+--paths limits every section to some paths (e.g. q8_0,q8_0-q8a,gguf,gguf-q8a: old vs new, interleaved).
 Prints fixed-width tables, writes JSON (device, versions, commit, rows) and ends with one JSON line.
 Numbers on a shared machine are indicative: compare ratios within one run.
 """

@@ -815,9 +815,9 @@ int rmsnorm_rows(const float *x, int64_t ldx, const float *g, float eps, float *
  * two add pipes, so fused multiply-adds measured no faster and their longer latency chain slower)
  * reduced by the hsum8 tree; the softmax sum likewise in 8 lanes (lane l over the columns 8 k + l in
  * order, then hsum8: one serial add per column was a long chain at long contexts); every output element
- * runs left to right over the columns. What each cost: bench/RESULTS.md, "One lane per block". A hidden column's weight is
- * exactly 0 (exp_fixed), and adding 0 changes no sum, so padding and holes anywhere leave the result
- * unchanged. Columns go 8 at a time through both passes, every query per chunk, so each K and V row
+ * runs left to right over the columns. What each cost: bench/RESULTS.md, "One lane per block".
+ * A hidden column's weight is exactly 0 (exp_fixed), and adding 0 changes no sum, so padding and holes
+ * anywhere leave the result unchanged. Columns go 8 at a time through both passes, every query per chunk, so each K and V row
  * is read from memory once per step, not once per query head and token.
  * DV = D / 8 (a constant at each call site: q, o and a row live in registers); D % 8 == 0, D <= 256.
  * q(i) / o(i): query i = s * G + g at qs + s * ldq + g * D, o likewise (ldo); mask row of query i:
