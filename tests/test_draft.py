@@ -225,3 +225,29 @@ def test_samples_option_checks():
         make_cfg({"target": "t", "draft": "d", "data": None}, "o", samples="s", data_source="student")
     with pytest.raises(ValueError, match="--divergence fkl"):
         make_cfg({"target": "t", "draft": "d", "data": None}, "o", hard_labels=True, divergence="rkl")
+
+
+def test_a_head_restricted_draft_counts_only_the_weights_a_step_reads():
+    from specdec.engine import lean_numpy
+    big = tiny_llama(vocab_size=40_000, hidden_size=64, num_layers=1)   # 2 x 2.56M embedding + head
+    assert not lean_numpy.is_small(big)
+    assert lean_numpy.is_small(_with_head(big, range(0, 40_000, 10)))
+
+
+def test_load_pair_completes_a_packed_draft_from_its_target(tmp_path, monkeypatch):
+    from specdec.models import load_pair
+    monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "cache"))
+    dirs = save_pair(tmp_path)
+    target = load_model(dirs["target"])
+    draft = build(target, DraftShape(head_ids=list(range(0, 4096, 2)), hidden=16, layers=1, heads=2, kv_heads=1,
+                                     intermediate=32))
+    pack(draft, target.get_input_embeddings().weight, tmp_path / "packed")
+    _, d1, _, vocab = load_pair(dirs["target"], tmp_path / "packed")
+    made = list((tmp_path / "cache" / "drafts").iterdir())
+    assert len(made) == 1 and vocab == 4096
+    _, d2, _, _ = load_pair(dirs["target"], tmp_path / "packed")         # the second load reuses the folder
+    assert list((tmp_path / "cache" / "drafts").iterdir()) == made
+    x = torch.tensor([[5, 9, 2, 7, 40]])
+    with torch.no_grad():
+        torch.testing.assert_close(d1(x).logits, d2(x).logits)
+        torch.testing.assert_close(d1(x).logits[..., ::2], draft(x).logits[..., ::2], atol=2e-2, rtol=2e-2)

@@ -229,8 +229,9 @@ def micro_loss(job: Job, batch, teacher: TeacherTopK | None, normalizer) -> torc
     cfg = job.cfg
     if cfg.hard_labels:
         teacher = one_hot_teacher(batch)
-    if job.frame is not None:
-        s = job.frame.student_logits(job.model, batch)                         # [N, K]
+    frame = getattr(job, "frame", None)
+    if frame is not None:
+        s = frame.student_logits(job.model, batch)                             # [N, K]
     else:
         s = continuation_logits(job.model, batch, job.vocab)                  # [N, V]
     t_logits = None
@@ -241,8 +242,8 @@ def micro_loss(job: Job, batch, teacher: TeacherTopK | None, normalizer) -> torc
         if t_logits is None:
             with torch.no_grad():
                 t_logits = continuation_logits(job.target, batch, job.vocab)  # [N, V]
-    if job.frame is not None:
-        return job.frame.loss(s, teacher, t_logits, cfg, normalizer)
+    if frame is not None:
+        return frame.loss(s, teacher, t_logits, cfg, normalizer)
     if teacher is not None:
         return divergence_topk(teacher.idx, teacher.logp, teacher.tail, s, cfg.divergence, cfg.beta,
                                cfg.temperature, normalizer=normalizer, chunk_size=cfg.chunk_size)

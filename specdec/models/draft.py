@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,7 @@ def own_tensors(draft, proj: torch.Tensor | None) -> dict:
            if k not in ("model.embed_tokens.weight", "lm_head.weight")}
     out["head.rows"] = draft.lm_head.weight.detach()[ids].half().contiguous()
     if proj is not None:
-        out["embed.projection"] = proj.half().contiguous()
+        out["embed.projection"] = proj.contiguous()   # float32: the embedding it rebuilds is the trained one
     return out
 
 
@@ -139,26 +140,60 @@ def pack(draft, target_embed: torch.Tensor, out) -> Path:
     return out
 
 
-def packed_key(packed, target_weights) -> str:
-    """Identity of a materialised folder: the packed files' and the target weights' contents."""
+def is_packed(folder) -> bool:
+    return (Path(folder) / PACKED_WEIGHTS).is_file() and not (Path(folder) / "model.safetensors").is_file()
+
+
+def target_embedding(target_dir) -> torch.Tensor:
+    """The target's input embedding [V, D] (float32) read from its folder's model.safetensors."""
+    from safetensors import safe_open
+
+    path = Path(target_dir) / "model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"a packed draft is completed from its target's embedding, but {target_dir} has no "
+                         "model.safetensors")
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor("model.embed_tokens.weight").float()
+
+
+def packed_key(packed, embed: torch.Tensor) -> str:
+    """Identity of a materialised folder: the packed files' contents and the target embedding's."""
     h = hashlib.sha256()
-    for p in (Path(packed) / "config.json", Path(packed) / PACKED_WEIGHTS, Path(target_weights)):
+    for p in (Path(packed) / "config.json", Path(packed) / PACKED_WEIGHTS):
         h.update(p.read_bytes())
+    h.update(embed.numpy().tobytes())
     return h.hexdigest()[:16]
 
 
+def default_cache_root() -> Path:
+    """$SPECDEC_CACHE_DIR, else $XDG_CACHE_HOME/specdec, else ~/.cache/specdec."""
+    if os.environ.get("SPECDEC_CACHE_DIR"):
+        return Path(os.environ["SPECDEC_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "specdec"
+
+
+def resolve_packed(draft, target_dir, cache_root=None) -> Path:
+    """A draft folder ready to load: `draft` itself, or, for a packed draft, its materialised folder in
+    the cache (built on first use, keyed by the packed files and the target's embedding)."""
+    if not is_packed(draft):
+        return Path(draft)
+    embed = target_embedding(target_dir)
+    out = Path(cache_root or default_cache_root()) / "drafts" / packed_key(draft, embed)
+    if not (out / "model.safetensors").is_file():
+        materialize(draft, target_dir, out, embed)
+    return out
+
+
 @torch.no_grad()
-def materialize(packed, target_dir, out) -> Path:
+def materialize(packed, target_dir, out, embed: torch.Tensor | None = None) -> Path:
     """The loadable Hugging Face folder of a packed draft in `out` (written whole, then renamed)."""
-    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
     packed, target_dir, out = Path(packed), Path(target_dir), Path(out)
     cfg = LlamaConfig(**json.loads((packed / "config.json").read_text(encoding="utf-8")))
     own = load_file(str(packed / PACKED_WEIGHTS))
-    with safe_open(str(target_dir / "model.safetensors"), "pt") as f:
-        E = f.get_tensor("model.embed_tokens.weight").float()                      # [V, D]
+    E = target_embedding(target_dir) if embed is None else embed                  # [V, D]
     proj = own.pop("embed.projection", None)
     ids = check_ids(cfg.to_dict()[CONFIG_KEY], E.shape[0])
     draft = LlamaForCausalLM(cfg).float()
@@ -168,7 +203,7 @@ def materialize(packed, target_dir, out) -> Path:
     head[ids] = own["head.rows"].float()
     state["lm_head.weight"] = head
     draft.load_state_dict(state, strict=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in draft.state_dict().items()}, str(tmp / "model.safetensors"),
@@ -177,6 +212,9 @@ def materialize(packed, target_dir, out) -> Path:
     for name in TOKENIZER_FILES:
         if (target_dir / name).is_file():
             shutil.copy2(target_dir / name, tmp / name)
+    if (out / "model.safetensors").is_file():   # another process finished the same folder first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return out
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

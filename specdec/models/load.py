@@ -7,6 +7,7 @@ import torch
 
 from ..engine.quant import QUANTIZE, quantize_model
 from ..engine.devices import input_device, logit_width
+from .draft import resolve_packed
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -111,6 +112,7 @@ def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map
         bt, bd = bundled_pair()
         target = bt if target is None else target
         draft = bd if draft is None else draft
+    draft = resolve_packed(draft, target)   # a packed draft (models/draft.py): completed from the target once
     ttok, dtok = load_tokenizer(target), load_tokenizer(draft)
     vocab = check_vocab(ttok, dtok, str(target), str(draft))
     tmodel = load_model(target, dtype, device, device_map, quantize)
