@@ -46,7 +46,7 @@ def split(folder) -> tuple[list, list]:
     return [f for i, f in enumerate(files) if i % 2 == 0], [f for i, f in enumerate(files) if i % 2 == 1]
 
 
-def coverage(fit, check, sizes) -> tuple[dict, dict]:
+def coverage(fit, check, sizes, vocab: int) -> tuple[dict, dict]:
     counts = Counter()
     for f in fit:
         counts.update(read_shard(f)["cont_ids"].tolist())
@@ -63,7 +63,7 @@ def coverage(fit, check, sizes) -> tuple[dict, dict]:
     heads = {}
     for n in sizes:
         ids = sorted(ranked[:n])
-        inside = torch.zeros(49152, dtype=torch.bool)
+        inside = torch.zeros(vocab, dtype=torch.bool)
         inside[ids] = True
         out[str(n)] = {"emitted": round(float(inside[emitted].float().mean()), 4),
                        "argmax": round(float(inside[argmax].float().mean()), 4),
@@ -73,22 +73,38 @@ def coverage(fit, check, sizes) -> tuple[dict, dict]:
 
 
 @torch.no_grad()
-def candidate(target, ids, layers, source, batches) -> dict:
-    draft = build(target, DraftShape(head_ids=ids, target_layers=list(range(layers))))
+def agreement(draft, source, batches) -> dict:
+    """Teacher-forced on `batches` held-out batches: greedy agreement with the target's argmax and the
+    lower bound of sum_x min(p, q) over the target's top-32 ids (T = 1)."""
     frame = HeadFrame(draft)
     agree, acc, n = 0.0, 0.0, 0
     for step in range(batches):
         batch, t = source.entry(step, 0)
         s = frame.student_logits(draft, batch)                                       # [N, K]
-        q = torch.softmax(s, -1)
-        q_full = torch.zeros((q.shape[0], frame.inverse.numel() + 1))
-        q_full[:, frame.ids] = q                                                     # [N, V + 1]
+        q_full = torch.zeros((s.shape[0], frame.inverse.numel() + 1))
+        q_full[:, frame.ids] = torch.softmax(s, -1)                                  # [N, V + 1]
         agree += float((frame.ids[s.argmax(-1)] == t.idx[:, 0]).sum())
         acc += float(torch.minimum(t.logp.exp(), q_full.gather(1, t.idx)).sum())
         n += s.shape[0]
     a0, a1 = agree / n, acc / n
     return {"greedy_agreement": round(a0, 4), "t1_acceptance_lb": round(a1, 4), "mal_g4_greedy": round(mal(a0), 3),
             "mal_g4_t1": round(mal(a1), 3), "tokens": n}
+
+
+def candidate(target, ids, layers, source, batches) -> dict:
+    return agreement(build(target, DraftShape(head_ids=ids, target_layers=list(range(layers)))), source, batches)
+
+
+def score_drafts(args, t0) -> int:
+    source = SampleSource(args.samples, batch_size=8, micros_per_step=1, prompt_tokens=256, new_tokens=160, seed=0,
+                          pad_id=2)
+    out = {}
+    for name, folder in (d.split("=", 1) for d in args.draft):
+        out[name] = agreement(load_model(folder), source, args.batches)
+        print(json.dumps({name: out[name]}), flush=True)
+    write_json_atomic(args.out, {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                 "drafts": out, "wall_s": round(time.time() - t0, 1)}, indent=1)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -100,13 +116,18 @@ def main(argv=None) -> int:
     ap.add_argument("--head", type=int, default=8192, help="head size of the candidates")
     ap.add_argument("--layers", default="1,2,4,8")
     ap.add_argument("--batches", type=int, default=6, help="batches of 8 held-out rows per candidate")
+    ap.add_argument("--draft", action="append", default=[], help="NAME=FOLDER: score a trained draft instead "
+                    "(teacher-forced on --samples, every shard of it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
+    if args.draft:
+        return score_drafts(args, t0)
     fit, check = split(args.samples)
-    cov, heads = coverage(fit, check, [int(s) for s in args.sizes.split(",")])
-    print(json.dumps(cov), flush=True)
     target = load_model(args.target)
+    cov, heads = coverage(fit, check, [int(s) for s in args.sizes.split(",")],
+                          target.get_input_embeddings().weight.shape[0])
+    print(json.dumps(cov), flush=True)
     tmp = Path(args.out).with_suffix(".check")
     tmp.mkdir(parents=True, exist_ok=True)
     for f in check:

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("head")
     p.add_argument("--samples", required=True)
     p.add_argument("--size", type=int, default=4096)
-    p.add_argument("--vocab", type=int, default=49152)
+    p.add_argument("--vocab", type=int, default=49152, help="the target's vocabulary size")
     p.add_argument("--always", type=int, nargs="*", default=[2], help="ids always covered (2: <|im_end|>)")
     p.add_argument("--out", required=True)
     p = sub.add_parser("init")
