@@ -45,6 +45,12 @@ class DistillConfig(ProgressBlock, ResumableOutputBlock, ModelsBlock):
     new_tokens: int = option(32, "continuation length in tokens", group="data")
     teacher_cache: str | None = option(None, "train from a `specdec cache-teacher` folder (no target forward in "
                                              "training)", group="data")
+    samples: str | None = option(None, "train on stored target samples with the target's top-K log-probs (a folder "
+                                       "of specdec.distill.samples shards; no target forward in training)",
+                                 group="data")
+    hard_labels: bool = option(False, "train on the emitted tokens alone (cross-entropy: forward KL to a one-hot "
+                                      "teacher), not the target's distribution: the supervised baseline",
+                               group="objective")
     # optimisation
     steps: int = option(200, "optimizer steps", group="optimisation")
     batch_size: int = option(8, "sequences per micro-batch per process", group="optimisation")
@@ -99,6 +105,12 @@ class DistillConfig(ProgressBlock, ResumableOutputBlock, ModelsBlock):
         if not temps:
             raise ValueError("--eval-temperatures needs at least one value (comma-separated)")
         self.eval_temperatures = tuple(check_temperature(t, "--eval-temperatures") for t in temps)
+        if self.samples is not None and (self.teacher_cache is not None or self.data_source != "teacher"):
+            raise ValueError("--samples holds the target's own samples: use it with --data-source teacher and "
+                             "without --teacher-cache")
+        if self.hard_labels and self.divergence != "fkl":
+            raise ValueError(f"--hard-labels trains the cross-entropy, i.e. forward KL to a one-hot teacher: use "
+                             f"--divergence fkl, not {self.divergence!r}")
         if self.teacher_cache is not None and self.data_source not in ("dataset", "teacher"):
             raise ValueError(f"--teacher-cache holds sequences that do not depend on the draft; it works with "
                              f"--data-source dataset or teacher, not {self.data_source!r}")

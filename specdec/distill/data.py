@@ -36,6 +36,7 @@ import torch
 
 from ..data.corpus import CATEGORIES, read_source, split_files, stdlib_root
 from ..data.prompts import builtin, load_prompts_file
+from ..engine.headmap import HeadMap
 from .rollout import pick, rollout
 from .skd import skd_generate
 
@@ -94,8 +95,11 @@ def continuation_logits(model, batch: Batch, vocab_size: int) -> torch.Tensor:
     C = batch.new_tokens
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids(),
                 logits_to_keep=C + 1, use_cache=False)
-    logits = out.logits[:, :-1, :vocab_size]                                  # [B, C, V']
-    return logits[batch.cont_mask]                                            # [N, V']
+    logits = out.logits[:, :-1]                                               # [B, C, V]
+    head = HeadMap.of(getattr(model, "module", model), logits.shape[-1], logits.device)
+    if head is not None:   # a head covering some ids: -inf outside them, as the decoders see it
+        logits = head.expand(logits)
+    return logits[:, :, :vocab_size][batch.cont_mask]                         # [N, V']
 
 
 def stream_seed(seed: int, *parts) -> int:

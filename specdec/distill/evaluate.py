@@ -36,6 +36,8 @@ def estimate_acceptance(target, draft, prompts: list, cfg, vocab_size: int, pad_
         t = continuation_logits(target, b, vocab_size)                        # [N, V]
         s = continuation_logits(draft, b, vocab_size)                         # [N, V]
         acc_sum += float(acceptance(t, s, temperature).sum())
+        # where the draft has no mass (a head covering some ids), the teacher is renormalised to its support
+        t = t.masked_fill(torch.isneginf(s), float("-inf"))
         div_sum += float(divergence(t, s, cfg.divergence, cfg.beta, temperature))
         n += t.shape[0]
     return {"est_acceptance": acc_sum / max(n, 1), "eval_divergence": div_sum / max(n, 1), "eval_tokens": n}

@@ -33,6 +33,7 @@ import torch
 from ..common import config
 from ..common.config import config_from_args
 from ..models import bundled_pair, check_vocab, load_model, load_tokenizer
+from ..models.draft import EMBED_KEY
 from ..common.files import write_json_atomic
 from ..common.fingerprint import fingerprint_inputs
 from ..common.outdir import RunFolder, claim
@@ -46,6 +47,8 @@ from .dist import (Dist, clip_grad_norm, full_params, grad_sync, init_dist, load
                    optim_state, pick_device, wrap)
 from .evaluate import evaluate
 from .losses import divergence, divergence_topk
+from .samples import SampleSource
+from .subset import HeadFrame, has_subset_head, one_hot_teacher
 from .schedule import warmup_cosine
 
 
@@ -68,6 +71,7 @@ class Job:
     vocab: int
     pad_id: int
     draft_path: str
+    frame: HeadFrame | None = None  # a draft whose head covers some ids: the loss in its frame (subset.py)
     start: int = 0
     last_eval: dict = field(default_factory=dict)
 
@@ -109,14 +113,21 @@ def check_inputs(cfg: DistillConfig, dist: Dist) -> Inputs:
     vocab = check_vocab(load_tokenizer(target_path), tok, target_path, draft_path)
     check_context(cfg, target_path, draft_path)
     cache, prompts = None, None
-    if cfg.teacher_cache is not None:
+    if cfg.samples is not None:
+        cache = SampleSource(cfg.samples, batch_size=cfg.batch_size, micros_per_step=cfg.grad_accum * dist.world,
+                             prompt_tokens=cfg.prompt_tokens, new_tokens=cfg.new_tokens, seed=cfg.seed,
+                             pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
+    elif cfg.teacher_cache is not None:
         cache = TeacherCache(cfg.teacher_cache)
         cache.check_compatible(cfg, dist.world, target_path)
     else:
         prompts = PromptSet(tok, cfg.prompt_tokens, cfg.new_tokens, jsonl=cfg.data, chat_template=cfg.chat_template)
         prompts.check_source(cfg.data_source, cfg.lmbda)
+    teacher_meta = cache.folder / "meta.json" if isinstance(cache, TeacherCache) else None
     fingerprints = fingerprint_inputs({"--target": target_path, "--draft": draft_path},
-                                      {"--data": cfg.data, "--teacher-cache": cache and cache.folder / "meta.json"})
+                                      {"--data": cfg.data, "--teacher-cache": teacher_meta})
+    if isinstance(cache, SampleSource):
+        fingerprints["--samples"] = cache.digest()
     return Inputs(target_path, draft_path, tok, vocab, cache, prompts, fingerprints)
 
 
@@ -128,10 +139,16 @@ def setup(cfg: DistillConfig, dist: Dist, device: torch.device, inputs: Inputs, 
     vocab = min(inputs.vocab, target.get_output_embeddings().weight.shape[0],
                 draft.get_output_embeddings().weight.shape[0])
     draft.requires_grad_(True).train()
+    if getattr(draft.config, EMBED_KEY, None):   # the target's embedding (models/draft.py): not trained, not shipped
+        draft.get_input_embeddings().weight.requires_grad_(False)
     if resumed is not None:
         draft.load_state_dict(resumed["model"])
+    frame = HeadFrame(draft) if has_subset_head(draft) else None
+    if frame is not None and dist.world > 1:
+        raise ValueError("a draft whose head covers some ids trains in one process (no torchrun)")
     model = wrap(draft, dist, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad] + ([frame.rows] if frame is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     metrics = MetricsLog(out / "metrics.jsonl", enabled=dist.main)
     start = 0
     if resumed is not None:
@@ -147,7 +164,7 @@ def setup(cfg: DistillConfig, dist: Dist, device: torch.device, inputs: Inputs, 
     eval_prompts = heldout_prompts(tok, cfg.eval_prompts, cfg.prompt_tokens) if dist.main else []
     run.commit()
     return Job(cfg, dist, device, out, run, tok, target, draft, model, optimizer, source, eval_prompts, metrics,
-               vocab, pad_id, inputs.draft_path, start)
+               vocab, pad_id, inputs.draft_path, frame, start)
 
 
 def claim_out_dir(cfg: DistillConfig, dist: Dist, inputs: dict) -> RunFolder:
@@ -234,6 +251,8 @@ def train_step(job: Job, step: int) -> dict:
     clip_grad_norm(job.model, dist, cfg.max_grad_norm)
     job.optimizer.step()
     job.optimizer.zero_grad(set_to_none=True)
+    if job.frame is not None:
+        job.frame.sync(job.draft)
     return {"step": step + 1, "kind": "train", "loss": float(loss_sum), "tokens": int(count.item()), "lr": lr,
             "sources": sorted({b.source for b, _ in pairs}), "gen_s": round(gen_s, 4),
             "step_s": round(time.perf_counter() - t0, 4)}
@@ -265,15 +284,26 @@ def micro_loss(job: Job, batch, teacher: TeacherTopK | None, normalizer) -> torc
     The teacher side is the cached top-K + tail when the source read one, else the target's logits the
     sampling kept, else a forward of the live target."""
     cfg = job.cfg
-    s = continuation_logits(job.model, batch, job.vocab)                      # [N, V]
+    if cfg.hard_labels:
+        teacher = one_hot_teacher(batch)
+    frame = getattr(job, "frame", None)
+    if frame is not None:
+        s = frame.student_logits(job.model, batch)                             # [N, K]
+    else:
+        s = continuation_logits(job.model, batch, job.vocab)                  # [N, V]
+    t_logits = None
     if teacher is not None:
-        t = teacher.to(s.device)
-        return divergence_topk(t.idx, t.logp, t.tail, s, cfg.divergence, cfg.beta, cfg.temperature,
-                               normalizer=normalizer, chunk_size=cfg.chunk_size)
-    t_logits = batch.teacher_logits
-    if t_logits is None:
-        with torch.no_grad():
-            t_logits = continuation_logits(job.target, batch, job.vocab)      # [N, V]
+        teacher = teacher.to(s.device)
+    else:
+        t_logits = batch.teacher_logits
+        if t_logits is None:
+            with torch.no_grad():
+                t_logits = continuation_logits(job.target, batch, job.vocab)  # [N, V]
+    if frame is not None:
+        return frame.loss(s, teacher, t_logits, cfg, normalizer)
+    if teacher is not None:
+        return divergence_topk(teacher.idx, teacher.logp, teacher.tail, s, cfg.divergence, cfg.beta,
+                               cfg.temperature, normalizer=normalizer, chunk_size=cfg.chunk_size)
     return divergence(t_logits, s, cfg.divergence, cfg.beta, cfg.temperature, normalizer=normalizer,
                       chunk_size=cfg.chunk_size)
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import families
+from .headmap import head_ids
 from .quant import RowwiseInt8Linear
 
 _FAMILY = ("llama", "mistral", "qwen2")
@@ -155,8 +156,12 @@ class LeanForward:
         fold = dev.type == "cpu" if self._fold is None else self._fold
         self.embed = inner.embed_tokens.weight.detach()
         self.layers = [_Layer(layer, fold) for layer in inner.layers]
-        (self.head,), self.head_norm = _projections([m.lm_head], inner.norm.weight.detach(), fold)
         head = m.get_output_embeddings()
+        ids = head_ids(m)
+        if ids is not None and _is_plain(head):   # a head covering some ids: only their rows (headmap.py)
+            head = torch.nn.Linear(head.in_features, len(ids), bias=False, device=dev, dtype=head.weight.dtype)
+            head.weight.data = m.lm_head.weight.detach()[torch.as_tensor(ids, device=dev)]
+        (self.head,), self.head_norm = _projections([head], inner.norm.weight.detach(), fold)
         self.vocab = int(getattr(head, "out_features", None) or head.weight.shape[0])
         rot = inner.rotary_emb
         self.inv_freq = rot.inv_freq.detach().float().to(dev)

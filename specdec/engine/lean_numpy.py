@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import lean, qkernels, qweights
+from .headmap import head_ids
 from .qweights import QuantWeights
 
 # Models up to this many parameters take the NumPy path under impl="auto".
@@ -79,7 +80,12 @@ def forward_of(model, fwd: lean.LeanForward, previous=None):
 
 
 def is_small(model) -> bool:
-    return sum(p.numel() for p in model.parameters()) <= SMALL_MODEL_PARAMS
+    n = sum(p.numel() for p in model.parameters())
+    ids = head_ids(model)
+    if ids is not None:   # a head covering some ids (headmap.py): a step reads its rows and one embedding row
+        emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        n -= emb.numel() + (head.shape[0] - len(ids)) * head.shape[1]
+    return n <= SMALL_MODEL_PARAMS
 
 
 def blas_single_threaded() -> bool:

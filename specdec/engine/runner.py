@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 
 from . import families, lean, lean_numpy, quant
+from .headmap import HeadMap
 from .kvcache import KVCache, hf_cache
-from .devices import input_device
+from .devices import input_device, logit_width
 
 IMPLS = ("auto", "lean", "numpy", "hf")
 
@@ -105,6 +106,8 @@ class ModelRunner:
         self.kv = KVCache(batch, capacity, cache_dtype(model, self.impl), self.device, static=static,
                           positions=self._plan is not None)
         self.graphs = None
+        # a draft whose head covers only some ids (engine/headmap.py): full-width logits, -inf elsewhere
+        self.head = HeadMap.of(model, logit_width(model), self.device)
         if self.impl == "lean":
             self._lean = lean_forward_of(model)
         elif self.impl == "numpy":
@@ -143,7 +146,7 @@ class ModelRunner:
         else:
             logits = self.eager(ids, pos, mask, logits_to_keep)
         self.kv.end()
-        return logits
+        return logits if self.head is None else self.head.expand(logits)
 
     def peek(self, ids, pos, valid, logits_to_keep: int = 0):
         """A forward whose columns are forgotten afterwards (the cache is left as it was)."""

@@ -12,6 +12,7 @@ from ..common.values import BadType
 from ..engine.devices import input_device, logit_width, resolve_device
 from ..engine.params import max_positions
 from .gguf_cache import converted_folder, is_gguf_path
+from .draft import resolve_packed
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -236,6 +237,9 @@ def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map
         draft = bd if draft is None else draft
     for name in (target, draft):
         _check_exists(name)
+    # a packed draft (models/draft.py): completed once from the target's embedding
+    draft = resolve_packed(draft, local_source(target))
+    for name in (target, draft):
         check_family(name)
     ttok, dtok = load_tokenizer(target), load_tokenizer(draft)
     vocab = check_vocab(ttok, dtok, str(target), str(draft))
