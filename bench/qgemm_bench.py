@@ -16,7 +16,7 @@ Sections (--sections, comma-separated):
            beside the floor (the bytes of the weights and of the KV cache a step reads / the read
            bandwidth; the int8 path's cache is float64), all
            interleaved; and a draft-sized model (the target's first --draft-layers layers, its head cut
-           to --draft-vocab rows) as float32 NumPy and q8_0.
+           to --draft-vocab rows) as float32 NumPy, q8_0 and q8_0-q8a.
   bundled  the bundled toy pair: float32 NumPy, int8, q8_0 and q8_0-q8a (what they cost there).
   exactness  how far each quantized model is from its float32 model (SmolLM2: int8, q8_0; the
            bundled target: int8, q8_0; gguf IS the float32 model): on --exact-prompts built-in prompts
@@ -316,7 +316,7 @@ def smollm2_models(cfg: QGemmBenchConfig) -> dict:
     draft = draft_sized(target, cfg.draft_layers, cfg.draft_vocab)
     out = {("smollm2", p): v for p, v in _variants(target, cfg.path_list, gguf).items()}
     out.update({(f"draft-{cfg.draft_layers}L", p): v
-                for p, v in _variants(draft, [p for p in cfg.path_list if p in ("fp32", "q8_0")]).items()})
+                for p, v in _variants(draft, [p for p in cfg.path_list if p in ("fp32", "q8_0", "q8_0-q8a")]).items()})
     out.setdefault(("smollm2", "fp32"), (target, "numpy"))   # the exactness section's reference
     return out
 
