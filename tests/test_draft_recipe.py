@@ -22,6 +22,18 @@ def test_the_recipe_runs_end_to_end(tmp_path, monkeypatch):
     data = bench_script("smollm2_draft_data", monkeypatch)
     assert data.main(["--target", dirs["target"], "--out", str(tmp_path / "data"), "--units", "2", "--batch", "4",
                       "--new-tokens", "5", "--stage1-tokens", "6", "--topk", "4", "--impl", "auto"]) == 0
+    # a folder holds one recipe: other settings are refused before anything is written, a longer run resumes
+    before = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert data.main(["--target", dirs["target"], "--out", str(tmp_path / "data"), "--units", "2", "--batch", "4",
+                      "--new-tokens", "5", "--stage1-tokens", "6", "--topk", "8", "--impl", "auto"]) == 2
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before
+    assert data.main(["--target", dirs["target"], "--out", str(tmp_path / "data"), "--units", "1", "--batch", "4",
+                      "--new-tokens", "5", "--stage1-tokens", "6", "--topk", "4", "--impl", "auto"]) == 0
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before
+    # the target as specdec runs it quantized writes the same kind of shard
+    assert data.main(["--target", dirs["target"], "--out", str(tmp_path / "data_q8a"), "--units", "1", "--batch",
+                      "4", "--new-tokens", "5", "--stage1-tokens", "6", "--topk", "4", "--quantize", "q8_0-q8a"]) == 0
+    assert read_shard(tmp_path / "data_q8a" / "unit_00000.pt")["topk_idx"].shape[1] == 4
     shard = read_shard(tmp_path / "data" / "unit_00001.pt")
     assert len(shard["meta"]) == 4 and all(m["user"] for m in shard["meta"])
     assert shard["topk_idx"].shape == (int(shard["cont_off"][-1]), 4)
