@@ -243,12 +243,14 @@ def run_unit(unit: int, tok, model, args) -> dict:
 RESUMABLE = ("units", "first_unit", "threads")
 
 
-def settings_problem(path: Path, settings: dict) -> str | None:
+def settings_problem(path: Path, settings: dict, defaults: dict) -> str | None:
     """Why `settings` may not add units to the folder whose settings.json is `path` (None: they may): a
-    folder holds units of one recipe, so a unit's content is a function of its number alone."""
+    folder holds units of one recipe, so a unit's content is a function of its number alone. A setting
+    the folder's file lacks (written before that option existed) was its default."""
     if not path.is_file():
         return None
     old = json.loads(path.read_text(encoding="utf-8"))
+    old = {**{k: v for k, v in defaults.items() if k not in old and k in settings}, **old}
     changed = [k for k in sorted(set(old) | set(settings)) if k not in RESUMABLE and k != "out"
                and old.get(k) != settings.get(k)]
     if not changed:
@@ -282,7 +284,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    problem = settings_problem(out / "settings.json", vars(args))
+    problem = settings_problem(out / "settings.json", vars(args), {a.dest: a.default for a in ap._actions})
     if problem:
         print(f"smollm2_draft_data: error: {problem}", file=sys.stderr)
         return 2

@@ -42,6 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specdec.common.files import write_json_atomic  # noqa: E402
+from specdec.common.fingerprint import model_fingerprint  # noqa: E402
 from specdec.distill.samples import read_shard  # noqa: E402
 from specdec.models import load_model  # noqa: E402
 
@@ -243,9 +244,17 @@ def evaluate(draft, rows, gamma: int = 4) -> dict:
 
 @torch.no_grad()
 def features(args) -> int:
-    target = load_model(args.target).eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # a folder holds the features of one target: another target's would mix with them unit by unit
+    what = {"target": model_fingerprint(args.target)}
+    meta = out / "features.json"
+    if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")) != what:
+        print(f"smollm2_feature_draft: error: {out} holds features of another target (features.json): "
+              "write to another --out", file=sys.stderr)
+        return 2
+    write_json_atomic(meta, what, indent=1)
+    target = load_model(args.target).eval()
     for f in sorted(Path(args.samples).glob("unit_*.pt")):
         dst = out / f.name
         if dst.exists():

@@ -76,3 +76,14 @@ def test_the_recipe_runs_end_to_end(tmp_path, monkeypatch):
     r = json.loads(out.read_text())
     assert r["acceptance"]["run/T0"]["categories"]["writing"]["greedy_equals_plain"] is True
     assert set(r["acceptance"]) == {"run/T0", "run/T1"} and r["timing"]["c"]["run"] > 0
+
+
+def test_a_data_folder_from_before_an_option_resumes_at_its_default(tmp_path, monkeypatch):
+    data = bench_script("smollm2_draft_data", monkeypatch)
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"target": "t", "batch": 96, "units": 12}))   # written before --quantize
+    assert data.settings_problem(settings, {"target": "t", "batch": 96, "units": 60, "quantize": "none"},
+                                 {"quantize": "none"}) is None
+    problem = data.settings_problem(settings, {"target": "t", "batch": 96, "units": 60, "quantize": "gguf-q8a"},
+                                    {"quantize": "none"})
+    assert "--quantize 'none', now 'gguf-q8a'" in problem

@@ -79,6 +79,10 @@ def test_the_script_end_to_end(tmp_path, monkeypatch):
     feats = tmp_path / "feats"
     assert mod.main(["features", "--target", str(tmp_path / "target"), "--samples", str(samples),
                      "--out", str(feats)]) == 0
+    other = tiny_llama(vocab_size=96, hidden_size=32, num_layers=2, heads=4, kv_heads=2, seed=4)
+    other.save_pretrained(tmp_path / "other")
+    assert mod.main(["features", "--target", str(tmp_path / "other"), "--samples", str(samples),
+                     "--out", str(feats)]) == 2      # one folder, one target's features
     # the features are what the head reads: on greedy rows they reproduce every continuation token
     d = torch.load(feats / "unit_00001.pt", weights_only=False)
     head = target.lm_head.weight
