@@ -9,6 +9,8 @@ Sections (--sections, comma-separated):
            speedup), GB/s of its blocks and that as a share of the read bandwidth
            measured in the same run (a sum over 256 MB), against NumPy's float32 x @ W^T (OpenBLAS) of the
            same matrix. Each matrix is one of enough copies to overflow the caches, as in a decode step.
+  groups   the Q8-activation GEMM per column by width K (512 ... 768: last groups of 8, 1, 2, 4 blocks),
+           its weights in cache, at each --rows: what a group of blocks and a short last one cost.
   steps    SmolLM2-135M-Instruct (--target: its converted float32 folder; else loaded from --gguf by
            transformers, slowly): one cached forward over 1 and gamma+1 tokens after a --context prefill,
            per path: float32 NumPy (impl numpy), int8 (quantize int8, lean), q8_0 and gguf (the kernels),
@@ -57,7 +59,7 @@ from specdec.engine.runner import ModelRunner  # noqa: E402
 from specdec.data.prompts import builtin  # noqa: E402
 from specdec.models import load_pair, load_tokenizer  # noqa: E402
 
-SECTIONS = ("kernels", "steps", "bundled", "exactness")
+SECTIONS = ("kernels", "groups", "steps", "bundled", "exactness")
 PATHS = ("fp32", "int8", "q8_0", "gguf", "q8_0-q8a", "gguf-q8a")
 # SmolLM2-135M: hidden 576, 9 + 3 + 3 heads of 64, intermediate 1536, vocab 49152
 SHAPES = [("qkv", "q4_1", 960, 576), ("o", "q4_1", 576, 576), ("gate_up", "q4_1", 3072, 576),
@@ -197,6 +199,38 @@ def kernel_rows(cfg: QGemmBenchConfig, bandwidth: float) -> list[dict]:
                   f"q8a {1e3 * med['a']:8.3f} ms  fp32 {1e3 * med['f']:8.3f} ms", flush=True)
     return rows
 
+
+# widths (K) whose last group of 8 blocks is full (512, 768) or holds 1, 2 or 4 blocks (SmolLM2's 576)
+GROUP_WIDTHS = (512, 544, 576, 640, 768)
+
+
+def group_rows(cfg: QGemmBenchConfig) -> list[dict]:
+    """The Q8-activation GEMM's cost per column by width, its weights in cache (one packed 1024-column
+    matrix): what a group of 8 blocks and a short last group cost at each row count, apart from memory."""
+    rng = np.random.default_rng(0)
+    rows, N, calls = [], 1024, 100
+    for kind in ("q4_1", "q8_0"):
+        for K in GROUP_WIDTHS:
+            m = qkernels.pack_q8a(qkernels.QMatrix(kind, _random_blocks(kind, N, K, rng), K))
+            jobs = {}
+            for M in cfg.row_list:
+                x, out = rng.standard_normal((M, K)).astype(np.float32), np.empty((M, N), np.float32)
+
+                def run_a(x=x, out=out):
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        qkernels.matmul(x, m, out=out, act="q8")
+                    return (time.perf_counter() - t0) / calls
+                jobs[M] = run_a
+            for M, (med, low) in interleaved(jobs, cfg.iters, warmup=1).items():
+                rows.append({"kind": kind, "K": K, "blocks": K // 32, "rows": M, "ns_col": 1e9 * med / N,
+                             "ns_col_min": 1e9 * low / N})
+                print(f"  {kind} K={K:<4d} M={M:<2d} {1e9 * med / N:7.1f} ns per column", flush=True)
+    return rows
+
+
+GROUP_COLUMNS = [("kind", "kind", 5, "s"), ("K", "K", 5, "d"), ("blocks", "blocks", 6, "d"), ("rows", "M", 3, "d"),
+                 ("ns_col", "ns/col", 8, ".1f"), ("ns_col_min", "min", 8, ".1f")]
 
 KERNEL_COLUMNS = [("shape", "shape", 18, "s"), ("kind", "kind", 5, "s"), ("rows", "M", 3, "d"),
                   ("ms", "ms", 8, ".3f"), ("ms_min", "min ms", 8, ".3f"), ("MB", "MB", 6, ".2f"), ("GBps", "GB/s", 6, ".1f"),
@@ -392,9 +426,11 @@ def run(cfg: QGemmBenchConfig) -> dict:
     bandwidth = read_bandwidth()
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s; kernels: {qkernels.library().qgemm_simd()} lanes", flush=True)
     result = {"env": environment("cpu"), "config": to_dict(cfg), "read_bandwidth_GBps": bandwidth / 1e9,
-              "kernels": [], "steps": [], "exactness": []}
+              "kernels": [], "groups": [], "steps": [], "exactness": []}
     if "kernels" in cfg.section_list:
         result["kernels"] = kernel_rows(cfg, bandwidth)
+    if "groups" in cfg.section_list:
+        result["groups"] = group_rows(cfg)
     models, smollm2 = {}, None
     if "bundled" in cfg.section_list:
         models.update(bundled_models(cfg))
@@ -423,6 +459,8 @@ def main(argv=None) -> int:
           f"read bandwidth {result['read_bandwidth_GBps']:.1f} GB/s")
     if result["kernels"]:
         print(format_table(result["kernels"], KERNEL_COLUMNS))
+    if result["groups"]:
+        print(format_table(result["groups"], GROUP_COLUMNS))
     if result["steps"]:
         print(format_table(result["steps"], STEP_COLUMNS))
     if result["exactness"]:

@@ -516,8 +516,9 @@ def test_qgemm_bench_runs_and_reports_against_the_bandwidth(tmp_path, monkeypatc
     from conftest import bench_script
     m = bench_script("qgemm_bench", monkeypatch)
     monkeypatch.setattr(m, "SHAPES", [("o", "q4_1", 40, 96), ("head", "q8_0", 70, 64)])
+    monkeypatch.setattr(m, "GROUP_WIDTHS", (64, 288))
     out = tmp_path / "q.json"
-    assert m.main(["--sections", "kernels,bundled,exactness", "--rows", "1,3", "--iters", "1", "--stream-mb", "1",
+    assert m.main(["--sections", "kernels,groups,bundled,exactness", "--rows", "1,3", "--iters", "1", "--stream-mb", "1",
                    "--context", "8", "--gamma", "1", "--exact-prompts", "1", "--exact-tokens", "4",
                    "--out", str(out)]) == 0
     d = json.loads(out.read_text())
@@ -525,6 +526,9 @@ def test_qgemm_bench_runs_and_reports_against_the_bandwidth(tmp_path, monkeypatc
     assert [(r["shape"], r["rows"]) for r in d["kernels"]] == [("o 40x96", 1), ("o 40x96", 3),
                                                               ("head 70x64", 1), ("head 70x64", 3)]
     assert all(r["ms"] > 0 and r["GBps"] > 0 and r["fp32_ms"] > 0 and r["q8a_ms"] > 0 for r in d["kernels"])
+    assert [(r["kind"], r["K"], r["rows"]) for r in d["groups"]] == [
+        (k, K, M) for k in ("q4_1", "q8_0") for K in (64, 288) for M in (1, 3)]
+    assert all(r["ns_col"] > 0 for r in d["groups"])
     paths = {(r["model"], r["path"], r["impl"]) for r in d["steps"]}
     assert {("bundled-target", "q8_0", "QuantLeanForward"), ("bundled-target", "int8", "LeanForward"),
             ("bundled-draft", "fp32", "NumpyLeanForward"), ("bundled-target", "q8_0-q8a", "QuantLeanForward")} <= paths
