@@ -18,6 +18,8 @@ then categories that no draft trained on this data saw.
 Work is split into units of --batch user turns; unit i is a pure function of (--seed, i), is written
 atomically as `unit_NNNNN.pt` (specdec.distill.samples' shard format) and is skipped when it is already
 there, so the job can be killed at any time (kill -9 included) and restarted with the same command.
+A folder holds one recipe: its settings.json is checked on every start, and only --units,
+--first-unit and --threads may differ (anything else is refused in one line, exit 2).
 """
 from __future__ import annotations
 
@@ -262,7 +264,7 @@ def settings_problem(path: Path, settings: dict, defaults: dict) -> str | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--target", required=True, help="SmolLM2-135M-Instruct as a transformers folder")
+    ap.add_argument("--target", required=True, help="SmolLM2-135M-Instruct: a transformers folder or its .gguf file")
     ap.add_argument("--out", required=True, help="folder of the units (created; reused to resume)")
     ap.add_argument("--units", type=int, default=60)
     ap.add_argument("--first-unit", type=int, default=0)
