@@ -457,6 +457,19 @@ static void q8a_transpose_rows(const int8_t *qx, const float *dx, const float *s
         }
 }
 
+/* the r < 8 fp16 scales that end at `end`, in the low lanes of a vector, zeros above: one 16-byte load
+ * that ends there (at least 16 bytes of the group's weights lie before the scales) and a byte shuffle.
+ * A copy through a stack array cost a store-forwarding stall, or for r unknown at compile time a call
+ * to memcpy that spilled every vector register: a last group of 1-4 blocks cost more than a full one
+ * (bench/RESULTS.md, "Where in the tile"). */
+static inline __attribute__((always_inline)) __m128i load_halves(const uint8_t *end, int r) {
+    const __m128i lane = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m128i from = _mm_add_epi8(lane, _mm_set1_epi8((char)(16 - 2 * r)));        /* byte i + 16 - 2r */
+    const __m128i drop = _mm_andnot_si128(_mm_cmplt_epi8(lane, _mm_set1_epi8((char)(2 * r))),
+                                          _mm_set1_epi8((char)0x80));                       /* i >= 2r: zero */
+    return _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(end - 16)), _mm_or_si128(from, drop));
+}
+
 /* one group of a packed column, r blocks (r <= 8): into w, the vectors one row's dot products take,
  * and into dw / mw lane l block l's scale / minimum (zero for l >= r). Returns how many vectors:
  * 8 (w[t] lane l = bytes 4t..4t+3 of block l; Q4_1: its nibbles as bytes; lanes >= r zero), or r for
@@ -508,11 +521,8 @@ static inline __attribute__((always_inline)) int load_group(int kind, const uint
                 for (int t = 0; t < 8; t++) w[t] = _mm256_maskload_epi32((const int *)(p + 4 * r * t), mask);
             }
         }
-        uint16_t d16[8] = {0, 0, 0, 0, 0, 0, 0, 0}, m16[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        memcpy(d16, p + qbytes, 2 * r);
-        if (kind == KIND_Q4_1) memcpy(m16, p + qbytes + 2 * r, 2 * r);
-        dh = _mm_loadu_si128((const __m128i *)d16);
-        mh = _mm_loadu_si128((const __m128i *)m16);
+        dh = load_halves(p + qbytes + 2 * r, r);
+        if (kind == KIND_Q4_1) mh = load_halves(p + qbytes + 4 * r, r);
     }
     *dw = _mm256_cvtph_ps(dh);
     *mw = kind == KIND_Q4_1 ? _mm256_cvtph_ps(mh) : _mm256_setzero_ps();
