@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..common.cachedir import cache_root
 from ..common.files import write_json_atomic
 from ..engine.headmap import CONFIG_KEY, check_ids
 
@@ -165,20 +166,13 @@ def packed_key(packed, embed: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def default_cache_root() -> Path:
-    """$SPECDEC_CACHE_DIR, else $XDG_CACHE_HOME/specdec, else ~/.cache/specdec."""
-    if os.environ.get("SPECDEC_CACHE_DIR"):
-        return Path(os.environ["SPECDEC_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "specdec"
-
-
-def resolve_packed(draft, target_dir, cache_root=None) -> Path:
+def resolve_packed(draft, target_dir) -> Path:
     """A draft folder ready to load: `draft` itself, or, for a packed draft, its materialised folder in
     the cache (built on first use, keyed by the packed files and the target's embedding)."""
     if not is_packed(draft):
         return Path(draft)
     embed = target_embedding(target_dir)
-    out = Path(cache_root or default_cache_root()) / "drafts" / packed_key(draft, embed)
+    out = cache_root() / "drafts" / packed_key(draft, embed)
     if not (out / "model.safetensors").is_file():
         materialize(draft, target_dir, out, embed)
     return out
