@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specdec.data.corpus import read_source, split_files  # noqa: E402
+from specdec.common.config import differences  # noqa: E402
 from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.distill.samples import Generation, generate, write_shard  # noqa: E402
 from specdec.engine.quant import QUANTIZE  # noqa: E402
@@ -253,13 +254,10 @@ def settings_problem(path: Path, settings: dict, defaults: dict) -> str | None:
         return None
     old = json.loads(path.read_text(encoding="utf-8"))
     old = {**{k: v for k, v in defaults.items() if k not in old and k in settings}, **old}
-    changed = [k for k in sorted(set(old) | set(settings)) if k not in RESUMABLE and k != "out"
-               and old.get(k) != settings.get(k)]
-    if not changed:
+    diff = differences(old, settings, ignore=RESUMABLE + ("out",))
+    if not diff:
         return None
-    k = changed[0]
-    return (f"{path.parent} holds units written with other settings (--{k.replace('_', '-')} {old.get(k)!r}, "
-            f"now {settings.get(k)!r}{' and more' if len(changed) > 1 else ''}): write to another --out")
+    return f"{path.parent} holds units written with other settings ({'; '.join(diff)}): write to another --out"
 
 
 def main(argv=None) -> int:

@@ -86,4 +86,4 @@ def test_a_data_folder_from_before_an_option_resumes_at_its_default(tmp_path, mo
                                  {"quantize": "none"}) is None
     problem = data.settings_problem(settings, {"target": "t", "batch": 96, "units": 60, "quantize": "gguf-q8a"},
                                     {"quantize": "none"})
-    assert "--quantize 'none', now 'gguf-q8a'" in problem
+    assert "(--quantize: 'none' -> 'gguf-q8a'): write to another --out" in problem
