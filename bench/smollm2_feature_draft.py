@@ -54,40 +54,41 @@ class Shape:
     kv_heads: int
     head_dim: int
     eps: float
-    theta: float
+    rope_scaling: float      # the target's attention_scaling (1 for default RoPE)
 
     @classmethod
-    def of(cls, config) -> "Shape":
-        rope = getattr(config, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    def of(cls, target) -> "Shape":
+        config = target.config
         hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(config.hidden_size, config.num_attention_heads, config.num_key_value_heads, hd,
-                   float(config.rms_norm_eps), float(theta))
+                   float(config.rms_norm_eps), float(getattr(target.model.rotary_emb, "attention_scaling", 1.0)))
 
 
 def rms(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def rope(x, pos, theta):
-    """x [n, heads, D] at positions pos [n]: the rotate-half RoPE of Llama."""
+def rope(x, pos, inv_freq, scaling):
+    """x [n, heads, D] at positions pos [n]: the rotate-half RoPE of Llama, with the target's own
+    frequencies (its rotary_emb.inv_freq [D/2] and attention_scaling: any static RoPE type transformers builds)."""
     D = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D)
-    ang = pos[:, None].float() * inv[None]                                      # [n, D/2]
-    cos, sin = torch.cat([ang.cos()] * 2, -1)[:, None], torch.cat([ang.sin()] * 2, -1)[:, None]
+    ang = pos[:, None].float() * inv_freq[None]                                 # [n, D/2]
+    cos = torch.cat([ang.cos()] * 2, -1)[:, None] * scaling
+    sin = torch.cat([ang.sin()] * 2, -1)[:, None] * scaling
     return x * cos + torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1) * sin
 
 
 class FeatureDraft(torch.nn.Module):
-    def __init__(self, state: dict, shape: Shape, layer: int, head_ids):
+    def __init__(self, target, layer: int, head_ids):
         super().__init__()
-        self.shape = shape
+        state, self.shape = target.state_dict(), Shape.of(target)
+        self.register_buffer("inv_freq", target.model.rotary_emb.inv_freq.detach().float().clone(), persistent=False)
         p = f"model.layers.{layer}."
         param = lambda k: torch.nn.Parameter(state[p + k].detach().float().clone())   # noqa: E731
         self.ln1, self.ln2 = param("input_layernorm.weight"), param("post_attention_layernorm.weight")
         self.wq, self.wk, self.wv, self.wo = (param(f"self_attn.{n}_proj.weight") for n in "qkvo")
         self.gate, self.up, self.down = (param(f"mlp.{n}_proj.weight") for n in ("gate", "up", "down"))
-        H = shape.hidden
+        H = self.shape.hidden
         self.fc = torch.nn.Parameter(torch.cat([torch.eye(H), torch.eye(H)], 1))     # [H, 2H]: x = e + f
         self.norm = torch.nn.Parameter(state["model.norm.weight"].detach().float().clone())
         self.register_buffer("emb", state["model.embed_tokens.weight"].detach().float(), persistent=False)
@@ -104,8 +105,9 @@ class FeatureDraft(torch.nn.Module):
         s = self.shape
         h = rms(x, self.ln1, s.eps)
         rep = s.heads // s.kv_heads
-        q = rope((h @ self.wq.T).view(-1, s.heads, s.head_dim), pos, s.theta)
-        k = rope((h @ self.wk.T).view(-1, s.kv_heads, s.head_dim), pos, s.theta).repeat_interleave(rep, 1)
+        q = rope((h @ self.wq.T).view(-1, s.heads, s.head_dim), pos, self.inv_freq, s.rope_scaling)
+        k = rope((h @ self.wk.T).view(-1, s.kv_heads, s.head_dim), pos, self.inv_freq,
+                 s.rope_scaling).repeat_interleave(rep, 1)
         v = (h @ self.wv.T).view(-1, s.kv_heads, s.head_dim).repeat_interleave(rep, 1)
         return q, k, v                                                               # [n, heads, D]
 
@@ -283,7 +285,7 @@ def train(args) -> int:
     rows, val = load_rows(args.features, [n for n in names if n != args.val]), load_rows(args.features, [args.val])
     target = load_model(args.target)
     args.layer %= target.config.num_hidden_layers   # -1: the last
-    draft = FeatureDraft(target.state_dict(), Shape.of(target.config), args.layer, emitted_ids(rows, args.head))
+    draft = FeatureDraft(target, args.layer, emitted_ids(rows, args.head))
     del target
     log = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ"), "args": vars(args),
            "train_rows": len(rows), "train_tokens": sum(len(r[0]) for r in rows), "evals": []}

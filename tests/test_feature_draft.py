@@ -12,7 +12,7 @@ from specdec.distill.samples import generate, write_shard
 
 def _draft(mod, seed=0):
     target = tiny_llama(vocab_size=96, hidden_size=32, num_layers=2, heads=4, kv_heads=2, seed=seed)
-    draft = mod.FeatureDraft(target.state_dict(), mod.Shape.of(target.config), 1, list(range(0, 96, 3)))
+    draft = mod.FeatureDraft(target, 1, list(range(0, 96, 3)))
     with torch.no_grad():
         draft.fc.normal_(0.0, 0.3)
     return draft
