@@ -277,6 +277,10 @@ int qgemm_portable(int kind, const float *x, int64_t ldx, const uint8_t *w, int6
  * ==================================================================================================== */
 
 #define Q8A_GROUP 8                                  /* blocks per group: one per float lane */
+/* xt's alignment in the scratch: the tile reads each row's slot as 32-byte vectors, and where the slots
+ * straddled cache lines (K = 576: xt began 16 bytes past a line) every other load paid for two lines,
+ * +18 % on a 5-row column (bench/RESULTS.md, "Rows side by side") */
+#define Q8A_ALIGN 64
 static int64_t q8a_groups(int64_t K) { return (K / QK + Q8A_GROUP - 1) / Q8A_GROUP; }
 
 /* The layout the integer-dot GEMM reads its weights in (q8a_pack writes it once, at load; the same bytes
@@ -344,10 +348,11 @@ int q8a_pack(int kind, const uint8_t *src, int64_t lds, uint8_t *dst, int64_t ld
 
 /* bytes of scratch qgemm_q8a needs for M rows of width K: qx [M, K] int8 and dx, sx [M, K/32] fp32 (as
  * quantize_rows_q8 writes them), then the vector path's transposed copy: xt [M, G, 8, 32] bytes and
- * dxp, sxp [M, 8 G] fp32 and xb [M, 8 G] int32, zeros past the last block (G = K/32 / 8 rounded up) */
+ * dxp, sxp [M, 8 G] fp32 and xb [M, 8 G] int32, zeros past the last block (G = K/32 / 8 rounded up),
+ * xt starting on the first 64-byte boundary after sx (Q8A_ALIGN bytes of slack) */
 int64_t q8a_scratch_bytes(int64_t M, int64_t K) {
     const int64_t nb = K / QK, G = q8a_groups(K);
-    return M * K + 2 * M * nb * (int64_t)sizeof(float) + M * G * 8 * QK + 3 * M * G * 8 * (int64_t)sizeof(float);
+    return M * K + 2 * M * nb * (int64_t)sizeof(float) + Q8A_ALIGN + M * G * 8 * QK + 3 * M * G * 8 * (int64_t)sizeof(float);
 }
 
 /* x [M, K] -> qx [M, K] int8, dx, sx [M, K/32] (each row and block alone; one code for both paths) */
@@ -579,6 +584,22 @@ static inline __attribute__((always_inline)) __m256i row_dots(int kind, const __
     return _mm256_add_epi32(s0, s1);
 }
 
+/* one byte dot product of the group's operand aw (w: its signed weights) and the row's vector x, added
+ * to s lane by lane (integers: exact in any order) */
+static inline __attribute__((always_inline)) __m256i dot_add(int kind, __m256i s, __m256i w, __m256i aw, __m256i x) {
+#if Q8A_VNNI
+    (void)w;
+    (void)kind;
+    return _mm256_dpbusd_epi32(s, aw, x);
+#else
+    if (kind == KIND_Q8_0) x = _mm256_sign_epi8(x, w);                                    /* x * sign(w) */
+    return _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(aw, x), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* independent sums per row: enough that the tile's MT * CHAINS(MT) chains cover vpdpbusd's latency at
+ * its throughput (4 cycles x 2 per cycle on Zen 4: 8 in flight) */
+#define CHAINS(MT) ((MT) == 1 ? 8 : (MT) == 2 ? 4 : (MT) <= 5 ? 2 : 1)
 /* a dense last group's lane sums: lane l < r = sum of lanes j = l mod r, lanes >= r zero (r = 1, 2, 4) */
 static inline __m256i fold_lanes(__m256i s, int r) {
     s = _mm256_add_epi32(s, _mm256_permute2x128_si256(s, s, 0x01));
@@ -601,16 +622,35 @@ static inline __attribute__((always_inline)) __m256 scale_add(int kind, __m256i 
     return acc;
 }
 
-/* one group (r blocks) of one column for the MT rows of the tile */
+/* one group (r blocks) of one column for the MT rows of the tile. The vector u of every row before
+ * vector u + 1 of any: consecutive dot products then feed different sums, so the out-of-order window
+ * need not hold a row's whole chain to keep the integer units busy (row by row, 5 rows ran at half of
+ * vpdpbusd's throughput: bench/RESULTS.md, "Rows side by side"). */
 static inline __attribute__((always_inline)) void group_q8a(int kind, const uint8_t *p, const int r,
                                                             const Q8aRows *x, int64_t g, const int MT, __m256 *acc) {
     __m256i w[8], aw[8];
     __m256 dw, mw;
-    const int nv = load_group(kind, p, r, w, &dw, &mw);
+    const int nv = load_group(kind, p, r, w, &dw, &mw), C = CHAINS(MT);
     unsigned_operands(kind, w, nv, aw);
+    __m256i s[8][8];                                  /* [row][chain]: MT x C used */
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++) s[i][c] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int u = 0; u < nv; u++)
+#pragma GCC unroll 8
+        for (int i = 0; i < MT; i++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->xt + (i * x->G + g) * 8 * 32 + 32 * u));
+            s[i][u % C] = dot_add(kind, s[i][u % C], w[u], aw[u], xv);
+        }
 #pragma GCC unroll 8
     for (int i = 0; i < MT; i++) {
-        __m256i is = row_dots(kind, w, aw, nv, x->xt + (i * x->G + g) * 8 * 32, MT <= 2 ? 4 : 2);
+#pragma GCC unroll 8
+        for (int h = C / 2; h >= 1; h /= 2)           /* a tree: C is 1, 2, 4 or 8 */
+#pragma GCC unroll 8
+            for (int c = 0; c < h; c++) s[i][c] = _mm256_add_epi32(s[i][c], s[i][c + h]);
+        __m256i is = s[i][0];
         if (nv < 8) is = fold_lanes(is, r);
         acc[i] = scale_add(kind, is, dw, mw, x, (i * x->G + g) * Q8A_GROUP, acc[i]);
     }
@@ -625,11 +665,20 @@ static inline __attribute__((always_inline)) void prefetch_row(const uint8_t *co
     }
 }
 
-static inline __attribute__((always_inline)) void last_group(int kind, const uint8_t *blk, int r, const Q8aRows *x,
-                                                             int64_t g, const int MT, __m256 *acc) {
-    if (r == 2) group_q8a(kind, blk, 2, x, g, MT, acc);             /* constants: unrolled */
-    else if (r == 4) group_q8a(kind, blk, 4, x, g, MT, acc);
-    else group_q8a(kind, blk, r, x, g, MT, acc);
+/* a last group of r < 8 blocks, its integer part: each row's block sums (lanes l < r, folded) and the
+ * group's scales. The tile computes it before the full groups and adds it after them (the order the
+ * header defines), so that its dependency chain (dots, lane fold) runs under the full groups' work
+ * instead of at the end of the column, where nothing else was left to overlap it. */
+static inline __attribute__((always_inline)) void last_sums(int kind, const uint8_t *p, const int r, const Q8aRows *x,
+                                                            int64_t g, const int MT, __m256i *is, __m256 *dw, __m256 *mw) {
+    __m256i w[8], aw[8];
+    const int nv = load_group(kind, p, r, w, dw, mw);
+    unsigned_operands(kind, w, nv, aw);
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++) {
+        is[i] = row_dots(kind, w, aw, nv, x->xt + (i * x->G + g) * 8 * 32, MT <= 2 ? 4 : 2);
+        if (nv < 8) is[i] = fold_lanes(is[i], r);
+    }
 }
 
 static inline __attribute__((always_inline)) void store_rows(const __m256 *acc, float *y, int64_t ldy, const int MT,
@@ -641,27 +690,48 @@ static inline __attribute__((always_inline)) void store_rows(const __m256 *acc, 
     }
 }
 
-/* MT rows x one column over all of K: the full groups, then the last */
+/* MT rows x one column over all of K: the full groups, then the last group of RT blocks (RT = 0: none;
+ * RT < 0: nb mod 8 blocks, not known when compiled). Its sums are taken first (last_sums). */
 static inline __attribute__((always_inline)) void tile_q8a(
         int kind, const Q8aRows *x, int64_t nb, const uint8_t *w, int64_t ldw, float *y, int64_t ldy,
-        const int MT, int accumulate) {
+        const int MT, int accumulate, const int RT) {
     const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES, full = nb / Q8A_GROUP;
     __m256 acc[8];                                    /* MT <= 8 (every instance is compiled; R picks) */
+    __m256i last[8];
+    __m256 dw = _mm256_setzero_ps(), mw = _mm256_setzero_ps();
 #pragma GCC unroll 8
     for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();
     prefetch_row(w, ldw);
-    for (int64_t g = 0; g < x->G; g++) {
-        const uint8_t *blk = w + g * Q8A_GROUP * bs;
-        if (g < full) group_q8a(kind, blk, Q8A_GROUP, x, g, MT, acc);
-        else last_group(kind, blk, (int)(nb - full * Q8A_GROUP), x, g, MT, acc);
+    if (RT) last_sums(kind, w + full * Q8A_GROUP * bs, RT > 0 ? RT : (int)(nb - full * Q8A_GROUP), x, full, MT, last,
+                      &dw, &mw);
+    for (int64_t g = 0; g < full; g++) group_q8a(kind, w + g * Q8A_GROUP * bs, Q8A_GROUP, x, g, MT, acc);
+    if (RT) {
+#pragma GCC unroll 8
+        for (int i = 0; i < MT; i++) acc[i] = scale_add(kind, last[i], dw, mw, x, (i * x->G + full) * Q8A_GROUP, acc[i]);
     }
     store_rows(acc, y, ldy, MT, accumulate);
 }
 
+/* the columns n0 .. n1 - 1 for MT rows, one instance per last-group size that SmolLM2-like widths have
+ * (none: K = 256 k; 2 blocks: 576; 4: 640) so that the column loop holds no branch on it and the last
+ * group's loops unroll, and one for any other size. A 1-row column at K = 576 took 1.23x as long when
+ * the last group's size was read per column. */
+#define COLUMNS_RT(KIND, MT, NAME, RT)                                                                 \
+    static void q8a_columns_##KIND##_##MT##_##NAME(const Q8aRows *x, int64_t nb, const uint8_t *w,        \
+                                                   int64_t ldw, float *y, int64_t ldy, int64_t n0,        \
+                                                   int64_t n1, int accumulate) {                          \
+        for (int64_t n = n0; n < n1; n++) tile_q8a(KIND, x, nb, w + n * ldw, ldw, y + n, ldy, MT, accumulate, RT); \
+    }
 #define COLUMNS_Q8A(KIND, MT)                                                                          \
+    COLUMNS_RT(KIND, MT, r0, 0) COLUMNS_RT(KIND, MT, r2, 2) COLUMNS_RT(KIND, MT, r4, 4) COLUMNS_RT(KIND, MT, rn, -1) \
     static void q8a_columns_##KIND##_##MT(const Q8aRows *x, int64_t nb, const uint8_t *w, int64_t ldw,    \
                                           float *y, int64_t ldy, int64_t n0, int64_t n1, int accumulate) { \
-        for (int64_t n = n0; n < n1; n++) tile_q8a(KIND, x, nb, w + n * ldw, ldw, y + n, ldy, MT, accumulate); \
+        switch (nb % Q8A_GROUP) {                                                                     \
+        case 0: q8a_columns_##KIND##_##MT##_r0(x, nb, w, ldw, y, ldy, n0, n1, accumulate); break;       \
+        case 2: q8a_columns_##KIND##_##MT##_r2(x, nb, w, ldw, y, ldy, n0, n1, accumulate); break;       \
+        case 4: q8a_columns_##KIND##_##MT##_r4(x, nb, w, ldw, y, ldy, n0, n1, accumulate); break;       \
+        default: q8a_columns_##KIND##_##MT##_rn(x, nb, w, ldw, y, ldy, n0, n1, accumulate);             \
+        }                                                                                             \
     }
 #define ALL_TILES_Q8A(KIND) COLUMNS_Q8A(KIND, 1) COLUMNS_Q8A(KIND, 2) COLUMNS_Q8A(KIND, 3) COLUMNS_Q8A(KIND, 4) \
                             COLUMNS_Q8A(KIND, 5) COLUMNS_Q8A(KIND, 6) COLUMNS_Q8A(KIND, 7) COLUMNS_Q8A(KIND, 8)
@@ -705,7 +775,7 @@ static int q8a_entry(int portable, int kind, const float *x, int64_t ldx, const 
 #if QGEMM_AVX2
     if (!portable) {
         const int64_t G = q8a_groups(K);
-        uint8_t *xt = (uint8_t *)(sx + M * nb);
+        uint8_t *xt = (uint8_t *)(((uintptr_t)(sx + M * nb) + Q8A_ALIGN - 1) & ~(uintptr_t)(Q8A_ALIGN - 1));
         float *dxp = (float *)(xt + M * G * 8 * QK), *sxp = dxp + M * G * Q8A_GROUP;
         int32_t *xb = (int32_t *)(sxp + M * G * Q8A_GROUP);
         q8a_transpose_rows(qx, dx, sx, M, K, xt, dxp, sxp, xb);
