@@ -294,6 +294,25 @@ def test_q8_0_model_runs_on_the_kernels_and_equals_its_float_weights(q8_pair):
     assert torch.equal(torch.from_numpy(w), target.model.layers[0].mlp.down_proj.weight)
 
 
+@pytest.mark.parametrize("hidden,heads,kv_heads", [(192, 3, 1), (256, 2, 1)])
+def test_the_kernels_attention_on_wider_heads_and_groups(hidden, heads, kv_heads):
+    """The C attention takes 3 queries of a KV head at a time and at most 64 outputs of a head at a time:
+    3 query heads per KV head (whole tiles), and heads of 128 (two output blocks), against the float32
+    path's own attention, and row by row as in any batch."""
+    target = quantize_model(tiny_llama(seed=5, hidden_size=hidden, heads=heads, kv_heads=kv_heads, num_layers=1),
+                            "q8_0")
+    floats = copy.deepcopy(target)
+    object.__delattr__(floats, "_specdec_qweights")
+    ids = torch.randint(3, 64, (2, 19), generator=torch.Generator().manual_seed(1))
+    valid, pos = torch.ones_like(ids, dtype=torch.bool), torch.arange(19).expand(2, -1)
+    runner = ModelRunner(target, 2, 32, impl="numpy")
+    assert isinstance(runner._lean, lean_numpy.QuantLeanForward)
+    a = runner.forward(ids, pos, valid)
+    b = ModelRunner(floats, 2, 32, impl="numpy").forward(ids, pos, valid)
+    assert (a - b).abs().max() < 1e-4 * b.abs().max()
+    assert_rows_independent(target, "numpy", torch.float32)
+
+
 @pytest.mark.parametrize("pair_fixture", ["q8_pair", "q8a_pair"])
 def test_rows_logits_do_not_depend_on_the_batch_padding_holes_or_tokens_per_forward(pair_fixture, request):
     """A row's logits are bitwise the same alone, left-padded in a ragged batch, and scored 1, 2 or 4

@@ -917,6 +917,70 @@ int rmsnorm_rows(const float *x, int64_t ldx, const float *g, float eps, float *
     return 0;
 }
 
+/* the scores of NQ queries (i0 ..) against 8 columns of K: each K vector loaded once for the NQ queries
+ * (the queries of a KV head share its K: G heads x S tokens), the same products and sums in the same
+ * order per lane as one query at a time */
+static inline __attribute__((always_inline)) void scores_8(const float *qs, int64_t ldq, int64_t G, int64_t i0,
+        const int NQ, const float *Kc, int64_t D, const int DV, const float *mask, int64_t L, int64_t c,
+        float scale, float *P) {
+    v8f acc[3][8];
+    const float *q[3];
+    for (int a = 0; a < NQ; a++) {
+        q[a] = qs + ((i0 + a) / G) * ldq + ((i0 + a) % G) * D;
+        for (int j = 0; j < 8; j++) acc[a][j] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
+    }
+    for (int t = 0; t < DV; t++) {
+        v8f qv[3];
+        for (int a = 0; a < NQ; a++) qv[a] = load8(q[a] + 8 * t);
+        for (int j = 0; j < 8; j++) {
+            const v8f kv = load8(Kc + j * D + 8 * t);
+            for (int a = 0; a < NQ; a++) acc[a][j] += qv[a] * kv;
+        }
+    }
+    for (int a = 0; a < NQ; a++) {
+        float *pr = P + (i0 + a) * L + c;
+        const float *mr = mask + ((i0 + a) / G) * L + c;
+#if QGEMM_AVX2
+        __m256 h[8];
+        for (int j = 0; j < 8; j++) h[j] = (__m256)acc[a][j];
+        _mm256_storeu_ps(pr, _mm256_add_ps(_mm256_mul_ps(hsum8x8(h), _mm256_set1_ps(scale)), _mm256_loadu_ps(mr)));
+#else
+        for (int j = 0; j < 8; j++) pr[j] = hsum_v8(acc[a][j]) * scale + mr[j];
+#endif
+    }
+}
+
+/* the outputs t0 .. t0 + TB vectors of NQ queries (i0 ..): sum over every column c in order of P[i, c] V[c]
+ * (each lane from zero, as one query at a time summed it), then / sums[i]. The sums stay in registers
+ * over all columns and each V vector is loaded once for the NQ queries. */
+static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_t L, int64_t i0, const int NQ,
+        const float *V, int64_t D, const int t0, const int TB, int64_t G, const float *sums, float *os,
+        int64_t ldo) {
+    v8f ov[3][8];
+    for (int a = 0; a < NQ; a++)
+        for (int t = 0; t < TB; t++) ov[a][t] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t c = 0; c < L; c++) {
+        v8f pv[3];
+        for (int a = 0; a < NQ; a++) {
+            const float pc = P[(i0 + a) * L + c];
+            pv[a] = (v8f){pc, pc, pc, pc, pc, pc, pc, pc};
+        }
+        for (int t = 0; t < TB; t++) {
+            const v8f vv = load8(V + c * D + 8 * (t0 + t));
+            for (int a = 0; a < NQ; a++) ov[a][t] += pv[a] * vv;
+        }
+    }
+    for (int a = 0; a < NQ; a++) {
+        float *o = os + ((i0 + a) / G) * ldo + ((i0 + a) % G) * D + 8 * t0;
+        const float s = sums[i0 + a];
+        const v8f sv = {s, s, s, s, s, s, s, s};
+        for (int t = 0; t < TB; t++) {
+            const v8f r = ov[a][t] / sv;
+            memcpy(o + 8 * t, &r, sizeof(v8f));
+        }
+    }
+}
+
 /* Attention of the Q = G * S queries that share one KV head (G query heads x S tokens of one row)
  * against its columns [0, L): softmax(q K^T * scale + mask) V for each query.
  * Order, the same for every query whatever Q, L or the layout: a score is the 8-lane dot product of
@@ -936,25 +1000,11 @@ static inline __attribute__((always_inline)) void attend_group(
         const int DV, const float *mask, float scale, float *P, float *sums, float *os, int64_t ldo) {
     const int64_t D = 8 * DV, Q = G * S;
     int64_t c = 0;
-    for (; c + 8 <= L; c += 8)                    /* scores, 8 columns at a time */
-        for (int64_t i = 0; i < Q; i++) {
-            const float *q = qs + (i / G) * ldq + (i % G) * D;
-            v8f acc[8];
-            for (int j = 0; j < 8; j++) {
-                acc[j] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
-                for (int t = 0; t < DV; t++) acc[j] += load8(q + 8 * t) * load8(K + (c + j) * D + 8 * t);
-            }
-            float *pr = P + i * L + c;
-            const float *mr = mask + (i / G) * L + c;
-#if QGEMM_AVX2
-            __m256 a[8];
-            for (int j = 0; j < 8; j++) a[j] = (__m256)acc[j];
-            _mm256_storeu_ps(pr, _mm256_add_ps(_mm256_mul_ps(hsum8x8(a), _mm256_set1_ps(scale)),
-                                               _mm256_loadu_ps(mr)));
-#else
-            for (int j = 0; j < 8; j++) pr[j] = hsum_v8(acc[j]) * scale + mr[j];
-#endif
-        }
+    for (; c + 8 <= L; c += 8) {                  /* scores, 8 columns at a time, 3 queries at a time */
+        int64_t i = 0;
+        for (; i + 3 <= Q; i += 3) scores_8(qs, ldq, G, i, 3, K + c * D, D, DV, mask, L, c, scale, P);
+        for (; i < Q; i++) scores_8(qs, ldq, G, i, 1, K + c * D, D, DV, mask, L, c, scale, P);
+    }
     for (; c < L; c++)
         for (int64_t i = 0; i < Q; i++) {
             const float *q = qs + (i / G) * ldq + (i % G) * D;
@@ -988,24 +1038,12 @@ static inline __attribute__((always_inline)) void attend_group(
             s8[c % 8] += e;
         }
         sums[i] = hsum8_scalar(s8);
-        for (int64_t l = 0; l < D; l++) os[(i / G) * ldo + (i % G) * D + l] = 0.0f;
     }
-    for (c = 0; c < L; c += 8) {                  /* P V, 8 columns at a time, every query per chunk */
-        const int64_t n = L - c < 8 ? L - c : 8;
-        for (int64_t i = 0; i < Q; i++) {
-            float *o = os + (i / G) * ldo + (i % G) * D;
-            v8f ov[DV];
-            for (int t = 0; t < DV; t++) ov[t] = load8(o + 8 * t);
-            for (int64_t j = 0; j < n; j++) {
-                const float pc = P[i * L + c + j];
-                const v8f pv = {pc, pc, pc, pc, pc, pc, pc, pc};
-                for (int t = 0; t < DV; t++) ov[t] += pv * load8(V + (c + j) * D + 8 * t);
-            }
-            for (int t = 0; t < DV; t++) memcpy(o + 8 * t, &ov[t], sizeof(v8f));
-        }
-    }
-    for (int64_t i = 0; i < Q; i++)
-        for (int64_t l = 0; l < D; l++) os[(i / G) * ldo + (i % G) * D + l] /= sums[i];
+    int64_t i = 0;                                /* P V, 3 queries and up to 64 outputs at a time */
+    for (; i + 3 <= Q; i += 3)
+        for (int t0 = 0; t0 < DV; t0 += 8) pv_tile(P, L, i, 3, V, D, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo);
+    for (; i < Q; i++)
+        for (int t0 = 0; t0 < DV; t0 += 8) pv_tile(P, L, i, 1, V, D, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo);
 }
 
 #define ATTEND_D(DV) static void attend_##DV(const float *qs, int64_t ldq, int64_t G, int64_t S,        \
