@@ -577,42 +577,6 @@ static inline __attribute__((always_inline)) void unsigned_operands(int kind, co
 #endif
 }
 
-/* sum_u of the byte dot products of aw[u] and the row's slot xr (vector u at xr + 32 u), lane by lane,
- * in `chains` chains (u mod chains) so that one vpdpbusd latency chain does not hold a one-column tile:
- * 4 for 1-2 rows (little else to overlap), 2 for more (their registers).
- * Integer sums: any order is exact. w: the signed weights (the AVX2 sign trick reads their signs). */
-static inline __attribute__((always_inline)) __m256i row_dots(int kind, const __m256i *w, const __m256i *aw,
-                                                              const int nv, const uint8_t *xr, const int chains) {
-    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-#if Q8A_VNNI
-    (void)w;
-    (void)kind;
-    __m256i s2 = _mm256_setzero_si256(), s3 = _mm256_setzero_si256();
-#pragma GCC unroll 8
-    for (int u = 0; u < nv; u++) {
-        const __m256i x = _mm256_loadu_si256((const __m256i *)(xr + 32 * u));
-        const int c = u % chains;
-        if (c == 0) s0 = _mm256_dpbusd_epi32(s0, aw[u], x);
-        else if (c == 1) s1 = _mm256_dpbusd_epi32(s1, aw[u], x);
-        else if (c == 2) s2 = _mm256_dpbusd_epi32(s2, aw[u], x);
-        else s3 = _mm256_dpbusd_epi32(s3, aw[u], x);
-    }
-    s0 = _mm256_add_epi32(s0, s2);
-    s1 = _mm256_add_epi32(s1, s3);
-#else
-    (void)chains;
-    const __m256i ones = _mm256_set1_epi16(1);
-#pragma GCC unroll 8
-    for (int u = 0; u < nv; u++) {
-        __m256i x = _mm256_loadu_si256((const __m256i *)(xr + 32 * u));
-        if (kind == KIND_Q8_0) x = _mm256_sign_epi8(x, w[u]);                            /* x * sign(w) */
-        const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[u], x), ones);
-        if (u % 2) s1 = _mm256_add_epi32(s1, d); else s0 = _mm256_add_epi32(s0, d);
-    }
-#endif
-    return _mm256_add_epi32(s0, s1);
-}
-
 /* one byte dot product of the group's operand aw (w: its signed weights) and the row's vector x, added
  * to s lane by lane (integers: exact in any order) */
 static inline __attribute__((always_inline)) __m256i dot_add(int kind, __m256i s, __m256i w, __m256i aw, __m256i x) {
@@ -653,8 +617,10 @@ static inline __attribute__((always_inline)) __m256 scale_add(int kind, __m256i 
 
 /* one group (r blocks) of one column for the MT rows of the tile. The vector u of every row before
  * vector u + 1 of any: consecutive dot products then feed different sums, so the out-of-order window
- * need not hold a row's whole chain to keep the integer units busy (row by row, 5 rows ran at half of
- * vpdpbusd's throughput: bench/RESULTS.md, "Rows side by side"). */
+ * need not hold a row's whole chain to keep the integer units busy. A 5-row group is bound by the two
+ * pipes that run vpdpbusd, FMA and multiply alike (Zen 4): 40 dot products + 5 x 3 scale operations,
+ * 27.5 cycles at best; it takes ~35 (row by row it took 0-7 % more: bench/RESULTS.md, "Rows side by
+ * side"). */
 static inline __attribute__((always_inline)) void group_q8a(int kind, const uint8_t *p, const int r,
                                                             const Q8aRows *x, int64_t g, const int MT, __m256 *acc) {
     __m256i w[8], aw[8];
@@ -694,22 +660,6 @@ static inline __attribute__((always_inline)) void prefetch_row(const uint8_t *co
     }
 }
 
-/* a last group of r < 8 blocks, its integer part: each row's block sums (lanes l < r, folded) and the
- * group's scales. The tile computes it before the full groups and adds it after them (the order the
- * header defines), so that its dependency chain (dots, lane fold) runs under the full groups' work
- * instead of at the end of the column, where nothing else was left to overlap it. */
-static inline __attribute__((always_inline)) void last_sums(int kind, const uint8_t *p, const int r, const Q8aRows *x,
-                                                            int64_t g, const int MT, __m256i *is, __m256 *dw, __m256 *mw) {
-    __m256i w[8], aw[8];
-    const int nv = load_group(kind, p, r, w, dw, mw);
-    unsigned_operands(kind, w, nv, aw);
-#pragma GCC unroll 8
-    for (int i = 0; i < MT; i++) {
-        is[i] = row_dots(kind, w, aw, nv, x->xt + (i * x->G + g) * 8 * 32, MT <= 2 ? 4 : 2);
-        if (nv < 8) is[i] = fold_lanes(is[i], r);
-    }
-}
-
 static inline __attribute__((always_inline)) void store_rows(const __m256 *acc, float *y, int64_t ldy, const int MT,
                                                              int accumulate) {
 #pragma GCC unroll 8
@@ -720,30 +670,23 @@ static inline __attribute__((always_inline)) void store_rows(const __m256 *acc, 
 }
 
 /* MT rows x one column over all of K: the full groups, then the last group of RT blocks (RT = 0: none;
- * RT < 0: nb mod 8 blocks, not known when compiled). Its sums are taken first (last_sums). */
+ * RT < 0: nb mod 8 blocks, not known when compiled) */
 static inline __attribute__((always_inline)) void tile_q8a(
         int kind, const Q8aRows *x, int64_t nb, const uint8_t *w, int64_t ldw, float *y, int64_t ldy,
         const int MT, int accumulate, const int RT) {
     const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES, full = nb / Q8A_GROUP;
     __m256 acc[8];                                    /* MT <= 8 (every instance is compiled; R picks) */
-    __m256i last[8];
-    __m256 dw = _mm256_setzero_ps(), mw = _mm256_setzero_ps();
 #pragma GCC unroll 8
     for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();
     prefetch_row(w, ldw);
-    if (RT) last_sums(kind, w + full * Q8A_GROUP * bs, RT > 0 ? RT : (int)(nb - full * Q8A_GROUP), x, full, MT, last,
-                      &dw, &mw);
     for (int64_t g = 0; g < full; g++) group_q8a(kind, w + g * Q8A_GROUP * bs, Q8A_GROUP, x, g, MT, acc);
-    if (RT) {
-#pragma GCC unroll 8
-        for (int i = 0; i < MT; i++) acc[i] = scale_add(kind, last[i], dw, mw, x, (i * x->G + full) * Q8A_GROUP, acc[i]);
-    }
+    if (RT) group_q8a(kind, w + full * Q8A_GROUP * bs, RT > 0 ? RT : (int)(nb - full * Q8A_GROUP), x, full, MT, acc);
     store_rows(acc, y, ldy, MT, accumulate);
 }
 
 /* the columns n0 .. n1 - 1 for MT rows, one instance per last-group size that SmolLM2-like widths have
  * (none: K = 256 k; 2 blocks: 576; 4: 640) so that the column loop holds no branch on it and the last
- * group's loops unroll, and one for any other size. A 1-row column at K = 576 took 1.23x as long when
+ * group's loops unroll, and one for any other size. A 1-row column at K = 576 took 1.2x as long when
  * the last group's size was read per column. */
 #define COLUMNS_RT(KIND, MT, NAME, RT)                                                                 \
     static void q8a_columns_##KIND##_##MT##_##NAME(const Q8aRows *x, int64_t nb, const uint8_t *w,        \
