@@ -684,9 +684,9 @@ static inline __attribute__((always_inline)) void tile_q8a(
     store_rows(acc, y, ldy, MT, accumulate);
 }
 
-/* the columns n0 .. n1 - 1 for MT rows, one instance per last-group size that SmolLM2-like widths have
- * (none: K = 256 k; 2 blocks: 576; 4: 640) so that the column loop holds no branch on it and the last
- * group's loops unroll, and one for any other size. A 1-row column at K = 576 took 1.2x as long when
+/* the columns n0 .. n1 - 1 for MT rows, one instance per dense last-group size (none: K = 256 k; 1 block:
+ * 544; 2: 576, SmolLM2's; 4: 640) so that the column loop holds no branch on it and the last group's
+ * loops unroll, and one for the masked sizes (3, 5, 6, 7 blocks). A 1-row column at K = 576 took 1.2x as long when
  * the last group's size was read per column. */
 #define COLUMNS_RT(KIND, MT, NAME, RT)                                                                 \
     static void q8a_columns_##KIND##_##MT##_##NAME(const Q8aRows *x, int64_t nb, const uint8_t *w,        \
@@ -695,11 +695,13 @@ static inline __attribute__((always_inline)) void tile_q8a(
         for (int64_t n = n0; n < n1; n++) tile_q8a(KIND, x, nb, w + n * ldw, ldw, y + n, ldy, MT, accumulate, RT); \
     }
 #define COLUMNS_Q8A(KIND, MT)                                                                          \
-    COLUMNS_RT(KIND, MT, r0, 0) COLUMNS_RT(KIND, MT, r2, 2) COLUMNS_RT(KIND, MT, r4, 4) COLUMNS_RT(KIND, MT, rn, -1) \
+    COLUMNS_RT(KIND, MT, r0, 0) COLUMNS_RT(KIND, MT, r1, 1) COLUMNS_RT(KIND, MT, r2, 2) COLUMNS_RT(KIND, MT, r4, 4)     \
+    COLUMNS_RT(KIND, MT, rn, -1)                                                                      \
     static void q8a_columns_##KIND##_##MT(const Q8aRows *x, int64_t nb, const uint8_t *w, int64_t ldw,    \
                                           float *y, int64_t ldy, int64_t n0, int64_t n1, int accumulate) { \
         switch (nb % Q8A_GROUP) {                                                                     \
         case 0: q8a_columns_##KIND##_##MT##_r0(x, nb, w, ldw, y, ldy, n0, n1, accumulate); break;       \
+        case 1: q8a_columns_##KIND##_##MT##_r1(x, nb, w, ldw, y, ldy, n0, n1, accumulate); break;       \
         case 2: q8a_columns_##KIND##_##MT##_r2(x, nb, w, ldw, y, ldy, n0, n1, accumulate); break;       \
         case 4: q8a_columns_##KIND##_##MT##_r4(x, nb, w, ldw, y, ldy, n0, n1, accumulate); break;       \
         default: q8a_columns_##KIND##_##MT##_rn(x, nb, w, ldw, y, ldy, n0, n1, accumulate);             \
