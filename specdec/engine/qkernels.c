@@ -686,8 +686,8 @@ static inline __attribute__((always_inline)) void tile_q8a(
 
 /* the columns n0 .. n1 - 1 for MT rows, one instance per dense last-group size (none: K = 256 k; 1 block:
  * 544; 2: 576, SmolLM2's; 4: 640) so that the column loop holds no branch on it and the last group's
- * loops unroll, and one for the masked sizes (3, 5, 6, 7 blocks). A 1-row column at K = 576 took 1.2x as long when
- * the last group's size was read per column. */
+ * loops unroll, and one for the masked sizes (3, 5, 6, 7 blocks). A 1-row column at K = 576 took 1.2x
+ * as long when the last group's size was read per column. */
 #define COLUMNS_RT(KIND, MT, NAME, RT)                                                                 \
     static void q8a_columns_##KIND##_##MT##_##NAME(const Q8aRows *x, int64_t nb, const uint8_t *w,        \
                                                    int64_t ldw, float *y, int64_t ldy, int64_t n0,        \
