@@ -323,6 +323,11 @@ def train(args) -> int:
         if (step + 1) % max(total // args.evals, 1) == 0 or step + 1 == total:
             record(step + 1)
     log["wall_s"] = round(time.time() - t0, 1)
+    if args.save:   # the trained draft (its parameters and head ids; the frozen target parts are not kept)
+        tmp = Path(args.save).with_name(Path(args.save).name + ".tmp")
+        torch.save({"layer": args.layer, "state": draft.state_dict(), "args": vars(args)}, tmp)
+        tmp.replace(args.save)
+        log["saved"] = str(args.save)
     write_json_atomic(args.out, log, indent=1)
     return 0
 
@@ -351,6 +356,8 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--out", required=True, help="JSON: the settings and every evaluation")
+    t.add_argument("--save", default=None, help="also write the trained draft here (torch.save: its layer's, "
+                   "fc's and norm's parameters and the head ids), atomically at the end")
     args = ap.parse_args(argv)
     torch.set_num_threads(getattr(args, "threads", 1))
     return train(args) if args.cmd == "train" else features(args)

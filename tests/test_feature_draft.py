@@ -92,8 +92,10 @@ def test_the_script_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "run.json"
     assert mod.main(["train", "--target", str(tmp_path / "target"), "--features", str(feats), "--val",
                      "unit_00001.pt", "--head", "64", "--steps", "2", "--epochs", "2", "--batch", "2",
-                     "--evals", "1", "--out", str(out)]) == 0
+                     "--evals", "1", "--out", str(out), "--save", str(tmp_path / "draft.pt")]) == 0
     log = json.loads(out.read_text())
+    saved = torch.load(tmp_path / "draft.pt", weights_only=True)
+    assert saved["layer"] == 1 and saved["state"]["fc"].shape == (32, 64) and 0 < saved["state"]["head_ids"].numel() <= 64
     assert log["train_rows"] == 8 and len(log["evals"]) >= 2
     last = log["evals"][-1]
     assert 1.0 <= last["mal_g4"] <= 5.0 and 0.0 <= last["step1_agreement"] <= 1.0
