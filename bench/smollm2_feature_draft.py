@@ -26,6 +26,7 @@ The draft's step would cost one layer, fc and the cut head: what `bench/qgemm_be
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -41,7 +42,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from specdec.common.files import write_json_atomic  # noqa: E402
+from specdec.common.files import write_bytes_atomic, write_json_atomic  # noqa: E402
 from specdec.common.fingerprint import model_fingerprint  # noqa: E402
 from specdec.distill.samples import read_shard  # noqa: E402
 from specdec.models import load_model  # noqa: E402
@@ -324,9 +325,9 @@ def train(args) -> int:
             record(step + 1)
     log["wall_s"] = round(time.time() - t0, 1)
     if args.save:   # the trained draft (its parameters and head ids; the frozen target parts are not kept)
-        tmp = Path(args.save).with_name(Path(args.save).name + ".tmp")
-        torch.save({"layer": args.layer, "state": draft.state_dict(), "args": vars(args)}, tmp)
-        tmp.replace(args.save)
+        buf = io.BytesIO()
+        torch.save({"layer": args.layer, "state": draft.state_dict(), "args": vars(args)}, buf)
+        write_bytes_atomic(args.save, buf.getvalue())
         log["saved"] = str(args.save)
     write_json_atomic(args.out, log, indent=1)
     return 0
