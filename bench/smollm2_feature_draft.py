@@ -333,6 +333,47 @@ def train(args) -> int:
     return 0
 
 
+_LAYER_NAMES = {"ln1": "input_layernorm.weight", "ln2": "post_attention_layernorm.weight",
+                "wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight", "wv": "self_attn.v_proj.weight",
+                "wo": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
+                "down": "mlp.down_proj.weight"}
+
+
+def engine_draft(target, draft: FeatureDraft):
+    """The trained draft as the engine runs it (specdec/engine/features.py): a one-layer model of the
+    target's shape, fc's token half folded into its embedding, its feature half beside it."""
+    from specdec.engine import features as feature_drafts
+    H = draft.shape.hidden
+    layer = {name: getattr(draft, attr).detach().float() for attr, name in _LAYER_NAMES.items()}
+    return feature_drafts.build(target, [layer], draft.fc[:, :H], draft.fc[:, H:], draft.norm.detach().float(),
+                                draft.head_ids.tolist(), draft.head)
+
+
+def export(args) -> int:
+    """A saved draft (train --save) as a model folder specdec loads (`--draft FOLDER`), with the target's
+    tokenizer."""
+    from specdec.engine import features as feature_drafts
+    from specdec.models import load_tokenizer
+    saved = torch.load(args.draft, weights_only=False)
+    target = load_model(args.target)
+    ids = saved["state"]["head_ids"].tolist()
+    draft = FeatureDraft(target, saved["layer"], ids)
+    draft.load_state_dict(saved["state"], strict=False)
+    model = engine_draft(target, draft)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"smollm2_feature_draft: error: {out} is not empty: export to a new folder", file=sys.stderr)
+        return 2
+    tmp = out.with_name(out.name + ".tmp")
+    feature_drafts.save(model, tmp)
+    load_tokenizer(args.target).save_pretrained(tmp)
+    if out.exists():
+        out.rmdir()
+    tmp.replace(out)
+    print(json.dumps({"exported": str(out), "layers": 1, "head_ids": len(ids)}))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -359,9 +400,13 @@ def main(argv=None) -> int:
     t.add_argument("--out", required=True, help="JSON: the settings and every evaluation")
     t.add_argument("--save", default=None, help="also write the trained draft here (torch.save: its layer's, "
                    "fc's and norm's parameters and the head ids), atomically at the end")
+    e = sub.add_parser("export", help="a saved draft (train --save) as a model folder the engine runs")
+    e.add_argument("--target", required=True)
+    e.add_argument("--draft", required=True, help="the file train --save wrote")
+    e.add_argument("--out", required=True, help="a new folder")
     args = ap.parse_args(argv)
     torch.set_num_threads(getattr(args, "threads", 1))
-    return train(args) if args.cmd == "train" else features(args)
+    return {"train": train, "features": features, "export": export}[args.cmd](args)
 
 
 if __name__ == "__main__":

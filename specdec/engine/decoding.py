@@ -38,6 +38,7 @@ import torch
 from ..common.values import BadType, check_gamma, check_int, check_lenience
 from ..costmodel import AUTO
 from ..costmodel.policy import AutoConfig, AutoGamma, FixedGamma
+from . import features
 from .devices import input_device, logit_width
 from .params import (SamplingParams, check_cache_memory, check_context, check_engine, check_logits_flag,
                      check_model, embedding_rows, max_positions, prepare_inputs)
@@ -122,23 +123,31 @@ class _Rows:
         return keep
 
 
-def _start(models, names, input_ids, attention_mask, params: SamplingParams, gamma: int, impl, cuda_graphs):
-    """Validated inputs and one prefilled ModelRunner per model (the setup both loops share)."""
+def _start(models, names, input_ids, attention_mask, params: SamplingParams, gamma: int, impl, cuda_graphs,
+           feature_draft: bool = False):
+    """Validated inputs and one prefilled ModelRunner per model (the setup both loops share).
+    feature_draft: models are (target, a feature draft): the draft reads the target's prefill features
+    (prefill_feature_draft), and the sixth value returned is what it still owes (_Owed); else None."""
     device = input_device(models[0])
     ids, mask, lengths = prepare_inputs(input_ids, attention_mask, device, embedding_rows(models))
     for model, name in zip(models, names):
         check_context(model, name, lengths, params.max_new_tokens)
     capacity = capacity_for(ids.shape[1], params.max_new_tokens, gamma)
     check_cache_memory(models, ids.shape[0], capacity, impl, aligned=cuda_graphs)
-    runners = []
+    runners, owed = [], None
     t0 = time.perf_counter()
-    for model in models:
+    for i, model in enumerate(models):
         runner = ModelRunner(model, ids.shape[0], capacity, impl=impl, cuda_graphs=cuda_graphs)
-        runner.prefill(ids, mask)
+        if not feature_draft:
+            runner.prefill(ids, mask)
+        elif i == 0:
+            feats = runner.prefill(ids, mask, hidden=True)
+        else:
+            owed = prefill_feature_draft(runner, ids, mask, feats, features.proj_of(model))
         runners.append(runner)
     if device.type == "cuda":
         torch.cuda.synchronize(device)   # once per decode: the prefill's share of the wall time
-    return ids, mask, lengths, runners, time.perf_counter() - t0
+    return ids, mask, lengths, runners, time.perf_counter() - t0, owed
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -160,8 +169,8 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
     if vocab_size is not None:
         vocab_size = check_int(vocab_size, "vocab_size", 1, logit_width(target))
     t_all = time.perf_counter()
-    ids, mask, lengths, (tgt,), prefill_s = _start([target], ["target"], input_ids, attention_mask, params, 0,
-                                                   impl, cuda_graphs)
+    ids, mask, lengths, (tgt,), prefill_s, _ = _start([target], ["target"], input_ids, attention_mask, params, 0,
+                                                      impl, cuda_graphs)
     device = ids.device
     gen = _generator(params.seed, device)
     stats = DecodeStats(gamma=0, prefill_calls=1, prefill_s=prefill_s)
@@ -281,6 +290,8 @@ class SpeculativeDecoder:
         # 151936 rows under the 7B's 152064 logits) reaches the draft as its last row: only its proposals
         # change, never the output's distribution (q is what the drafts were sampled from either way).
         self.draft_rows = embedding_rows([draft])
+        if features.is_feature_draft(draft):   # EAGLE-style: reads the target's features (engine/features.py)
+            features.check_pair(target, draft)
         self.backend, self.lenience, self.lenience_eps = backend, lenience, lenience_eps
         self.impl, self.cuda_graphs = impl, cuda_graphs
 
@@ -322,14 +333,19 @@ class SpeculativeDecoder:
             raise BadType(f"on_round must be a function of a RoundInfo or None, got {type(on_round).__name__}")
         policy = self.policy if policy is None else policy
         t_all = time.perf_counter()
-        ids, mask, lengths, runners, prefill_s = _start(
+        feature = features.is_feature_draft(self.draft)
+        ids, mask, lengths, runners, prefill_s, owed = _start(
             [self.target, self.draft], ["target", "draft"], input_ids, attention_mask, params, policy.max_gamma,
-            self.impl, self.cuda_graphs)
+            self.impl, self.cuda_graphs, feature_draft=feature)
         t0 = time.perf_counter()
         counts = policy.start(self, ids, mask, not params.greedy)   # auto's first call may time rounds first
         t_all += time.perf_counter() - t0   # a first measurement of the costs is not decoding time
         stats = DecodeStats(gamma=policy.max_gamma, prefill_calls=2, prefill_s=prefill_s)
-        call = _Call(self, params, ids, mask, lengths, runners, counts, DecodeClock(ids.device, on_section), stats)
+        clock = DecodeClock(ids.device, on_section)
+        if feature:
+            call = _FeatureCall(self, params, ids, mask, lengths, runners, counts, clock, stats, owed)
+        else:
+            call = _Call(self, params, ids, mask, lengths, runners, counts, clock, stats)
         call.run(on_round)
         call.clock.finish(stats, t_all)
         stats.new_tokens = sum(len(o) for o in call.rows.out)
@@ -480,9 +496,141 @@ class _Call:
             for runner in (self.tgt, self.drf):
                 runner.select_rows(idx)
             live.select(idx, K > 0 and any(accepted[b] == K for b in keep))
+            self.select_rows(idx)
         # Valid columns of the longest row >= its committed tokens minus the pending one (and minus d_K
         # for the draft): a host-side bound, so the exact count is read only when compaction may pay.
         longest = max(self.lengths[r] + len(rows.out[r]) for r in rows.live) - 2
         self.tgt.maybe_compact(longest)
         self.drf.maybe_compact(longest)
         return keep
+
+    def select_rows(self, idx) -> None:
+        """Further per-row state to keep for the rows idx (the feature loop's owed columns)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Speculative decoding with a draft that reads the target's features (engine/features.py, EAGLE-1).
+
+@dataclass
+class _Owed:
+    """Columns the feature draft has not read yet, right-aligned per row ([B, W]; valid marks the real
+    ones): at position pos its input is the target's feature `feats` [B, W, d] and the token `ids`."""
+    ids: torch.Tensor
+    pos: torch.Tensor
+    valid: torch.Tensor
+    feats: torch.Tensor
+
+    def select(self, idx) -> "_Owed":
+        return _Owed(*(t.index_select(0, idx) for t in (self.ids, self.pos, self.valid, self.feats)))
+
+    def then(self, other: "_Owed") -> "_Owed":
+        """These columns followed by `other`'s (a round that drafted nothing fed none of them)."""
+        return _Owed(*(torch.cat([a, b], 1) for a, b in zip((self.ids, self.pos, self.valid, self.feats),
+                                                             (other.ids, other.pos, other.valid, other.feats))))
+
+
+def prefill_feature_draft(runner: ModelRunner, ids, mask, feats, proj) -> _Owed:
+    """Feed the feature draft the prompt: column j reads (f_j, x_{j+1}) at x_j's position, for every
+    prompt token but the last two (ids, mask [B, P] left-padded; feats [B, P-1, d] the target's prefill
+    features, None when P = 1). Returns the one column it still owes, (f_{P-2}, x_{P-1}): the first
+    round feeds it and drafts from its output. A row whose prompt is one token has no feature yet: it
+    reads zeros at position 0 (only its first proposals are the worse for it)."""
+    B, P = ids.shape
+    d = proj.shape[0]
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    if P > 2:
+        f = feats[:, :P - 2].float()
+        runner.forward(ids[:, 1:P - 1], pos[:, :P - 2], mask[:, :P - 2].bool(), logits_to_keep=1,
+                       embeds_add=f @ proj.T)
+    if feats is None:
+        last = torch.zeros((B, 1, proj.shape[1]), dtype=torch.float32, device=ids.device)
+        real = torch.zeros((B, 1), dtype=torch.bool, device=ids.device)
+    else:
+        real = mask[:, P - 2:P - 1].bool()
+        last = feats[:, P - 2:P - 1].float() * real[..., None]
+    del d
+    return _Owed(ids[:, P - 1:], (pos[:, P - 1:] - 1).clamp_min(0), torch.ones_like(real), last)
+
+
+class _FeatureCall(_Call):
+    """One generate call with a feature draft. As _Call, except (engine/features.py):
+      draft   the first forward feeds the owed columns (the true features of what the last round
+              accepted, and of its recovered or bonus token), each later step the draft's own
+              final-normed state and its last token;
+      score   the target's verify forward also returns its features f_t .. f_{t+K};
+      commit  the draft forgets its chain columns (it never keeps its own guesses) and owes the
+              accepted prefix's true features, read at the next round's first step.
+    The draft's cache thus holds true-feature columns only, one per committed token but the last."""
+
+    def __init__(self, dec, params, ids, mask, lengths, runners, counts, clock, stats, owed: _Owed):
+        super().__init__(dec, params, ids, mask, lengths, runners, counts, clock, stats)
+        self.proj = features.proj_of(dec.draft)                                       # [d, d_t]
+        self.owed, self.tfeats, self.fed = owed, None, 0
+
+    def draft(self, K: int):
+        p, V, live = self.params, self.dec.vocab_size, self.live
+        B = live.pending.shape[0]
+        drafts = torch.empty((B, K), dtype=torch.long, device=live.pending.device)
+        if K == 0:
+            self.fed = 0
+            return drafts, (None if p.greedy else drafts.new_zeros((B, 0, V), dtype=torch.float)), 0
+        q_logits = None if p.greedy else []
+        o = self.owed
+        ids, pos, valid, add = o.ids, o.pos, o.valid, o.feats @ self.proj.T
+        if self.dec.draft_rows < V:
+            ids = ids.clamp_max(self.dec.draft_rows - 1)
+        self.fed = ids.shape[1]
+        ones = torch.ones((B, 1), dtype=torch.bool, device=ids.device)
+        for k in range(K):
+            t0 = self.clock.start("draft_forward")
+            logits, g = self.drf.forward(ids, pos, valid, logits_to_keep=1, embeds_add=add, hidden=True)
+            self.clock.stop("draft_forward", t0, ids.shape[1])
+            self.stats.draft_calls += 1
+            masked = mask_logits(logits[:, -1, :V], p.temperature, p.top_k, p.top_p)
+            tok = sample_tokens(masked, p.temperature, self.gen)                       # [B]
+            drafts[:, k] = tok
+            if q_logits is not None:
+                q_logits.append(masked)
+            if k + 1 < K:   # step k+2 reads (g_{k+1}, d_{k+1}) at position t + k
+                ids, pos, valid = tok[:, None], live.pos[:, None] + k, ones
+                if self.dec.draft_rows < V:
+                    ids = ids.clamp_max(self.dec.draft_rows - 1)
+                add = g[:, -1:].float() @ self.proj.T
+        self.owed = None
+        q = None if q_logits is None else pad_vocab(torch.stack(q_logits, 1), V)      # [B, K, V]
+        return drafts, q, 0
+
+    def score(self, drafts):
+        K, live = drafts.shape[1], self.live
+        ids = torch.cat([live.pending[:, None], drafts], 1)                            # [B, K+1]
+        pos = live.pos[:, None] + torch.arange(K + 1, device=ids.device)               # [B, K+1]
+        t0 = self.clock.start("target_forward")
+        logits, self.tfeats = self.tgt.forward(ids, pos, torch.ones_like(ids, dtype=torch.bool), hidden=True)
+        self.clock.stop("target_forward", t0, K + 1)
+        self.stats.target_calls += 1
+        return logits[:, :, :self.dec.vocab_size].to(self.dec.device)
+
+    def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
+        tgt, drf, live = self.tgt, self.drf, self.live
+        acc = res.num_accepted                                                       # [B]
+        ar = torch.arange(K + 1, device=acc.device)[None]
+        tgt.set_tail_validity(ar <= acc[:, None])             # pending + accepted drafts
+        tgt.crop(tgt.columns - (K + 1) + max_acc + 1)
+        if K > 1:
+            drf.crop(drf.columns - (K - 1))                   # the chain's columns: the draft's own guesses
+        # Owed next: (f_{t+i}, x_{t+i+1}) at position t+i for i = 0..a, right-aligned in max_acc + 1 columns
+        # (x_{t+i+1} is res.tokens[:, i]: an accepted draft, then the recovered or bonus token).
+        W = max_acc + 1
+        src = torch.arange(W, device=acc.device)[None] - (W - 1 - acc[:, None])       # [B, W]
+        valid = src >= 0
+        src = src.clamp_min(0)
+        fresh = _Owed(res.tokens.gather(1, src), live.pos[:, None] + src, valid,
+                      self.tfeats.float().gather(1, src[..., None].expand(-1, -1, self.tfeats.shape[-1])))
+        self.owed = fresh if self.owed is None else self.owed.then(fresh)
+        self.tfeats = None
+        live.pending = res.tokens.gather(1, acc[:, None]).squeeze(1)                 # recovered / bonus
+        live.prev = live.pending
+        live.pos = live.pos + acc + 1
+
+    def select_rows(self, idx) -> None:
+        self.owed = self.owed.select(idx)

@@ -162,6 +162,7 @@ class LeanForward:
             head = torch.nn.Linear(head.in_features, len(ids), bias=False, device=dev, dtype=head.weight.dtype)
             head.weight.data = m.lm_head.weight.detach()[torch.as_tensor(ids, device=dev)]
         (self.head,), self.head_norm = _projections([head], inner.norm.weight.detach(), fold)
+        self.norm = inner.norm.weight.detach()   # the final norm's weight, for `hidden` (features)
         self.vocab = int(getattr(head, "out_features", None) or head.weight.shape[0])
         rot = inner.rotary_emb
         self.inv_freq = rot.inv_freq.detach().float().to(dev)
@@ -197,13 +198,18 @@ class LeanForward:
             x = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         return x if weight is None else weight * x
 
-    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0):
+    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0, embeds_add=None, hidden: bool = False):
         """ids, pos: [B, S] int64; cache: KVCache (begin() already called; mask [B, 1, S, L] from it).
         Returns logits [B, S', V] of the last logits_to_keep positions (0 = all).
+        embeds_add [B, S, d]: added to the token embeddings (a feature draft's input, engine/features.py);
+        hidden: also return the final-normed states [B, S, d] of every position (what the head reads:
+        a target's features), as (logits, hidden).
         Activations stay 2-D ([B*S, d]) between attentions: a 3-D matmul costs two reshapes more."""
         B, S = ids.shape
         H, Hkv, D = self.H, self.Hkv, self.D
         x = F.embedding(ids.reshape(-1), self.embed)                          # [N, d], N = B*S
+        if embeds_add is not None:
+            x = x + embeds_add.reshape(x.shape).to(x.dtype)
         rope = F.embedding(pos.reshape(-1), self._table(cache.capacity, x.dtype)).view(-1, 1, 2 * D)
         cos, sin = rope[..., :D], rope[..., D:]                                # [N, 1, D] each
         G = H // Hkv                                                          # query heads per KV head
@@ -235,6 +241,8 @@ class LeanForward:
             else:
                 g, u = (p(h) for p in layer.gate_up)
             x = layer.down.add_to(x, F.silu(g) * u)
+        feats = self._rms(x, self.norm).view(B, S, -1) if hidden else None   # [B, S, d]
         if logits_to_keep and logits_to_keep < S:
             x = x.view(B, S, -1)[:, -logits_to_keep:].reshape(B * logits_to_keep, -1)
-        return self.head(self._rms(x, self.head_norm)).view(B, -1, self.vocab)
+        logits = self.head(self._rms(x, self.head_norm)).view(B, -1, self.vocab)
+        return (logits, feats) if hidden else logits

@@ -150,7 +150,8 @@ class NumpyLeanForward:
         ms = np.add.reduce(x * x, axis=-1, keepdims=True) / x.shape[-1]
         return x * (1.0 / np.sqrt(ms + self.fwd.eps))
 
-    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0):
+    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0, embeds_add=None, hidden: bool = False):
+        """As LeanForward's (embeds_add, hidden included)."""
         f = self.fwd
         layers = self._weights()
         B, S = ids.shape
@@ -162,6 +163,8 @@ class NumpyLeanForward:
         if G > 1:
             m = np.tile(m, (1, 1, G, 1))                                       # [B, 1, G*S, L], query j*S+s
         x = self._embed[ids.numpy().reshape(-1)]                               # [N, d], N = B*S
+        if embeds_add is not None:
+            x += embeds_add.numpy().reshape(x.shape)
         rope = f._table(cache.capacity, torch.float32).numpy()[pos.numpy().reshape(-1)][:, None, :]
         cos, sin = rope[..., :D], rope[..., D:]                                # [N, 1, D]
         for (layer, (Kb, Vb)) in zip(layers, views):
@@ -183,13 +186,15 @@ class NumpyLeanForward:
             gu = self._rms(x) @ wgu
             g, u = gu[:, :gu.shape[1] // 2], gu[:, gu.shape[1] // 2:]             # np.split's halves, as views
             x = x + (g * (0.5 + 0.5 * np.tanh(0.5 * g)) * u) @ wd                 # SiLU(g) * u, no overflow
+        feats = torch.from_numpy(self._rms(x) * f.norm.numpy()).view(B, S, -1) if hidden else None
         if logits_to_keep and logits_to_keep < S:
             x = x.reshape(B, S, -1)[:, -logits_to_keep:].reshape(B * logits_to_keep, -1)
         wh, bh = self._head
         logits = self._rms(x) @ wh
         if bh is not None:
             logits += bh
-        return torch.from_numpy(logits).view(B, -1, logits.shape[-1])
+        logits = torch.from_numpy(logits).view(B, -1, logits.shape[-1])
+        return (logits, feats) if hidden else logits
 
 
 class QuantLeanForward:
@@ -233,7 +238,8 @@ class QuantLeanForward:
             self._work = np.empty(max(need, 2 * self._work.size), np.float32)
         return self._work.ctypes.data
 
-    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0):
+    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0, embeds_add=None, hidden: bool = False):
+        """As LeanForward's (embeds_add, hidden included)."""
         f = self.fwd
         B, S = ids.shape
         views = cache_views(f, cache, B, S)
@@ -241,6 +247,8 @@ class QuantLeanForward:
         if K0.dtype != np.float32 or not all(k.flags.c_contiguous and v.flags.c_contiguous for k, v in views):
             raise ValueError("the quantized forward needs a float32, contiguous KV cache")
         x = self._embed[ids.numpy().reshape(-1)]                                   # [N, d] (a copy)
+        if embeds_add is not None:
+            x += embeds_add.numpy().reshape(x.shape)
         rope = np.ascontiguousarray(f._table(cache.capacity, torch.float32).numpy()[pos.numpy().reshape(-1)])
         m = np.ascontiguousarray(mask.numpy(), dtype=np.float32)                   # [B, 1, S, L]
         st = self._step
@@ -250,7 +258,14 @@ class QuantLeanForward:
         st.rope, st.mask, st.work = rope.ctypes.data, m.ctypes.data, self._work_buffer(B, S, m.shape[-1])
         if self._lib.layers_forward(self._layer_array(views), len(self.qw.layers), st, x.ctypes.data) != 0:
             raise ValueError("the quantized layers rejected this forward's shapes")
+        feats = None
+        if hidden:   # the norm is row-wise: normed once for every row, the kept rows' logits from those
+            x = qkernels.rmsnorm(x, self.qw.head_norm, f.eps)
+            feats = torch.from_numpy(x).view(B, S, -1)
         if logits_to_keep and logits_to_keep < S:
             x = np.ascontiguousarray(x.reshape(B, S, -1)[:, -logits_to_keep:].reshape(B * logits_to_keep, -1))
-        logits = qkernels.matmul(qkernels.rmsnorm(x, self.qw.head_norm, f.eps), self.qw.head, act=self.qw.act)
-        return torch.from_numpy(logits).view(B, -1, logits.shape[-1])
+        if not hidden:
+            x = qkernels.rmsnorm(x, self.qw.head_norm, f.eps)
+        logits = qkernels.matmul(x, self.qw.head, act=self.qw.act)
+        logits = torch.from_numpy(logits).view(B, -1, logits.shape[-1])
+        return (logits, feats) if hidden else logits

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..common.fingerprint import file_sha256
+from .headmap import head_ids
 from .qformats import BLOCK, BLOCK_BYTES, QUANTIZERS, dequantize
 from .qkernels import QMatrix, pack_q8a
 
@@ -145,11 +146,15 @@ def _bias(m):
 def _assemble(model, mode: str, blocks_of, source: dict) -> QuantWeights:
     """QuantWeights from `blocks_of(module) -> (kind, blocks)` for every projection and the head."""
     mods, head, norm = _modules(model)
+    kind, head_blocks = blocks_of(head)
+    ids = head_ids(model)
+    if ids is not None:   # a head covering some ids (headmap.py): only their rows, as lean.LeanForward's
+        head_blocks = np.ascontiguousarray(head_blocks[np.asarray(ids)])
     layers = [QuantLayer(_qmat([blocks_of(q), blocks_of(k), blocks_of(v)], [_bias(q), _bias(k), _bias(v)]),
                          _qmat([blocks_of(o)]), _qmat([blocks_of(g), blocks_of(u)]), _qmat([blocks_of(d)]),
                          _np(n1.weight), _np(n2.weight))
               for q, k, v, o, g, u, d, n1, n2 in mods]
-    return QuantWeights(mode, layers, _qmat([blocks_of(head)]), _np(norm.weight), source, version_key(model))
+    return QuantWeights(mode, layers, _qmat([(kind, head_blocks)]), _np(norm.weight), source, version_key(model))
 
 
 def quantize_q8_0(model, mode: str = "q8_0") -> QuantWeights:

@@ -120,10 +120,16 @@ class ModelRunner:
             self.graphs = GraphSet(self)
 
     # -- forwards
-    def eager(self, ids, pos, mask, logits_to_keep: int = 0):
-        """One forward over the cache whose begin() produced `mask`. ids, pos: [B, S]."""
+    def eager(self, ids, pos, mask, logits_to_keep: int = 0, embeds_add=None, hidden: bool = False):
+        """One forward over the cache whose begin() produced `mask`. ids, pos: [B, S]. embeds_add, hidden:
+        a feature draft's input and a target's features (lean.LeanForward.__call__; the lean forwards only)."""
         if self.impl in ("lean", "numpy"):
-            return self._lean(ids, pos, self.kv, mask, logits_to_keep)
+            if embeds_add is None and not hidden:
+                return self._lean(ids, pos, self.kv, mask, logits_to_keep)
+            return self._lean(ids, pos, self.kv, mask, logits_to_keep, embeds_add=embeds_add, hidden=hidden)
+        if embeds_add is not None or hidden:
+            raise ValueError("a feature draft and its target run on the lean forwards (impl lean or numpy), "
+                             f"not {self.impl!r}: use impl='auto' with a Llama-family pair")
         out = self.model(input_ids=ids, attention_mask=self._layer_masks(mask), position_ids=pos, use_cache=True,
                          logits_to_keep=logits_to_keep, **{self._kw: self._hf_cache})
         return out.logits
@@ -138,15 +144,20 @@ class ModelRunner:
             return self.kv.windowed(mask, plan)
         return {t: mask if w is None else self.kv.windowed(mask, w) for t, w in plan.items()}
 
-    def forward(self, ids, pos, valid, logits_to_keep: int = 0):
-        """Append S columns (ids, pos: [B, S] int64; valid: [B, S] bool); logits [B, S', V]."""
+    def forward(self, ids, pos, valid, logits_to_keep: int = 0, embeds_add=None, hidden: bool = False):
+        """Append S columns (ids, pos: [B, S] int64; valid: [B, S] bool); logits [B, S', V].
+        embeds_add [B, S, d] is added to the embeddings; hidden: return (logits, features [B, S, d])."""
         mask = self.kv.begin(valid, pos)
-        if self.graphs is not None and self.graphs.eligible(ids.shape[1]):
+        feats = None
+        if self.graphs is not None and embeds_add is None and not hidden and self.graphs.eligible(ids.shape[1]):
             logits = self.graphs.run(ids, pos, mask, logits_to_keep)
-        else:
+        elif embeds_add is None and not hidden:
             logits = self.eager(ids, pos, mask, logits_to_keep)
+        else:
+            logits, feats = self.eager(ids, pos, mask, logits_to_keep, embeds_add, True)
         self.kv.end()
-        return logits if self.head is None else self.head.expand(logits)
+        logits = logits if self.head is None else self.head.expand(logits)
+        return (logits, feats) if hidden else logits
 
     def peek(self, ids, pos, valid, logits_to_keep: int = 0):
         """A forward whose columns are forgotten afterwards (the cache is left as it was)."""
@@ -155,13 +166,16 @@ class ModelRunner:
         self.kv.crop(length)
         return logits
 
-    def prefill(self, ids, mask):
+    def prefill(self, ids, mask, hidden: bool = False):
         """Feed every prompt token but the last (which the decode loop feeds as its pending token).
         ids, mask: [B, P] left-padded. Positions are cumsum(mask) - 1 as in transformers' generate;
-        pads get position 0 and stay holes."""
+        pads get position 0 and stay holes. hidden: return the features [B, P-1, d] of the tokens fed
+        (None when there are none)."""
         if ids.shape[1] > 1:
             pos = (mask.cumsum(1) - 1).clamp_min(0)
-            self.forward(ids[:, :-1], pos[:, :-1], mask[:, :-1].bool(), logits_to_keep=1)
+            out = self.forward(ids[:, :-1], pos[:, :-1], mask[:, :-1].bool(), logits_to_keep=1, hidden=hidden)
+            return out[1] if hidden else None
+        return None
 
     # -- cache bookkeeping (see KVCache)
     @property

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine import families, lean_numpy, qweights
+from ..engine import families, features, lean_numpy, qweights
 from ..engine.quant import QUANTIZE, projection_weight, quantize_model
 from ..common.values import BadType
 from ..engine.devices import input_device, logit_width, resolve_device
@@ -70,6 +70,8 @@ def load_model(name_or_path, dtype="float32", device="cpu", device_map=None, qua
         raise ValueError(f"cannot load a causal LM from {name_or_path!r}: {first} (a truncated or corrupt "
                          "weights file? download or copy it again)") from None
     families.check(model)   # what only the model tells (its forward's arguments)
+    if Path(str(name_or_path)).is_dir():
+        features.load_proj(model, name_or_path)   # a feature draft's projection (engine/features.py)
     if device_map is None:
         model = model.to(device)
     model.eval().requires_grad_(False)
@@ -225,6 +227,16 @@ def load_target(target, dtype="float32", device="cpu", device_map=None, quantize
     return model, tok, vocab
 
 
+def draft_quantize_for(draft, quantize: str) -> str:
+    """The draft's quantization: as asked, except that gguf / gguf-q8a (a GGUF file's own blocks, as
+    `--quantize` asks for both models) for a draft not converted from a GGUF (specdec's own drafts) mean
+    its weights rounded to blocks in process, q8_0 / q8_0-q8a: the same kernels and arithmetic."""
+    if quantize.startswith("gguf") and not is_gguf_path(draft) \
+            and getattr(load_config(draft), "specdec_gguf", None) is None:
+        return "q8_0" + quantize.removeprefix("gguf")
+    return quantize
+
+
 def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map=None, quantize: str = "none",
               draft_quantize: str | None = None):
     """(target_model, draft_model, tokenizer, shared_vocab) for two paths (folders or .gguf files) or hub
@@ -247,7 +259,7 @@ def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map
     # The draft is small: it goes whole onto the device of the target's input embeddings, where the
     # decoder keeps its state (the target's logits are moved there for verification).
     dmodel = load_model(draft, dtype, input_device(tmodel) if device_map is not None else device,
-                        quantize=quantize if draft_quantize is None else draft_quantize)
+                        quantize=draft_quantize_for(draft, quantize if draft_quantize is None else draft_quantize))
     for name, m in ((str(target), tmodel), (str(draft), dmodel)):
         _check_logits(name, m, vocab)
     return tmodel, dmodel, ttok, vocab

@@ -60,7 +60,7 @@ class EngineBlock(ModelsBlock):
     dtype: str | None = option(None, "float32 | bfloat16 | float16 (default: bfloat16 on CUDA, float32 on CPU)",
                                group="engine")
     quantize: str = option("auto", "how both models run (CPU paths): gguf (a model converted from a GGUF runs "
-                           "that file's own Q4_1 / Q8_0 blocks: the same model), q8_0 (weights rounded to Q8_0 "
+                           "that file's own Q4_1 / Q8_0 blocks: the same model; a draft not converted from one runs q8_0), q8_0 (weights rounded to Q8_0 "
                            "blocks; float Llama-style models), gguf-q8a / q8_0-q8a (opt-in: the same blocks with each "
                            "activation row rounded per 32 values to Q8 and integer dot products, as llama.cpp "
                            "computes; close to, not equal to, the weight-only model), int8 (row-independent int8 projections, any "
