@@ -207,3 +207,20 @@ def test_out_of_range_drafts_and_nan_logits_are_errors(backend):
     masked = t_logits.clone()
     masked[:, :, 5:] = float("-inf")   # top-k masking: -inf is legitimate
     verify(masked, d_logits, drafts, temperature=1.0, backend=backend)
+
+
+def test_greedy_cpu_path_equals_the_reference():
+    """backend="auto" on CPU greedy logits takes verify_greedy_cpu (NumPy): the reference's result,
+    ties (the first maximum), per-row draft counts and K = 0 included."""
+    from specdec.engine.verify import verify_greedy_cpu, verify_reference
+    g = torch.Generator().manual_seed(0)
+    for B, K, V in ((1, 1, 50), (4, 3, 7), (3, 0, 9), (5, 5, 4)):
+        p = torch.randint(0, 3, (B, K + 1, V), generator=g).float()      # many ties
+        t = p.argmax(-1)[:, :K].clone()
+        d = torch.where(torch.rand((B, K), generator=g) < 0.7, t, torch.randint(0, V, (B, K), generator=g))
+        for n in (None, torch.randint(0, K + 1, (B,), generator=g)):
+            want = verify_reference(p, p[:, :K], d, torch.zeros(B), n, all_greedy=True)
+            got = verify_greedy_cpu(p, d, n)
+            assert torch.equal(got.tokens, want.tokens) and torch.equal(got.num_accepted, want.num_accepted)
+            via = verify(p, p[:, :K], d, temperature=0.0, num_draft_tokens=n, backend="auto")
+            assert torch.equal(via.tokens, want.tokens)

@@ -43,7 +43,7 @@ from .devices import input_device, logit_width
 from .params import (SamplingParams, check_cache_memory, check_context, check_engine, check_logits_flag,
                      check_model, embedding_rows, max_positions, prepare_inputs)
 from .runner import ModelRunner, cache_kwarg, resolve_impl  # noqa: F401 (cache_kwarg re-exported)
-from .sampling import mask_logits, pad_vocab, sample_tokens, unusable_rows
+from .sampling import argmax, mask_logits, pad_vocab, sample_tokens, unusable_rows
 from .stats import DecodeStats
 from .timing import DecodeClock, StepTimer
 from .verify import verify
@@ -143,7 +143,7 @@ def _start(models, names, input_ids, attention_mask, params: SamplingParams, gam
         elif i == 0:
             feats = runner.prefill(ids, mask, hidden=True)
         else:
-            owed = prefill_feature_draft(runner, ids, mask, feats, features.proj_of(model))
+            owed = prefill_feature_draft(runner, ids, mask, feats, features.projector(model))
         runners.append(runner)
     if device.type == "cuda":
         torch.cuda.synchronize(device)   # once per decode: the prefill's share of the wall time
@@ -529,26 +529,25 @@ class _Owed:
                                                              (other.ids, other.pos, other.valid, other.feats))))
 
 
-def prefill_feature_draft(runner: ModelRunner, ids, mask, feats, proj) -> _Owed:
+def prefill_feature_draft(runner: ModelRunner, ids, mask, feats, project) -> _Owed:
     """Feed the feature draft the prompt: column j reads (f_j, x_{j+1}) at x_j's position, for every
     prompt token but the last two (ids, mask [B, P] left-padded; feats [B, P-1, d] the target's prefill
-    features, None when P = 1). Returns the one column it still owes, (f_{P-2}, x_{P-1}): the first
+    features, None when P = 1; project: features.projector). Returns the one column it still owes, (f_{P-2}, x_{P-1}): the first
     round feeds it and drafts from its output. A row whose prompt is one token has no feature yet: it
     reads zeros at position 0 (only its first proposals are the worse for it)."""
     B, P = ids.shape
-    d = proj.shape[0]
     pos = (mask.cumsum(1) - 1).clamp_min(0)
     if P > 2:
         f = feats[:, :P - 2].float()
         runner.forward(ids[:, 1:P - 1], pos[:, :P - 2], mask[:, :P - 2].bool(), logits_to_keep=1,
-                       embeds_add=f @ proj.T)
+                       embeds_add=project(f))
     if feats is None:
-        last = torch.zeros((B, 1, proj.shape[1]), dtype=torch.float32, device=ids.device)
+        width = runner.model.config.specdec_feature_draft["target_hidden"]
+        last = torch.zeros((B, 1, width), dtype=torch.float32, device=ids.device)
         real = torch.zeros((B, 1), dtype=torch.bool, device=ids.device)
     else:
         real = mask[:, P - 2:P - 1].bool()
         last = feats[:, P - 2:P - 1].float() * real[..., None]
-    del d
     return _Owed(ids[:, P - 1:], (pos[:, P - 1:] - 1).clamp_min(0), torch.ones_like(real), last)
 
 
@@ -564,7 +563,7 @@ class _FeatureCall(_Call):
 
     def __init__(self, dec, params, ids, mask, lengths, runners, counts, clock, stats, owed: _Owed):
         super().__init__(dec, params, ids, mask, lengths, runners, counts, clock, stats)
-        self.proj = features.proj_of(dec.draft)                                       # [d, d_t]
+        self.project = features.projector(dec.draft)                                 # f -> f W_f^T
         self.owed, self.tfeats, self.fed = owed, None, 0
 
     def draft(self, K: int):
@@ -576,26 +575,35 @@ class _FeatureCall(_Call):
             return drafts, (None if p.greedy else drafts.new_zeros((B, 0, V), dtype=torch.float)), 0
         q_logits = None if p.greedy else []
         o = self.owed
-        ids, pos, valid, add = o.ids, o.pos, o.valid, o.feats @ self.proj.T
+        ids, pos, valid, add = o.ids, o.pos, o.valid, self.project(o.feats)
         if self.dec.draft_rows < V:
             ids = ids.clamp_max(self.dec.draft_rows - 1)
         self.fed = ids.shape[1]
         ones = torch.ones((B, 1), dtype=torch.bool, device=ids.device)
+        head = self.drf.head
+        # greedy with a head covering some ids, all of them emittable: the argmax over the covered logits
+        # (ascending ids: the same first maximum as over the full-width logits), no full-width copy
+        narrow = p.greedy and head is not None and int(head.ids[-1]) < V
         for k in range(K):
             t0 = self.clock.start("draft_forward")
-            logits, g = self.drf.forward(ids, pos, valid, logits_to_keep=1, embeds_add=add, hidden=True)
+            logits, g = self.drf.forward(ids, pos, valid, logits_to_keep=1, embeds_add=add, hidden=True,
+                                         expand=not narrow)
             self.clock.stop("draft_forward", t0, ids.shape[1])
             self.stats.draft_calls += 1
-            masked = mask_logits(logits[:, -1, :V], p.temperature, p.top_k, p.top_p)
-            tok = sample_tokens(masked, p.temperature, self.gen)                       # [B]
+            if narrow and logits.shape[-1] == head.ids.numel():
+                tok = head.ids[argmax(logits[:, -1])]                                   # [B]
+            else:
+                logits = head.expand(logits) if narrow else logits
+                masked = mask_logits(logits[:, -1, :V], p.temperature, p.top_k, p.top_p)
+                tok = sample_tokens(masked, p.temperature, self.gen)                   # [B]
+                if q_logits is not None:
+                    q_logits.append(masked)
             drafts[:, k] = tok
-            if q_logits is not None:
-                q_logits.append(masked)
             if k + 1 < K:   # step k+2 reads (g_{k+1}, d_{k+1}) at position t + k
                 ids, pos, valid = tok[:, None], live.pos[:, None] + k, ones
                 if self.dec.draft_rows < V:
                     ids = ids.clamp_max(self.dec.draft_rows - 1)
-                add = g[:, -1:].float() @ self.proj.T
+                add = self.project(g[:, -1:])
         self.owed = None
         q = None if q_logits is None else pad_vocab(torch.stack(q_logits, 1), V)      # [B, K, V]
         return drafts, q, 0

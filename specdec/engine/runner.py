@@ -144,9 +144,13 @@ class ModelRunner:
             return self.kv.windowed(mask, plan)
         return {t: mask if w is None else self.kv.windowed(mask, w) for t, w in plan.items()}
 
-    def forward(self, ids, pos, valid, logits_to_keep: int = 0, embeds_add=None, hidden: bool = False):
+    def forward(self, ids, pos, valid, logits_to_keep: int = 0, embeds_add=None, hidden: bool = False,
+                expand: bool = True):
         """Append S columns (ids, pos: [B, S] int64; valid: [B, S] bool); logits [B, S', V].
-        embeds_add [B, S, d] is added to the embeddings; hidden: return (logits, features [B, S, d])."""
+        embeds_add [B, S, d] is added to the embeddings; hidden: return (logits, features [B, S, d]).
+        expand=False: a head covering some ids (self.head) returns its logits as the forward made them,
+        [B, S', len(self.head.ids)] where the lean forwards computed only those (a greedy draft's argmax
+        needs no full-width copy)."""
         mask = self.kv.begin(valid, pos)
         feats = None
         if self.graphs is not None and embeds_add is None and not hidden and self.graphs.eligible(ids.shape[1]):
@@ -156,7 +160,7 @@ class ModelRunner:
         else:
             logits, feats = self.eager(ids, pos, mask, logits_to_keep, embeds_add, True)
         self.kv.end()
-        logits = logits if self.head is None else self.head.expand(logits)
+        logits = logits if self.head is None or not expand else self.head.expand(logits)
         return (logits, feats) if hidden else logits
 
     def peek(self, ids, pos, valid, logits_to_keep: int = 0):

@@ -12,6 +12,7 @@ rule, with the smallest sampling temperature the callers' checks enforce).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..common.values import is_greedy
@@ -54,7 +55,10 @@ def pad_vocab(logits: torch.Tensor, width: int) -> torch.Tensor:
 def unusable_rows(logits: torch.Tensor) -> torch.Tensor:
     """[..., V] -> [...] bool: rows no token can be chosen from (a NaN or +inf logit, or every logit
     -inf). softmax turns such a row into NaN and argmax then returns an id nobody sampled (token 0 for
-    an all -inf row). One max over V: torch's max propagates NaN."""
+    an all -inf row). One max over V: torch's max propagates NaN, as NumPy's (the CPU path: fewer
+    operations, each paid cold right after a forward; see argmax)."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64) and not logits.requires_grad:
+        return torch.from_numpy(~np.isfinite(logits.numpy().max(-1)))
     return ~logits.amax(dim=-1).isfinite()
 
 
@@ -91,18 +95,29 @@ def exponential_noise(shape, device, generator: torch.Generator | None) -> torch
     return e.clamp_min_(torch.finfo(torch.float32).tiny)
 
 
+def argmax(x: torch.Tensor) -> torch.Tensor:
+    """x.argmax(dim=-1): the first index of each row's maximum (NaN counts as the maximum, as torch's).
+    On the CPU through NumPy: torch 2.13's CPU argmax over a logits row is the slow one (measured on the
+    2-core Xeon: [1, 2, 49152] float32 134 us against NumPy's 5 us), and greedy decoding pays it on the
+    target's logits every step and on the draft's every draft step (bench/RESULTS.md, "The feature
+    draft in the engine")."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad and x.dim():
+        return torch.from_numpy(x.numpy().argmax(-1).astype("int64", copy=False))
+    return x.argmax(dim=-1)
+
+
 def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One categorical sample per row by the exponential race argmax(p / E), E ~ Exp(1).
 
     probs: [..., V] (need not be normalised; zeros are never chosen unless the row is all zero).
     Returns [...] int64. No host sync (unlike torch.multinomial, which checks its input on the host).
     """
-    return (probs / exponential_noise(probs.shape, probs.device, generator)).argmax(dim=-1)
+    return argmax(probs / exponential_noise(probs.shape, probs.device, generator))
 
 
 def sample_tokens(masked_logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Next tokens from masked logits [..., V] -> [...] int64: argmax at temperature 0, else a sample of
     softmax(masked_logits / temperature)."""
     if is_greedy(temperature):
-        return masked_logits.argmax(dim=-1)
+        return argmax(masked_logits)
     return sample_from_probs(probs_from_logits(masked_logits, temperature), generator)

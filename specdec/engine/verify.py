@@ -22,7 +22,7 @@ import torch
 
 from ..common.values import LENIENCE_KINDS  # noqa: F401 (re-exported)
 from ..common.values import MIN_TEMPERATURE, BadType, check_lenience, check_temperature, is_greedy
-from .sampling import probs_from_logits, sample_from_probs, uniform, unusable_rows
+from .sampling import argmax, probs_from_logits, sample_from_probs, uniform, unusable_rows
 BACKENDS = ("torch", "triton", "auto")
 
 
@@ -140,7 +140,7 @@ def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num
          else num_draft_tokens.to(torch.int64).clamp(0, K))           # [B]
     x = draft_tokens.to(torch.int64).clamp(0, V - 1)                  # [B, K]; junk beyond n is masked below
 
-    target_argmax = target_logits.argmax(dim=-1)                      # [B, K+1]
+    target_argmax = argmax(target_logits)                             # [B, K+1]
     accept_greedy = x == target_argmax[:, :K]
     valid = torch.arange(K, device=device).unsqueeze(0) < n.unsqueeze(1)
     if all_greedy:  # no probabilities at all: argmax compare, argmax recovered/bonus token
@@ -171,6 +171,30 @@ def verify_reference(target_logits, draft_logits, draft_tokens, temperature, num
     return _layout(draft_tokens, num_accepted, extra, K)
 
 
+def verify_greedy_cpu(target_logits, draft_tokens, num_draft_tokens=None) -> VerifyResult:
+    """verify_reference's all-greedy path for CPU tensors: the same result (argmax compare, the leading run
+    of matches, the argmax recovered / bonus token) from one NumPy argmax and a few host integers.
+
+    Why: it runs right after the target's forward has streamed its weights through the caches, where
+    each of the reference's ~20 PyTorch operations pays its dispatch cold: measured on the 2-core Xeon,
+    SmolLM2 at gamma 1, ~0.3 ms a round in the decode loop against ~0.09 ms for the same call repeated
+    (bench/RESULTS.md, "The feature draft in the engine"). B * K is small (a decode batch's drafts)."""
+    B, K1, _ = target_logits.shape
+    K = K1 - 1
+    ta = target_logits.numpy().argmax(-1).tolist()                                  # [B][K+1]
+    x = draft_tokens.tolist()                                                       # [B][K]
+    n = [K] * B if num_draft_tokens is None else num_draft_tokens.tolist()
+    tokens, accepted = [], []
+    for b in range(B):
+        a, limit = 0, min(max(int(n[b]), 0), K)
+        while a < limit and x[b][a] == ta[b][a]:
+            a += 1
+        tokens.append(x[b][:a] + [ta[b][a]] + [-1] * (K - a))
+        accepted.append(a)
+    return VerifyResult(tokens=torch.tensor(tokens, dtype=torch.int64).view(B, K1),
+                        num_accepted=torch.tensor(accepted, dtype=torch.int64))
+
+
 def _layout(draft_tokens, num_accepted, extra, K) -> VerifyResult:
     """[B, K+1] tokens: the accepted drafts, then the recovered / bonus token, then -1."""
     B, device = num_accepted.shape[0], num_accepted.device
@@ -199,7 +223,8 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
     temperature: float or [B] tensor (0 = greedy rows). num_draft_tokens [B]: a row's drafts beyond
     its count are ignored and its bonus comes from target position num_draft_tokens.
     backend: "torch" (reference), "triton" (fused kernel; CUDA, or CPU under TRITON_INTERPRET=1),
-    "auto" (Triton for CUDA tensors, else the reference).
+    "auto" (Triton for CUDA tensors; greedy CPU tensors: verify_greedy_cpu, the same result in NumPy;
+    else the reference).
     validate: check values too (`check_values`: draft ids in range, no NaN; costs a host sync). The
     decode loop passes False: its drafts are sampled inside the vocabulary and it checks NaN itself
     in the round's one host read.
@@ -212,6 +237,7 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
     temp = _temperature_tensor(temperature, B, target_logits.device)
     if validate:
         check_values(target_logits, draft_logits, draft_tokens, num_draft_tokens)
+    fastest = backend == "auto"
     if backend == "auto":
         kernel_dtypes = (torch.float32, torch.bfloat16, torch.float16)
         backend = ("triton" if target_logits.is_cuda and _triton_available()
@@ -225,6 +251,9 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
                                              generator, lenience, lenience_eps)
         return VerifyResult(tokens=tokens, num_accepted=num_accepted)
     all_greedy = not isinstance(temperature, torch.Tensor) and is_greedy(float(temperature))
+    if all_greedy and fastest and target_logits.device.type == "cpu" \
+            and target_logits.dtype in (torch.float32, torch.float64):
+        return verify_greedy_cpu(target_logits, draft_tokens, num_draft_tokens)
     return verify_reference(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
                             generator, lenience, lenience_eps, all_greedy)
 
