@@ -100,3 +100,28 @@ def test_the_script_end_to_end(tmp_path, monkeypatch):
     last = log["evals"][-1]
     assert 1.0 <= last["mal_g4"] <= 5.0 and 0.0 <= last["step1_agreement"] <= 1.0
     assert last["greedy_tokens"] > 0 and last["t1_tokens"] > 0
+    # export: the saved draft as a folder the engine loads and runs; greedy output is the target's own
+    from specdec import SpeculativeDecoder, autoregressive_generate
+    from specdec.engine import features as feature_drafts
+    from specdec.models import load_model
+    tok = tmp_path / "target"   # the tiny target has no tokenizer: export copies the target's, so give it one
+    _tiny_tokenizer(tok)
+    assert mod.main(["export", "--target", str(tok), "--draft", str(tmp_path / "draft.pt"),
+                     "--out", str(tmp_path / "exported")]) == 0
+    assert mod.main(["export", "--target", str(tok), "--draft", str(tmp_path / "draft.pt"),
+                     "--out", str(tmp_path / "exported")]) == 2      # never over another folder
+    draft = load_model(tmp_path / "exported")
+    assert feature_drafts.is_feature_draft(draft) and draft.config.num_hidden_layers == 1
+    prompt = torch.tensor([[5, 9, 33, 70]])
+    sd = SpeculativeDecoder(target, draft, gamma=2).generate(prompt, max_new_tokens=16)
+    assert sd.new_tokens == autoregressive_generate(target, prompt, max_new_tokens=16).new_tokens
+
+
+def _tiny_tokenizer(folder):
+    """A word-level tokenizer of 96 ids saved into `folder` (what load_tokenizer reads)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    vocab = {f"w{i}": i for i in range(96)}
+    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")),
+                                   unk_token="w0")
+    fast.save_pretrained(folder)

@@ -171,3 +171,24 @@ def test_the_transformers_forward_is_refused(pair):
     target, draft = pair
     with pytest.raises(ValueError, match="lean forwards"):
         SpeculativeDecoder(target, draft, impl="hf").generate(torch.tensor([[3, 4, 5]]), max_new_tokens=4)
+
+
+@pytest.mark.parametrize("impl", ["lean", "numpy"])
+def test_rounds_that_draft_nothing(pair, impl):
+    """Rounds of 0 drafts (what gamma="auto" may choose, and the last token of a row) feed the draft
+    nothing: the true features it owes pile up and the next drafting round reads them all at once."""
+    from specdec.costmodel.measure import CycleGammas
+    target, draft = pair
+    ids, mask = _batch()
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=23, impl=impl)
+    for cycle in ([0, 2, 0, 0, 1, 3], [0, 0, 4]):
+        seen = []
+        dec = SpeculativeDecoder(target, draft, gamma=4, impl=impl)
+        sd = dec.generate(ids, mask, max_new_tokens=23, policy=CycleGammas(cycle),
+                          on_round=lambda info: seen.append((info.draft.columns, info.target.columns)))
+        assert sd.new_tokens == ar.new_tokens, cycle
+        # the draft keeps no column of its own guesses: it never holds more columns than the target
+        assert all(d <= t for d, t in seen), seen
+        assert sd.stats.accepted_tokens > 0
+    plain = SpeculativeDecoder(target, draft, gamma=3, impl=impl).generate(ids, mask, max_new_tokens=1)
+    assert plain.new_tokens == [o[:1] for o in ar.new_tokens]
