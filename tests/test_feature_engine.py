@@ -192,3 +192,15 @@ def test_rounds_that_draft_nothing(pair, impl):
         assert sd.stats.accepted_tokens > 0
     plain = SpeculativeDecoder(target, draft, gamma=3, impl=impl).generate(ids, mask, max_new_tokens=1)
     assert plain.new_tokens == [o[:1] for o in ar.new_tokens]
+
+
+def test_distill_refuses_a_feature_draft(pair, tmp_path):
+    """specdec distill trains token-only drafts: a feature draft gets one line, before any work."""
+    from specdec.distill.config import DistillConfig
+    from specdec.distill.trainer import check_inputs
+    target, draft = pair
+    target.save_pretrained(tmp_path / "t")
+    features.save(draft, tmp_path / "d")
+    cfg = DistillConfig(target=str(tmp_path / "t"), draft=str(tmp_path / "d"), out=str(tmp_path / "o"))
+    with pytest.raises(ValueError, match="reads the target's features"):
+        check_inputs(cfg, None)

@@ -32,7 +32,8 @@ import torch
 
 from ..common import config
 from ..common.config import config_from_args
-from ..models import bundled_pair, check_vocab, load_model, load_tokenizer
+from ..models import bundled_pair, check_vocab, load_config, load_model, load_tokenizer
+from ..engine.features import CONFIG_KEY as FEATURE_DRAFT_KEY
 from ..models.draft import EMBED_KEY
 from ..common.files import write_json_atomic
 from ..common.fingerprint import fingerprint_inputs
@@ -109,6 +110,9 @@ class Inputs:
 def check_inputs(cfg: DistillConfig, dist: Dist) -> Inputs:
     bt, bd = bundled_pair() if cfg.target is None or cfg.draft is None else (None, None)
     target_path, draft_path = str(cfg.target or bt), str(cfg.draft or bd)
+    if getattr(load_config(draft_path), FEATURE_DRAFT_KEY, None) is not None:
+        raise ValueError(f"{draft_path} is a draft that reads the target's features (EAGLE-1): specdec distill "
+                         "trains drafts that read tokens only; train it with bench/smollm2_feature_draft.py")
     tok = load_tokenizer(draft_path)
     vocab = check_vocab(load_tokenizer(target_path), tok, target_path, draft_path)
     check_context(cfg, target_path, draft_path)
