@@ -286,7 +286,13 @@ def train(args) -> int:
     rows, val = load_rows(args.features, [n for n in names if n != args.val]), load_rows(args.features, [args.val])
     target = load_model(args.target)
     args.layer %= target.config.num_hidden_layers   # -1: the last
-    draft = FeatureDraft(target, args.layer, emitted_ids(rows, args.head))
+    if args.init:   # continue from a saved draft (train --save): its layer, fc, norm and head ids
+        saved = torch.load(args.init, weights_only=False)
+        args.layer = saved["layer"]
+        draft = FeatureDraft(target, args.layer, saved["state"]["head_ids"].tolist())
+        draft.load_state_dict(saved["state"], strict=False)
+    else:
+        draft = FeatureDraft(target, args.layer, emitted_ids(rows, args.head))
     del target
     log = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ"), "args": vars(args),
            "train_rows": len(rows), "train_tokens": sum(len(r[0]) for r in rows), "evals": []}
@@ -398,6 +404,8 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--out", required=True, help="JSON: the settings and every evaluation")
+    t.add_argument("--init", default=None, help="start from this saved draft (train --save) instead of the "
+                   "target's layer: a longer schedule in steps (--head and --layer are then the saved draft's)")
     t.add_argument("--save", default=None, help="also write the trained draft here (torch.save: its layer's, "
                    "fc's and norm's parameters and the head ids), atomically at the end")
     e = sub.add_parser("export", help="a saved draft (train --save) as a model folder the engine runs")

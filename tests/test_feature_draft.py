@@ -100,6 +100,12 @@ def test_the_script_end_to_end(tmp_path, monkeypatch):
     last = log["evals"][-1]
     assert 1.0 <= last["mal_g4"] <= 5.0 and 0.0 <= last["step1_agreement"] <= 1.0
     assert last["greedy_tokens"] > 0 and last["t1_tokens"] > 0
+    # --init continues from the saved draft: its first evaluation is the saved draft's last
+    again = tmp_path / "again.json"
+    assert mod.main(["train", "--target", str(tmp_path / "target"), "--features", str(feats), "--val",
+                     "unit_00001.pt", "--steps", "2", "--epochs", "1", "--batch", "2", "--evals", "1",
+                     "--init", str(tmp_path / "draft.pt"), "--out", str(again)]) == 0
+    assert json.loads(again.read_text())["evals"][0] == {**last, "step": 0, "s": json.loads(again.read_text())["evals"][0]["s"]}
     # export: the saved draft as a folder the engine loads and runs; greedy output is the target's own
     from specdec import SpeculativeDecoder, autoregressive_generate
     from specdec.engine import features as feature_drafts
