@@ -22,12 +22,13 @@ model (`weights_of`), not its state_dict; they go stale if the model's parameter
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from ..common.fingerprint import file_sha256
+from . import arena
 from .headmap import head_ids
 from .qformats import BLOCK, BLOCK_BYTES, QUANTIZERS, dequantize
 from .qkernels import QMatrix, pack_q8a
@@ -83,44 +84,23 @@ def in_kernel_layout(qw: QuantWeights) -> QuantWeights:
 
 
 def _huge_arena(qw: QuantWeights) -> None:
-    """Move every matrix's blocks into one anonymous mapping advised MADV_HUGEPAGE (Linux; elsewhere, or
-    where the kernel refuses, the same copy on ordinary pages). Why: a decode step streams all the
-    weights once, and on 4 KB pages that is a TLB miss every 4 KB (~25,000 a step for SmolLM2's 100 MB);
-    transparent huge pages ("madvise" mode, the usual default) need the advice to be used at all."""
-    import dataclasses
-    import mmap
-    if not hasattr(mmap, "MAP_ANONYMOUS"):   # not a Unix: the blocks stay where they are
-        return
-    mats = [(i, name) for i in range(len(qw.layers)) for name in ("qkv", "o", "gate_up", "down")]
+    """Move every matrix's blocks into one huge-page buffer (engine/arena.py): a step streams them all."""
     align = 4096
-    sizes = [getattr(qw.layers[i], n).blocks.nbytes for i, n in mats] + [qw.head.blocks.nbytes]
-    total = sum(-(-s // align) * align for s in sizes)
-    huge = 2 << 20
-    arena = mmap.mmap(-1, -(-total // huge) * huge + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    base = np.frombuffer(arena, dtype=np.uint8)
-    start = (-base.ctypes.data) % huge                        # the first 2 MB boundary
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            arena.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:
-            pass
+    mats = [getattr(ly, n) for ly in qw.layers for n in ("qkv", "o", "gate_up", "down")] + [qw.head]
+    base = arena.huge_bytes(sum(-(-m.blocks.nbytes // align) * align for m in mats))
+    offsets = {}
 
-    def moved(m: QMatrix, off: int) -> QMatrix:
-        view = base[start + off:start + off + m.blocks.nbytes].reshape(m.blocks.shape)
+    def moved(m: QMatrix) -> QMatrix:
+        off = offsets.setdefault("next", 0)
+        view = base[off:off + m.blocks.nbytes].reshape(m.blocks.shape)
         view[...] = m.blocks
-        return dataclasses.replace(m, blocks=view)
+        offsets["next"] = off + -(-m.blocks.nbytes // align) * align
+        return replace(m, blocks=view)
 
-    off, layers = 0, []
-    for ly in qw.layers:
-        new = {}
-        for name in ("qkv", "o", "gate_up", "down"):
-            m = getattr(ly, name)
-            new[name] = moved(m, off)
-            off += -(-m.blocks.nbytes // align) * align
-        layers.append(dataclasses.replace(ly, **new))
-    qw.head = moved(qw.head, off)
-    qw.layers = layers
-    qw.arena = True   # the views keep the mapping alive; a deep copy of them is an ordinary array
+    qw.layers = [replace(ly, **{n: moved(getattr(ly, n)) for n in ("qkv", "o", "gate_up", "down")})
+                 for ly in qw.layers]
+    qw.head = moved(qw.head)
+    qw.arena = True
 
 
 def version_key(model) -> tuple:
