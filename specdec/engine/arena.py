@@ -1,10 +1,11 @@
 """Memory on transparent huge pages for the CPU kernels' big, streamed buffers.
 
-Why: a decode step streams every weight once (SmolLM2's quantized 100 MB) and reads its KV cache; on
-4 KB pages that is a TLB miss every 4 KB, and Linux's usual transparent-huge-page mode ("madvise") gives
-2 MB pages only to memory advised so. Measured on the 2-core Xeon (bench/RESULTS.md, "The feature draft
-in the engine"): the gguf-q8a step 1.09-1.12x faster with its weights here. Costs: a buffer is rounded
-up to 2 MB; elsewhere than Linux (no MADV_HUGEPAGE) the same memory on ordinary pages.
+Why: a decode step streams every weight once (SmolLM2's quantized 100 MB); on 4 KB pages that is a TLB
+miss every 4 KB, and Linux's usual transparent-huge-page mode ("madvise") gives 2 MB pages only to memory
+advised so. Measured on the 2-core Xeon (bench/RESULTS.md, "The feature draft in the engine"): the
+gguf-q8a step 1.09-1.12x faster with its weights here; the KV cache there too measured within noise
+(1.00-1.06x), so it stays on ordinary pages. Costs: a buffer is rounded up to 2 MB; elsewhere than
+Linux (no MADV_HUGEPAGE) the same memory on ordinary pages.
 """
 from __future__ import annotations
 
