@@ -600,3 +600,23 @@ def test_the_cost_cache_fingerprint_covers_the_c_kernels():
     """A change to the kernels' C source changes step costs: cached round costs must not outlive it."""
     from specdec.costmodel import cache as costcache
     assert native.HERE / "qkernels.c" in set(costcache.engine_sources())
+
+
+def test_weights_move_to_one_huge_page_arena():
+    """The kernels' weights move into one 2 MB-aligned buffer (engine/arena.py) with the same bytes; a
+    deep copy of the model (ordinary arrays then) decodes the same."""
+    from specdec.engine import arena
+    buf = arena.huge_bytes(5000)
+    assert buf.nbytes == 5000 and buf.ctypes.data % arena.HUGE == 0 and not buf.any()
+    buf[:] = 7                                                      # writable
+    model = quantize_model(_model(seed=3), "q8_0")   # weight-only: the blocks keep their GGUF layout
+    qw = qweights.weights_of(model)
+    before = [m.blocks.copy() for ly in qw.layers for m in (ly.qkv, ly.o, ly.gate_up, ly.down)] + [qw.head.blocks.copy()]
+    assert not qw.arena
+    ids = torch.tensor([[5, 9, 17, 3]])
+    out = autoregressive_generate(model, ids, max_new_tokens=8)   # builds the forward: the arena
+    assert qw.arena
+    after = [m.blocks for ly in qw.layers for m in (ly.qkv, ly.o, ly.gate_up, ly.down)] + [qw.head.blocks]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert after[0].ctypes.data % arena.HUGE == 0                 # the arena's first matrix, at its start
+    assert autoregressive_generate(copy.deepcopy(model), ids, max_new_tokens=8).new_tokens == out.new_tokens
