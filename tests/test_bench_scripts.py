@@ -38,3 +38,20 @@ def test_step_costs_reports_every_path_beside_its_floor(tmp_path, monkeypatch):
     paths = {(r["model"], r["path"], r["precision"]) for r in d["rows"]}
     assert {("target", "lean", "int8"), ("draft", "numpy", "float32"), ("target", "hf-dynamic", "float32")} <= paths
     assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in d["rows"])
+
+
+def test_hugepages_ab_times_both_layouts_and_restores_the_arena(tmp_path, monkeypatch):
+    from conftest import tiny_llama
+    from specdec.engine import qkernels, qweights
+    if qkernels.available() is not None:
+        pytest.skip("the C kernels do not build here")
+    tiny_llama(vocab_size=64, hidden_size=64, num_layers=2, heads=4, kv_heads=2).save_pretrained(tmp_path / "t")
+    arena = qweights._huge_arena
+    m = bench_script("hugepages_ab", monkeypatch)
+    out = tmp_path / "ab.json"
+    assert m.main(["--target", str(tmp_path / "t"), "--quantize", "q8_0", "--contexts", "8,20", "--iters", "3",
+                   "--out", str(out)]) == 0
+    ms = json.loads(out.read_text())["ms"]
+    assert set(ms) == {"8", "20"} and all(v > 0 for c in ms.values() for v in c.values())
+    assert set(ms["8"]) == {"4k S=1", "4k S=2", "huge S=1", "huge S=2"}
+    assert qweights._huge_arena is arena
