@@ -52,19 +52,20 @@ def main(argv=None) -> int:
         models[name] = m
     qweights._huge_arena = arena_on
     tokens = [int(s) for s in args.tokens.split(",")]
+    vocab = models["huge"].config.vocab_size
     out = {"command": " ".join(sys.argv), "env": environment(), "ms": {}}
     for ctx in (int(c) for c in args.contexts.split(",")):
         runs = {}
         for name, m in models.items():
             r = ModelRunner(m, 1, ctx + 64)
-            ids = torch.randint(100, 40000, (1, ctx))
+            ids = torch.randint(0, vocab, (1, ctx))
             r.prefill(ids, torch.ones_like(ids))
             runs[name] = (r, r.columns)
         times = {(n, S): [] for n in runs for S in tokens}
         for _ in range(args.iters):
             for n, (r, base) in runs.items():
                 for S in tokens:
-                    x = torch.randint(100, 40000, (1, S))
+                    x = torch.randint(0, vocab, (1, S))
                     pos = torch.arange(ctx - 1, ctx - 1 + S)[None]
                     t0 = time.perf_counter()
                     r.forward(x, pos, torch.ones((1, S), dtype=torch.bool))
