@@ -22,6 +22,11 @@ the draft never saw d_K, so the next round feeds [d_K, bonus] (2 tokens); rows t
 masked dummy in that first column. Lossless whatever the policy: a round's counts depend only on
 earlier rounds' verdicts, never on its own.
 
+A draft that reads the target's features (engine/features.py, EAGLE-1) runs the same steps in
+_FeatureCall: the target's forwards also return its features, a round's first draft step reads the true
+features the draft owes (those of what the last round accepted), its later steps its own state, and its
+cache never keeps its own guesses (it lags the committed sequence by what it owes instead).
+
 Host synchronisation: one read per round of the verified tokens, the accepted counts and a NaN flag
 (needed to decide what each row emits and when it stops). Sampling uses the exponential race, which
 needs no sync.
@@ -532,9 +537,9 @@ class _Owed:
 def prefill_feature_draft(runner: ModelRunner, ids, mask, feats, project) -> _Owed:
     """Feed the feature draft the prompt: column j reads (f_j, x_{j+1}) at x_j's position, for every
     prompt token but the last two (ids, mask [B, P] left-padded; feats [B, P-1, d] the target's prefill
-    features, None when P = 1; project: features.projector). Returns the one column it still owes, (f_{P-2}, x_{P-1}): the first
-    round feeds it and drafts from its output. A row whose prompt is one token has no feature yet: it
-    reads zeros at position 0 (only its first proposals are the worse for it)."""
+    features, None when P = 1; project: features.projector). Returns the one column it still owes,
+    (f_{P-2}, x_{P-1}): the first round feeds it and drafts from its output. A row whose prompt is one
+    token has no feature yet: it reads zeros at position 0 (only its first proposals are the worse)."""
     B, P = ids.shape
     pos = (mask.cumsum(1) - 1).clamp_min(0)
     if P > 2:
