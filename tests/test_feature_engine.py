@@ -13,7 +13,7 @@ from conftest import ALPHA, chi2_pvalue, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate, verify
 from specdec.engine import features, qkernels
 from specdec.engine.qweights import quantize_model
-from specdec.engine.sampling import mask_logits, probs_from_logits
+from test_decoding import _exact_two_token_dist
 
 
 def _feature_draft(target, seed=1, head_ids=None, scale=0.3):
@@ -110,16 +110,6 @@ def test_the_engine_proposes_what_the_trained_chain_predicts(monkeypatch):
     assert checked >= 3 * 6 and t >= len(seq) - 1
 
 
-def _exact_two_token_dist(model, prompt, V, temperature):
-    with torch.no_grad():
-        l1 = model(prompt).logits[0, -1, :V]
-        p1 = probs_from_logits(mask_logits(l1, temperature, 0, 1.0), temperature)
-        seqs = torch.cat([prompt.expand(V, -1), torch.arange(V)[:, None]], 1)
-        l2 = model(seqs).logits[:, -1, :V]
-        p2 = probs_from_logits(mask_logits(l2, temperature, 0, 1.0), temperature)
-    return p1[:, None] * p2
-
-
 def test_sampling_is_lossless():
     """The first two tokens follow the target's exact joint distribution (chi-square at ALPHA), with a
     feature draft whose head covers only some ids (so recovered tokens outside it occur too)."""
@@ -132,7 +122,7 @@ def test_sampling_is_lossless():
                                                               temperature=1.0, seed=123)
     assert 0.2 < out.stats.acceptance_rate < 0.95
     pairs = torch.tensor([o[0] * V + o[1] for o in out.new_tokens])
-    exact = _exact_two_token_dist(target, prompt, V, 1.0).flatten()
+    exact = _exact_two_token_dist(target, prompt, V, 1.0, 0, 1.0).flatten()
     assert chi2_pvalue(torch.bincount(pairs, minlength=V * V), exact) > ALPHA
     # Negative control: a verifier that accepts every draft emits the draft's own proposals, which are
     # measurably off at this sample size.

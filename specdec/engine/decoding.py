@@ -362,6 +362,8 @@ class _Call:
     rows on the device and the host, the policy's call state, statistics, the clock) and the round's
     named steps (module docstring). A new one per call: calls share nothing but the decoder's settings."""
 
+
+    FEATURES = False   # whether the target's verify forward also returns its features
     def __init__(self, dec: SpeculativeDecoder, params: SamplingParams, ids, mask, lengths, runners, counts,
                  clock: DecodeClock, stats: DecodeStats):
         self.dec, self.params, self.counts, self.clock, self.stats = dec, params, counts, clock, stats
@@ -372,6 +374,12 @@ class _Call:
         pending = ids[:, -1]
         self.live = _Live(pending=pending, pos=mask.sum(1) - 1, prev=pending.clone(),
                           prev_needed=torch.zeros_like(pending, dtype=torch.bool), any_prev_needed=False)
+        # greedy with a draft head covering some ids, all of them emittable: proposals from the covered
+        # logits alone (propose)
+        head = self.drf.head
+        self.narrow = params.greedy and head is not None and int(head.ids[-1]) < dec.vocab_size
+        # the target's forwards also return its features (the feature loop reads them)
+        self.tfeats = None
 
     def run(self, on_round) -> None:
         rows, live, counts = self.rows, self.live, self.counts
@@ -415,23 +423,37 @@ class _Call:
         else:
             ids, pos = live.pending[:, None], live.pos[:, None]
             valid = torch.ones((B, 1), dtype=torch.bool, device=ids.device)
-        if self.dec.draft_rows < V:
-            ids = ids.clamp_max(self.dec.draft_rows - 1)
         ones = valid[:, -1:]
         for k in range(K):
             t0 = self.clock.start("draft_forward")
-            logits = self.drf.forward(ids, pos, valid, logits_to_keep=1)[:, -1, :V]      # [B, V]
+            logits = self.drf.forward(self.draft_ids(ids), pos, valid, logits_to_keep=1, expand=not self.narrow)
             self.clock.stop("draft_forward", t0, ids.shape[1])
             self.stats.draft_calls += 1
-            masked = mask_logits(logits, p.temperature, p.top_k, p.top_p)
-            tok = sample_tokens(masked, p.temperature, self.gen)                       # [B]
-            drafts[:, k] = tok
-            if q_logits is not None:
-                q_logits.append(masked)
+            drafts[:, k] = self.propose(logits, q_logits)
             if k + 1 < K:  # d_K itself is fed next round, only where it is accepted
-                ids, pos, valid = tok[:, None], live.pos[:, None] + (k + 1), ones
+                ids, pos, valid = drafts[:, k:k + 1], live.pos[:, None] + (k + 1), ones
         q = None if q_logits is None else pad_vocab(torch.stack(q_logits, 1), V)      # [B, K, V]
         return drafts, q, h
+
+    def draft_ids(self, ids):
+        """ids the draft embeds: a target id beyond its embedding reaches it as its last row (see
+        SpeculativeDecoder.__init__)."""
+        return ids if self.dec.draft_rows >= self.dec.vocab_size else ids.clamp_max(self.dec.draft_rows - 1)
+
+    def propose(self, logits, q_logits):
+        """The next draft token per row [B] from a draft forward's logits [B, S', W] (its last column),
+        appending the masked q logits [B, V] to q_logits when sampling. With `narrow` the forward gave
+        its head's covered logits only: greedy takes their argmax (ascending ids: the same first maximum
+        as over the full-width logits), with no full-width copy."""
+        p, V, head = self.params, self.dec.vocab_size, self.drf.head
+        if self.narrow and logits.shape[-1] == head.ids.numel():
+            return head.ids[argmax(logits[:, -1])]
+        if self.narrow:
+            logits = head.expand(logits)
+        masked = mask_logits(logits[:, -1, :V], p.temperature, p.top_k, p.top_p)
+        if q_logits is not None:
+            q_logits.append(masked)
+        return sample_tokens(masked, p.temperature, self.gen)
 
     def score(self, drafts):
         """One target forward over [pending, d_1..d_K]: logits [B, K+1, V] on the decoder's device."""
@@ -439,7 +461,9 @@ class _Call:
         ids = torch.cat([live.pending[:, None], drafts], 1)                            # [B, K+1]
         pos = live.pos[:, None] + torch.arange(K + 1, device=ids.device)               # [B, K+1]
         t0 = self.clock.start("target_forward")
-        logits = self.tgt.forward(ids, pos, torch.ones_like(ids, dtype=torch.bool))
+        logits = self.tgt.forward(ids, pos, torch.ones_like(ids, dtype=torch.bool), hidden=self.FEATURES)
+        if self.FEATURES:
+            logits, self.tfeats = logits                                               # features [B, K+1, d]
         self.clock.stop("target_forward", t0, K + 1)
         self.stats.target_calls += 1
         return logits[:, :, :self.dec.vocab_size].to(self.dec.device)
@@ -549,11 +573,10 @@ def prefill_feature_draft(runner: ModelRunner, ids, mask, feats, project) -> _Ow
     if feats is None:
         width = runner.model.config.specdec_feature_draft["target_hidden"]
         last = torch.zeros((B, 1, width), dtype=torch.float32, device=ids.device)
-        real = torch.zeros((B, 1), dtype=torch.bool, device=ids.device)
-    else:
-        real = mask[:, P - 2:P - 1].bool()
-        last = feats[:, P - 2:P - 1].float() * real[..., None]
-    return _Owed(ids[:, P - 1:], (pos[:, P - 1:] - 1).clamp_min(0), torch.ones_like(real), last)
+    else:   # a pad there (a one-token prompt in a longer batch) reads zeros too
+        last = feats[:, P - 2:P - 1].float() * mask[:, P - 2:P - 1, None]
+    return _Owed(ids[:, P - 1:], (pos[:, P - 1:] - 1).clamp_min(0),
+                 torch.ones((B, 1), dtype=torch.bool, device=ids.device), last)
 
 
 class _FeatureCall(_Call):
@@ -566,62 +589,35 @@ class _FeatureCall(_Call):
               accepted prefix's true features, read at the next round's first step.
     The draft's cache thus holds true-feature columns only, one per committed token but the last."""
 
+    FEATURES = True
+
     def __init__(self, dec, params, ids, mask, lengths, runners, counts, clock, stats, owed: _Owed):
         super().__init__(dec, params, ids, mask, lengths, runners, counts, clock, stats)
         self.project = features.projector(dec.draft)                                 # f -> f W_f^T
-        self.owed, self.tfeats, self.fed = owed, None, 0
+        self.owed = owed
 
     def draft(self, K: int):
         p, V, live = self.params, self.dec.vocab_size, self.live
         B = live.pending.shape[0]
         drafts = torch.empty((B, K), dtype=torch.long, device=live.pending.device)
-        if K == 0:
-            self.fed = 0
+        if K == 0:   # the owed columns wait for the next round that drafts
             return drafts, (None if p.greedy else drafts.new_zeros((B, 0, V), dtype=torch.float)), 0
         q_logits = None if p.greedy else []
         o = self.owed
         ids, pos, valid, add = o.ids, o.pos, o.valid, self.project(o.feats)
-        if self.dec.draft_rows < V:
-            ids = ids.clamp_max(self.dec.draft_rows - 1)
-        self.fed = ids.shape[1]
         ones = torch.ones((B, 1), dtype=torch.bool, device=ids.device)
-        head = self.drf.head
-        # greedy with a head covering some ids, all of them emittable: the argmax over the covered logits
-        # (ascending ids: the same first maximum as over the full-width logits), no full-width copy
-        narrow = p.greedy and head is not None and int(head.ids[-1]) < V
         for k in range(K):
             t0 = self.clock.start("draft_forward")
-            logits, g = self.drf.forward(ids, pos, valid, logits_to_keep=1, embeds_add=add, hidden=True,
-                                         expand=not narrow)
+            logits, g = self.drf.forward(self.draft_ids(ids), pos, valid, logits_to_keep=1, embeds_add=add,
+                                         hidden=True, expand=not self.narrow)
             self.clock.stop("draft_forward", t0, ids.shape[1])
             self.stats.draft_calls += 1
-            if narrow and logits.shape[-1] == head.ids.numel():
-                tok = head.ids[argmax(logits[:, -1])]                                   # [B]
-            else:
-                logits = head.expand(logits) if narrow else logits
-                masked = mask_logits(logits[:, -1, :V], p.temperature, p.top_k, p.top_p)
-                tok = sample_tokens(masked, p.temperature, self.gen)                   # [B]
-                if q_logits is not None:
-                    q_logits.append(masked)
-            drafts[:, k] = tok
+            drafts[:, k] = self.propose(logits, q_logits)
             if k + 1 < K:   # step k+2 reads (g_{k+1}, d_{k+1}) at position t + k
-                ids, pos, valid = tok[:, None], live.pos[:, None] + k, ones
-                if self.dec.draft_rows < V:
-                    ids = ids.clamp_max(self.dec.draft_rows - 1)
-                add = self.project(g[:, -1:])
+                ids, pos, valid, add = drafts[:, k:k + 1], live.pos[:, None] + k, ones, self.project(g[:, -1:])
         self.owed = None
         q = None if q_logits is None else pad_vocab(torch.stack(q_logits, 1), V)      # [B, K, V]
         return drafts, q, 0
-
-    def score(self, drafts):
-        K, live = drafts.shape[1], self.live
-        ids = torch.cat([live.pending[:, None], drafts], 1)                            # [B, K+1]
-        pos = live.pos[:, None] + torch.arange(K + 1, device=ids.device)               # [B, K+1]
-        t0 = self.clock.start("target_forward")
-        logits, self.tfeats = self.tgt.forward(ids, pos, torch.ones_like(ids, dtype=torch.bool), hidden=True)
-        self.clock.stop("target_forward", t0, K + 1)
-        self.stats.target_calls += 1
-        return logits[:, :, :self.dec.vocab_size].to(self.dec.device)
 
     def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
         tgt, drf, live = self.tgt, self.drf, self.live

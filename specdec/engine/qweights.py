@@ -85,21 +85,18 @@ def in_kernel_layout(qw: QuantWeights) -> QuantWeights:
 
 def _huge_arena(qw: QuantWeights) -> None:
     """Move every matrix's blocks into one huge-page buffer (engine/arena.py): a step streams them all."""
-    align = 4096
-    mats = [getattr(ly, n) for ly in qw.layers for n in ("qkv", "o", "gate_up", "down")] + [qw.head]
-    base = arena.huge_bytes(sum(-(-m.blocks.nbytes // align) * align for m in mats))
-    offsets = {}
-
-    def moved(m: QMatrix) -> QMatrix:
-        off = offsets.setdefault("next", 0)
+    names = ("qkv", "o", "gate_up", "down")
+    mats = [getattr(ly, n) for ly in qw.layers for n in names] + [qw.head]
+    sizes = [-(-m.blocks.nbytes // 4096) * 4096 for m in mats]                   # each on a 4 KB boundary
+    base = arena.huge_bytes(sum(sizes))
+    moved, off = [], 0
+    for m, size in zip(mats, sizes):
         view = base[off:off + m.blocks.nbytes].reshape(m.blocks.shape)
         view[...] = m.blocks
-        offsets["next"] = off + -(-m.blocks.nbytes // align) * align
-        return replace(m, blocks=view)
-
-    qw.layers = [replace(ly, **{n: moved(getattr(ly, n)) for n in ("qkv", "o", "gate_up", "down")})
-                 for ly in qw.layers]
-    qw.head = moved(qw.head)
+        moved.append(replace(m, blocks=view))
+        off += size
+    qw.layers = [replace(ly, **dict(zip(names, moved[4 * i:4 * i + 4]))) for i, ly in enumerate(qw.layers)]
+    qw.head = moved[-1]
     qw.arena = True
 
 

@@ -124,8 +124,6 @@ class ModelRunner:
         """One forward over the cache whose begin() produced `mask`. ids, pos: [B, S]. embeds_add, hidden:
         a feature draft's input and a target's features (lean.LeanForward.__call__; the lean forwards only)."""
         if self.impl in ("lean", "numpy"):
-            if embeds_add is None and not hidden:
-                return self._lean(ids, pos, self.kv, mask, logits_to_keep)
             return self._lean(ids, pos, self.kv, mask, logits_to_keep, embeds_add=embeds_add, hidden=hidden)
         if embeds_add is not None or hidden:
             raise ValueError("a feature draft and its target run on the lean forwards (impl lean or numpy), "
@@ -152,14 +150,13 @@ class ModelRunner:
         [B, S', len(self.head.ids)] where the lean forwards computed only those (a greedy draft's argmax
         needs no full-width copy)."""
         mask = self.kv.begin(valid, pos)
-        feats = None
-        if self.graphs is not None and embeds_add is None and not hidden and self.graphs.eligible(ids.shape[1]):
-            logits = self.graphs.run(ids, pos, mask, logits_to_keep)
-        elif embeds_add is None and not hidden:
-            logits = self.eager(ids, pos, mask, logits_to_keep)
+        plain = embeds_add is None and not hidden   # what CUDA graphs capture
+        if self.graphs is not None and plain and self.graphs.eligible(ids.shape[1]):
+            out = self.graphs.run(ids, pos, mask, logits_to_keep)
         else:
-            logits, feats = self.eager(ids, pos, mask, logits_to_keep, embeds_add, True)
+            out = self.eager(ids, pos, mask, logits_to_keep, embeds_add, hidden)
         self.kv.end()
+        logits, feats = out if hidden else (out, None)
         logits = logits if self.head is None or not expand else self.head.expand(logits)
         return (logits, feats) if hidden else logits
 

@@ -57,7 +57,7 @@ def unusable_rows(logits: torch.Tensor) -> torch.Tensor:
     -inf). softmax turns such a row into NaN and argmax then returns an id nobody sampled (token 0 for
     an all -inf row). One max over V: torch's max propagates NaN, as NumPy's (the CPU path: fewer
     operations, each paid cold right after a forward; see argmax)."""
-    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64) and not logits.requires_grad:
+    if _numpy_rows(logits):
         return torch.from_numpy(~np.isfinite(logits.numpy().max(-1)))
     return ~logits.amax(dim=-1).isfinite()
 
@@ -101,9 +101,14 @@ def argmax(x: torch.Tensor) -> torch.Tensor:
     2-core Xeon: [1, 2, 49152] float32 134 us against NumPy's 5 us), and greedy decoding pays it on the
     target's logits every step and on the draft's every draft step (bench/RESULTS.md, "The feature
     draft in the engine")."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad and x.dim():
+    if _numpy_rows(x):
         return torch.from_numpy(x.numpy().argmax(-1).astype("int64", copy=False))
     return x.argmax(dim=-1)
+
+
+def _numpy_rows(x: torch.Tensor) -> bool:
+    """Whether x's rows can go through NumPy (argmax, unusable_rows): a float CPU tensor outside autograd."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad and x.dim() > 0
 
 
 def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
