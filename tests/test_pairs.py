@@ -78,24 +78,38 @@ def test_missing_wheel_is_one_line_with_the_install_command(monkeypatch, tmp_pat
     assert not out.exists()                      # refused before anything was claimed or loaded
 
 
-def test_missing_draft_says_pass_draft(smollm2, monkeypatch, tmp_path):
+def test_without_a_shipped_draft_the_pair_runs_the_ngram_lookup(smollm2, monkeypatch, tmp_path):
+    """No trained SmolLM2 draft ships: the pair's draft is the n-gram lookup (engine/ngram.py), which the
+    decoding commands take and the training commands refuse in one line (there is nothing to train)."""
     target, _ = smollm2
     monkeypatch.setattr(pairs, "ASSETS", tmp_path)
     resolved = pairs.resolve_pair("smollm2")
-    assert resolved.target == target and resolved.draft is None and "pass --draft DIR" in resolved.draft_problem
-    for make in (lambda: GenerateConfig(pair="smollm2"), lambda: DistillConfig(pair="smollm2", out=str(tmp_path)),
-                 lambda: DemoConfig(pair="smollm2", out=str(tmp_path / "d"))):
-        with pytest.raises(ValueError, match="smollm2 pair has no draft in this install .none ships yet.* pass "
-                                             "--draft DIR"):
+    assert resolved.target == target and resolved.draft == "ngram" and resolved.draft_problem is None
+    assert GenerateConfig(pair="smollm2").draft == "ngram"
+    cfg = benchmark.BenchConfig(pair="smollm2")
+    assert cfg.draft == "ngram" and cfg.no_draft is None and cfg.gamma == (4, "auto")
+    for make in (lambda: DistillConfig(pair="smollm2", out=str(tmp_path)),
+                 lambda: DemoConfig(pair="smollm2", out=str(tmp_path / "d")),
+                 lambda: DistillConfig(draft="ngram", out=str(tmp_path))):
+        with pytest.raises(ValueError, match="n-gram lookup .no model., which has no weights to train; pass --draft DIR"):
             make()
     assert CacheConfig(out=str(tmp_path / "c"), pair="smollm2").target == str(target)   # needs no draft
 
 
+def _draftless(monkeypatch):
+    """The smollm2 pair with a draft that is missing (draft() raises): the generic no-draft path."""
+    import dataclasses
+
+    def missing():
+        raise ValueError("the smollm2 pair has no draft here; pass --draft DIR")
+    monkeypatch.setitem(pairs.PAIRS, "smollm2", dataclasses.replace(pairs.PAIRS["smollm2"], draft=missing))
+
+
 def test_bench_without_the_pairs_draft_runs_the_rows_that_need_none(smollm2, monkeypatch, tmp_path, capsys):
-    """No SmolLM2 draft ships: `bench --pair smollm2` runs plain decoding, generate() and llama.cpp, and
+    """A pair whose draft is missing: `bench --pair` runs plain decoding, generate() and llama.cpp, and
     says in one line that the speculative rows need --draft; asking for them is one line, exit 2; the
     commands that need a draft refuse in one line, exit 2."""
-    monkeypatch.setattr(pairs, "ASSETS", tmp_path / "no-assets")
+    _draftless(monkeypatch)
     _fake_llama_cpp(monkeypatch)
     cfg = benchmark.BenchConfig(pair="smollm2")
     assert cfg.draft is None and cfg.gamma == () and cfg.baselines == ("ar", "hf_generate", "llamacpp")
@@ -112,9 +126,7 @@ def test_bench_without_the_pairs_draft_runs_the_rows_that_need_none(smollm2, mon
     assert all(r["error"] is None and r["tokens_per_s"] > 0 for r in rows)
     printed = capsys.readouterr()
     said = [ln for ln in printed.out.splitlines() if "speculative rows" in ln]
-    assert said == ["speculative rows not run: the smollm2 pair has no draft in this install (none ships yet: "
-                    f"{tmp_path / 'no-assets' / pairs.SMOLLM2_DRAFT}); pass --draft DIR, a model that shares "
-                    "SmolLM2's tokenizer"]
+    assert said == ["speculative rows not run: the smollm2 pair has no draft here; pass --draft DIR"]
     for argv, flag in ((["bench", "--gamma", "4"], "--gamma"), (["bench", "--baselines", "hf_assisted"],
                                                               "--baselines hf_assisted"),
                        (["generate"], None), (["distill"], None), (["demo"], None)):
@@ -123,6 +135,31 @@ def test_bench_without_the_pairs_draft_runs_the_rows_that_need_none(smollm2, mon
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "pass --draft DIR" in err[0] and (flag is None or f"{flag} needs a draft" in err[0])
     assert not (tmp_path / "refused").exists()
+
+
+def test_bench_on_the_pair_with_the_ngram_draft(smollm2, monkeypatch, tmp_path):
+    """`bench --pair smollm2` with no shipped draft: speculative rows on the n-gram lookup (greedy equal to
+    plain decoding), the lookup's cost as c, and transformers' own prompt lookup as the HF assisted row."""
+    monkeypatch.setattr(pairs, "ASSETS", tmp_path / "no-assets")
+    out = tmp_path / "run"
+    assert main(["bench", "--pair", "smollm2", "--gamma", "2,auto", "--temperature", "0,1", "--baselines",
+                 "ar,hf_assisted", "--max-new-tokens", "12", "--threads", "1", "--out", str(out),
+                 "--no-plots", "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    meta, rows = res["meta"], [r for r in res["runs"] if r["category"] == "all"]
+    assert meta["draft"] == "ngram" and meta["draft_params"] is None and meta["no_draft"] is None
+    assert meta["engine"]["draft"].startswith("ngram") and set(meta["engine"]["quantize"]) == {"target"}
+    assert meta["hf_assistant_defaults"] == {"prompt_lookup": {"max_matching_ngram_size": None}}
+    assert {(r["method"], r["gamma"], r["temperature"]) for r in rows} == {
+        (m, g, t) for t in (0.0, 1.0) for m, g in (("ar", None), ("sd", 2), ("sd", "auto"), ("hf_assisted", 2))}
+    c = meta["costs"]["1"]["c"]
+    assert 0 < c < 1 and set(meta["costs"]["1"]["v"]) >= {"1", "2", "8"}   # auto's cap: v up to 8
+    for r in rows:
+        assert r["error"] is None and r["tokens_per_s"] > 0
+        if r["temperature"] == 0 and r["method"] != "ar":
+            assert r["outputs_match_ar"] is True
+        if r["method"] == "sd":
+            assert r["draft_cost_ratio"] == c and r["predicted_speedup"] is not None
 
 
 def test_pair_fills_only_what_is_left_unset(smollm2, tmp_path):

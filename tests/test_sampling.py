@@ -1,10 +1,12 @@
-"""Logits processing and the exponential-race sampler."""
+"""Logits processing and the samplers (the exponential race, the inverse CDF)."""
 import math
 
+import pytest
 import torch
 
 from conftest import ALPHA, chi2_pvalue
-from specdec.engine.sampling import mask_logits, probs_from_logits, sample_from_probs, sample_tokens
+from specdec.engine.sampling import (inverse_cdf, mask_logits, probs_from_logits, race, sample_from_probs,
+                                     sample_tokens)
 
 
 def test_top_k_and_top_p_by_hand():
@@ -34,14 +36,19 @@ def test_probs_per_row_temperature():
     torch.testing.assert_close(p[2], torch.softmax(logits[2], -1))  # greedy rows: callers use argmax
 
 
-def test_exponential_race_matches_categorical():
-    probs = torch.tensor([0.4, 0.3, 0.2, 0.1, 0.0])
+@pytest.mark.parametrize("sampler", [sample_from_probs, race, inverse_cdf])
+def test_samplers_match_categorical(sampler):
+    """Both samplers (the race for accelerators, the inverse CDF on the CPU) against the exact
+    distribution, with zeros between the masses and an unnormalised row."""
+    probs = torch.tensor([0.4, 0.0, 0.3, 0.2, 0.1, 0.0]) * 3.0
     g = torch.Generator().manual_seed(0)
-    draws = sample_from_probs(probs.expand(20000, -1), g)
-    assert (draws != 4).all()  # zero-probability ids are never drawn
-    assert chi2_pvalue(torch.bincount(draws, minlength=5), probs) > ALPHA
+    draws = sampler(probs.expand(20000, -1), g)
+    assert ((draws != 1) & (draws != 5)).all()  # zero-probability ids are never drawn
+    assert chi2_pvalue(torch.bincount(draws, minlength=6), probs / 3) > ALPHA
     # Negative control at the same size: a 0.02 shift of mass is caught.
-    assert chi2_pvalue(torch.bincount(draws, minlength=5), torch.tensor([0.42, 0.28, 0.2, 0.1, 0.0])) < ALPHA
+    assert chi2_pvalue(torch.bincount(draws, minlength=6), torch.tensor([0.42, 0, 0.28, 0.2, 0.1, 0])) < ALPHA
+    assert sampler(torch.zeros(2, 3, 4), g).tolist() == [[0, 0, 0], [0, 0, 0]]   # all-zero rows: id 0, shape kept
+    assert sampler(torch.tensor([[0.0, 0.0, 1.0]]), g).tolist() == [2]             # the last id is reachable
 
 
 def test_greedy_and_masked_sampling():

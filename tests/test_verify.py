@@ -224,3 +224,36 @@ def test_greedy_cpu_path_equals_the_reference():
             assert torch.equal(got.tokens, want.tokens) and torch.equal(got.num_accepted, want.num_accepted)
             via = verify(p, p[:, :K], d, temperature=0.0, num_draft_tokens=n, backend="auto")
             assert torch.equal(via.tokens, want.tokens)
+
+
+@pytest.mark.parametrize("lenience,eps", [(None, 1.0), ("sq", 0.5)])
+def test_sampled_cpu_path_equals_the_reference(lenience, eps):
+    """backend="auto" on CPU logits at one temperature takes verify_sampled_cpu (NumPy): the same random
+    numbers in the same order as the reference, so the same result from the same seed, up to float
+    rounding at a boundary (p and q computed in another order): over 400 random cases, per-row counts,
+    K = 0, one-hot q (a deterministic draft) and -inf-masked logits included, at most 1 % may differ."""
+    from specdec.engine.verify import verify_reference, verify_sampled_cpu
+    g = torch.Generator().manual_seed(0)
+    cases = same = accepted = 0
+    for i in range(400):
+        B, K, V = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(0, 4, (1,), generator=g)), 11
+        T = (0.6, 1.0, 1.7)[i % 3]
+        p = torch.randn(B, K + 1, V, generator=g) * 2
+        q = p[:, :K] + torch.randn(B, K, V, generator=g)                     # a draft near the target
+        if i % 4 == 1:
+            q = torch.full((B, K, V), float("-inf")).scatter(-1, torch.randint(0, V, (B, K, 1), generator=g), 0.0)
+        if i % 5 == 2:
+            p[..., :3] = float("-inf")                                        # top-k-style masking
+        d = torch.distributions.Categorical(logits=q / T).sample() if K else torch.zeros(B, 0, dtype=torch.long)
+        n = torch.randint(0, K + 1, (B,), generator=g) if i % 2 else None
+        seed = 1000 + i
+        want = verify_reference(p, q, d, torch.full((B,), T), n, torch.Generator().manual_seed(seed), lenience, eps)
+        got = verify_sampled_cpu(p, q, d, T, n, torch.Generator().manual_seed(seed), lenience, eps)
+        via = verify(p, q, d, temperature=T, num_draft_tokens=n, generator=torch.Generator().manual_seed(seed),
+                     backend="auto", lenience=lenience, lenience_eps=eps)
+        assert torch.equal(via.tokens, got.tokens)                           # auto takes the NumPy path
+        cases += 1
+        same += torch.equal(got.tokens, want.tokens) and torch.equal(got.num_accepted, want.num_accepted)
+        accepted += int(got.num_accepted.sum())
+        assert (got.tokens[:, :1] >= 3).all() or i % 5 != 2                   # a masked id is never emitted
+    assert same >= 0.99 * cases and accepted > 100

@@ -3,6 +3,7 @@
 hf_generate            transformers' plain `target.generate()` (no assistant)
 hf_assisted_generate   transformers' assisted generation (`target.generate(assistant_model=draft)`) under
                        one of its schedules (HF_SCHEDULES)
+hf_prompt_lookup_generate  transformers' n-gram lookup (prompt_lookup_num_tokens), beside the n-gram draft
 hf_assistant_defaults  the assistant settings transformers uses when none are set
 Plain decoding, the denominator of every speedup, is decoding.autoregressive_generate.
 """
@@ -13,6 +14,7 @@ import copy
 import torch
 
 from ..common.values import is_greedy
+from ..engine import ngram
 
 
 # The schedules of transformers' assisted generation that specdec is compared with, by result method:
@@ -104,8 +106,38 @@ def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temper
     return out[0, input_ids.shape[1]:].tolist(), counter.n
 
 
+def hf_prompt_lookup_generate(target, input_ids, attention_mask, gamma, temperature, max_new_tokens, eos_token_id,
+                              pad_token_id, seed):
+    """transformers' own n-gram lookup (`generate(prompt_lookup_num_tokens=gamma)`, its other settings
+    left at their defaults: hf_assistant_defaults), the HF row beside specdec's n-gram draft, batch size 1.
+    Returns (new tokens, target forward calls)."""
+    from transformers.utils import logging as hf_logging
+
+    counter = _Counter()
+    handle = target.register_forward_hook(counter)
+    try:
+        kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
+                  pad_token_id=pad_token_id, prompt_lookup_num_tokens=int(gamma))
+        kw.update(dict(do_sample=False) if is_greedy(temperature) else
+                  dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0))
+        torch.manual_seed(seed)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            out = target.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    finally:
+        handle.remove()
+    return out[0, input_ids.shape[1]:].tolist(), counter.n
+
+
 def hf_assistant_defaults(draft) -> dict:
-    """The assistant settings transformers uses when none are set (recorded with hf_assisted_default)."""
+    """The assistant settings transformers uses when none are set (recorded with hf_assisted_default);
+    for the n-gram draft, its prompt lookup's (hf_prompt_lookup_generate)."""
+    if ngram.as_ngram(draft) is not None:
+        from transformers import GenerationConfig
+        return {"prompt_lookup": {k: getattr(GenerationConfig(), k, None) for k in ("max_matching_ngram_size",)}}
     gc = copy.deepcopy(draft.generation_config)
     getter = getattr(gc, "_get_default_generation_params", None)
     if getter is not None:  # transformers >= 5 fills unset fields from global defaults at generate time

@@ -11,6 +11,7 @@ from ..common.blocks import ProgressBlock, ResumableOutputBlock
 from ..common.config import flag_name, option, parse_value, with_default
 from ..common.values import AUTO, check_gamma, check_int, check_seed, check_temperature
 from ..costmodel.policy import AutoConfig
+from ..engine import ngram
 from ..models.options import EngineBlock
 from ..models.pairs import draft_problem
 
@@ -149,5 +150,6 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
     @property
     def cost_gammas(self) -> list:
         """The gammas whose verify cost is measured: the fixed ones, and every one auto may choose."""
-        auto = set(range(1, AutoConfig().max_gamma + 1)) if AUTO in self.gamma else set()
+        top = ngram.AUTO_CAP if ngram.as_ngram(self.draft) else AutoConfig().max_gamma   # the most auto drafts
+        auto = set(range(1, top + 1)) if AUTO in self.gamma else set()
         return sorted(set(self.fixed_gammas) | auto)

@@ -191,11 +191,13 @@ def error_text(err: BaseException) -> str:
 # ----------------------------------------------------------------------------------------------------
 # The summary: raw passes + costs -> rows.
 
-def summarise(measured: list[Measured], cats_of_prompt: list[str], costs: dict) -> list[BenchRow]:
+def summarise(measured: list[Measured], cats_of_prompt: list[str], costs: dict, mixed: bool = False) -> list[BenchRow]:
     """One row per configuration and category (and "all"), from the timed passes.
 
     cats_of_prompt: the category of each prompt (index = prompt); costs: batch size -> {"c": float,
-    "v": {gamma: float}} (a batch size without costs gets no prediction). The greedy reference
+    "v": {gamma: float}} (a batch size without costs gets no prediction); mixed: every speculative row's
+    rounds drafted varying counts (the n-gram draft's match sizes each round), so its prediction is over
+    the counts drafted (predicted_speedup_mix), as gamma auto's. The greedy reference
     outputs and the speedups are looked up after every row exists, so the order of `measured` does
     not matter."""
     reference = {(m.setting.temperature, m.setting.batch_size): m.passes[0].outputs
@@ -214,11 +216,11 @@ def summarise(measured: list[Measured], cats_of_prompt: list[str], costs: dict) 
         checked = is_greedy(s.temperature) and s.method not in ("ar", "llamacpp")
         ref = reference.get((s.temperature, s.batch_size)) if checked else None
         for cat in ["all"] + [c for c in categories if c in groups]:
-            rows.append(_row(m, cat, groups[cat], ref, costs.get(s.batch_size)))
+            rows.append(_row(m, cat, groups[cat], ref, costs.get(s.batch_size), mixed))
     return with_speedups(rows)
 
 
-def _row(m: Measured, category: str, batch_ids: list, reference, costs) -> BenchRow:
+def _row(m: Measured, category: str, batch_ids: list, reference, costs, mixed: bool = False) -> BenchRow:
     """The row of one configuration over the prompts of the batches `batch_ids`."""
     s, passes = m.setting, m.passes
     prompts = [i for bi in batch_ids for i in m.batches[bi]]
@@ -245,7 +247,7 @@ def _row(m: Measured, category: str, batch_ids: list, reference, costs) -> Bench
     elif row.target_calls:
         # HF exposes no acceptance counts; tokens per target forward is its mean acceptance length.
         row.mean_accepted_length = toks[0] / row.target_calls
-    if costs is not None and s.gamma == AUTO:
+    if costs is not None and s.method == "sd" and (s.gamma == AUTO or mixed):
         row.draft_cost_ratio = costs["c"]
         row.predicted_speedup = predicted_speedup_mix(row.alpha, row.gamma_counts, costs["c"], costs["v"])
     elif costs is not None and s.gamma is not None:

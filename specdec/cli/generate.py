@@ -12,6 +12,7 @@ from ..common.blocks import ProgressBlock
 from ..common.config import add_arguments as _add_arguments, config_from_args, flag_name, option
 from ..common.values import check_gamma
 from ..data.prompts import load_prompts, uses_chat_template, with_chat_template
+from ..engine import ngram
 from ..engine.decoding import SpeculativeDecoder, autoregressive_generate
 from ..engine.quant import quantization_of
 from ..engine.params import SamplingParams, check_sampling
@@ -88,7 +89,8 @@ def generate(cfg: GenerateConfig) -> dict:
     sd = decoder.generate(enc.input_ids, enc.attention_mask, **kw)
     s = sd.stats
     summary = {"gamma": cfg.gamma, "temperature": p.temperature, "new_tokens": s.new_tokens,
-               "quantize": quantize_text(quantization_of(target), quantization_of(draft)),
+               "quantize": quantize_text(quantization_of(target),
+                                         ngram.NAME if ngram.as_ngram(draft) else quantization_of(draft)),
                "mean_gamma": round(s.mean_gamma, 3),
                "acceptance_rate": round(s.acceptance_rate, 4), "alpha": round(s.alpha, 4),
                "mean_accepted_length": round(s.mean_accepted_length, 3),

@@ -22,6 +22,10 @@ the draft never saw d_K, so the next round feeds [d_K, bonus] (2 tokens); rows t
 masked dummy in that first column. Lossless whatever the policy: a round's counts depend only on
 earlier rounds' verdicts, never on its own.
 
+The n-gram lookup draft (engine/ngram.py: draft="ngram", no model) runs them in _NgramCall: a row's
+count is also capped by its lookup's proposal (0 without a match: that row takes a plain step), the
+proposals are host NumPy, and only the target has a cache.
+
 A draft that reads the target's features (engine/features.py, EAGLE-1) runs the same steps in
 _FeatureCall: the target's forwards also return its features, a round's first draft step reads the true
 features the draft owes (those of what the last round accepted), its later steps its own state, and its
@@ -38,12 +42,13 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..common.values import BadType, check_gamma, check_int, check_lenience
 from ..costmodel import AUTO
 from ..costmodel.policy import AutoConfig, AutoGamma, FixedGamma
-from . import features
+from . import features, ngram
 from .devices import input_device, logit_width
 from .params import (SamplingParams, check_cache_memory, check_context, check_engine, check_logits_flag,
                      check_model, embedding_rows, max_positions, prepare_inputs)
@@ -51,7 +56,7 @@ from .runner import ModelRunner, cache_kwarg, resolve_impl  # noqa: F401 (cache_
 from .sampling import argmax, mask_logits, pad_vocab, sample_tokens, unusable_rows
 from .stats import DecodeStats
 from .timing import DecodeClock, StepTimer
-from .verify import verify
+from .verify import VerifyResult, verify
 
 
 @dataclass
@@ -64,7 +69,7 @@ class GenerationOutput:
 class RoundInfo:
     """What `generate(..., on_round=f)` hands f after every round (between rounds, caches settled).
 
-    target, draft: the two ModelRunners (their caches hold exactly each live row's committed tokens,
+    target, draft: the two ModelRunners (draft None for the n-gram draft; their caches hold exactly each live row's committed tokens,
     the draft's minus d_K where prev_needed; `peek` runs a forward without changing them);
     pending [B]: each live row's last committed token, in neither cache yet; pos [B]: its position;
     prev [B], prev_needed [B]: d_K and whether the draft still owes it; live: the original row index
@@ -243,7 +248,8 @@ def _policy_of(gamma, max_gamma, costs, cost_cache, auto):
 
 class SpeculativeDecoder:
     """Batched, lossless speculative decoding of `target` with `draft` (two HF causal LMs sharing a
-    tokenizer). Greedy output equals plain greedy decoding of the target token for token; sampled output
+    tokenizer; or draft="ngram" / an ngram.NgramDraft: proposals looked up in each row's own tokens, no
+    model; gamma is then the most a round drafts a row, "auto" ngram.AUTO_CAP). Greedy output equals plain greedy decoding of the target token for token; sampled output
     is distributed exactly as the target's (after the same temperature / top-k / top-p), unless a lossy
     `lenience` ("lin", "sq", "exp" with lenience_eps in (0, 1]) is asked for.
 
@@ -271,10 +277,18 @@ class SpeculativeDecoder:
                  cuda_graphs: bool = False, max_gamma: int | None = None, costs: dict | None = None,
                  cost_cache=None, auto: AutoConfig | None = None, verifier=None):
         check_model(target, "target")
-        check_model(draft, "draft")
+        self.ngram = ngram.as_ngram(draft)          # the n-gram lookup draft's settings; None for a model
+        if self.ngram is None:
+            check_model(draft, "draft")
+        else:
+            draft = self.ngram
         if cost_cache is not None and not isinstance(cost_cache, (str, os.PathLike)):
             raise BadType(f"cost_cache must be a folder path or None, got {type(cost_cache).__name__}")
-        self.policy = _policy_of(gamma, max_gamma, costs, cost_cache, auto)
+        if self.ngram is not None and not hasattr(gamma, "start") and check_gamma(gamma, "gamma") == AUTO:
+            # the match sizes every round already; costs and the cost cache have nothing to choose
+            self.policy = FixedGamma(ngram.AUTO_CAP if max_gamma is None else check_int(max_gamma, "max_gamma", 1))
+        else:
+            self.policy = _policy_of(gamma, max_gamma, costs, cost_cache, auto)
         self.verifier = verify if verifier is None else verifier
         self.gamma = (self.policy.gamma if isinstance(self.policy, FixedGamma)
                       else AUTO if isinstance(self.policy, AutoGamma) else gamma)
@@ -282,7 +296,7 @@ class SpeculativeDecoder:
         check_engine(impl, cuda_graphs, backend)
         self.target, self.draft = target, draft
         self.device = input_device(target)
-        ddev = input_device(draft)
+        ddev = self.device if self.ngram is not None else input_device(draft)
         if ddev != self.device:
             raise ValueError(f"target and draft are on different devices ({self.device} vs {ddev}); "
                              "move the draft to the target's input device")
@@ -294,8 +308,8 @@ class SpeculativeDecoder:
         # which verification handles exactly. A target id beyond the draft's embedding (e.g. Qwen2.5-0.5B's
         # 151936 rows under the 7B's 152064 logits) reaches the draft as its last row: only its proposals
         # change, never the output's distribution (q is what the drafts were sampled from either way).
-        self.draft_rows = embedding_rows([draft])
-        if features.is_feature_draft(draft):   # EAGLE-style: reads the target's features (engine/features.py)
+        self.draft_rows = self.vocab_size if self.ngram is not None else embedding_rows([draft])
+        if self.ngram is None and features.is_feature_draft(draft):   # EAGLE-style: reads the target's features (engine/features.py)
             features.check_pair(target, draft)
         self.backend, self.lenience, self.lenience_eps = backend, lenience, lenience_eps
         self.impl, self.cuda_graphs = impl, cuda_graphs
@@ -308,19 +322,24 @@ class SpeculativeDecoder:
     @property
     def resolved_impl(self) -> tuple[str, str]:
         """The forward each model runs (target, draft): what impl="auto" picks for them."""
-        return resolve_impl(self.target, self.impl), resolve_impl(self.draft, self.impl)
+        return (resolve_impl(self.target, self.impl),
+                ngram.NAME if self.ngram is not None else resolve_impl(self.draft, self.impl))
 
     @property
     def max_positions(self) -> int | None:
         """The smaller of the two models' contexts (None when neither states one)."""
-        limits = [m for m in (max_positions(self.target), max_positions(self.draft)) if m]
+        limits = [m for m in (max_positions(self.target), max_positions(self.draft) if self.ngram is None else None)
+                  if m]
         return min(limits) if limits else None
 
     def step_timers(self, prompt_ids, batch_size: int, max_tokens: int) -> tuple[StepTimer, StepTimer]:
         """(target, draft) StepTimers on this decoder's path (forward, cache, CUDA graphs), each prefilled
-        with prompt_ids [1, P] repeated batch_size times: what costmodel.measure_step_costs times."""
-        return tuple(StepTimer(m, prompt_ids, batch_size, max_tokens, self.impl, self.cuda_graphs)
-                     for m in (self.target, self.draft))
+        with prompt_ids [1, P] repeated batch_size times: what costmodel.measure_step_costs times (the
+        n-gram draft's "step": its lookups on the prompt, ngram.LookupTimer)."""
+        target = StepTimer(self.target, prompt_ids, batch_size, max_tokens, self.impl, self.cuda_graphs)
+        if self.ngram is not None:
+            return target, ngram.LookupTimer(self.ngram, prompt_ids, batch_size)
+        return target, StepTimer(self.draft, prompt_ids, batch_size, max_tokens, self.impl, self.cuda_graphs)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0,
@@ -338,16 +357,20 @@ class SpeculativeDecoder:
             raise BadType(f"on_round must be a function of a RoundInfo or None, got {type(on_round).__name__}")
         policy = self.policy if policy is None else policy
         t_all = time.perf_counter()
-        feature = features.is_feature_draft(self.draft)
+        feature = self.ngram is None and features.is_feature_draft(self.draft)
+        models, names = ([self.target], ["target"]) if self.ngram is not None else \
+            ([self.target, self.draft], ["target", "draft"])
         ids, mask, lengths, runners, prefill_s, owed = _start(
-            [self.target, self.draft], ["target", "draft"], input_ids, attention_mask, params, policy.max_gamma,
-            self.impl, self.cuda_graphs, feature_draft=feature)
+            models, names, input_ids, attention_mask, params, policy.max_gamma, self.impl, self.cuda_graphs,
+            feature_draft=feature)
         t0 = time.perf_counter()
         counts = policy.start(self, ids, mask, not params.greedy)   # auto's first call may time rounds first
         t_all += time.perf_counter() - t0   # a first measurement of the costs is not decoding time
-        stats = DecodeStats(gamma=policy.max_gamma, prefill_calls=2, prefill_s=prefill_s)
+        stats = DecodeStats(gamma=policy.max_gamma, prefill_calls=len(models), prefill_s=prefill_s)
         clock = DecodeClock(ids.device, on_section)
-        if feature:
+        if self.ngram is not None:
+            call = _NgramCall(self, params, ids, mask, lengths, runners, counts, clock, stats)
+        elif feature:
             call = _FeatureCall(self, params, ids, mask, lengths, runners, counts, clock, stats, owed)
         else:
             call = _Call(self, params, ids, mask, lengths, runners, counts, clock, stats)
@@ -362,13 +385,14 @@ class _Call:
     rows on the device and the host, the policy's call state, statistics, the clock) and the round's
     named steps (module docstring). A new one per call: calls share nothing but the decoder's settings."""
 
-
     FEATURES = False   # whether the target's verify forward also returns its features
+
     def __init__(self, dec: SpeculativeDecoder, params: SamplingParams, ids, mask, lengths, runners, counts,
                  clock: DecodeClock, stats: DecodeStats):
         self.dec, self.params, self.counts, self.clock, self.stats = dec, params, counts, clock, stats
         self.gen = _generator(params.seed, ids.device)
-        self.tgt, self.drf = runners
+        self.runners = runners                     # [target] or [target, draft]
+        self.tgt, self.drf = runners[0], (runners[1] if len(runners) > 1 else None)
         self.lengths = lengths
         self.rows = _Rows(ids.shape[0], params)
         pending = ids[:, -1]
@@ -376,7 +400,7 @@ class _Call:
                           prev_needed=torch.zeros_like(pending, dtype=torch.bool), any_prev_needed=False)
         # greedy with a draft head covering some ids, all of them emittable: proposals from the covered
         # logits alone (propose)
-        head = self.drf.head
+        head = self.drf.head if self.drf is not None else None
         self.narrow = params.greedy and head is not None and int(head.ids[-1]) < dec.vocab_size
         # the target's forwards also return its features (the feature loop reads them)
         self.tfeats = None
@@ -385,7 +409,7 @@ class _Call:
         rows, live, counts = self.rows, self.live, self.counts
         while rows.live:
             # Per-row draft count: never draft past max_new_tokens (the last token needs no draft).
-            n_row = counts.choose([r - 1 for r in rows.remaining()])
+            n_row = self.plan(counts.choose([r - 1 for r in rows.remaining()]))
             K = max(n_row)
             drafts, q_logits, h = self.timed("draft", self.draft, K)
             p_logits = self.timed("score", self.score, drafts)
@@ -399,6 +423,10 @@ class _Call:
             if on_round is not None and rows.live:
                 on_round(RoundInfo(self.tgt, self.drf, live.pending, live.pos, live.prev, live.prev_needed,
                                    list(rows.live), rows.out))
+
+    def plan(self, n_row: list) -> list:
+        """The round's per-row draft counts from the policy's (the n-gram loop caps them by its matches)."""
+        return n_row
 
     def timed(self, name: str, step, *args):
         t0 = self.clock.start(name)
@@ -475,6 +503,11 @@ class _Call:
         p, dec = self.params, self.dec
         B, K = drafts.shape
         p_masked = mask_logits(p_logits, p.temperature, p.top_k, p.top_p)             # same as q's
+        if K == 0:   # no row drafted: nothing to test, the round is a plain step (autoregressive_generate's)
+            nxt = sample_tokens(p_masked[:, 0], p.temperature, self.gen)                # [B]
+            host = torch.cat([nxt, unusable_rows(p_logits).any().long().view(1)]).tolist()
+            check_logits_flag(host[-1], {1: ("target", dec.target)}, f"decode round {self.stats.target_calls}")
+            return VerifyResult(tokens=nxt[:, None], num_accepted=torch.zeros_like(nxt)), [[t, 0] for t in host[:-1]]
         greedy = q_logits is None
         q = p_masked[:, :K] if greedy else q_logits.to(p_masked.dtype)  # greedy never reads q
         res = dec.verifier(p_masked, q, drafts, temperature=p.temperature,
@@ -492,24 +525,30 @@ class _Call:
 
     def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
         """Both caches keep exactly the accepted prefix as valid columns; trailing holes are cropped."""
-        tgt, drf, live = self.tgt, self.drf, self.live
-        acc = res.num_accepted                                                       # [B]
-        ar = torch.arange(K + 1, device=acc.device)[None]
-        tgt.set_tail_validity(ar <= acc[:, None])             # pending + accepted drafts
+        drf, live = self.drf, self.live
+        acc, ar = res.num_accepted, torch.arange(K + 1, device=res.num_accepted.device)[None]
         if K > 0:
             drf_tail = ar[:, :K] <= acc[:, None]              # pending, d_1..d_{K-1} where accepted
             if h:
                 drf_tail = torch.cat([live.prev_needed[:, None], drf_tail], 1)
             drf.set_tail_validity(drf_tail)
-        # Columns that are holes in every row are cropped (host ints: no sync). The target added K+1
-        # columns (pending + drafts); the draft added h + K (maybe d_K of last round, pending, d_1..d_{K-1}).
-        tgt.crop(tgt.columns - (K + 1) + max_acc + 1)
+        # Columns that are holes in every row are cropped (host ints: no sync). The draft added h + K
+        # (maybe d_K of last round, pending, d_1..d_{K-1}).
         if K > 0:
             drf.crop(drf.columns - (h + K) + h + min(max_acc, K - 1) + 1)
-        live.pending = res.tokens.gather(1, acc[:, None]).squeeze(1)                 # recovered / bonus
-        live.prev = drafts[:, -1] if K > 0 else live.pending
+        live.prev = drafts[:, -1] if K > 0 else res.tokens.gather(1, acc[:, None]).squeeze(1)
         live.prev_needed = acc == K if K > 0 else torch.zeros_like(live.prev_needed)
         live.any_prev_needed = K > 0 and max_acc == K
+        self.commit_target(res, K, max_acc)
+
+    def commit_target(self, res, K: int, max_acc: int) -> None:
+        """The target's side of commit (every loop's): its cache keeps pending and the accepted drafts as
+        valid columns, the K+1 columns' trailing holes in every row are cropped (host ints: no sync), and
+        pending / pos move to the recovered or bonus token."""
+        tgt, live, acc = self.tgt, self.live, res.num_accepted                      # acc [B]
+        tgt.set_tail_validity(torch.arange(K + 1, device=acc.device)[None] <= acc[:, None])
+        tgt.crop(tgt.columns - (K + 1) + max_acc + 1)
+        live.pending = res.tokens.gather(1, acc[:, None]).squeeze(1)                 # recovered / bonus
         live.pos = live.pos + acc + 1
 
     def retire(self, emitted, accepted, K: int) -> list:
@@ -522,19 +561,70 @@ class _Call:
             if not keep:
                 return keep
             idx = torch.tensor(keep, device=live.pending.device)
-            for runner in (self.tgt, self.drf):
+            for runner in self.runners:
                 runner.select_rows(idx)
             live.select(idx, K > 0 and any(accepted[b] == K for b in keep))
             self.select_rows(idx)
         # Valid columns of the longest row >= its committed tokens minus the pending one (and minus d_K
         # for the draft): a host-side bound, so the exact count is read only when compaction may pay.
         longest = max(self.lengths[r] + len(rows.out[r]) for r in rows.live) - 2
-        self.tgt.maybe_compact(longest)
-        self.drf.maybe_compact(longest)
+        for runner in self.runners:
+            runner.maybe_compact(longest)
         return keep
 
     def select_rows(self, idx) -> None:
         """Further per-row state to keep for the rows idx (the feature loop's owed columns)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Speculative decoding with the n-gram lookup draft (engine/ngram.py): no draft model.
+
+class _NgramCall(_Call):
+    """One generate call with the n-gram lookup draft. As _Call, except:
+      count   each row drafts min(the policy's count, its lookup's proposal): a row without a match
+              drafts nothing (its verify is a plain step);
+      draft   the proposals, right-padded to the round's widest with each row's pending token (padding
+              is never verified), and when sampling their one-hot q (ngram.one_hot_logits);
+      commit  the target's side only: there is no draft cache.
+    Each row's tokens (prompt, then what it emitted) live in a host array the lookups read."""
+
+    def __init__(self, dec, params, ids, mask, lengths, runners, counts, clock, stats):
+        super().__init__(dec, params, ids, mask, lengths, runners, counts, clock, stats)
+        B, P = ids.shape
+        self.hist = np.zeros((B, P + params.max_new_tokens), dtype=np.int64)   # [B, P + max_new]: per original row
+        self.filled = []                                                         # tokens held per original row
+        self.prompt_len = []
+        for b, (row, keep) in enumerate(zip(ids.cpu().numpy(), mask.cpu().numpy().astype(bool))):
+            row = row[keep]
+            self.hist[b, :row.size] = row
+            self.filled.append(row.size)
+            self.prompt_len.append(row.size)
+        self.proposals = []
+
+    def plan(self, n_row: list) -> list:
+        t0 = self.clock.start("draft")
+        self.proposals = []
+        for b, r in enumerate(self.rows.live):
+            out, have = self.rows.out[r], self.filled[r] - self.prompt_len[r]
+            if len(out) > have:   # what the last round emitted
+                self.hist[r, self.filled[r]:self.prompt_len[r] + len(out)] = out[have:]
+                self.filled[r] = self.prompt_len[r] + len(out)
+            self.proposals.append(self.dec.ngram.propose(self.hist[r, :self.filled[r]], n_row[b]))
+        self.clock.stop("draft", t0)
+        return [len(d) for d in self.proposals]
+
+    def draft(self, K: int):
+        live, p = self.live, self.params
+        B = live.pending.shape[0]
+        drafts = live.pending[:, None].repeat(1, K)                                   # [B, K] padding
+        for b, d in enumerate(self.proposals):
+            if d.size:
+                drafts[b, :d.size] = torch.from_numpy(d)
+        q = None if p.greedy else ngram.one_hot_logits(drafts, self.dec.vocab_size)   # [B, K, V]
+        return drafts.to(live.pending.device), q, 0
+
+    def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
+        self.commit_target(res, K, max_acc)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -620,11 +710,8 @@ class _FeatureCall(_Call):
         return drafts, q, 0
 
     def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
-        tgt, drf, live = self.tgt, self.drf, self.live
+        drf, live = self.drf, self.live
         acc = res.num_accepted                                                       # [B]
-        ar = torch.arange(K + 1, device=acc.device)[None]
-        tgt.set_tail_validity(ar <= acc[:, None])             # pending + accepted drafts
-        tgt.crop(tgt.columns - (K + 1) + max_acc + 1)
         if K > 1:
             drf.crop(drf.columns - (K - 1))                   # the chain's columns: the draft's own guesses
         # Owed next: (f_{t+i}, x_{t+i+1}) at position t+i for i = 0..a, right-aligned in max_acc + 1 columns
@@ -637,9 +724,8 @@ class _FeatureCall(_Call):
                       self.tfeats.float().gather(1, src[..., None].expand(-1, -1, self.tfeats.shape[-1])))
         self.owed = fresh if self.owed is None else self.owed.then(fresh)
         self.tfeats = None
-        live.pending = res.tokens.gather(1, acc[:, None]).squeeze(1)                 # recovered / bonus
+        self.commit_target(res, K, max_acc)   # after the owed columns read the round's positions
         live.prev = live.pending
-        live.pos = live.pos + acc + 1
 
     def select_rows(self, idx) -> None:
         self.owed = self.owed.select(idx)

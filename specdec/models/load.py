@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine import families, features, lean_numpy, qweights
+from ..engine import families, features, lean_numpy, ngram, qweights
 from ..engine.quant import QUANTIZE, projection_weight, quantize_model
 from ..common.values import BadType
 from ..engine.devices import input_device, logit_width, resolve_device
@@ -132,8 +132,9 @@ def load_config(name_or_path):
 
 
 def context_of(*models) -> int | None:
-    """The smallest context (positions) of the models at these paths, from their config.json alone."""
-    limits = [n for n in (max_positions(load_config(m)) for m in models) if n]
+    """The smallest context (positions) of the models at these paths, from their config.json alone (the
+    n-gram lookup draft, "ngram", has none)."""
+    limits = [n for n in (max_positions(load_config(m)) for m in models if ngram.as_ngram(m) is None) if n]
     return min(limits) if limits else None
 
 
@@ -240,8 +241,13 @@ def draft_quantize_for(draft, quantize: str) -> str:
 def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map=None, quantize: str = "none",
               draft_quantize: str | None = None):
     """(target_model, draft_model, tokenizer, shared_vocab) for two paths (folders or .gguf files) or hub
-    ids; None = bundled pair. quantize (load_model's: "none", "int8", "gguf", "q8_0", "auto") for the
+    ids; None = bundled pair; draft "ngram" (or an NgramDraft): the n-gram lookup draft, returned as is. quantize (load_model's: "none", "int8", "gguf", "q8_0", "auto") for the
     target, and for the draft unless draft_quantize says otherwise."""
+    lookup = ngram.as_ngram(draft)
+    if lookup is not None:   # the n-gram lookup draft (engine/ngram.py): no model; the target's tokenizer
+        tmodel, tok, vocab = load_target(bundled_pair()[0] if target is None else target, dtype, device, device_map,
+                                         quantize)
+        return tmodel, lookup, tok, vocab
     device = _load_device(target, draft, dtype, device, device_map, quantize, draft_quantize)
     if target is None or draft is None:
         bt, bd = bundled_pair()

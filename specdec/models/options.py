@@ -14,11 +14,13 @@ tokenizer, and a pair may set it.
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 from ..common.blocks import Block
 from ..common.config import option
 from ..common.values import CHAT_TEMPLATE, check_chat_template, check_int
+from ..engine import ngram
 from ..engine.quant import QUANTIZE
 from ..engine.runner import IMPLS
 from .load import AUTO_QUANTIZE, CPU_QUANTIZE, resolve_dtype
@@ -51,12 +53,24 @@ class TargetBlock(Block):
 
 @dataclass
 class ModelsBlock(TargetBlock):
-    draft: str | None = option(None, "draft model folder or hub id (default: the --pair's, else the bundled draft)",
-                               group="models")
+    """+ the draft: a model (distill and demo train it), or for the commands that only decode with it
+    (EngineBlock: bench, generate) also "ngram", the n-gram lookup draft (engine/ngram.py)."""
+    DRAFT_MAY_BE_LOOKUP: typing.ClassVar[bool] = False
+    draft: str | None = option(None, "draft model folder or hub id, or ngram: the n-gram lookup draft (bench and "
+                               "generate; proposals copied from earlier in the prompt and output, no model) "
+                               "(default: the --pair's, else the bundled draft)", group="models")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.DRAFT_MAY_BE_LOOKUP and ngram.as_ngram(self.draft) is not None:
+            whose = "the --pair's draft is" if self.pair is not None else "--draft ngram is"
+            raise ValueError(f"{whose} the n-gram lookup (no model), which has no weights to train; pass --draft DIR, "
+                             "a draft model that shares the target's tokenizer")
 
 
 @dataclass
 class EngineBlock(ModelsBlock):
+    DRAFT_MAY_BE_LOOKUP: typing.ClassVar[bool] = True
     dtype: str | None = option(None, "float32 | bfloat16 | float16 (default: bfloat16 on CUDA, float32 on CPU)",
                                group="engine")
     quantize: str = option("auto", "how both models run (CPU paths): gguf (a model converted from a GGUF runs "

