@@ -55,3 +55,35 @@ def test_hugepages_ab_times_both_layouts_and_restores_the_arena(tmp_path, monkey
     assert set(ms) == {"8", "20"} and all(v > 0 for c in ms.values() for v in c.values())
     assert set(ms["8"]) == {"4k S=1", "4k S=2", "huge S=1", "huge S=2"}
     assert qweights._huge_arena is arena
+
+
+def test_ngram_replay_predicts_the_engines_rounds(tmp_path, monkeypatch):
+    """bench/ngram_replay.py on the bundled target: its replay of the engine's rule makes exactly the
+    rounds the decoder makes (same target calls over the same prompts), for every min_ngram and cap."""
+    import torch
+    from specdec import SpeculativeDecoder
+    from specdec.data.prompts import load_prompts
+    from specdec.engine.ngram import NgramDraft
+    from specdec.models import bundled_pair, load_pair
+    m = bench_script("ngram_replay", monkeypatch)
+    out = tmp_path / "replay.json"
+    target_dir = str(bundled_pair()[0])
+    assert m.main(["--target", target_dir, "--prompts", "builtin:code", "--num-prompts", "1",
+                   "--max-new-tokens", "12,24", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    replays = {(r["new_tokens"], r["rule"], r["min_ngram"], r["cap"]): r for r in res["replays"]}
+    assert len(replays) == 2 * 2 * 3 * len(m.CAPS) and set(res["costs"]["v"]) == {str(c) for c in m.CAPS}
+    target, _, tok, vocab = load_pair(target_dir, "ngram")
+    prompts, _ = load_prompts("builtin:code", tok, 1, "auto")
+    drafted = 0
+    for min_ngram in (1, 2, 3):
+        for cap in (2, 8):
+            dec = SpeculativeDecoder(target, NgramDraft(min_ngram=min_ngram), gamma=cap, vocab_size=vocab)
+            calls = tokens = 0
+            for p in prompts:
+                ids = torch.tensor([tok(p["prompt"], add_special_tokens=False).input_ids])
+                st = dec.generate(ids, max_new_tokens=24, eos_token_id=tok.eos_token_id).stats
+                calls, tokens, drafted = calls + st.target_calls, tokens + st.new_tokens, drafted + st.drafted_tokens
+            r = replays[(24, "match", min_ngram, cap)]
+            assert (r["rounds"], r["tokens_per_round"]) == (calls, tokens / calls), (min_ngram, cap)
+    assert drafted > 0   # the lookups proposed something: the comparison is not all plain steps

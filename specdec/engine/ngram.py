@@ -64,13 +64,12 @@ def as_ngram(draft) -> NgramDraft | None:
     return None
 
 
-def propose(history: np.ndarray, k: int, max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM) -> np.ndarray:
-    """history [L] int64 (the row's tokens, last = the pending token) -> the proposal [<= k] (module
-    docstring): the tokens after the latest earlier occurrence of the longest matching suffix, min(n, k)
-    of them; empty without a match of at least min_ngram tokens."""
+def match(history: np.ndarray, max_ngram: int = MAX_NGRAM) -> tuple[int, int]:
+    """(n, j): the longest suffix of history [L] (n <= max_ngram tokens) that occurs earlier, ending at
+    j < L-1, j its latest such end; (0, -1) when even the last token never occurred before."""
     L = history.shape[0]
-    if k <= 0 or L < 2:
-        return history[:0]
+    if L < 2:
+        return 0, -1
     # end positions j < L-1 of earlier occurrences of the suffix, extended one token at a time
     ends = np.flatnonzero(history[:L - 1] == history[L - 1])
     n = 1
@@ -80,9 +79,18 @@ def propose(history: np.ndarray, k: int, max_ngram: int = MAX_NGRAM, min_ngram: 
         if not e.size:
             break
         ends, n = e, n + 1
-    if not ends.size or n < min_ngram:
+    return (n, int(ends[-1])) if ends.size else (0, -1)
+
+
+def propose(history: np.ndarray, k: int, max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM) -> np.ndarray:
+    """history [L] int64 (the row's tokens, last = the pending token) -> the proposal [<= k] (module
+    docstring): the tokens after the latest earlier occurrence of the longest matching suffix, min(n, k)
+    of them; empty without a match of at least min_ngram tokens."""
+    if k <= 0:
         return history[:0]
-    j = int(ends[-1])
+    n, j = match(history, max_ngram)
+    if n < max(min_ngram, 1):
+        return history[:0]
     return history[j + 1:j + 1 + min(n, k)]
 
 

@@ -684,6 +684,136 @@ static inline __attribute__((always_inline)) void tile_q8a(
     store_rows(acc, y, ldy, MT, accumulate);
 }
 
+#if Q8A_VNNI && defined(__AVX512F__)
+/* Two columns at once in 512-bit registers (AVX512-VNNI machines): each 256-bit half runs exactly the
+ * code above for one column (the same integer sums, the same float operations per lane in the same
+ * order, so the same bits: tested against the portable path), and one zmm vpdpbusd does both columns'
+ * dot products for a row, one zmm and / shift unpacks both columns' nibbles, and the row's activation
+ * vector is broadcast to both halves by its load. Why: on the 2-core Xeon (AVX512-VNNI) a zmm vpdpbusd
+ * issues about as often as a ymm one (a scratch loop: 239 -> 448 G int8 MACs/s), and a verify's rows
+ * are compute-bound once the weights sit in the last-level cache. Measured (bench/RESULTS.md, "A draft
+ * without a model"): SmolLM2's 5-token gguf-q8a step 12.2 -> 11.0 ms, its 1-token step unchanged; the
+ * Q4_1 GEMMs 1.03-1.07x at 5 rows, 1.09-1.18x at 8, within +-5 % at 1-2 rows. It is not 2x: the tile is
+ * not bound by the dot products alone (loads, scales, the last group). A last group is read per column
+ * (load_group) and paired. */
+#define Q8A_PAIRS 1
+static inline __m512i pair_i(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+static inline __m512 pair_f(__m256 a, __m256 b) {
+    return _mm512_castsi512_ps(pair_i(_mm256_castps_si256(a), _mm256_castps_si256(b)));
+}
+static inline __m512 bcast8_ps(const float *p) {
+    return _mm512_castsi512_ps(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p)));
+}
+
+/* fold_lanes on both halves: lane l < r of each = the sum of its lanes j = l mod r, lanes >= r zero */
+static inline __m512i fold_lanes2(__m512i s, int r) {
+    s = _mm512_add_epi32(s, _mm512_shuffle_i64x2(s, s, _MM_SHUFFLE(2, 3, 0, 1)));
+    if (r <= 2) s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, (_MM_PERM_ENUM)_MM_SHUFFLE(1, 0, 3, 2)));
+    if (r == 1) s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, (_MM_PERM_ENUM)_MM_SHUFFLE(2, 3, 0, 1)));
+    const __mmask16 low = (__mmask16)((1u << r) - 1u);
+    return _mm512_maskz_mov_epi32((__mmask16)(low | (low << 8)), s);
+}
+
+/* group_q8a for the columns at pa (low half) and pb (high half) */
+static inline __attribute__((always_inline)) void group2_q8a(int kind, const uint8_t *pa, const uint8_t *pb, const int r,
+                                                             const Q8aRows *x, int64_t g, const int MT, __m512 *acc) {
+    __m512i aw[8];
+    __m512 dw, mw;
+    int nv = 8;
+    const int C = CHAINS(MT);
+    if (r == Q8A_GROUP) {                             /* a full group: both columns' bytes in one register */
+        const int qbytes = (kind == KIND_Q4_1 ? 16 : 32) * r;
+        if (kind == KIND_Q4_1) {
+            const __m512i low4 = _mm512_set1_epi8(15);
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                const __m512i v = pair_i(_mm256_loadu_si256((const __m256i *)(pa + 32 * t)),
+                                         _mm256_loadu_si256((const __m256i *)(pb + 32 * t)));
+                aw[t] = _mm512_and_si512(v, low4);
+                aw[t + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+            }
+            mw = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(
+                _mm_loadu_si128((const __m128i *)(pa + qbytes + 16))), _mm_loadu_si128((const __m128i *)(pb + qbytes + 16)), 1));
+        } else {
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                aw[t] = _mm512_xor_si512(pair_i(_mm256_loadu_si256((const __m256i *)(pa + 32 * t)),
+                                                _mm256_loadu_si256((const __m256i *)(pb + 32 * t))),
+                                         _mm512_set1_epi8((char)0x80));
+            mw = _mm512_setzero_ps();
+        }
+        dw = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(
+            _mm_loadu_si128((const __m128i *)(pa + qbytes))), _mm_loadu_si128((const __m128i *)(pb + qbytes)), 1));
+    } else {                                          /* the last group: each column as tile_q8a reads it */
+        __m256i wa[8], wb[8], awa[8], awb[8];
+        __m256 dwa, mwa, dwb, mwb;
+        nv = load_group(kind, pa, r, wa, &dwa, &mwa);
+        load_group(kind, pb, r, wb, &dwb, &mwb);
+        unsigned_operands(kind, wa, nv, awa);
+        unsigned_operands(kind, wb, nv, awb);
+#pragma GCC unroll 8
+        for (int u = 0; u < nv; u++) aw[u] = pair_i(awa[u], awb[u]);
+        dw = pair_f(dwa, dwb);
+        mw = pair_f(mwa, mwb);
+    }
+    __m512i s[8][8];                                  /* [row][chain]: MT x C used */
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++) s[i][c] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int u = 0; u < nv; u++)
+#pragma GCC unroll 8
+        for (int i = 0; i < MT; i++) {
+            const __m512i xv = _mm512_broadcast_i64x4(
+                _mm256_loadu_si256((const __m256i *)(x->xt + (i * x->G + g) * 8 * 32 + 32 * u)));
+            s[i][u % C] = _mm512_dpbusd_epi32(s[i][u % C], aw[u], xv);
+        }
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++) {
+#pragma GCC unroll 8
+        for (int h = C / 2; h >= 1; h /= 2)
+#pragma GCC unroll 8
+            for (int c = 0; c < h; c++) s[i][c] = _mm512_add_epi32(s[i][c], s[i][c + h]);
+        __m512i is = s[i][0];
+        if (nv < 8) is = fold_lanes2(is, r);
+        const int64_t at = (i * x->G + g) * Q8A_GROUP;
+        if (kind == KIND_Q8_0)
+            is = _mm512_add_epi32(is, _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x->xb + at))));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, bcast8_ps(x->dxp + at)), acc[i]);
+        if (kind == KIND_Q4_1) acc[i] = _mm512_fmadd_ps(mw, bcast8_ps(x->sxp + at), acc[i]);
+    }
+}
+
+/* tile_q8a for the columns w (y[0]) and w + ldw (y[1]) */
+static inline __attribute__((always_inline)) void tile2_q8a(
+        int kind, const Q8aRows *x, int64_t nb, const uint8_t *w, int64_t ldw, float *y, int64_t ldy,
+        const int MT, int accumulate, const int RT) {
+    const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES, full = nb / Q8A_GROUP;
+    __m512 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++) acc[i] = _mm512_setzero_ps();
+    prefetch_row(w, ldw);
+    prefetch_row(w + ldw, ldw);
+    for (int64_t g = 0; g < full; g++)
+        group2_q8a(kind, w + g * Q8A_GROUP * bs, w + ldw + g * Q8A_GROUP * bs, Q8A_GROUP, x, g, MT, acc);
+    if (RT)
+        group2_q8a(kind, w + full * Q8A_GROUP * bs, w + ldw + full * Q8A_GROUP * bs,
+                   RT > 0 ? RT : (int)(nb - full * Q8A_GROUP), x, full, MT, acc);
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++) {
+        const float a = hsum8(_mm512_castps512_ps256(acc[i]));
+        const float b = hsum8(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(acc[i]), 1)));
+        y[i * ldy] = accumulate ? y[i * ldy] + a : a;
+        y[i * ldy + 1] = accumulate ? y[i * ldy + 1] + b : b;
+    }
+}
+#define TILE2 tile2_q8a
+#else
+#define Q8A_PAIRS 0
+#define TILE2(...) ((void)0)
+#endif
+
 /* the columns n0 .. n1 - 1 for MT rows, one instance per dense last-group size (none: K = 256 k; 1 block:
  * 544; 2: 576, SmolLM2's; 4: 640) so that the column loop holds no branch on it and the last group's
  * loops unroll, and one for the masked sizes (3, 5, 6, 7 blocks). A 1-row column at K = 576 took 1.2x
@@ -692,7 +822,10 @@ static inline __attribute__((always_inline)) void tile_q8a(
     static void q8a_columns_##KIND##_##MT##_##NAME(const Q8aRows *x, int64_t nb, const uint8_t *w,        \
                                                    int64_t ldw, float *y, int64_t ldy, int64_t n0,        \
                                                    int64_t n1, int accumulate) {                          \
-        for (int64_t n = n0; n < n1; n++) tile_q8a(KIND, x, nb, w + n * ldw, ldw, y + n, ldy, MT, accumulate, RT); \
+        int64_t n = n0;                                                                               \
+        if (Q8A_PAIRS)                                                                                \
+            for (; n + 1 < n1; n += 2) TILE2(KIND, x, nb, w + n * ldw, ldw, y + n, ldy, MT, accumulate, RT); \
+        for (; n < n1; n++) tile_q8a(KIND, x, nb, w + n * ldw, ldw, y + n, ldy, MT, accumulate, RT);         \
     }
 #define COLUMNS_Q8A(KIND, MT)                                                                          \
     COLUMNS_RT(KIND, MT, r0, 0) COLUMNS_RT(KIND, MT, r1, 1) COLUMNS_RT(KIND, MT, r2, 2) COLUMNS_RT(KIND, MT, r4, 4)     \
