@@ -7,10 +7,13 @@ The proposal for a row whose tokens so far (prompt, then everything emitted) are
   where   its latest earlier occurrence (the most recent context is the likeliest to repeat);
   count   min(n, k) tokens, the ones that followed that occurrence (fewer where h ends first): a longer
           match is more evidence, so it drafts more, and a 2-token match risks at most 2.
-Why the count follows the match: on this CPU a verify of K+1 tokens costs v(K) = 1.1-1.6 one-token steps
-(K = 1..4, gguf-q8a), so a wasted long proposal is not free; replayed on SmolLM2's greedy outputs for
-Spec-Bench (bench/RESULTS.md, "A draft without a model"), count = min(n, 8) beat a fixed count of 8
-(1.55x against 1.42x predicted), and min_ngram 2 beat 3.
+Why the count follows the match: on this CPU a verify of K+1 tokens costs v(K) = 1.2-1.9 one-token steps
+(K = 1..4, SmolLM2 on gguf-q8a; 2.2 on gguf), so a wasted long proposal is not free. Replayed over
+SmolLM2's greedy outputs for 78 Spec-Bench first turns (bench/ngram_replay.py; bench/RESULTS.md, "A draft
+without a model"), at 128 tokens on gguf-q8a: count = min(n, cap) against a fixed count, 1.208x against
+1.162x predicted at cap 4, 1.197x against 1.001x at cap 8; min_ngram 2 beat 1 and 3; cap 4 (AUTO_CAP)
+came within 0.3 % / 1.4 % (128 / 256 tokens) of the best cap there, and within 0.6 % of the best or the
+best on gguf, whose v is steeper.
 
 Lossless: the proposal is a deterministic function of tokens already committed, so the distribution it
 was "sampled" from is one-hot at the proposed token (q = 1 there): the rejection test accepts it with
@@ -32,7 +35,7 @@ from ..common.values import check_int
 # One source of truth for the defaults (the CLI's `--draft ngram` and the API's NgramDraft()).
 MIN_NGRAM = 2
 MAX_NGRAM = 16
-AUTO_CAP = 8     # gamma="auto": the match sizes every round, capped here (replayed: 8 beat 4 and 6, RESULTS)
+AUTO_CAP = 4     # gamma="auto": the match sizes every round, capped here (the replays above: the robust cap)
 NAME = "ngram"   # what `--draft` / SpeculativeDecoder(draft=...) take for this draft
 
 
