@@ -7,7 +7,8 @@
 #   3. step costs (bench/step_costs.py): the bundled pair, then random Llama models shaped like a ~0.5B
 #      draft and a ~7B target in bf16, each path (HF DynamicCache, HF + in-place cache, lean, lean +
 #      CUDA graphs) beside the weight-streaming floor: c and v(4), eager against graphs;
-#   4. the end-to-end benchmark on CUDA with the bundled pair (`specdec bench`, graphs on by default);
+#   4. the end-to-end benchmark on CUDA with the bundled pair (`specdec bench`, graphs on by default), and
+#      with the n-gram lookup draft (`--draft ngram`);
 #   5. the verification kernel's microbenchmark: the goal configs, then the full sweep with the time left.
 # Everything lands in $OUT (./gpu_out when OUT is unset): *.log, *.json, junit XML; the last lines
 # printed are a summary table. Usage (repo root): bash bench/gpu_check.sh
@@ -77,6 +78,9 @@ step "end-to-end: specdec bench on CUDA, bundled pair" | tee "$OUT/e2e.log"
 timeout 150 $PY -m specdec bench --device cuda --gamma 1,2,4 --temperature 0,1 --batch-size 1,8 --baselines ar --repeats 2 \
   --out "$OUT/bench_cuda" --no-plots --no-progress 2>&1 | tee -a "$OUT/e2e.log"
 cp "$OUT/bench_cuda/results.json" "$OUT/bench_cuda_results.json" 2>/dev/null || true
+# the n-gram lookup draft on CUDA (no draft model: host proposals, the target's verify alone)
+timeout 40 $PY -m specdec bench --device cuda --draft ngram --gamma 4 --temperature 0,1 --batch-size 1,8 --baselines ar \
+  --repeats 1 --out "$OUT/bench_cuda_ngram" --no-plots --no-progress 2>&1 | tee -a "$OUT/e2e.log"
 
 step "kernel microbenchmark: goal configs, bf16, sampled (T=1) and greedy (T=0)" | tee "$OUT/kernel.log"
 timeout 60 $PY bench/kernel_bench.py --dtype bf16 --batch 64 256 --k 4 8 --vocab 128256 151936 \

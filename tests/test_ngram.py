@@ -142,7 +142,8 @@ def test_one_hot_logits():
 
 
 def test_settings_and_refusals(target_model):
-    assert SpeculativeDecoder(target_model, "ngram", gamma="auto").max_gamma == ngram.AUTO_CAP   # the match sizes rounds
+    # auto: the match sizes each round, capped at AUTO_CAP
+    assert SpeculativeDecoder(target_model, "ngram", gamma="auto").max_gamma == ngram.AUTO_CAP
     with pytest.raises(ValueError, match="gamma"):
         SpeculativeDecoder(target_model, "ngram", gamma=0)
     with pytest.raises(ValueError, match="min_ngram"):

