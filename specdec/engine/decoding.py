@@ -270,6 +270,8 @@ class SpeculativeDecoder:
     cuda_graphs: capture the draft step and the verify as CUDA graphs (CUDA and the lean forward).
     verifier: the rejection test, a function with `verify`'s signature and result (default: `verify`,
     backend `backend`); anything else makes losslessness the caller's business (tests inject faults so).
+    A round in which no row drafts does not call it (nothing to test: it samples from the target as plain
+    decoding does).
     The decoder holds settings only: each generate call keeps its own state, so one decoder may serve
     nested calls (from on_round, or a cost measurement inside a call) and several threads.
     """
@@ -287,7 +289,7 @@ class SpeculativeDecoder:
         if cost_cache is not None and not isinstance(cost_cache, (str, os.PathLike)):
             raise BadType(f"cost_cache must be a folder path or None, got {type(cost_cache).__name__}")
         if self.ngram is not None and not hasattr(gamma, "start") and check_gamma(gamma, "gamma") == AUTO:
-            # the match sizes every round already; costs and the cost cache have nothing to choose
+            # the match sizes every round already: costs, cost_cache and auto have nothing to choose, unused
             self.policy = FixedGamma(ngram.AUTO_CAP if max_gamma is None else check_int(max_gamma, "max_gamma", 1))
         else:
             self.policy = _policy_of(gamma, max_gamma, costs, cost_cache, auto)
@@ -623,7 +625,7 @@ class _NgramCall(_Call):
             if d.size:
                 drafts[b, :d.size] = torch.from_numpy(d)
         q = None if p.greedy else ngram.one_hot_logits(drafts, self.dec.vocab_size)   # [B, K, V]
-        return drafts.to(live.pending.device), q, 0
+        return drafts, q, 0
 
     def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
         self.commit_target(res, K, max_acc)

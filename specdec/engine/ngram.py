@@ -25,6 +25,7 @@ further matched token; ~10-30 us a row at L ~ 300-1000 (RESULTS), against a ~8 m
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,7 +114,6 @@ class LookupTimer:
         self.history = prompt_ids[0].cpu().numpy().astype(np.int64)
 
     def step(self, S: int) -> float:
-        import time
         t0 = time.perf_counter()
         for _ in range(S * self.batch_size):
             self.draft.propose(self.history, 8)
