@@ -550,6 +550,9 @@ class _Call:
         valid columns, the K+1 columns' trailing holes in every row are cropped (host ints: no sync), and
         pending / pos move to the recovered or bonus token."""
         tgt, live, acc = self.tgt, self.live, res.num_accepted                      # acc [B]
+        if K == 0:   # the forward's one column is valid in every row already, and no hole is left to crop
+            live.pending, live.pos = res.tokens[:, 0], live.pos + 1
+            return
         tgt.set_tail_validity(torch.arange(K + 1, device=acc.device)[None] <= acc[:, None])
         tgt.crop(tgt.columns - (K + 1) + max_acc + 1)
         live.pending = res.tokens.gather(1, acc[:, None]).squeeze(1)                 # recovered / bonus
