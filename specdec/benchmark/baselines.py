@@ -36,18 +36,20 @@ class _Counter:
         self.n += 1
 
 
-def hf_generate(target, input_ids, attention_mask, temperature, max_new_tokens, eos_token_id, pad_token_id,
-                seed) -> tuple[list, int]:
-    """transformers' plain `target.generate()` (no assistant) on a left-padded batch: what plain decoding
-    (`ar`, specdec's loop on the same model) is compared with. Returns (new tokens per row, forwards)."""
+def _counted_generate(target, input_ids, attention_mask, temperature, max_new_tokens, eos_token_id, pad_token_id,
+                      seed, **extra):
+    """`target.generate()` with what every HF row shares: sampling reduced to the temperature (top-k and
+    top-p off), no minimum length, the seed, transformers' warnings silenced (an assistant's inner generate
+    warns about max_length every round), and the target's forwards counted. extra: further generate()
+    arguments (an assistant, prompt lookup). Returns (output ids [B, P + new], target forwards)."""
     from transformers.utils import logging as hf_logging
 
     counter = _Counter()
     handle = target.register_forward_hook(counter)
     kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
-              pad_token_id=pad_token_id)
-    kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if not is_greedy(temperature) else \
-        kw.update(do_sample=False)
+              pad_token_id=pad_token_id, **extra)
+    kw.update(dict(do_sample=False) if is_greedy(temperature) else
+              dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0))
     torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -56,13 +58,22 @@ def hf_generate(target, input_ids, attention_mask, temperature, max_new_tokens, 
     finally:
         hf_logging.set_verbosity(verbosity)
         handle.remove()
+    return out, counter.n
+
+
+def hf_generate(target, input_ids, attention_mask, temperature, max_new_tokens, eos_token_id, pad_token_id,
+                seed) -> tuple[list, int]:
+    """transformers' plain `target.generate()` (no assistant) on a left-padded batch: what plain decoding
+    (`ar`, specdec's loop on the same model) is compared with. Returns (new tokens per row, forwards)."""
+    out, calls = _counted_generate(target, input_ids, attention_mask, temperature, max_new_tokens, eos_token_id,
+                                   pad_token_id, seed)
     P = input_ids.shape[1]
     rows = []
     for row in out[:, P:].tolist():   # generate pads finished rows with pad_token_id after their EOS
         if eos_token_id is not None and eos_token_id in row:
             row = row[:row.index(eos_token_id) + 1]
         rows.append(row)
-    return rows, counter.n
+    return rows, calls
 
 
 def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temperature, max_new_tokens,
@@ -72,12 +83,8 @@ def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temper
     Returns (new tokens, target forward calls)."""
     if schedule not in HF_SCHEDULES.values():
         raise ValueError(f"schedule must be one of {sorted(set(HF_SCHEDULES.values()))}, got {schedule!r}")
-    from transformers.utils import logging as hf_logging
-
     saved = draft.generation_config
     draft.generation_config = copy.deepcopy(saved)  # HF keeps schedule state there: isolate each run
-    counter = _Counter()
-    handle = target.register_forward_hook(counter)
     try:
         gc = draft.generation_config
         if schedule == "constant":
@@ -87,23 +94,11 @@ def hf_assisted_generate(target, draft, input_ids, attention_mask, gamma, temper
         if schedule != "default":
             gc.num_assistant_tokens_schedule = schedule
             gc.assistant_confidence_threshold = 0.0  # 0 disables ConfidenceCriteria (and its ROC tuning)
-        kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
-                  pad_token_id=pad_token_id, assistant_model=draft)
-        if not is_greedy(temperature):
-            kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
-        else:
-            kw.update(do_sample=False)
-        torch.manual_seed(seed)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the assistant's inner generate warns about max_length every round
-        try:
-            out = target.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        out, calls = _counted_generate(target, input_ids, attention_mask, temperature, max_new_tokens, eos_token_id,
+                                       pad_token_id, seed, assistant_model=draft)
     finally:
-        handle.remove()
         draft.generation_config = saved
-    return out[0, input_ids.shape[1]:].tolist(), counter.n
+    return out[0, input_ids.shape[1]:].tolist(), calls
 
 
 def hf_prompt_lookup_generate(target, input_ids, attention_mask, gamma, temperature, max_new_tokens, eos_token_id,
@@ -111,25 +106,9 @@ def hf_prompt_lookup_generate(target, input_ids, attention_mask, gamma, temperat
     """transformers' own n-gram lookup (`generate(prompt_lookup_num_tokens=gamma)`, its other settings
     left at their defaults: hf_assistant_defaults), the HF row beside specdec's n-gram draft, batch size 1.
     Returns (new tokens, target forward calls)."""
-    from transformers.utils import logging as hf_logging
-
-    counter = _Counter()
-    handle = target.register_forward_hook(counter)
-    try:
-        kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_token_id,
-                  pad_token_id=pad_token_id, prompt_lookup_num_tokens=int(gamma))
-        kw.update(dict(do_sample=False) if is_greedy(temperature) else
-                  dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0))
-        torch.manual_seed(seed)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            out = target.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-    finally:
-        handle.remove()
-    return out[0, input_ids.shape[1]:].tolist(), counter.n
+    out, calls = _counted_generate(target, input_ids, attention_mask, temperature, max_new_tokens, eos_token_id,
+                                   pad_token_id, seed, prompt_lookup_num_tokens=int(gamma))
+    return out[0, input_ids.shape[1]:].tolist(), calls
 
 
 def hf_assistant_defaults(draft) -> dict:

@@ -180,10 +180,7 @@ def float_layers(model) -> list[tuple[str, str]]:
 
 
 def quantization_of(model) -> str:
-    """'int8' / 'gguf' / 'q8_0' if quantize_model converted `model`, else 'none' (also for a draft that is
-    no model: the n-gram lookup)."""
-    if not isinstance(model, torch.nn.Module):
-        return "none"
+    """'int8' / 'gguf' / 'q8_0' if quantize_model converted `model`, else 'none'."""
     qw = qweights.weights_of(model)
     if qw is not None:
         return qw.mode
