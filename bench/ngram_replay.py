@@ -12,7 +12,9 @@ here on the decoders' own path (costmodel.measure_step_costs at the first prompt
 lookup's own cost; the predicted speedup is tokens / sum of the rounds' costs. What the replay leaves
 out: the loop's own overhead a round (~0.1-0.3 ms on SmolLM2, bench/RESULTS.md) and v's growth with the
 context. Rules: the engine's (count = min(match length, cap), at least min_ngram matched) for each
-min_ngram and cap, and the alternative "fixed" (count = cap whenever a match is found).
+min_ngram and cap, and the alternative "fixed" (count = cap whenever a match is found); with --store FILE
+also "store" (the engine's rule, then the n-gram store where the row's tokens give nothing: `--draft
+ngram:FILE`).
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", required=True, help="Spec-Bench question.jsonl or {prompt, category} JSONL")
     ap.add_argument("--num-prompts", type=int, default=6, help="per category")
     ap.add_argument("--max-new-tokens", default="128,256", help="replayed lengths (the decode runs the longest)")
+    ap.add_argument("--store", default=None, help="an n-gram store (bench/ngram_store.py) to replay as well")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -96,7 +99,11 @@ def main(argv=None) -> int:
     out = {"command": " ".join(sys.argv), "env": environment(), "costs": {"c": c, "v": v,
            "target_step_s": costs["target_step_s"]}, "prompts": len(ids), "decode_s": decode_s, "replays": []}
     for n in lengths:
-        for rule_name, rule in (("match", ngram.propose), ("fixed", fixed_count)):
+        rules = [("match", ngram.propose), ("fixed", fixed_count)]
+        if args.store:
+            store = ngram.NgramStore.load(args.store)
+            rules.append(("store", lambda h, k, mx, mn: ngram.NgramDraft(mn, mx, store).propose(h, k)))
+        for rule_name, rule in rules:
             for min_ngram in (1, 2, 3):
                 for cap in CAPS:
                     r = replay(rows, rule, cap, min_ngram, v, c, n)
@@ -112,6 +119,10 @@ def main(argv=None) -> int:
         print(f"{n} tokens: the engine's defaults (min_ngram {ngram.MIN_NGRAM}, cap {ngram.AUTO_CAP}) "
               f"{eng['predicted_speedup']:.3f}x, {eng['tokens_per_round']:.2f} tokens a round; best: {best['rule']} "
               f"min_ngram {best['min_ngram']} cap {best['cap']} {best['predicted_speedup']:.3f}x")
+        if args.store:
+            st = next(r for r in out["replays"] if r["new_tokens"] == n and r["rule"] == "store"
+                      and r["min_ngram"] == ngram.MIN_NGRAM and r["cap"] == ngram.AUTO_CAP)
+            print(f"  with the store: {st['predicted_speedup']:.3f}x, {st['tokens_per_round']:.2f} tokens a round")
     print("v:", {k: round(x, 3) for k, x in v.items()}, "c:", round(c, 4))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

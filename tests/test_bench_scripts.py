@@ -59,31 +59,39 @@ def test_hugepages_ab_times_both_layouts_and_restores_the_arena(tmp_path, monkey
 
 def test_ngram_replay_predicts_the_engines_rounds(tmp_path, monkeypatch):
     """bench/ngram_replay.py on the bundled target: its replay of the engine's rule makes exactly the
-    rounds the decoder makes (same target calls over the same prompts), for every min_ngram and cap."""
+    rounds the decoder makes (same target calls over the same prompts), for every min_ngram and cap, with
+    and without an n-gram store (one of the target's own answers: its proposals are accepted)."""
     import torch
-    from specdec import SpeculativeDecoder
+    from specdec import SpeculativeDecoder, autoregressive_generate
     from specdec.data.prompts import load_prompts
-    from specdec.engine.ngram import NgramDraft
+    from specdec.engine.ngram import NgramDraft, NgramStore
     from specdec.models import bundled_pair, load_pair
     m = bench_script("ngram_replay", monkeypatch)
-    out = tmp_path / "replay.json"
+    out, store_file = tmp_path / "replay.json", tmp_path / "store.npz"
     target_dir = str(bundled_pair()[0])
-    assert m.main(["--target", target_dir, "--prompts", "builtin:code", "--num-prompts", "1",
-                   "--max-new-tokens", "12,24", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
-    replays = {(r["new_tokens"], r["rule"], r["min_ngram"], r["cap"]): r for r in res["replays"]}
-    assert len(replays) == 2 * 2 * 3 * len(m.CAPS) and set(res["costs"]["v"]) == {str(c) for c in m.CAPS}
     target, _, tok, vocab = load_pair(target_dir, "ngram")
     prompts, _ = load_prompts("builtin:code", tok, 1, "auto")
-    drafted = 0
-    for min_ngram in (1, 2, 3):
-        for cap in (2, 8):
-            dec = SpeculativeDecoder(target, NgramDraft(min_ngram=min_ngram), gamma=cap, vocab_size=vocab)
-            calls = tokens = 0
-            for p in prompts:
-                ids = torch.tensor([tok(p["prompt"], add_special_tokens=False).input_ids])
-                st = dec.generate(ids, max_new_tokens=24, eos_token_id=tok.eos_token_id).stats
-                calls, tokens, drafted = calls + st.target_calls, tokens + st.new_tokens, drafted + st.drafted_tokens
-            r = replays[(24, "match", min_ngram, cap)]
-            assert (r["rounds"], r["tokens_per_round"]) == (calls, tokens / calls), (min_ngram, cap)
-    assert drafted > 0   # the lookups proposed something: the comparison is not all plain steps
+    ids = [torch.tensor([tok(p["prompt"], add_special_tokens=False).input_ids]) for p in prompts]
+    answers = [autoregressive_generate(target, i, max_new_tokens=16, vocab_size=vocab).new_tokens[0] for i in ids]
+    NgramStore([i[0, -2:].tolist() + a for i, a in zip(ids, answers)], min_count=1, tau=0.3).save(store_file)
+    assert m.main(["--target", target_dir, "--prompts", "builtin:code", "--num-prompts", "1",
+                   "--max-new-tokens", "12,24", "--store", str(store_file), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    replays = {(r["new_tokens"], r["rule"], r["min_ngram"], r["cap"]): r for r in res["replays"]}
+    assert len(replays) == 2 * 3 * 3 * len(m.CAPS) and set(res["costs"]["v"]) == {str(c) for c in m.CAPS}
+    store = NgramStore.load(store_file)
+    drafted = {}
+    for rule in ("match", "store"):
+        for min_ngram in (1, 2, 3):
+            for cap in (2, 8):
+                draft = NgramDraft(min_ngram=min_ngram, store=store if rule == "store" else None)
+                dec = SpeculativeDecoder(target, draft, gamma=cap, vocab_size=vocab)
+                calls = tokens = 0
+                for i in ids:
+                    st = dec.generate(i, max_new_tokens=24, eos_token_id=tok.eos_token_id).stats
+                    calls, tokens = calls + st.target_calls, tokens + st.new_tokens
+                    drafted[rule] = drafted.get(rule, 0) + st.drafted_tokens
+                r = replays[(24, rule, min_ngram, cap)]
+                assert (r["rounds"], r["tokens_per_round"]) == (calls, tokens / calls), (rule, min_ngram, cap)
+    # the lookups proposed something (the comparison is not all plain steps), the store more
+    assert 0 < drafted["match"] < drafted["store"]

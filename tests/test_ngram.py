@@ -152,3 +152,126 @@ def test_settings_and_refusals(target_model):
         NgramDraft(min_ngram=3, max_ngram=2)
     dec = SpeculativeDecoder(target_model, NgramDraft(), gamma=4)
     assert dec.resolved_impl[1] == "ngram" and dec.max_gamma == 4
+
+
+# ----------------------------------------------------------------------------------------------------
+# The store (ngram.NgramStore): the target's own outputs elsewhere, asked where the row's tokens give nothing
+
+def _store_reference(seqs: list, h: list, k: int, min_count: int, tau: float, ns=ngram.STORE_NS) -> list:
+    """The store's rule spelled out: the longest context (n in ns) that the sequences follow by a token at
+    least min_count times; its most frequent next token (ties: the smallest id) and that token's share;
+    the chain while the product of the shares stays >= tau."""
+    out, p = [], 1.0
+    while len(out) < k:
+        best = None
+        for n in sorted(ns, reverse=True):
+            if len(h) < n:
+                continue
+            follow = [s[i + n] for s in seqs for i in range(len(s) - n) if s[i:i + n] == h[-n:]]
+            if len(follow) >= min_count:
+                counts = {t: follow.count(t) for t in set(follow)}
+                t = min(counts, key=lambda x: (-counts[x], x))
+                best = (t, counts[t] / len(follow))
+                break
+        if best is None or p * best[1] < tau:
+            break
+        p *= best[1]
+        out.append(best[0])
+        h = h + [best[0]]
+    return out
+
+
+def test_store_equals_the_reference_on_random_corpora():
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        V = int(rng.integers(2, 5))
+        seqs = [rng.integers(0, V, int(rng.integers(0, 30))).tolist() for _ in range(int(rng.integers(1, 6)))]
+        min_count, tau = int(rng.integers(1, 4)), float(rng.choice([0.2, 0.5, 0.9, 1.0]))
+        store = ngram.NgramStore(seqs, min_count, tau)
+        for _ in range(10):
+            h = rng.integers(0, V, int(rng.integers(1, 12))).tolist()
+            k = int(rng.integers(0, 6))
+            assert store.propose(np.array(h), k).tolist() == _store_reference(seqs, h, k, min_count, tau), \
+                (seqs, h, k, min_count, tau)
+
+
+def test_store_examples_and_file(tmp_path):
+    seqs = [[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4], [9, 2, 3, 7]]
+    store = ngram.NgramStore(seqs, min_count=2, tau=0.5)
+    # [1, 2, 3] is followed by 4 twice and 5 once: 4, share 2/3; [2, 3] by 4, 5, 4, 7 (share 1/2) is shorter
+    assert store.lookup([0, 1, 2, 3]) == (4, 2 / 3, 3)
+    # [1, 2] -> 3 (3 of 3), then [1, 2, 3] -> 4 (2 of 3: the chain's product 2/3 >= tau), then nothing
+    assert store.propose(np.array([0, 1, 2]), 4).tolist() == [3, 4]
+    assert ngram.NgramStore(seqs, min_count=2, tau=0.7).propose(np.array([0, 1, 2]), 4).tolist() == [3]
+    assert store.propose(np.array([5, 2]), 4).tolist() == []           # [2] alone is no context (ns start at 2)
+    assert store.propose(np.array([0, 1, 2]), 1).tolist() == [3]
+    assert store.propose(np.array([0, 1, 2]), 0).tolist() == []
+    # the draft asks the store only where the row's own tokens give nothing
+    draft = NgramDraft(store=store)
+    assert draft.propose(np.array([1, 2, 6, 1, 2]), 4).tolist() == [6, 1]          # its own [1, 2] match
+    assert draft.propose(np.array([6, 1, 2, 3]), 4).tolist() == [4]                 # none: the store's
+    assert NgramDraft().propose(np.array([6, 1, 2, 3]), 4).tolist() == []
+    path = tmp_path / "s.npz"
+    store.save(path)
+    loaded = ngram.as_ngram(f"ngram:{path}")
+    assert loaded.store.tokens == 16 and str(path) in loaded.describe()
+    assert loaded.store.propose(np.array([0, 1, 2, 3]), 4).tolist() == store.propose(np.array([0, 1, 2, 3]), 4).tolist()
+    assert (loaded.store.min_count, loaded.store.tau) == (2, 0.5) and ngram.store_path(f"ngram:{path}") == str(path)
+    with pytest.raises(ValueError, match="does not exist: pass --draft ngram:FILE"):
+        ngram.as_ngram(f"ngram:{tmp_path / 'none.npz'}")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="is not an n-gram store"):
+        ngram.as_ngram(f"ngram:{tmp_path / 'bad.npz'}")
+    with pytest.raises(ValueError, match="ids >= 0"):
+        ngram.NgramStore([[1, -1]])
+    with pytest.raises(ValueError, match="tau"):
+        ngram.NgramStore(seqs, tau=0)
+
+
+def _store_of(target, ids, mask, n=40) -> ngram.NgramStore:
+    out = autoregressive_generate(target, ids, mask, max_new_tokens=n)
+    return ngram.NgramStore([ids[r][mask[r].bool()][-2:].tolist() + o for r, o in enumerate(out.new_tokens)],
+                            min_count=1, tau=0.3)
+
+
+@pytest.mark.parametrize("impl", ["lean", "hf"])
+def test_greedy_equals_plain_with_a_store(impl):
+    """A store of the target's own greedy answers to other prompts: its proposals are made, accepted
+    and rejected, and the output is plain decoding's at batch 1, 2 and 5."""
+    target = tiny_llama(vocab_size=32, hidden_size=16, heads=2, kv_heads=1, seed=5)
+    ids, mask = _batch(B=5, P=9, V=32, seed=4)
+    store = _store_of(target, *_batch(B=8, P=9, V=32, seed=7))
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=30, impl=impl)
+    with_store = SpeculativeDecoder(target, NgramDraft(store=store), gamma=4, impl=impl)
+    for B in (1, 2, 5):
+        out = with_store.generate(ids[:B], mask[:B], max_new_tokens=30)
+        assert out.new_tokens == ar.new_tokens[:B], B
+    alone = SpeculativeDecoder(target, "ngram", gamma=4, impl=impl).generate(ids, mask, max_new_tokens=30).stats
+    s = out.stats
+    assert s.drafted_tokens > alone.drafted_tokens and s.accepted_tokens > alone.accepted_tokens
+    assert 0 < s.accepted_tokens < s.drafted_tokens
+
+
+def test_sampling_with_a_store_is_lossless():
+    """Prompts whose own tokens match nothing, so every round's proposal is the store's: the first two
+    tokens follow the target's exact joint distribution (chi-square at ALPHA)."""
+    V = 8
+    target = tiny_llama(vocab_size=V, hidden_size=16, heads=2, kv_heads=1, seed=21)
+    prompt = torch.tensor([[1, 4, 6]])
+    assert propose(prompt[0].numpy(), 2).tolist() == []
+    with torch.no_grad():
+        likely = int(target(prompt).logits[0, -1, :V].argmax())
+    store = ngram.NgramStore([[4, 6, likely, 2]] * 3, min_count=1, tau=0.5)
+    assert store.propose(prompt[0].numpy(), 2).tolist() == [likely, 2]
+    N = 3000
+    exact = _exact_two_token_dist(target, prompt, V, 1.0, 0, 1.0).flatten()
+    for lenience, eps in ((None, 1.0), ("lin", 0.2)):   # the lossy verifier: the negative control
+        dec = SpeculativeDecoder(target, NgramDraft(store=store), gamma=2, lenience=lenience, lenience_eps=eps)
+        out = dec.generate(prompt.expand(N, -1), max_new_tokens=2, temperature=1.0, seed=5)
+        pairs = torch.tensor([o[0] * V + o[1] for o in out.new_tokens])
+        p = chi2_pvalue(torch.bincount(pairs, minlength=V * V), exact)
+        assert out.stats.drafted_tokens >= N
+        if lenience is None:
+            assert 0.02 < out.stats.acceptance_rate < 0.98 and p > ALPHA
+        else:
+            assert p < ALPHA

@@ -332,3 +332,26 @@ def test_chat_prompts_get_no_second_bos():
     assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
     (raw,) = benchmark._encode(tok, ["a b"], (), 8)
     assert raw[0] == tok.bos_token_id
+
+
+def test_the_pair_ships_its_ngram_store(smollm2, monkeypatch, tmp_path):
+    """Without a trained draft, the smollm2 pair's draft is the lookup with the store of SmolLM2's own
+    answers that ships in the package, which loads (0.86 M tokens)."""
+    from specdec.models.load import ASSETS
+    shipped = ASSETS / pairs.SMOLLM2_STORE
+    assert shipped.is_file()
+    store = tmp_path / pairs.SMOLLM2_STORE                   # the package's assets, less the stand-in draft
+    store.parent.mkdir(parents=True)
+    shutil.copy(shipped, store)
+    monkeypatch.setattr(pairs, "ASSETS", tmp_path)
+    resolved = pairs.resolve_pair("smollm2")
+    assert resolved.draft == f"ngram:{store}" and benchmark.BenchConfig(pair="smollm2").draft == resolved.draft
+    draft = ngram.as_ngram(resolved.draft)
+    assert draft.store is not None and draft.store.tokens > 800_000 and draft.store.keys.size > 100_000
+
+
+def test_a_missing_store_is_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["bench", "--draft", f"ngram:{tmp_path / 'none.npz'}", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist: pass --draft ngram:FILE" in err[0] and not out.exists()

@@ -151,7 +151,7 @@ def _graphs(cfg: BenchConfig, device, impls) -> bool:
 def _claim_out(cfg: BenchConfig) -> RunFolder:
     target, draft = _model_paths(cfg)
     inputs = fingerprint_inputs({"--target": target, "--draft": None if ngram.as_ngram(draft) else draft},
-                                {"--prompts": cfg.prompts})
+                                {"--prompts": cfg.prompts, "--draft": ngram.store_path(draft)})
     run = claim(cfg.out, "bench", to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume, can_resume=True,
                 free=RESUMABLE_CHANGES, inputs=inputs, outputs=OUTPUTS)
     for name in FIGURES:  # figures of an unfinished run must not sit beside the results that replace it

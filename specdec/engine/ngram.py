@@ -22,11 +22,29 @@ that q as logits, for `verify`.
 
 Cost: NumPy on the host, no model: one compare over the L tokens, then one over the survivors for each
 further matched token; ~10-30 us a row at L ~ 300-1000 (RESULTS), against a ~8 ms target step.
+
+A store (NgramStore; `--draft ngram:FILE`): where the row's own tokens give no proposal, the round asks
+a table of what the target wrote elsewhere (its outputs on other prompts, e.g. the samples specdec
+generates to train a draft; REST and SuffixDecoding do this with a corpus / earlier outputs):
+  context the longest suffix of the row's tokens, n in STORE_NS, seen at least min_count times in the store
+          followed by a token
+  token   the token that most often followed it there (ties: the smallest id); p = its share of them
+  chain   append it and ask again, while the product of the p's stays >= tau and fewer than k are drafted
+Why a threshold: the row's own matches are specific to the row, the store's are generic ("Here is",
+"I'm sorry"), and with v(1) ~1.2 a drafted token must be accepted more often than ~1 in 4 to pay. Replayed
+over SmolLM2's greedy outputs on 215 Spec-Bench first turns with a store of its own answers to 6.8k
+self-made requests (~0.76 M tokens, no Spec-Bench prompt): predicted 1.227x -> 1.277x at 128 tokens,
+1.367x -> 1.414x at 256 (tau 0.55, min_count 3 were the best of tau 0.4 / 0.55 / 0.7 x min_count 2 / 3;
+bench/RESULTS.md, "An n-gram store"). Lossless as the own lookup: a deterministic function of committed
+tokens and the store.
 """
 from __future__ import annotations
 
+import functools
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +55,11 @@ from ..common.values import check_int
 MIN_NGRAM = 2
 MAX_NGRAM = 16
 AUTO_CAP = 4     # gamma="auto": the match sizes every round, capped here (the replays above: the robust cap)
-NAME = "ngram"   # what `--draft` / SpeculativeDecoder(draft=...) take for this draft
+NAME = "ngram"   # what `--draft` / SpeculativeDecoder(draft=...) take for this draft; "ngram:FILE" with a store
+STORE_NS = (2, 3, 4, 5, 6)   # the store's context lengths (longest first at a query)
+STORE_MIN_COUNT = 3          # a context is kept when it was followed by a token at least this often
+STORE_TAU = 0.55             # a store's chain drafts while the product of its tokens' shares stays >= this
+STORE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -47,25 +69,38 @@ class NgramDraft:
     AUTO_CAP (the count is chosen every round by the match already; there is no draft step to cost)."""
     min_ngram: int = MIN_NGRAM
     max_ngram: int = MAX_NGRAM
+    store: "NgramStore | None" = field(default=None, compare=False)   # asked where the row's tokens give nothing
 
     def __post_init__(self):
         check_int(self.min_ngram, "min_ngram", 1)
         check_int(self.max_ngram, "max_ngram", self.min_ngram)
 
     def propose(self, history: np.ndarray, k: int) -> np.ndarray:
-        return propose(history, k, self.max_ngram, self.min_ngram)
+        d = propose(history, k, self.max_ngram, self.min_ngram)
+        if d.size or self.store is None or k <= 0:
+            return d
+        return self.store.propose(history, k)
 
     def describe(self) -> str:
-        return f"{NAME} (min_ngram {self.min_ngram}, max_ngram {self.max_ngram})"
+        store = f", store {self.store.describe()}" if self.store is not None else ""
+        return f"{NAME} (min_ngram {self.min_ngram}, max_ngram {self.max_ngram}{store})"
 
 
 def as_ngram(draft) -> NgramDraft | None:
-    """The NgramDraft that `draft` names ("ngram" or an NgramDraft), else None (a model)."""
+    """The NgramDraft that `draft` names ("ngram", "ngram:FILE" with FILE an NgramStore, or an
+    NgramDraft), else None (a model). A store that cannot be read raises ValueError saying why."""
     if isinstance(draft, NgramDraft):
         return draft
     if isinstance(draft, str) and draft == NAME:
         return NgramDraft()
+    if store_path(draft) is not None:
+        return NgramDraft(store=NgramStore.load(store_path(draft)))
     return None
+
+
+def store_path(draft) -> str | None:
+    """FILE for a draft named "ngram:FILE" (what a run's inputs fingerprint), else None."""
+    return draft[len(NAME) + 1:] if isinstance(draft, str) and draft.startswith(NAME + ":") else None
 
 
 def match(history: np.ndarray, max_ngram: int = MAX_NGRAM) -> tuple[int, int]:
@@ -118,3 +153,138 @@ class LookupTimer:
         for _ in range(S * self.batch_size):
             self.draft.propose(self.history, 8)
         return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------------------
+# The store: what the target wrote elsewhere, as a table context -> (its most frequent next token, share)
+
+_MUL = 0x9E3779B97F4A7C15          # odd: h -> h * _MUL + t is a bijection mod 2^64 for each t
+_MASK = (1 << 64) - 1
+
+
+def _context_keys(windows: np.ndarray) -> np.ndarray:
+    """windows [m, n] int64 token ids -> [m] uint64 keys (n is hashed in, so lengths never share a key).
+    _context_key is the same function on one context in Python ints."""
+    h = np.full(windows.shape[0], windows.shape[1], dtype=np.uint64)
+    for j in range(windows.shape[1]):
+        h = h * np.uint64(_MUL) + (windows[:, j] + 1).astype(np.uint64)
+    return h
+
+
+def _context_key(tokens) -> int:
+    h = len(tokens)
+    for t in tokens:
+        h = (h * _MUL + int(t) + 1) & _MASK
+    return h
+
+
+class NgramStore:
+    """Token sequences the target wrote, as the table the lookup asks (module docstring, "A store").
+    Built in memory from the sequences (a few seconds for a million tokens); a file holds the sequences
+    (`save` / `load`, an .npz), so a store's settings can change without regenerating anything."""
+
+    def __init__(self, sequences, min_count: int = STORE_MIN_COUNT, tau: float = STORE_TAU,
+                 source: str = "", ns=STORE_NS):
+        self.min_count = check_int(min_count, "min_count", 1)
+        if not 0.0 < float(tau) <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {tau}")
+        self.tau, self.source, self.ns = float(tau), source, tuple(sorted(ns, reverse=True))
+        seqs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+        if any(s.size and s.min() < 0 for s in seqs):
+            raise ValueError("an n-gram store holds token ids >= 0")
+        self.sequences, self.tokens = seqs, sum(s.size for s in seqs)
+        keys, nxt = [], []
+        for s in seqs:
+            for n in self.ns:
+                if s.size > n:
+                    w = np.lib.stride_tricks.sliding_window_view(s, n + 1)             # [L-n, n+1]
+                    keys.append(_context_keys(w[:, :n]))
+                    nxt.append(w[:, n])
+        keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+        nxt = np.concatenate(nxt) if nxt else np.zeros(0, np.int64)
+        o = np.lexsort((nxt, keys))                                       # by context, then token
+        keys, nxt = keys[o], nxt[o]
+        if keys.size:   # one row per (context, token): its count
+            start = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]) | (nxt[1:] != nxt[:-1])])
+            count = np.diff(np.r_[start, keys.size])
+            keys, nxt = keys[start], nxt[start]
+            first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])    # each context's first row
+            total = np.add.reduceat(count, first)
+            o = np.lexsort((nxt, -count, keys))                           # each context's most frequent first
+            best = o[np.searchsorted(keys[o], keys[first])]
+            keep = total >= self.min_count
+            self.keys = keys[first][keep]                                 # [C] uint64, sorted
+            self.next = nxt[best][keep]                                   # [C] the most frequent next token
+            self.share = (count[best][keep] / total[keep]).astype(np.float64)   # [C] its share
+        else:
+            self.keys, self.next, self.share = keys, nxt, np.zeros(0)
+
+    def lookup(self, history) -> tuple[int, float, int]:
+        """(token, share, n) for the longest context of the history's suffix in the table; (-1, 0.0, 0)
+        without one."""
+        ns = [n for n in self.ns if len(history) >= n]                  # longest first
+        if not ns or not self.keys.size:
+            return -1, 0.0, 0
+        q = np.array([_context_key(history[len(history) - n:]) for n in ns], dtype=np.uint64)
+        at = np.minimum(np.searchsorted(self.keys, q), self.keys.size - 1)
+        hit = np.flatnonzero(self.keys[at] == q)
+        if not hit.size:
+            return -1, 0.0, 0
+        i = at[hit[0]]                                                    # the longest context found
+        return int(self.next[i]), float(self.share[i]), ns[hit[0]]
+
+    def propose(self, history: np.ndarray, k: int) -> np.ndarray:
+        """history [L] int64 -> up to k tokens (module docstring): the chain of most frequent next tokens
+        while the product of their shares stays >= tau."""
+        m = max(self.ns)
+        h, out, p = [int(t) for t in history[-m:]], [], 1.0
+        while len(out) < k:
+            t, share, _ = self.lookup(h)
+            p *= share
+            if t < 0 or p < self.tau:
+                break
+            out.append(t)
+            h = (h + [t])[-m:]
+        return np.array(out, dtype=np.int64)
+
+    def describe(self) -> str:
+        return (f"{self.source or 'in memory'}: {self.tokens} tokens, {self.keys.size} contexts, "
+                f"min_count {self.min_count}, tau {self.tau:g}")
+
+    def save(self, path) -> None:
+        """The sequences and settings as one .npz (written atomically)."""
+        from ..common.files import write_bytes_atomic
+        import io
+        lengths = np.array([s.size for s in self.sequences], dtype=np.int64)
+        flat = np.concatenate(self.sequences) if self.sequences else np.zeros(0, np.int64)
+        dtype = np.uint16 if flat.size == 0 or flat.max() < 2 ** 16 else np.int32
+        meta = {"format": STORE_FORMAT, "min_count": self.min_count, "tau": self.tau, "ns": list(self.ns)}
+        buf = io.BytesIO()
+        np.savez_compressed(buf, tokens=flat.astype(dtype), lengths=lengths, meta=np.array(json.dumps(meta)))
+        write_bytes_atomic(path, buf.getvalue())
+
+    @staticmethod
+    def load(path) -> "NgramStore":
+        path = Path(path).expanduser().resolve()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ValueError(f"n-gram store {path} does not exist: pass --draft ngram:FILE with a file that "
+                             "bench/ngram_store.py wrote, or --draft ngram for the row's own tokens only") from None
+        return _load_store(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_store(path: str, mtime_ns: int, size: int) -> NgramStore:
+    """One build per file version and process (bench asks as_ngram many times; the key includes the
+    file's mtime and size, so a rewritten file is read again)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != STORE_FORMAT:
+                raise ValueError(f"format {meta.get('format')}, this specdec reads {STORE_FORMAT}")
+            flat, lengths = z["tokens"].astype(np.int64), z["lengths"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path} is not an n-gram store ({e}): write one with bench/ngram_store.py") from None
+    seqs = np.split(flat, np.cumsum(lengths)[:-1]) if lengths.size else []
+    return NgramStore(seqs, meta["min_count"], meta["tau"], source=path, ns=meta["ns"])

