@@ -1,12 +1,16 @@
-"""Write an n-gram store (specdec/engine/ngram.py, NgramStore) from what the target wrote: sample shards
-(specdec.distill.samples' format, e.g. bench/smollm2_draft_data.py's units), for `--draft ngram:FILE`.
+"""Write an n-gram store (specdec/engine/ngram.py, NgramStore) from what the target wrote, for `--draft
+ngram:FILE`: sample shards (specdec.distill.samples' format, e.g. bench/smollm2_draft_data.py's units), or
+texts (a JSONL file of {"text": ...}, e.g. answers your deployment logged) tokenized by the target's
+tokenizer.
 
     python bench/ngram_store.py --samples DIR [--units N] [--prompt-tail 8] --out store.npz
+    python bench/ngram_store.py --text answers.jsonl --target DIR_OR_GGUF --out store.npz
 
-Each sequence is a row's continuation after the last --prompt-tail tokens of its prompt (the chat
-template's assistant header, so the store can start an answer). The file holds the sequences and the
-store's settings (min_count, tau); the table is built when a process first loads it (a few seconds a
-million tokens). Never build one from the prompts you evaluate on.
+From shards each sequence is a row's continuation after the last --prompt-tail tokens of its prompt
+(the chat template's assistant header, so the store can start an answer); from texts, each text's
+tokens. The file holds the sequences and the store's settings (min_count, tau); the table is built when
+a process first loads it (a few seconds a million tokens). Never build one from the prompts you
+evaluate on, nor from their answers.
 """
 from __future__ import annotations
 
@@ -34,9 +38,29 @@ def sequences(folder: Path, units: int | None, prompt_tail: int) -> list:
     return out
 
 
+def texts(path: Path, target) -> list:
+    import json
+    from specdec.models.load import load_tokenizer
+    tok = load_tokenizer(target)
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError):
+                raise SystemExit(f"error: {path} line {i} is not a JSON object with a \"text\" string") from None
+            out.append(tok(text, add_special_tokens=False).input_ids)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--samples", required=True, type=Path, help="a folder of sample shards (unit_*.pt)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--samples", type=Path, help="a folder of sample shards (unit_*.pt)")
+    src.add_argument("--text", type=Path, help='a JSONL file of {"text": ...} (needs --target for its tokenizer)')
+    ap.add_argument("--target", default=None, help="the target (folder or GGUF) whose tokenizer reads --text")
     ap.add_argument("--units", type=int, default=None, help="the first N shards (default: all)")
     ap.add_argument("--prompt-tail", type=int, default=8, help="prompt tokens kept before each continuation")
     ap.add_argument("--min-count", type=int, default=ngram.STORE_MIN_COUNT)
@@ -44,7 +68,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    store = ngram.NgramStore(sequences(args.samples, args.units, args.prompt_tail), args.min_count, args.tau)
+    if args.text is not None and args.target is None:
+        raise SystemExit("error: --text needs --target (the tokenizer the store's ids must share)")
+    seqs = sequences(args.samples, args.units, args.prompt_tail) if args.samples else texts(args.text, args.target)
+    try:
+        store = ngram.NgramStore(seqs, args.min_count, args.tau)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     store.save(args.out)
     print(f"{args.out}: {store.describe()} ({args.out.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)")
     return 0

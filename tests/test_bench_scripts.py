@@ -95,3 +95,27 @@ def test_ngram_replay_predicts_the_engines_rounds(tmp_path, monkeypatch):
                 assert (r["rounds"], r["tokens_per_round"]) == (calls, tokens / calls), (rule, min_ngram, cap)
     # the lookups proposed something (the comparison is not all plain steps), the store more
     assert 0 < drafted["match"] < drafted["store"]
+
+
+def test_ngram_store_from_texts(tmp_path, monkeypatch, capsys):
+    """bench/ngram_store.py --text: the texts' tokens under the target's tokenizer, loadable as a draft."""
+    from specdec.engine import ngram
+    from specdec.models import bundled_pair
+    from specdec.models.load import load_tokenizer
+    m = bench_script("ngram_store", monkeypatch)
+    target = str(bundled_pair()[0])
+    src, out = tmp_path / "answers.jsonl", tmp_path / "store.npz"
+    texts = ["def f(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n"]
+    src.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    assert m.main(["--text", str(src), "--target", target, "--min-count", "1", "--out", str(out)]) == 0
+    store = ngram.as_ngram(f"ngram:{out}").store
+    tok = load_tokenizer(target)
+    assert [s.tolist() for s in store.sequences] == [tok(t, add_special_tokens=False).input_ids for t in texts]
+    assert store.min_count == 1 and store.tau == ngram.STORE_TAU
+    with pytest.raises(SystemExit, match="--text needs --target"):
+        m.main(["--text", str(src), "--out", str(out)])
+    src.write_text('{"txt": 1}\n')
+    with pytest.raises(SystemExit, match="line 1 is not a JSON object"):
+        m.main(["--text", str(src), "--target", target, "--out", str(out)])
+    with pytest.raises(SystemExit, match="no sample shards"):
+        m.main(["--samples", str(tmp_path), "--out", str(out)])

@@ -275,3 +275,38 @@ def test_sampling_with_a_store_is_lossless():
             assert 0.02 < out.stats.acceptance_rate < 0.98 and p > ALPHA
         else:
             assert p < ALPHA
+
+
+def test_a_store_of_another_tokenizer_is_refused():
+    target = tiny_llama(vocab_size=16, hidden_size=16, heads=2, kv_heads=1, seed=3)
+    with pytest.raises(ValueError, match="holds token id 40, beyond the target's 16 ids: it was written with "
+                                         "another tokenizer"):
+        SpeculativeDecoder(target, NgramDraft(store=ngram.NgramStore([[1, 2, 40]])), gamma=2)
+    SpeculativeDecoder(target, NgramDraft(store=ngram.NgramStore([[1, 2, 15]])), gamma=2)
+
+
+def test_bench_with_a_store_records_it_and_resume_checks_it(tmp_path, capsys):
+    """`bench --draft ngram:FILE` on the bundled target: speculative rows equal to plain decoding greedy,
+    the store in the run's meta, and a resumed run whose store file changed is refused in one line."""
+    import json
+    from specdec.cli import main
+    from specdec.models import bundled_pair, load_pair
+    target, _, tok, vocab = load_pair(bundled_pair()[0], "ngram")
+    ids = torch.tensor([tok("def main(args):\n    return", add_special_tokens=False).input_ids])
+    answer = autoregressive_generate(target, ids, max_new_tokens=16, vocab_size=vocab).new_tokens[0]
+    store = tmp_path / "store.npz"
+    ngram.NgramStore([ids[0, -2:].tolist() + answer] * 3, min_count=1).save(store)
+    out = tmp_path / "run"
+    argv = ["bench", "--draft", f"ngram:{store}", "--prompts", "builtin:code", "--num-prompts", "1", "--gamma", "4",
+            "--temperature", "0", "--baselines", "ar", "--repeats", "1", "--max-new-tokens", "12", "--threads", "1",
+            "--out", str(out), "--no-plots", "--no-progress"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["draft"] == f"ngram:{store}" and str(store) in res["meta"]["engine"]["draft"]
+    sd = [r for r in res["runs"] if r["method"] == "sd" and r["category"] == "all"]
+    assert sd and all(r["outputs_match_ar"] is True for r in sd)
+    ngram.NgramStore([[1, 2, 3]]).save(store)                       # another store under the same name
+    capsys.readouterr()
+    assert main([*argv[:-4], "--out", str(out), "--resume", "--no-plots", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--draft: its content changed" in err[0], err

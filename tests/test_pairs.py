@@ -355,3 +355,16 @@ def test_a_missing_store_is_one_line_exit_2(tmp_path, capsys):
     assert main(["bench", "--draft", f"ngram:{tmp_path / 'none.npz'}", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist: pass --draft ngram:FILE" in err[0] and not out.exists()
+
+
+def test_a_llama_cpp_build_that_crashes_is_probed_apart(monkeypatch):
+    """A llama.cpp that crashes on a batch (a native build on an AMX CPU) is found in a child process, and
+    the run says how to rebuild it instead of dying with it."""
+    from specdec.benchmark import llamacpp
+    monkeypatch.setattr(llamacpp, "PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    llamacpp.crashes.cache_clear()
+    why = llamacpp.crashes("model.gguf")
+    assert why.startswith("llama.cpp crashed (signal 11") and "-DGGML_AMX_INT8=OFF" in why and "\n" not in why
+    monkeypatch.setattr(llamacpp, "PROBE", "import sys; assert sys.argv[1] == 'other.gguf'")
+    assert llamacpp.crashes("other.gguf") is None
+    llamacpp.crashes.cache_clear()

@@ -17,7 +17,10 @@ Timing, as for specdec's rows: the wall time of the whole generation, and the pr
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,13 +34,42 @@ NEUTRAL_SAMPLING = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "r
                     "frequency_penalty": 0.0, "presence_penalty": 0.0}
 
 
+# On a CPU with AMX (Intel Sapphire Rapids and later), llama-cpp-python 0.3.36 built natively (its default)
+# crashed the process with a segmentation fault on every batch of 2 or more tokens (a prompt), one token at
+# a time ran (2-core Xeon VM, 2026-12-05); built without AMX it runs. bench/RESULTS.md, "An n-gram store".
+NO_AMX_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON '
+                '-DGGML_AVX512_VNNI=ON -DGGML_AMX_INT8=OFF" pip install --force-reinstall --no-cache-dir '
+                'llama-cpp-python')
+PROBE = """import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+llm.eval([llm.token_bos(), llm.token_bos()])
+"""
+
+
 def unavailable(gguf_path) -> str | None:
     """Why there is no llama.cpp row (None: there is one)."""
     if gguf_path is None:
         return "the target is not a GGUF file (llama.cpp runs GGUF files: pass --target FILE.gguf or --pair)"
-    if importlib.util.find_spec("llama_cpp") is None:
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None:
         return f"llama-cpp-python is not installed: {INSTALL}"
-    return None
+    return crashes(str(gguf_path)) if spec.origin else None   # a stand-in module (no file) is not probed
+
+
+@functools.lru_cache(maxsize=8)
+def crashes(gguf_path: str) -> str | None:
+    """Why llama.cpp cannot run here (None: it can), from a 2-token batch in a child process: a build
+    that crashes (see NO_AMX_BUILD) would otherwise take the whole bench process with it."""
+    try:
+        r = subprocess.run([sys.executable, "-c", PROBE, gguf_path], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "llama.cpp did not evaluate a 2-token batch within 300 s in a probe process"
+    if r.returncode == 0:
+        return None
+    how = f"signal {-r.returncode}" if r.returncode < 0 else f"exit code {r.returncode}"
+    last = (r.stderr.strip().splitlines() or [""])[-1][:200]
+    return (f"llama.cpp crashed ({how}{': ' + last if last else ''}) evaluating a 2-token batch of {gguf_path} "
+            f"in a probe process; a native build on an AMX CPU does: rebuild it with {NO_AMX_BUILD}")
 
 
 class LlamaCppRunner:

@@ -308,6 +308,11 @@ class SpeculativeDecoder:
         # width) are emitted, so plain and speculative decoding agree without passing it (README, Vocabularies).
         t_width = logit_width(target)
         self.vocab_size = t_width if vocab_size is None else check_int(vocab_size, "vocab_size", 1, t_width)
+        store = self.ngram.store if self.ngram is not None else None
+        if store is not None and store.max_id >= self.vocab_size:
+            raise ValueError(f"the n-gram store {store.source or '(in memory)'} holds token id {store.max_id}, beyond "
+                             f"the target's {self.vocab_size} ids: it was written with another tokenizer; build "
+                             "one from this target's outputs (bench/ngram_store.py)")
         # A draft with fewer logits proposes only the ids it has: its q is -inf (probability 0) beyond them,
         # which verification handles exactly. A target id beyond the draft's embedding (e.g. Qwen2.5-0.5B's
         # 151936 rows under the 7B's 152064 logits) reaches the draft as its last row: only its proposals

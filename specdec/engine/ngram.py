@@ -31,16 +31,18 @@ generates to train a draft; REST and SuffixDecoding do this with a corpus / earl
   token   the token that most often followed it there (ties: the smallest id); p = its share of them
   chain   append it and ask again, while the product of the p's stays >= tau and fewer than k are drafted
 Why a threshold: the row's own matches are specific to the row, the store's are generic ("Here is",
-"I'm sorry"), and with v(1) ~1.2 a drafted token must be accepted more often than ~1 in 4 to pay. Replayed
-over SmolLM2's greedy outputs on 215 Spec-Bench first turns with a store of its own answers to 6.8k
-self-made requests (~0.76 M tokens, no Spec-Bench prompt): predicted 1.227x -> 1.277x at 128 tokens,
-1.367x -> 1.414x at 256 (tau 0.55, min_count 3 were the best of tau 0.4 / 0.55 / 0.7 x min_count 2 / 3;
-bench/RESULTS.md, "An n-gram store"). Lossless as the own lookup: a deterministic function of committed
-tokens and the store.
+"I'm sorry"), and with v(1) ~1.1-1.2 a drafted token must be accepted more often than ~1 in 4 to pay.
+On SmolLM2 with a store of its own answers to 6.8k self-made requests (0.86 M tokens, no Spec-Bench
+prompt; bench/RESULTS.md, "An n-gram store"): tau 0.55 and min_count 3 replayed best of tau 0.4 / 0.55 /
+0.7 x min_count 2 / 3 over its greedy answers to 215 Spec-Bench first turns; bench/ngram_replay.py
+predicts 1.292x -> 1.380x at 128 tokens (1.41 -> 1.55 tokens a round), 1.536x -> 1.620x at 256; end to
+end greedy 1.18 -> 1.20x (gguf-q8a) and 1.16 -> 1.19x (gguf) decode speedup. Lossless as the own lookup:
+a deterministic function of committed tokens and the store.
 """
 from __future__ import annotations
 
 import functools
+import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..common.files import write_bytes_atomic
 from ..common.values import check_int
 
 # One source of truth for the defaults (the CLI's `--draft ngram` and the API's NgramDraft()).
@@ -193,15 +196,22 @@ class NgramStore:
         if any(s.size and s.min() < 0 for s in seqs):
             raise ValueError("an n-gram store holds token ids >= 0")
         self.sequences, self.tokens = seqs, sum(s.size for s in seqs)
-        keys, nxt = [], []
-        for s in seqs:
-            for n in self.ns:
-                if s.size > n:
-                    w = np.lib.stride_tricks.sliding_window_view(s, n + 1)             # [L-n, n+1]
-                    keys.append(_context_keys(w[:, :n]))
-                    nxt.append(w[:, n])
-        keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
-        nxt = np.concatenate(nxt) if nxt else np.zeros(0, np.int64)
+        self.max_id = max((int(s.max()) for s in seqs if s.size), default=-1)   # the decoder checks it < vocab
+        # every (context, next token) of every sequence: windows over the sequences joined by -1, those
+        # without a -1 (one sequence's tokens)
+        flat = np.concatenate([np.append(s, -1) for s in seqs]) if seqs else np.zeros(0, np.int64)
+        keys, nxt = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
+        for n in self.ns:
+            if flat.size > n:
+                w = np.lib.stride_tricks.sliding_window_view(flat, n + 1)              # [N-n, n+1]
+                w = w[(w >= 0).all(1)]
+                keys.append(_context_keys(w[:, :n]))
+                nxt.append(w[:, n])
+        keys, nxt = np.concatenate(keys), np.concatenate(nxt)
+        if keys.size:   # contexts seen fewer than min_count times go first (most of them): a smaller sort
+            uniq, inv, seen = np.unique(keys, return_inverse=True, return_counts=True)
+            often = seen[inv] >= self.min_count
+            keys, nxt = keys[often], nxt[often]
         o = np.lexsort((nxt, keys))                                       # by context, then token
         keys, nxt = keys[o], nxt[o]
         if keys.size:   # one row per (context, token): its count
@@ -253,8 +263,6 @@ class NgramStore:
 
     def save(self, path) -> None:
         """The sequences and settings as one .npz (written atomically)."""
-        from ..common.files import write_bytes_atomic
-        import io
         lengths = np.array([s.size for s in self.sequences], dtype=np.int64)
         flat = np.concatenate(self.sequences) if self.sequences else np.zeros(0, np.int64)
         dtype = np.uint16 if flat.size == 0 or flat.max() < 2 ** 16 else np.int32
