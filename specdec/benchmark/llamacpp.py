@@ -42,7 +42,7 @@ NO_AMX_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGG
                 'llama-cpp-python')
 PROBE = """import sys, llama_cpp
 llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_batch=64, n_threads=1, verbose=False)
-llm.eval([llm.token_bos(), llm.token_bos()])
+llm.eval([0, 0])
 """
 
 
