@@ -1,6 +1,7 @@
 """Logits processing and the samplers (the exponential race, the inverse CDF)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,3 +57,30 @@ def test_greedy_and_masked_sampling():
     assert sample_tokens(logits, 0.0).item() == 1
     draws = sample_tokens(logits.expand(2000, -1), 1.0, torch.Generator().manual_seed(1))
     assert (draws != 3).all()
+
+
+def _inverse_cdf_plain(probs, generator):
+    """inverse_cdf's rule with the plain float64 cumsum over the row (what the blocks stand for)."""
+    V = probs.shape[-1]
+    cdf = np.cumsum(probs.numpy().reshape(-1, V), axis=-1, dtype=np.float64)
+    u = torch.rand(cdf.shape[0], dtype=torch.float64, generator=generator).numpy()
+    ids = np.minimum((cdf <= (u * cdf[:, -1])[:, None]).sum(-1), V - 1)
+    ids[~(cdf[:, -1] > 0)] = 0
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+@pytest.mark.parametrize("V", [5, 512, 1300, 4096])   # one block, one full, ragged last (CDF_BLOCK 512), 8
+def test_inverse_cdf_blocks_pick_what_the_plain_cumsum_picks(V):
+    """Block sums then one block's running sum: the same ids as the plain float64 cumsum for the same
+    random numbers, over dense rows, rows whose mass sits in a few ids of far-apart blocks (top-k), and a
+    ragged last block; a zero-mass id is never drawn."""
+    rng = torch.Generator().manual_seed(V)
+    dense = torch.softmax(torch.randn(300, V, generator=rng) * 4, -1)
+    sparse = torch.zeros(300, V)
+    for r in range(300):
+        ids = torch.randperm(V, generator=rng)[:3]
+        sparse[r, ids] = torch.rand(3, generator=rng)
+    for probs in (dense, sparse):
+        got = inverse_cdf(probs, torch.Generator().manual_seed(7))
+        assert got.tolist() == _inverse_cdf_plain(probs, torch.Generator().manual_seed(7)).tolist()
+        assert (probs.gather(1, got[:, None]) > 0).all()

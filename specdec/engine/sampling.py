@@ -123,17 +123,47 @@ def race(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return argmax(probs / exponential_noise(probs.shape, probs.device, generator))
 
 
+CDF_BLOCK = 512   # inverse_cdf's block: the search runs over block sums, then inside one block
+
+
 def inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """The first id whose cumulative mass (float64) exceeds u * total, u ~ U[0, 1) in float64: one
-    random number a row (CPU tensors; NumPy). Why not the race on the CPU: measured on the 2-core Xeon
-    with SmolLM2 (V = 49152), plain decoding at T = 1 spent ~1.2 ms a token sampling against a 4.4 ms
-    forward (bench/RESULTS.md, "A draft without a model")."""
+    random number a row (CPU tensors; NumPy). The cumulative mass is summed in blocks of CDF_BLOCK ids:
+    the block sums (float64), their running total, the block where it passes u * total, and the running
+    sum inside that block alone (so a zero-mass id is never the first to pass: the sum is flat there).
+    Equal to the plain float64 cumsum's pick up to float rounding at a boundary; where rounding puts the
+    target past the block's own running sum (~2^-50 of draws) the row takes the plain cumsum.
+    Why: on the 2-core Xeon with SmolLM2 (V = 49152) the plain float64 cumsum over V and its compare took
+    ~0.22 of the ~0.26 ms a sample took warm (~0.58 cold, right after a forward); block sums are one
+    vectorised pass (bench/RESULTS.md, "An n-gram store"). Why not the race on the CPU: plain decoding at
+    T = 1 spent ~1.2 ms a token sampling by it against a 4.4 ms forward ("A draft without a model")."""
     V = probs.shape[-1]
-    cdf = np.cumsum(probs.numpy().reshape(-1, V), axis=-1, dtype=np.float64)            # [R, V]
-    u = torch.rand(cdf.shape[0], dtype=torch.float64, generator=generator).numpy()       # [R]
-    ids = np.minimum((cdf <= (u * cdf[:, -1])[:, None]).sum(-1), V - 1)                  # [R]
-    ids[~(cdf[:, -1] > 0)] = 0                                                           # all zero (or NaN)
-    return torch.from_numpy(ids.astype(np.int64)).view(probs.shape[:-1])
+    p = probs.numpy().reshape(-1, V)                                                     # [R, V]
+    u = torch.rand(p.shape[0], dtype=torch.float64, generator=generator).numpy()         # [R]
+    ids = np.array([pick(row, ur) for row, ur in zip(p, u)], dtype=np.int64).reshape(-1)
+    return torch.from_numpy(ids).view(probs.shape[:-1])
+
+
+def pick(p: np.ndarray, u: float) -> int:
+    """inverse_cdf's rule for one row p [V] (>= 0, any float dtype) and its u in [0, 1): the first id
+    whose float64 cumulative mass, summed by blocks, exceeds u * total; 0 for an all-zero (or NaN) row.
+    verify_sampled_cpu draws its recovered / bonus token by it too."""
+    V = p.shape[0]
+    starts = np.arange(0, V, CDF_BLOCK)
+    cum = np.cumsum(np.add.reduceat(p, starts, dtype=np.float64))                        # [V / block]
+    if not cum[-1] > 0:
+        return 0
+    t = u * cum[-1]
+    b = min(int(np.searchsorted(cum, t, side="right")), starts.size - 1)
+    lo = int(starts[b])
+    inner = np.cumsum(p[lo:lo + CDF_BLOCK], dtype=np.float64)
+    if b:
+        inner += cum[b - 1]
+    k = int(np.searchsorted(inner, t, side="right"))
+    if k < inner.size:
+        return lo + k
+    # rounding put t at or past the block's own running sum: the plain cumsum's pick
+    return min(int(np.searchsorted(np.cumsum(p, dtype=np.float64), t, side="right")), V - 1)
 
 
 def sample_tokens(masked_logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:

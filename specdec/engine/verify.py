@@ -23,7 +23,7 @@ import torch
 
 from ..common.values import LENIENCE_KINDS  # noqa: F401 (re-exported)
 from ..common.values import MIN_TEMPERATURE, BadType, check_lenience, check_temperature, is_greedy
-from .sampling import argmax, probs_from_logits, sample_from_probs, uniform, unusable_rows
+from .sampling import argmax, pick, probs_from_logits, sample_from_probs, uniform, unusable_rows
 BACKENDS = ("torch", "triton", "auto")
 
 
@@ -236,8 +236,7 @@ def verify_sampled_cpu(target_logits, draft_logits, draft_tokens, temperature: f
             residual = np.maximum(p - q, 0.0)
             if not residual.sum() > 0:
                 residual = p
-        cdf = np.cumsum(residual, dtype=np.float64)
-        extra = min(int((cdf <= v[b] * cdf[-1]).sum()), V - 1) if cdf[-1] > 0 else 0
+        extra = pick(residual, v[b])
         tokens.append(x[b][:a] + [extra] + [-1] * (K - a))
         accepted.append(a)
     return VerifyResult(tokens=torch.tensor(tokens, dtype=torch.int64).view(B, K1),
