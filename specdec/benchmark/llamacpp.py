@@ -37,9 +37,10 @@ NEUTRAL_SAMPLING = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "r
 # On a CPU with AMX (Intel Sapphire Rapids and later), llama-cpp-python 0.3.36 built natively (its default)
 # crashed the process with a segmentation fault on every batch of 2 or more tokens (a prompt), one token at
 # a time ran (2-core Xeon VM, 2026-12-05); built without AMX it runs. bench/RESULTS.md, "An n-gram store".
-NO_AMX_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON '
-                '-DGGML_AVX512_VNNI=ON -DGGML_AMX_INT8=OFF" pip install --force-reinstall --no-cache-dir '
-                'llama-cpp-python')
+NO_AMX_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
+                '-DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON '
+                '-DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" '
+                'pip install --force-reinstall --no-cache-dir llama-cpp-python')   # the build measured
 PROBE = """import sys, llama_cpp
 llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_batch=64, n_threads=1, verbose=False)
 llm.eval([0, 0])

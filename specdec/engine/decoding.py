@@ -250,7 +250,8 @@ def _policy_of(gamma, max_gamma, costs, cost_cache, auto):
 class SpeculativeDecoder:
     """Batched, lossless speculative decoding of `target` with `draft` (two HF causal LMs sharing a
     tokenizer; or draft="ngram" / "ngram:STORE" / an ngram.NgramDraft: proposals looked up in each row's
-    own tokens (then in the store, where one is given), no model; gamma is then the most a round drafts a row, "auto" ngram.AUTO_CAP). Greedy output equals
+    own tokens (then in the store, where one is given), no model; gamma is then the most a round drafts
+    a row, "auto" ngram.AUTO_CAP). Greedy output equals
     plain greedy decoding of the target token for token; sampled output is distributed exactly as the
     target's (after the same temperature / top-k / top-p), unless a lossy `lenience` ("lin", "sq", "exp"
     with lenience_eps in (0, 1]) is asked for.

@@ -209,7 +209,7 @@ class NgramStore:
                 nxt.append(w[:, n])
         keys, nxt = np.concatenate(keys), np.concatenate(nxt)
         if keys.size:   # contexts seen fewer than min_count times go first (most of them): a smaller sort
-            uniq, inv, seen = np.unique(keys, return_inverse=True, return_counts=True)
+            _, inv, seen = np.unique(keys, return_inverse=True, return_counts=True)
             often = seen[inv] >= self.min_count
             keys, nxt = keys[often], nxt[often]
         o = np.lexsort((nxt, keys))                                       # by context, then token
@@ -222,10 +222,9 @@ class NgramStore:
             total = np.add.reduceat(count, first)
             o = np.lexsort((nxt, -count, keys))                           # each context's most frequent first
             best = o[np.searchsorted(keys[o], keys[first])]
-            keep = total >= self.min_count
-            self.keys = keys[first][keep]                                 # [C] uint64, sorted
-            self.next = nxt[best][keep]                                   # [C] the most frequent next token
-            self.share = (count[best][keep] / total[keep]).astype(np.float64)   # [C] its share
+            self.keys = keys[first]                                       # [C] uint64, sorted (total >= min_count)
+            self.next = nxt[best]                                         # [C] the most frequent next token
+            self.share = count[best] / total                              # [C] float64: its share
         else:
             self.keys, self.next, self.share = keys, nxt, np.zeros(0)
 
