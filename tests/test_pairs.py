@@ -346,6 +346,10 @@ def test_the_pair_ships_its_ngram_store(smollm2, monkeypatch, tmp_path):
     monkeypatch.setattr(pairs, "ASSETS", tmp_path)
     resolved = pairs.resolve_pair("smollm2")
     assert resolved.draft == f"ngram:{store}" and benchmark.BenchConfig(pair="smollm2").draft == resolved.draft
+    ngram._load_store.cache_clear()
+    with pytest.raises(ValueError, match="n-gram lookup .no model., which has no weights to train"):
+        DistillConfig(pair="smollm2", out=str(tmp_path / "d"))
+    assert ngram._load_store.cache_info().currsize == 0          # refused before the store was read
     draft = ngram.as_ngram(resolved.draft)
     assert draft.store is not None and draft.store.tokens > 800_000 and draft.store.keys.size > 100_000
 

@@ -101,6 +101,11 @@ def as_ngram(draft) -> NgramDraft | None:
     return None
 
 
+def is_lookup(draft) -> bool:
+    """Whether `draft` names the n-gram lookup draft (as_ngram would return one), without reading a store."""
+    return isinstance(draft, NgramDraft) or draft == NAME or store_path(draft) is not None
+
+
 def store_path(draft) -> str | None:
     """FILE for a draft named "ngram:FILE" (what a run's inputs fingerprint), else None."""
     return draft[len(NAME) + 1:] if isinstance(draft, str) and draft.startswith(NAME + ":") else None

@@ -64,10 +64,13 @@ class ModelsBlock(TargetBlock):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.DRAFT_MAY_BE_LOOKUP and ngram.as_ngram(self.draft) is not None:
+        if not ngram.is_lookup(self.draft):
+            return
+        if not self.DRAFT_MAY_BE_LOOKUP:   # refused before a store loads
             whose = "the --pair's draft is" if self.pair is not None else "--draft ngram is"
             raise ValueError(f"{whose} the n-gram lookup (no model), which has no weights to train; pass --draft DIR, "
                              "a draft model that shares the target's tokenizer")
+        ngram.as_ngram(self.draft)         # a store that cannot be read: one line now, before anything runs
 
 
 @dataclass
