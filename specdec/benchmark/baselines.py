@@ -114,7 +114,7 @@ def hf_prompt_lookup_generate(target, input_ids, attention_mask, gamma, temperat
 def hf_assistant_defaults(draft) -> dict:
     """The assistant settings transformers uses when none are set (recorded with hf_assisted_default);
     for the n-gram draft, its prompt lookup's (hf_prompt_lookup_generate)."""
-    if ngram.as_ngram(draft) is not None:
+    if ngram.is_lookup(draft):
         from transformers import GenerationConfig
         return {"prompt_lookup": {k: getattr(GenerationConfig(), k, None) for k in ("max_matching_ngram_size",)}}
     gc = copy.deepcopy(draft.generation_config)

@@ -75,7 +75,7 @@ def plan(cfg: BenchConfig) -> dict:
                 group.append(Setting("hf_generate", None, temp, bs))
             if cfg.runs("hf_assisted") and bs == 1:
                 group += [Setting("hf_assisted", g, temp, bs) for g in cfg.fixed_gammas]
-                if ngram.as_ngram(cfg.draft) is None:   # HF's prompt lookup has no schedules
+                if not ngram.is_lookup(cfg.draft):   # HF's prompt lookup has no schedules
                     group += [Setting(m, None, temp, bs) for m in ("hf_assisted_default", "hf_assisted_heuristic")]
             if with_llamacpp and bs == 1:
                 group.append(Setting(llamacpp.METHOD, None, temp, bs))
@@ -150,7 +150,7 @@ def _graphs(cfg: BenchConfig, device, impls) -> bool:
 
 def _claim_out(cfg: BenchConfig) -> RunFolder:
     target, draft = _model_paths(cfg)
-    inputs = fingerprint_inputs({"--target": target, "--draft": None if ngram.as_ngram(draft) else draft},
+    inputs = fingerprint_inputs({"--target": target, "--draft": None if ngram.is_lookup(draft) else draft},
                                 {"--prompts": cfg.prompts, "--draft": ngram.store_path(draft)})
     run = claim(cfg.out, "bench", to_dict(cfg), overwrite=cfg.overwrite, resume=cfg.resume, can_resume=True,
                 free=RESUMABLE_CHANGES, inputs=inputs, outputs=OUTPUTS)
@@ -200,7 +200,7 @@ def _load_models(cfg: BenchConfig, device, target_name: str, draft_name: str | N
         return target, None, tok, vocab
     target, draft, tok, vocab = load_pair(target_name, draft_name, cfg.dtype_on(device), str(device), cfg.device_map,
                                           quantize=tq, draft_quantize=dq)
-    if cfg.device_map is not None and ngram.as_ngram(draft) is None and input_device(draft) != input_device(target):
+    if cfg.device_map is not None and not ngram.is_lookup(draft) and input_device(draft) != input_device(target):
         draft.to(input_device(target))  # the decoder keeps its state beside the target's input embeddings
     return target, draft, tok, vocab
 
@@ -209,7 +209,7 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     target_name, draft_name = _model_paths(cfg)
     target, draft, tok, vocab = _load_models(cfg, device, target_name, draft_name)
     dev = input_device(target)  # cuda:0 when --device-map shards the target
-    models = (target,) if draft is None or ngram.as_ngram(draft) else (target, draft)   # what has weights
+    models = (target,) if draft is None or ngram.is_lookup(draft) else (target, draft)   # what has weights
     prompts, source = load_prompts(cfg.prompts, tok, cfg.prompts_per_category, cfg.chat_template)
     if not prompts:
         raise ValueError("no prompts to run; check --prompts / --num-prompts")
@@ -223,7 +223,7 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     named = dict(zip(("target", "draft"), models))
     engine = {"quantize": {k: quantization_of(m) for k, m in named.items()}, "impl": cfg.impl,
               "resolved_impl": {k: resolve_impl(m, cfg.impl) for k, m in named.items()}}
-    if ngram.as_ngram(draft):
+    if ngram.is_lookup(draft):
         engine["draft"] = draft.describe()
     engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
     # the largest caches the sweep allocates, before any of them (the decoders check their own again)
@@ -259,7 +259,7 @@ def meta_of(cfg: BenchConfig, inputs: BenchInputs) -> dict:
     hf_map = {k: str(v) for k, v in (getattr(inputs.target, "hf_device_map", None) or {}).items()} or None
     return {
         "target": inputs.target_name, "draft": inputs.draft_name, "target_params": n_params(inputs.target),
-        "draft_params": None if inputs.draft is None or ngram.as_ngram(inputs.draft) else n_params(inputs.draft),
+        "draft_params": None if inputs.draft is None or ngram.is_lookup(inputs.draft) else n_params(inputs.draft),
         "no_draft": cfg.no_draft,
         "vocab_size": inputs.vocab, **environment(inputs.device),
         "device_map": cfg.device_map, "hf_device_map": hf_map, "dtype": cfg.dtype_on(inputs.device),
@@ -296,7 +296,7 @@ def run_batch(inputs: BenchInputs, cfg: BenchConfig, s: Setting, idx: list, seed
         toks, calls = baselines.hf_generate(inputs.target, ids, mask, s.temperature, cfg.max_new_tokens, inputs.eos,
                                             inputs.pad, seed)
         return toks, None, calls
-    if ngram.as_ngram(inputs.draft):   # transformers' own n-gram lookup: prompt_lookup_num_tokens
+    if ngram.is_lookup(inputs.draft):   # transformers' own n-gram lookup: prompt_lookup_num_tokens
         toks, calls = baselines.hf_prompt_lookup_generate(inputs.target, ids, mask, s.gamma, s.temperature,
                                                           cfg.max_new_tokens, inputs.eos, inputs.pad, seed)
         return [toks], None, calls
@@ -399,7 +399,7 @@ def _sweep(cfg: BenchConfig, device, run: RunFolder) -> tuple[dict, list]:
                 continue
             measured = run_group(inputs, cfg, settings, progress)
             _llamacpp_agreement(meta, measured, temp)
-            mixed = ngram.as_ngram(inputs.draft) is not None   # the lookup's counts vary by round
+            mixed = ngram.is_lookup(inputs.draft)   # the lookup's counts vary by round
             rows = with_speedups(rows + summarise(measured, inputs.cats, costs, mixed=mixed))
             write_results(path, meta, rows)
     except BaseException:
@@ -441,7 +441,7 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
     costs = _saved_costs(meta["costs"])
     # gamma auto's round times; the n-gram draft's auto is its match (a fixed cap), nothing to time
     modes = sorted({"greedy" if is_greedy(t) else "sampling" for t in cfg.temperature}) \
-        if AUTO in cfg.gamma and not ngram.as_ngram(inputs.draft) else []
+        if AUTO in cfg.gamma and not ngram.is_lookup(inputs.draft) else []
     probe = SpeculativeDecoder(inputs.target, inputs.draft, gamma=1, vocab_size=inputs.vocab, impl=cfg.impl,
                                cuda_graphs=inputs.engine["cuda_graphs"])
     for bs in cfg.batch_size:

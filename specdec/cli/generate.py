@@ -93,7 +93,7 @@ def generate(cfg: GenerateConfig) -> dict:
     s = sd.stats
     summary = {"gamma": cfg.gamma, "temperature": p.temperature, "new_tokens": s.new_tokens,
                "quantize": quantize_text(quantization_of(target),
-                                         ngram.NAME if ngram.as_ngram(draft) else quantization_of(draft)),
+                                         ngram.NAME if ngram.is_lookup(draft) else quantization_of(draft)),
                "mean_gamma": round(s.mean_gamma, 3),
                "acceptance_rate": round(s.acceptance_rate, 4), "alpha": round(s.alpha, 4),
                "mean_accepted_length": round(s.mean_accepted_length, 3),

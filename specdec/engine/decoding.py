@@ -251,10 +251,9 @@ class SpeculativeDecoder:
     """Batched, lossless speculative decoding of `target` with `draft` (two HF causal LMs sharing a
     tokenizer; or draft="ngram" / "ngram:STORE" / an ngram.NgramDraft: proposals looked up in each row's
     own tokens (then in the store, where one is given), no model; gamma is then the most a round drafts
-    a row, "auto" ngram.AUTO_CAP). Greedy output equals
-    plain greedy decoding of the target token for token; sampled output is distributed exactly as the
-    target's (after the same temperature / top-k / top-p), unless a lossy `lenience` ("lin", "sq", "exp"
-    with lenience_eps in (0, 1]) is asked for.
+    a row, "auto" ngram.AUTO_CAP). Greedy output equals plain greedy decoding of the target token for
+    token; sampled output is distributed exactly as the target's (after the same temperature / top-k /
+    top-p), unless a lossy `lenience` ("lin", "sq", "exp" with lenience_eps in (0, 1]) is asked for.
 
     gamma: the draft-count policy: draft tokens per round (an int: FixedGamma), "auto" (AutoGamma: each
     round's count from the cost model, specdec/costmodel/policy.py), or any policy object
@@ -535,16 +534,14 @@ class _Call:
 
     def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
         """Both caches keep exactly the accepted prefix as valid columns; trailing holes are cropped."""
-        drf, live = self.drf, self.live
-        acc, ar = res.num_accepted, torch.arange(K + 1, device=res.num_accepted.device)[None]
+        drf, live, acc = self.drf, self.live, res.num_accepted
         if K > 0:
-            drf_tail = ar[:, :K] <= acc[:, None]              # pending, d_1..d_{K-1} where accepted
+            drf_tail = torch.arange(K, device=acc.device)[None] <= acc[:, None]   # pending, d_1..d_{K-1} accepted
             if h:
                 drf_tail = torch.cat([live.prev_needed[:, None], drf_tail], 1)
             drf.set_tail_validity(drf_tail)
-        # Columns that are holes in every row are cropped (host ints: no sync). The draft added h + K
-        # (maybe d_K of last round, pending, d_1..d_{K-1}).
-        if K > 0:
+            # Columns that are holes in every row are cropped (host ints: no sync). The draft added h + K
+            # (maybe d_K of last round, pending, d_1..d_{K-1}).
             drf.crop(drf.columns - (h + K) + h + min(max_acc, K - 1) + 1)
         live.prev = drafts[:, -1] if K > 0 else res.tokens.gather(1, acc[:, None]).squeeze(1)
         live.prev_needed = acc == K if K > 0 else torch.zeros_like(live.prev_needed)

@@ -103,7 +103,7 @@ def as_ngram(draft) -> NgramDraft | None:
 
 def is_lookup(draft) -> bool:
     """Whether `draft` names the n-gram lookup draft (as_ngram would return one), without reading a store."""
-    return isinstance(draft, NgramDraft) or draft == NAME or store_path(draft) is not None
+    return isinstance(draft, NgramDraft) or (isinstance(draft, str) and draft == NAME) or store_path(draft) is not None
 
 
 def store_path(draft) -> str | None:
@@ -289,8 +289,8 @@ class NgramStore:
 
 @functools.lru_cache(maxsize=4)
 def _load_store(path: str, mtime_ns: int, size: int) -> NgramStore:
-    """One build per file version and process (bench asks as_ngram many times; the key includes the
-    file's mtime and size, so a rewritten file is read again)."""
+    """One build per file version and process (the config check, load_pair and the decoder each ask
+    as_ngram; the key includes the file's mtime and size, so a rewritten file is read again)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))

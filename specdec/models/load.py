@@ -134,7 +134,7 @@ def load_config(name_or_path):
 def context_of(*models) -> int | None:
     """The smallest context (positions) of the models at these paths, from their config.json alone (the
     n-gram lookup draft, "ngram", has none)."""
-    limits = [n for n in (max_positions(load_config(m)) for m in models if ngram.as_ngram(m) is None) if n]
+    limits = [n for n in (max_positions(load_config(m)) for m in models if not ngram.is_lookup(m)) if n]
     return min(limits) if limits else None
 
 
