@@ -135,6 +135,28 @@ def test_sampling_is_lossless(temperature, top_k, top_p):
             assert p < ALPHA
 
 
+def test_implicit_one_hot_q_decodes_as_the_built_one():
+    """The decoder leaves the lookup's one-hot q implicit when its test is the default verify on CPU
+    logits (_NgramCall.test -> verify_sampled_cpu without draft logits). From the same seed it emits
+    exactly what it emits with q built and handed to verify (an injected verifier wrapping verify), at
+    batch 3, with proposals accepted and rejected."""
+    from specdec.engine.verify import verify
+    target = tiny_llama(vocab_size=8, hidden_size=16, heads=2, kv_heads=1, seed=21)
+    ids = torch.tensor([[3, 5, 1, 6, 3, 5, 1, 6, 3, 5], [2, 2, 2, 2, 2, 2, 2, 2, 2, 2], [1, 2, 3, 1, 2, 3, 1, 2, 3, 1]])
+    seen = []
+
+    def built(*args, **kwargs):
+        seen.append(args[1] is not None)
+        return verify(*args, **kwargs)
+
+    for temperature, top_k in ((1.0, 0), (0.7, 4)):
+        runs = [SpeculativeDecoder(target, "ngram", gamma=3, verifier=v).generate(
+            ids, max_new_tokens=24, temperature=temperature, top_k=top_k, seed=5) for v in (None, built)]
+        assert runs[0].new_tokens == runs[1].new_tokens
+        assert runs[0].stats.accepted_tokens > 0 and runs[0].stats.acceptance_rate < 1
+    assert seen and all(seen)
+
+
 def test_one_hot_logits():
     q = ngram.one_hot_logits(torch.tensor([[2, 0]]), 4)
     assert q.shape == (1, 2, 4)

@@ -257,3 +257,33 @@ def test_sampled_cpu_path_equals_the_reference(lenience, eps):
         accepted += int(got.num_accepted.sum())
         assert (got.tokens[:, :1] >= 3).all() or i % 5 != 2                   # a masked id is never emitted
     assert same >= 0.99 * cases and accepted > 100
+
+
+@pytest.mark.parametrize("lenience,eps", [(None, 1.0), ("sq", 0.5)])
+def test_sampled_cpu_implicit_one_hot_q_gives_the_same_bits(lenience, eps):
+    """verify_sampled_cpu with no draft logits (a deterministic draft: the n-gram lookup's q, one-hot at
+    each proposed id, left implicit) equals it with ngram.one_hot_logits bit for bit, from the same seed:
+    over 300 random cases with drafts the target accepts and rejects, per-row counts, K = 0 and masked
+    logits. A mutation that kept x's mass in the residual, or tested u against p(x) differently, fails."""
+    from specdec.engine.ngram import one_hot_logits
+    from specdec.engine.verify import verify_sampled_cpu
+    g = torch.Generator().manual_seed(1)
+    accepted = rejected = 0
+    for i in range(300):
+        B, K, V = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(0, 4, (1,), generator=g)), 7
+        T = (0.6, 1.0, 1.7)[i % 3]
+        p = torch.randn(B, K + 1, V, generator=g) * 2
+        if i % 5 == 2:
+            p[..., :2] = float("-inf")
+        if i % 7 == 3:
+            p[0, :, 4] = 30.0                                                 # p(x) = 1 in float32: residual empty
+        d = torch.where(torch.rand((B, K), generator=g) < 0.6, p[:, :K].argmax(-1),
+                        torch.randint(0, V, (B, K), generator=g))
+        n = torch.randint(0, K + 1, (B,), generator=g) if i % 2 else None
+        want = verify_sampled_cpu(p, one_hot_logits(d, V), d, T, n, torch.Generator().manual_seed(i), lenience, eps)
+        got = verify_sampled_cpu(p, None, d, T, n, torch.Generator().manual_seed(i), lenience, eps)
+        assert torch.equal(got.tokens, want.tokens) and torch.equal(got.num_accepted, want.num_accepted)
+        lim = torch.full((B,), K) if n is None else n
+        accepted += int(got.num_accepted.sum())
+        rejected += int((got.num_accepted < lim).sum())
+    assert accepted > 100 and rejected > 100

@@ -56,7 +56,7 @@ from .runner import ModelRunner, cache_kwarg, resolve_impl  # noqa: F401 (cache_
 from .sampling import argmax, mask_logits, pad_vocab, sample_tokens, unusable_rows
 from .stats import DecodeStats
 from .timing import DecodeClock, StepTimer
-from .verify import VerifyResult, verify
+from .verify import VerifyResult, sampled_on_cpu, verify, verify_sampled_cpu
 
 
 @dataclass
@@ -517,20 +517,26 @@ class _Call:
             host = torch.cat([nxt, unusable_rows(p_logits).any().long().view(1)]).tolist()
             check_logits_flag(host[-1], {1: ("target", dec.target)}, f"decode round {self.stats.target_calls}")
             return VerifyResult(tokens=nxt[:, None], num_accepted=torch.zeros_like(nxt)), [[t, 0] for t in host[:-1]]
-        greedy = q_logits is None
-        q = p_masked[:, :K] if greedy else q_logits.to(p_masked.dtype)  # greedy never reads q
-        res = dec.verifier(p_masked, q, drafts, temperature=p.temperature,
-                           num_draft_tokens=torch.tensor(n_row, device=drafts.device), generator=self.gen,
-                           backend=dec.backend, lenience=dec.lenience, lenience_eps=dec.lenience_eps,
-                           validate=False)
+        greedy = p.greedy
+        # greedy never reads q; None: a q the test takes as given (_NgramCall.test)
+        q = p_masked[:, :K] if greedy else None if q_logits is None else q_logits.to(p_masked.dtype)
+        res = self.test(p_masked, q, drafts, n_row)
         # 1: the target's logits, 2: the draft's (sampled only; a greedy draft's bad row is a rejected draft)
         nan = unusable_rows(p_logits).any().long()
-        if not greedy:
+        if not greedy and q_logits is not None:
             nan = nan + 2 * unusable_rows(q_logits).any().long()
         host = torch.cat([res.tokens, res.num_accepted[:, None], nan.view(1, 1).expand(B, 1)], 1).tolist()
         check_logits_flag(host[0][-1], {1: ("target", dec.target), 2: ("draft", dec.draft)},
                           f"decode round {self.stats.target_calls}")
         return res, [row[:-1] for row in host]
+
+    def test(self, p_masked, q, drafts, n_row) -> VerifyResult:
+        """The decoder's rejection test on the round's masked target logits [B, K+1, V] and q [B, K, V]."""
+        p, dec = self.params, self.dec
+        return dec.verifier(p_masked, q, drafts, temperature=p.temperature,
+                            num_draft_tokens=torch.tensor(n_row, device=drafts.device), generator=self.gen,
+                            backend=dec.backend, lenience=dec.lenience, lenience_eps=dec.lenience_eps,
+                            validate=False)
 
     def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
         """Both caches keep exactly the accepted prefix as valid columns; trailing holes are cropped."""
@@ -594,7 +600,9 @@ class _NgramCall(_Call):
       count   each row drafts min(the policy's count, its lookup's proposal): a row without a match
               drafts nothing (its verify is a plain step);
       draft   the proposals, right-padded to the round's widest with each row's pending token (padding
-              is never verified), and when sampling their one-hot q (ngram.one_hot_logits);
+              is never verified), and when sampling their one-hot q (ngram.one_hot_logits), built only
+              where the test needs it: the default verify on CPU logits takes the one-hot q as given
+              (verify_sampled_cpu with no draft logits; the same bits);
       commit  the target's side only: there is no draft cache.
     Each row's tokens (prompt, then what it emitted) live in a host array the lookups read."""
 
@@ -610,6 +618,8 @@ class _NgramCall(_Call):
             self.filled.append(row.size)
             self.prompt_len.append(row.size)
         self.proposals = []
+        # the one-hot q is left implicit where the test is the default verify's (see test)
+        self.implicit_q = dec.verifier is verify and dec.backend == "auto"
 
     def plan(self, n_row: list) -> list:
         t0 = self.clock.start("draft")
@@ -630,8 +640,17 @@ class _NgramCall(_Call):
         for b, d in enumerate(self.proposals):
             if d.size:
                 drafts[b, :d.size] = torch.from_numpy(d)
-        q = None if p.greedy else ngram.one_hot_logits(drafts, self.dec.vocab_size)   # [B, K, V]
+        q = None if p.greedy or self.implicit_q else ngram.one_hot_logits(drafts, self.dec.vocab_size)  # [B, K, V]
         return drafts, q, 0
+
+    def test(self, p_masked, q, drafts, n_row) -> VerifyResult:
+        if q is None and not self.params.greedy:                     # implicit_q: the one-hot q not built
+            p, dec = self.params, self.dec
+            if sampled_on_cpu(p_masked, p.temperature):
+                return verify_sampled_cpu(p_masked, None, drafts, p.temperature, torch.tensor(n_row), self.gen,
+                                          dec.lenience, dec.lenience_eps)
+            q = ngram.one_hot_logits(drafts, dec.vocab_size).to(p_masked.dtype)
+        return super().test(p_masked, q, drafts, n_row)
 
     def commit(self, drafts, res, K: int, h: int, max_acc: int) -> None:
         self.commit_target(res, K, max_acc)

@@ -206,10 +206,18 @@ def verify_sampled_cpu(target_logits, draft_logits, draft_tokens, temperature: f
 
     Why: the reference's ~40 PyTorch operations cost ~0.7 ms a round warm, ~1.0 ms right after the
     target's forward, on SmolLM2 (V = 49152) where plain decoding samples a token in ~0.2 ms (2-core Xeon,
-    bench/RESULTS.md, "A draft without a model"): every round that drafts nothing paid the difference."""
+    bench/RESULTS.md, "A draft without a model"): every round that drafts nothing paid the difference.
+
+    draft_logits None: a deterministic draft (the n-gram lookup), q one-hot at each proposed id, as
+    ngram.one_hot_logits would give, without building or softmaxing it: q(x) = 1, so a draft is kept
+    iff u < f(p(x)), and the recovered token's residual max(p - q, 0) is p with x's mass zeroed; the
+    same bits as with the one-hot logits (tested). Why: at T = 1 the lookup's rounds spent ~0.8-1.1 ms
+    in this test against ~0.4 ms for a round that drafted nothing, one softmax over V per reached
+    position of it for q alone (bench/RESULTS.md, "One-hot q")."""
     B, K1, V = target_logits.shape
     K = K1 - 1
-    tl, dl = target_logits.numpy(), draft_logits.numpy()
+    one_hot = draft_logits is None
+    tl, dl = target_logits.numpy(), (None if one_hot else draft_logits.numpy())
     x = draft_tokens.tolist()
     n = [K] * B if num_draft_tokens is None else num_draft_tokens.tolist()
     u = uniform((B, K), "cpu", generator).numpy()                                  # [B, K]
@@ -224,16 +232,24 @@ def verify_sampled_cpu(target_logits, draft_logits, draft_tokens, temperature: f
         a, limit = 0, min(max(int(n[b]), 0), K)
         p = q = None
         while a < limit:
-            p, q = probs(tl[b, a]), probs(dl[b, a])
             xa = x[b][a]
-            f = float(lenient_target(torch.tensor(float(p[xa])), lenience, lenience_eps))
-            if not u[b, a] * q[xa] < f:
+            p = probs(tl[b, a])
+            if not one_hot:
+                q = probs(dl[b, a])
+            q_x = np.float32(1.0) if one_hot else q[xa]
+            f = float(p[xa]) if lenience is None else float(lenient_target(torch.tensor(float(p[xa])), lenience,
+                                                                           lenience_eps))
+            if not u[b, a] * q_x < f:
                 break
             a, p = a + 1, None
         if a >= limit:                                                               # bonus: p at position a
             residual = probs(tl[b, a])
         else:                                                                        # recovered: max(p - q, 0)
-            residual = np.maximum(p - q, 0.0)
+            if one_hot:                                                              # p - 1 <= 0 at x; p elsewhere
+                residual = p.copy()
+                residual[x[b][a]] = 0.0
+            else:
+                residual = np.maximum(p - q, 0.0)
             if not residual.sum() > 0:
                 residual = p
         extra = pick(residual, v[b])
@@ -299,15 +315,24 @@ def verify(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft_tokens
                                              generator, lenience, lenience_eps)
         return VerifyResult(tokens=tokens, num_accepted=num_accepted)
     all_greedy = not isinstance(temperature, torch.Tensor) and is_greedy(float(temperature))
-    if all_greedy and fastest and target_logits.device.type == "cpu" \
-            and target_logits.dtype in (torch.float32, torch.float64):
+    if all_greedy and fastest and _cpu_float(target_logits):
         return verify_greedy_cpu(target_logits, draft_tokens, num_draft_tokens)
-    if fastest and not isinstance(temperature, torch.Tensor) and target_logits.device.type == "cpu" \
-            and target_logits.dtype in (torch.float32, torch.float64) and draft_logits.dtype == target_logits.dtype:
+    if fastest and sampled_on_cpu(target_logits, temperature) and draft_logits.dtype == target_logits.dtype:
         return verify_sampled_cpu(target_logits, draft_logits, draft_tokens, float(temperature), num_draft_tokens,
                                   generator, lenience, lenience_eps)
     return verify_reference(target_logits, draft_logits, draft_tokens, temp, num_draft_tokens,
                             generator, lenience, lenience_eps, all_greedy)
+
+
+def _cpu_float(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
+def sampled_on_cpu(target_logits: torch.Tensor, temperature) -> bool:
+    """Whether verify(backend="auto") tests these target logits with verify_sampled_cpu (given draft logits
+    of their dtype): CPU float logits and one temperature > 0 (a float, not a per-row tensor)."""
+    return (not isinstance(temperature, torch.Tensor) and not is_greedy(float(temperature))
+            and _cpu_float(target_logits))
 
 
 def _triton_available() -> bool:
