@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     print(format_table(rows, [("shape", "shape", 8, ""), ("M", "rows", 4, "d"), ("phases", "phases", 13, ""),
                               ("q8a_us", "q8a us", 8, ".1f"), ("amx_us", "amx us", 8, ".1f"),
                               ("speedup", "q8a/amx", 8, ".2f"), ("differ_from_reference", "differ", 6, "d")]))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, {"env": environment(), "command": " ".join(sys.argv), "rows": rows})
     print(json.dumps({"out": args.out, "rows": len(rows)}))
     return 0

@@ -8,8 +8,8 @@ import pytest
 
 from specdec.costmodel.predict import predicted_speedup
 from specdec.engine.stats import DecodeStats
-from specdec.benchmark.results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, read_results, summarise,
-                             with_speedups)
+from specdec.benchmark.results import (BenchRow, Measured, Setting, TimedPass, auto_report, auto_shift, read_results,
+                                      repeated_share, summarise, with_speedups)
 
 CATS = ["a", "a", "b", "b"]          # 4 prompts, two categories
 COSTS = {1: {"c": 0.1, "v": {2: 1.5}}, 2: {"c": 0.2, "v": {2: 1.2}}}
@@ -168,3 +168,17 @@ def test_auto_report_and_shift():
     assert shift["mean_gamma_before"] == pytest.approx(2.0) and shift["mean_gamma_after"] == pytest.approx(4.0)
     assert shift["gamma_change"] == pytest.approx(2.0) and shift["gamma_counts_after"] == [0, 0, 0, 0, 4]
     assert shift["alpha_after"] == 1.0
+
+
+def test_repeated_share_counts_verbatim_self_repeats():
+    """A token counts where the span ending at it occurred earlier in the same output (another output's
+    spans do not count), as a share of every token; rows carry it per category."""
+    assert repeated_share([]) is None and repeated_share([[]]) is None
+    loop = [1, 2, 3] * 4                                     # 12 tokens; spans of 3 repeat from token 6 on
+    assert repeated_share([loop], span=3) == pytest.approx(7 / 12)
+    assert repeated_share([[1, 2, 3, 4, 5, 6]], span=3) == 0.0
+    assert repeated_share([[1, 2, 3], [1, 2, 3]], span=3) == 0.0            # across outputs: not a repeat
+    assert repeated_share([loop, [9] * 4], span=3) == pytest.approx((7 + 1) / 16)
+    assert repeated_share([list(range(40)) * 2]) == pytest.approx(9 / 80)   # default span 32: ends 72..80
+    rows = _by_key(summarise(_sweep(), CATS, COSTS))
+    assert rows[("ar", None, 0.0, 1, "all")].repeated_share == 0.0

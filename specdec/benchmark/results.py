@@ -79,6 +79,7 @@ class BenchRow:
     predicted_speedup: float | None = None
     predicted_speedup_tau: float | None = None
     outputs_match_ar: bool | None = None       # greedy only: every output equals plain decoding's
+    repeated_share: float | None = None        # of new_tokens: inside verbatim self-repeats (repeated_share)
     repeats: dict | None = None                # {"tokens_per_s": spread, "wall_s": spread, "new_tokens": [...]}
     error: str | None = None
 
@@ -237,6 +238,7 @@ def _row(m: Measured, category: str, batch_ids: list, reference, costs, mixed: b
                    repeats={"tokens_per_s": spread(tps), "wall_s": spread(walls), "new_tokens": toks})
     if reference is not None:
         row.outputs_match_ar = all(p.outputs[i] == reference[i] for p in passes for i in prompts)
+    row.repeated_share = repeated_share([passes[0].outputs[i] for i in prompts])
     if s.method in ("ar", "llamacpp"):   # plain decoding
         row.mean_accepted_length = 1.0
     elif s.method == "sd":
@@ -257,6 +259,28 @@ def _row(m: Measured, category: str, batch_ids: list, reference, costs, mixed: b
             row.predicted_speedup = predicted_speedup(row.alpha, s.gamma, c, v)
             row.predicted_speedup_tau = predicted_speedup(row.alpha, s.gamma, c, v, tau=row.mean_accepted_length)
     return row
+
+
+REPEAT_SPAN = 32   # tokens: a span this long seen earlier in the same output is a verbatim self-repeat
+
+
+def repeated_share(outputs: list, span: int = REPEAT_SPAN) -> float | None:
+    """The share of the tokens of `outputs` ([prompt] token lists) that end a span of `span` tokens
+    already seen earlier in the same output; None without tokens.
+    Why: a small model's greedy answer often loops, copying itself for hundreds of tokens, and a lookup
+    draft (the n-gram draft, prompt lookup) is accepted there almost always. SmolLM2-135M at 1024 new
+    tokens on Spec-Bench: 8 of 13 answers ran to the limit, 52-84 % of their tokens inside such repeats
+    (bench/RESULTS.md, "Spec-Bench's budget"); a speedup over such output measures how fast the loop
+    decodes, so bench reports this share beside it."""
+    total = repeated = 0
+    for out in outputs:
+        seen = set()
+        for t in range(span, len(out) + 1):
+            gram = tuple(out[t - span:t])
+            repeated += gram in seen
+            seen.add(gram)
+        total += len(out)
+    return repeated / total if total else None
 
 
 def with_speedups(rows: list[BenchRow]) -> list[BenchRow]:
