@@ -473,3 +473,19 @@ def test_format_auto_shift():
     assert "+1.60" in lines[2] and "+1.40" in lines[3]
     assert "before {0:1, 1:20, 2:10}  after {0:1, 2:5, 3:10, 4:5}" in text
     assert benchmark.format_auto_shift([], after) == ""
+
+
+def test_ignore_eos_decodes_every_token(pair, tmp_path, monkeypatch):
+    """--ignore-eos: every method decodes max_new_tokens for every prompt. The control makes every id an
+    end-of-sequence token, so without the flag each answer stops after its first token; with it none does,
+    and the run records the setting (its config, which --resume checks)."""
+    monkeypatch.setattr(benchmark.BenchInputs, "eos", property(lambda self: list(range(self.vocab))))
+    common = ("--gamma", "2", "--temperature", "0,1", "--baselines", "ar", "--repeats", "1")
+    for flag, per_prompt in (((), 1), (("--ignore-eos",), 8)):
+        out = tmp_path / ("on" if flag else "off")
+        assert bench(pair, out, *common, *flag) == 0
+        data = json.loads((out / "results.json").read_text())
+        assert data["meta"]["config"]["ignore_eos"] is bool(flag)
+        rows = [r for r in data["runs"] if r["category"] == "all"]
+        assert {r["method"] for r in rows} == {"ar", "sd"} and len(rows) == 4
+        assert all(r["new_tokens"] == per_prompt * r["num_prompts"] for r in rows)

@@ -281,7 +281,8 @@ def run_batch(inputs: BenchInputs, cfg: BenchConfig, s: Setting, idx: list, seed
     """One method on one batch: (outputs per prompt in idx, DecodeStats or None, target calls)."""
     enc = inputs.tokenizer.pad({"input_ids": [inputs.ids[i] for i in idx]}, padding=True, return_tensors="pt")
     ids, mask = enc["input_ids"].to(inputs.device), enc["attention_mask"].to(inputs.device)
-    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=s.temperature, seed=seed, eos_token_id=inputs.eos)
+    eos = None if cfg.ignore_eos else inputs.eos
+    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=s.temperature, seed=seed, eos_token_id=eos)
     if s.method == "ar":  # the same model and forward path as the speculative decoders
         out = autoregressive_generate(inputs.target, ids, mask, vocab_size=inputs.vocab, impl=cfg.impl,
                                       cuda_graphs=inputs.engine["cuda_graphs"], **kw)
@@ -290,19 +291,19 @@ def run_batch(inputs: BenchInputs, cfg: BenchConfig, s: Setting, idx: list, seed
         out = inputs.decoders[s.gamma].generate(ids, mask, **kw)
         return out.new_tokens, out.stats, out.stats.target_calls
     if s.method == llamacpp.METHOD:   # batch size 1: one prompt
-        toks, st = inputs.llamacpp.generate(inputs.ids[idx[0]], cfg.max_new_tokens, s.temperature, seed, inputs.eos)
+        toks, st = inputs.llamacpp.generate(inputs.ids[idx[0]], cfg.max_new_tokens, s.temperature, seed, eos)
         return [toks], st, st.target_calls
     if s.method == "hf_generate":
-        toks, calls = baselines.hf_generate(inputs.target, ids, mask, s.temperature, cfg.max_new_tokens, inputs.eos,
+        toks, calls = baselines.hf_generate(inputs.target, ids, mask, s.temperature, cfg.max_new_tokens, eos,
                                             inputs.pad, seed)
         return toks, None, calls
     if ngram.is_lookup(inputs.draft):   # transformers' own n-gram lookup: prompt_lookup_num_tokens
         toks, calls = baselines.hf_prompt_lookup_generate(inputs.target, ids, mask, s.gamma, s.temperature,
-                                                          cfg.max_new_tokens, inputs.eos, inputs.pad, seed)
+                                                          cfg.max_new_tokens, eos, inputs.pad, seed)
         return [toks], None, calls
     schedule = baselines.HF_SCHEDULES[s.method]
     toks, calls = baselines.hf_assisted_generate(inputs.target, inputs.draft, ids, mask, s.gamma, s.temperature,
-                                                 cfg.max_new_tokens, inputs.eos, inputs.pad, seed, schedule)
+                                                 cfg.max_new_tokens, eos, inputs.pad, seed, schedule)
     return [toks], None, calls
 
 

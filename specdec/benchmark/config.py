@@ -75,6 +75,10 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
     num_prompts: int | None = option(None, "prompts per category; 0 = all (default: the --pair's, else "
                                      f"{DEFAULT_NUM_PROMPTS})", group="prompts")
     max_new_tokens: int = option(64, "new tokens per prompt", group="prompts")
+    ignore_eos: bool = option(False, "decode max_new_tokens for every prompt, past the end-of-sequence token (as "
+                              "vLLM's benchmarks' --ignore-eos): every method then decodes answers of the same "
+                              "length, which sampled rows otherwise do not (other samples end elsewhere, and a "
+                              "token's cost grows with its context)", group="prompts")
     # timing
     warmup: int = option(1, "untimed runs of the first batch per configuration", group="timing")
     repeats: int | None = option(None, "timed passes over all prompts per configuration (median and spread "
