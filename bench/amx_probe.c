@@ -28,7 +28,11 @@
 
 #define UNIT 320
 #define MAXNB 64
-typedef struct { uint8_t palette_id, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } __attribute__((packed)) TileConfig;
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) TileConfig;
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 
@@ -127,10 +131,16 @@ static void gemm_amx(const uint8_t *w, int64_t N, int64_t K, const int8_t *qx, c
 }
 
 int main(int argc, char **argv) {
-    if (argc < 4) { fprintf(stderr, "usage: amx_probe N K M [skip: 0 none, 1 unpack, 2 tile, 3 float] [reps]\n"); return 2; }
+    if (argc < 4) {
+        fprintf(stderr, "usage: amx_probe N K M [skip: 0 none, 1 unpack, 2 tile, 3 float] [reps]\n");
+        return 2;
+    }
     const int64_t N = atoll(argv[1]), K = atoll(argv[2]), M = atoll(argv[3]), nb = K / 32;
     const int skip = argc > 4 ? atoi(argv[4]) : 0, reps = argc > 5 ? atoi(argv[5]) : 2000;
-    if (N % 16 || K % 32 || nb > MAXNB || M < 1 || M > 16) { fprintf(stderr, "N % 16, K % 32, K <= 2048, M 1-16\n"); return 2; }
+    if (N % 16 || K % 32 || nb > MAXNB || M < 1 || M > 16) {
+        fprintf(stderr, "amx_probe: N a multiple of 16, K of 32, K <= 2048, M in 1..16\n");
+        return 2;
+    }
     if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */)) {
         printf("{\"amx\": false}\n");
         return 0;
@@ -161,7 +171,10 @@ int main(int argc, char **argv) {
         for (int i = 0; i < reps; i++) qgemm_q8a(KIND_Q4_1, x, K, wq, nb * 20, q8a, N, M, N, K, 0, scratch);
         const double a = (now() - t0) / reps;
         t0 = now();
-        for (int i = 0; i < reps; i++) { quantize_rows_q8(x, K, M, K, qx, dx, sx); gemm_amx(wa, N, K, qx, dx, sx, M, got, skip); }
+        for (int i = 0; i < reps; i++) {
+            quantize_rows_q8(x, K, M, K, qx, dx, sx);
+            gemm_amx(wa, N, K, qx, dx, sx, M, got, skip);
+        }
         const double b = (now() - t0) / reps;
         best_q8a = a < best_q8a ? a : best_q8a;
         best_amx = b < best_amx ? b : best_amx;

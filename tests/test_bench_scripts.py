@@ -119,3 +119,17 @@ def test_ngram_store_from_texts(tmp_path, monkeypatch, capsys):
         m.main(["--text", str(src), "--target", target, "--out", str(out)])
     with pytest.raises(SystemExit, match="no sample shards"):
         m.main(["--samples", str(tmp_path), "--out", str(out)])
+
+
+def test_amx_probe_kernel_equals_its_reference(tmp_path, monkeypatch):
+    """bench/amx_probe.py: the AMX design it times gives the bits of its scalar reference at every shape
+    and row count, and each row records both kernels' times. Skipped where the compiler or the kernel
+    refuses AMX (no AMX-INT8 CPU, no arch_prctl)."""
+    m = bench_script("amx_probe", monkeypatch)
+    out = tmp_path / "amx.json"
+    if m.main(["--rows", "1,5", "--reps", "3", "--out", str(out)]) == 2:
+        pytest.skip("no AMX-INT8 here")
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 * (1 + 4)                                   # 4 shapes; 5 rows also per phase left out
+    assert all(r["differ_from_reference"] == 0 for r in rows if r["phases"] == "all")
+    assert all(r["q8a_us"] > 0 and r["amx_us"] > 0 for r in rows)

@@ -497,7 +497,8 @@ TABLE = [("method", "method", 21, "s"), ("gamma", "gamma", 5, ""), ("mean_gamma"
          ("predicted_speedup", "pred", 5, ".2f"),
          ("acceptance_rate", "accept", 6, ".3f"), ("alpha", "alpha", 5, ".3f"),
          ("mean_accepted_length", "MAL", 5, ".2f"), ("draft_cost_ratio", "c", 5, ".3f"),
-         ("verify_cost_ratio", "v", 5, ".2f"), ("outputs_match_ar", "match", 5, ""), ("repeated_share", "rep", 4, ".2f")]
+         ("verify_cost_ratio", "v", 5, ".2f"), ("outputs_match_ar", "match", 5, ""),
+         ("repeated_share", "rep", 4, ".2f")]
 
 
 def format_table(rows: list[BenchRow], category: str = "all") -> str:

@@ -213,7 +213,7 @@ def verify_sampled_cpu(target_logits, draft_logits, draft_tokens, temperature: f
     iff u < f(p(x)), and the recovered token's residual max(p - q, 0) is p with x's mass zeroed; the
     same bits as with the one-hot logits (tested). Why: at T = 1 the lookup's rounds spent ~0.8-1.1 ms
     in this test against ~0.4 ms for a round that drafted nothing, one softmax over V per reached
-    position of it for q alone (bench/RESULTS.md, "One-hot q")."""
+    position of it for q alone (bench/RESULTS.md, "The lookup's one-hot q left implicit")."""
     B, K1, V = target_logits.shape
     K = K1 - 1
     one_hot = draft_logits is None
