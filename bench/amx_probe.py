@@ -37,10 +37,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default="1,2,5,8")
     ap.add_argument("--reps", type=int, default=2000)
     args = ap.parse_args(argv)
+    try:
+        cc = native.compiler()
+    except native.NativeUnavailable as e:
+        print(f"amx_probe: {e}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         exe = Path(tmp) / "amx_probe"
-        cmd = native.compiler() + ["-O3", "-march=native", "-ffp-contract=off", "-I", str(ROOT / "specdec/engine"),
-                                   str(ROOT / "bench/amx_probe.c"), "-o", str(exe), "-lm"]
+        cmd = cc + ["-O3", "-march=native", "-ffp-contract=off", "-I", str(ROOT / "specdec/engine"),
+                    str(ROOT / "bench/amx_probe.c"), "-o", str(exe), "-lm"]
         built = subprocess.run(cmd, capture_output=True, text=True)
         if built.returncode:
             print(f"amx_probe: the compiler refused it (no AMX intrinsics here?): "
@@ -66,7 +71,9 @@ def main(argv=None) -> int:
                               ("q8a_us", "q8a us", 8, ".1f"), ("amx_us", "amx us", 8, ".1f"),
                               ("speedup", "q8a/amx", 8, ".2f"), ("differ_from_reference", "differ", 6, "d")]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, {"env": environment(), "command": " ".join(sys.argv), "rows": rows})
+    write_json_atomic(args.out, {"env": environment(), "command": " ".join(sys.argv if argv is None else
+                                                                          ["amx_probe.py", *argv]),
+                                 "rows": rows})
     print(json.dumps({"out": args.out, "rows": len(rows)}))
     return 0
 
