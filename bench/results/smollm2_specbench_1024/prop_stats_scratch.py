@@ -1,3 +1,8 @@
+"""Scratch record (2026-12-05, not part of specdec): the script behind bench/RESULTS.md's "What any gate of
+the lookup could gain, by replay". It wraps NgramDraft.propose and DecodeStats.observe to log, for every
+round that drafted, the proposal's source (own match length n, or the store's per-token shares), the tokens
+drafted and accepted; run as `python prop_stats_scratch.py 256 2 1.0` from a checkout with the smollm2
+pair converted in SPECDEC_CACHE_DIR (its paths are this VM's). Output: props_T{temp}_L{tokens}_N{per cat}.json."""
 import sys, json, glob, torch, collections
 root = "/work/main"; sys.path.insert(0, root)
 L = int(sys.argv[1]); NP = int(sys.argv[2]); temp = float(sys.argv[3])
