@@ -14,7 +14,8 @@ of these kinds). Greedy rows are checked against plain greedy decoding of the sa
 Timing (--timing): one question per category at batch 1, plain decoding and each draft's speculative
 decoding interleaved prompt by prompt (so load changes hit all alike), tokens/s over all prompts;
 c = the draft's decode step / the target's (median single-token forwards, interleaved).
-The target runs on --impl (numpy: specdec's fastest exact fp32 path here until a faster one lands).
+The target runs on --impl (numpy: specdec's fastest exact fp32 path, or with --quantize gguf / gguf-q8a and
+--target the .gguf file the C kernels on the GGUF's blocks).
 """
 from __future__ import annotations
 
@@ -148,6 +149,8 @@ def main(argv=None) -> int:
     ap.add_argument("--temperatures", default="0,1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--impl", default="numpy")
+    ap.add_argument("--quantize", default="none", help="the target's (load_model's): e.g. gguf-q8a with --target "
+                                                       "the .gguf file; the drafts run as saved")
     ap.add_argument("--timing", action="store_true")
     ap.add_argument("--timing-tokens", type=int, default=64)
     ap.add_argument("--skip-acceptance", action="store_true")
@@ -156,7 +159,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     tok = load_tokenizer(args.target)
     args.pad_id, args.eos_id = tok.pad_token_id, tok.eos_token_id
-    target = load_model(args.target)
+    target = load_model(args.target, quantize=args.quantize)
     drafts = {n: load_model(p) for n, p in (d.split("=", 1) for d in args.draft)}
     questions = pick_questions(args.questions, tok, args.per_category)
     t0 = time.time()

@@ -51,30 +51,34 @@ def draft_model():
 
 def assert_rows_independent(model, impl: str, cache_dtype) -> None:
     """A target is a fixed distribution: a row's logits are bitwise the same alone, left-padded in a
-    ragged batch, and scored 1, 2 or 4 tokens per forward (4 rows of 37, 11, 60 and 5 prompt tokens, then
-    4 more tokens each), on `impl` with a KV cache of `cache_dtype`."""
+    ragged batch, after holes in its cache (columns no query sees, as a rejected draft leaves them), and
+    scored 1, 2 or 4 tokens per forward (4 rows of 37, 11, 60 and 5 prompt tokens, then 4 more tokens
+    each; 3 holes in the batch, S - 1 alone), on `impl` with a KV cache of `cache_dtype`."""
     g = torch.Generator().manual_seed(0)
     rows = [torch.randint(3, 64, (n,), generator=g) for n in (37, 11, 60, 5)]
     tail = torch.randint(3, 64, (4, 3), generator=g)                 # 3 more tokens for every row
 
-    def run(batch_rows, idx, S):
+    def run(batch_rows, idx, S, holes):
         P = max(len(r) for r in batch_rows)
         ids = torch.zeros((len(batch_rows), P), dtype=torch.long)
         mask = torch.zeros_like(ids)
         for b, r in enumerate(batch_rows):
             ids[b, P - len(r):], mask[b, P - len(r):] = r, 1
-        runner = ModelRunner(model, len(batch_rows), P + 8, impl=impl)
+        runner = ModelRunner(model, len(batch_rows), P + 8 + holes, impl=impl)
         assert runner.kv.dtype == cache_dtype
         runner.prefill(ids, mask)
+        for _ in range(holes):   # a junk token in a column marked invalid: a hole every later query skips
+            B = len(batch_rows)
+            runner.forward(torch.full((B, 1), 7), (mask.sum(1) - 1)[:, None], torch.zeros((B, 1), dtype=torch.bool))
         pos = (mask.sum(1) - 1)[:, None] + torch.arange(4)[None]
         new = torch.cat([ids[:, -1:], tail[idx]], 1)                 # [B, 4]: pending + 3
         valid = torch.ones((len(batch_rows), S), dtype=torch.bool)
         return torch.cat([runner.forward(new[:, i:i + S], pos[:, i:i + S], valid) for i in range(0, 4, S)], 1)
 
-    together = run(rows, list(range(4)), 4)                          # [B, 4, V]
+    together = run(rows, list(range(4)), 4, 3)                       # [B, 4, V]
     for b in range(4):
         for S in (1, 2, 4):
-            assert torch.equal(run([rows[b]], [b], S)[0], together[b]), (b, S)
+            assert torch.equal(run([rows[b]], [b], S, S - 1)[0], together[b]), (b, S)
 
 
 def chi2_pvalue(counts, probs, min_expected: float = 5.0) -> float:

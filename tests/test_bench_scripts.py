@@ -57,6 +57,24 @@ def test_hugepages_ab_times_both_layouts_and_restores_the_arena(tmp_path, monkey
     assert qweights._huge_arena is arena
 
 
+def test_kv_cache_ab_times_both_caches_beside_their_floor(tmp_path, monkeypatch):
+    from conftest import tiny_llama
+    from specdec.engine import qkernels
+    if qkernels.available() is not None:
+        pytest.skip("the C kernels do not build here")
+    tiny_llama(vocab_size=64, hidden_size=64, num_layers=2, heads=4, kv_heads=2).save_pretrained(tmp_path / "t")
+    m = bench_script("kv_cache_ab", monkeypatch)
+    out = tmp_path / "ab.json"
+    assert m.main(["--target", str(tmp_path / "t"), "--quantize", "q8_0", "--contexts", "8,20", "--tokens", "1,3",
+                   "--iters", "3", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [(r["context"], r["tokens"]) for r in d["rows"]] == [(8, 1), (8, 3), (20, 1), (20, 3)]
+    for r in d["rows"]:
+        assert r["float32"]["ms"] > 0 and r["float16"]["ms"] > 0 and r["float32/float16"] > 0
+        # the cache's bytes in each floor: 2 layers x K, V x 2 heads x 16 x 4 or 2 bytes a column
+        assert r["float32"]["bytes"] - r["float16"]["bytes"] == 2 * 2 * 2 * 16 * 2 * (r["context"] + r["tokens"])
+
+
 def test_ngram_replay_predicts_the_engines_rounds(tmp_path, monkeypatch):
     """bench/ngram_replay.py on the bundled target: its replay of the engine's rule makes exactly the
     rounds the decoder makes (same target calls over the same prompts), for every min_ngram and cap, with

@@ -15,6 +15,7 @@ from specdec import SpeculativeDecoder, autoregressive_generate
 from specdec.common import fingerprint
 from specdec.engine import lean_numpy, native, qformats, qkernels, qweights
 from specdec.engine.quant import quantization_of, quantize_model
+from specdec.engine import runner as runner_mod
 from specdec.engine.runner import ModelRunner
 from test_decoding import _batch, _noisy_copy
 
@@ -480,6 +481,110 @@ def test_greedy_speculative_equals_plain_on_a_gguf_q8a_target(gguf_target):
     assert_rows_independent(target, "numpy", torch.float32)
 
 
+# ---- the float16 KV cache (--kv-cache float16) -----------------------------------------------------
+
+def test_float16_rounding_is_numpys_on_both_paths():
+    """The cache's write (F16C's vcvtps2ph, and the scalar float_to_half of a portable build) rounds as
+    NumPy's astype(float16) does: to nearest even, subnormals, overflow to inf, ties at 65520 and 2^-25."""
+    g = np.random.default_rng(0)
+    x = np.concatenate([g.integers(0, 2 ** 32, 400_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+                        (g.standard_normal(200_000) * np.exp2(g.uniform(-30, 18, 200_000))).astype(np.float32),
+                        np.array([65504, 65519.996, 65520, 65536, 2 ** -24, 1.5 * 2 ** -24, 2 ** -25, 2 ** -25 * 1.0000001,
+                                  2 ** -14 - 2 ** -25, -0.0, 0.0, np.inf, -np.inf, np.nan], np.float32)])
+    with np.errstate(all="ignore"):
+        want = x.astype(np.float16)
+    vector, portable = qkernels.to_float16(x), qkernels.to_float16(x, portable=True)
+    assert np.array_equal(vector.view(np.uint16), portable.view(np.uint16))      # NaN payloads too
+    nan = np.isnan(want)
+    assert np.array_equal(vector.view(np.uint16)[~nan], want.view(np.uint16)[~nan]) and np.isnan(vector[nan]).all()
+
+
+def _kv16(model):
+    runner_mod.set_kv_cache(model, "float16")
+    object.__setattr__(model, "_specdec_numpy", None)
+    return model
+
+
+@pytest.fixture(scope="module")
+def kv16_pair(q8a_pair):
+    return tuple(_kv16(copy.deepcopy(m)) for m in q8a_pair)
+
+
+def test_float16_cache_is_the_float_path_on_rounded_values(q8_pair):
+    """The C attention on a float16 cache against NumPy's float path on a float16 cache (K, V rounded the
+    same way, attended in float32): much closer to it than to either path on a float32 cache, so the cache
+    really holds halves and the kernels read them as written. Not bitwise: the two paths' K, V differ by
+    float rounding before they are rounded to halves, and now and then that moves a half by one ulp (2^-11
+    relative). Measured here (1 / 2 layers): mean |C16 - N16| 0.7 % / 1.1 % of mean |C16 - N32|, max 10 % /
+    8 %; on a float32 cache the two paths differ by 1e-6 of the logits' scale, a float16 cache moves them
+    by 1e-3."""
+    target = _kv16(copy.deepcopy(q8_pair[0]))
+    floats = copy.deepcopy(target)
+    object.__delattr__(floats, "_specdec_qweights")
+    object.__setattr__(floats, "_specdec_numpy", None)
+    ids = torch.randint(3, 64, (2, 45), generator=torch.Generator().manual_seed(1))
+    valid, pos = torch.ones_like(ids, dtype=torch.bool), torch.arange(45).expand(2, -1)
+
+    def logits(model, kv):
+        object.__setattr__(model, "_specdec_kv_cache", kv)   # the float copy has no quantized weights to check
+        runner = ModelRunner(model, 2, 64, impl="numpy")
+        assert runner.kv.dtype == (torch.float16 if kv == "float16" else torch.float32)
+        return runner.forward(ids, pos, valid)
+
+    c16, n16, n32 = logits(target, "float16"), logits(floats, "float16"), logits(floats, "float32")
+    assert isinstance(ModelRunner(target, 1, 8, impl="numpy")._lean, lean_numpy.QuantLeanForward)
+    assert (c16 - n16).abs().mean() < 0.05 * (c16 - n32).abs().mean()
+    assert (c16 - n16).abs().max() < 0.25 * (c16 - n32).abs().max()
+    assert (n16 - n32).abs().max() > 1e-4 * n32.abs().max()         # float16 K, V: a different model, slightly
+
+
+def test_float16_cache_rows_are_independent_and_speculation_exact(kv16_pair):
+    """A float16 cache is a fixed model too: a row's logits do not depend on the batch, padding, holes or
+    tokens per forward (bitwise), and greedy speculative decoding equals plain decoding of that model."""
+    target, draft = kv16_pair
+    assert_rows_independent(target, "numpy", torch.float16)
+    ids, mask = _batch(B=4)
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=16)
+    for gamma in (1, 4):
+        sd = SpeculativeDecoder(target, draft, gamma=gamma).generate(ids, mask, max_new_tokens=16)
+        assert sd.new_tokens == ar.new_tokens, gamma
+        assert sd.stats.acceptance_rate > 0.1
+
+
+def test_float16_cache_errors(capsys):
+    """Only the C kernels read a float16 cache: a float model, another forward or a non-C quantization is
+    refused in one line that says what to use."""
+    with pytest.raises(ValueError, match="--kv-cache float16 runs on the C kernels: use it with --quantize gguf"):
+        runner_mod.set_kv_cache(_model(seed=3, layers=1), "float16")
+    with pytest.raises(ValueError, match="--kv-cache must be one of float32, float16"):
+        runner_mod.set_kv_cache(_model(seed=3, layers=1), "bfloat16")
+    target = _kv16(quantize_model(_model(seed=3, layers=1), "q8_0"))
+    with pytest.raises(ValueError, match="not impl 'lean'"):
+        ModelRunner(target, 1, 8, impl="lean")
+    from specdec.benchmark.config import BenchConfig
+    with pytest.raises(ValueError, match="--quantize int8"):
+        BenchConfig(kv_cache="float16", quantize="int8")
+    with pytest.raises(ValueError, match="--impl hf"):
+        BenchConfig(kv_cache="float16", impl="hf")
+    from specdec.cli import main
+    capsys.readouterr()
+    assert main(["generate", "--kv-cache", "float16", "--quantize", "none", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--kv-cache float16 runs on the C kernels" in err, err
+
+
+def test_float16_cache_has_its_own_step_costs():
+    """The cost model's cached round costs are per model shape: a float16 cache is another entry, and the
+    default float32 one keeps the fingerprint it had."""
+    from specdec.costmodel.cache import model_fingerprint
+    model = quantize_model(_model(seed=3, layers=1), "q8_0")
+    before = model_fingerprint(model)
+    runner_mod.set_kv_cache(model, "float32")
+    assert model_fingerprint(model) == before
+    runner_mod.set_kv_cache(model, "float16")
+    assert model_fingerprint(model) != before
+
+
 # ---- the build cache -------------------------------------------------------------------------------
 
 _SRC = "int answer(void) { return ANSWER; }\nint abi(void) { return 1; }\n"
@@ -567,10 +672,11 @@ def test_qgemm_bench_runs_and_reports_against_the_bandwidth(tmp_path, monkeypatc
     assert "--paths: unknown ['q4']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("pair", ["q8_pair", "q8a_pair"])
+@pytest.mark.parametrize("pair", ["q8_pair", "q8a_pair", "kv16_pair"])
 def test_the_portable_build_computes_the_same_logits(pair, request, monkeypatch):
-    """A build without AVX2 (QGEMM_PORTABLE: the scalar GEMM, per-column attention sums) gives the
-    vector build's logits bit for bit: the order is the code's, not the instruction set's."""
+    """A build without AVX2 (QGEMM_PORTABLE: the scalar GEMM, per-column attention sums, the scalar
+    float16 conversions) gives the vector build's logits bit for bit: the order is the code's, not the
+    instruction set's."""
     target, _ = request.getfixturevalue(pair)
     ids = torch.randint(3, 64, (3, 21), generator=torch.Generator().manual_seed(2))
     valid, pos = torch.ones_like(ids, dtype=torch.bool), torch.arange(21).expand(3, -1)
@@ -583,7 +689,7 @@ def test_the_portable_build_computes_the_same_logits(pair, request, monkeypatch)
 
     vector = logits()
     flag_sets = native.FLAG_SETS
-    if pair == "q8a_pair" and qkernels.library().qgemm_int_dot() == 2:
+    if pair != "q8_pair" and qkernels.library().qgemm_int_dot() == 2:
         # built with AVX512-VNNI here (vpdpbusd): the maddubs + madd build must give the same bits too
         monkeypatch.setattr(native, "FLAG_SETS", tuple(f + ("-mno-avx512vnni",) for f in flag_sets[:1]))
         monkeypatch.setattr(qkernels, "_lib", None)

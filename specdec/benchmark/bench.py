@@ -197,11 +197,13 @@ def _load_models(cfg: BenchConfig, device, target_name: str, draft_name: str | N
     tq, dq = cfg.quantization_on(device)
     if draft_name is None:
         target, tok, vocab = load_target(target_name, cfg.dtype_on(device), str(device), cfg.device_map, quantize=tq)
+        cfg.apply_kv_cache(target)
         return target, None, tok, vocab
     target, draft, tok, vocab = load_pair(target_name, draft_name, cfg.dtype_on(device), str(device), cfg.device_map,
                                           quantize=tq, draft_quantize=dq)
     if cfg.device_map is not None and not ngram.is_lookup(draft) and input_device(draft) != input_device(target):
         draft.to(input_device(target))  # the decoder keeps its state beside the target's input embeddings
+    cfg.apply_kv_cache(target, draft)
     return target, draft, tok, vocab
 
 

@@ -69,6 +69,7 @@ def generate(cfg: GenerateConfig) -> dict:
         hf_logging.disable_progress_bar()
     status("loading the models")
     target, draft, tok, vocab = load_pair(cfg.target, cfg.draft, dtype, str(device), quantize=tq, draft_quantize=dq)
+    cfg.apply_kv_cache(target, draft)
     if cfg.prompt:
         records = with_chat_template([{"prompt": t} for t in cfg.prompt], tok, cfg.chat_template)
     else:

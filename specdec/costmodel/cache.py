@@ -26,6 +26,7 @@ import torch
 from ..common.cachedir import cache_root
 from ..common.env import device_name
 from ..common.files import write_json_atomic
+from ..engine.runner import kv_cache_of
 from .measure import measure_round_costs
 from .table import read_entry
 
@@ -49,7 +50,8 @@ def model_fingerprint(model) -> str:
     modules = [(n, type(m).__name__) for n, m in model.named_modules()]
     tensors = [(n, tuple(t.shape), str(t.dtype)) for n, t in
                list(model.named_parameters()) + list(model.named_buffers())]
-    return _sha([type(model).__name__, cfg, modules, tensors])
+    kv = kv_cache_of(model)   # a float16 cache streams half the bytes; the default keeps the fingerprints it had
+    return _sha([type(model).__name__, cfg, modules, tensors] + ([] if kv == "float32" else [kv]))
 
 
 def engine_sources() -> list[Path]:

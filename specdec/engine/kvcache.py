@@ -44,9 +44,10 @@ class KVCache:
     are allocated at its first write, from the shapes the model writes ([B0, Hkv, capacity, D])."""
 
     def __init__(self, batch: int, capacity: int, dtype: torch.dtype, device, static: bool = False,
-                 positions: bool = False):
+                 positions: bool = False, mask_dtype: torch.dtype | None = None):
         """positions: keep each column's position (for windowed masks, `windowed`); costs one small
-        write per forward and a gather per compaction or row selection."""
+        write per forward and a gather per compaction or row selection. mask_dtype: the attention mask's
+        (default: `dtype`; a float16 cache on the C kernels attends in float32, runner.cache_dtype)."""
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.valid = torch.zeros((batch, capacity), dtype=torch.bool, device=device)  # [B0, capacity]
@@ -62,8 +63,9 @@ class KVCache:
         self._live_k: list[torch.Tensor] = []
         self._live_v: list[torch.Tensor] = []
         self._numpy = None
-        self._zero = torch.zeros((), dtype=dtype, device=device)
-        self._hidden = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+        mask_dtype = dtype if mask_dtype is None else mask_dtype
+        self._zero = torch.zeros((), dtype=mask_dtype, device=device)
+        self._hidden = torch.full((), torch.finfo(mask_dtype).min, dtype=mask_dtype, device=device)
 
     # -- one forward
     def begin(self, valid_new: torch.Tensor, pos_new: torch.Tensor | None = None) -> torch.Tensor:

@@ -244,8 +244,9 @@ class QuantLeanForward:
         B, S = ids.shape
         views = cache_views(f, cache, B, S)
         K0 = views[0][0]
-        if K0.dtype != np.float32 or not all(k.flags.c_contiguous and v.flags.c_contiguous for k, v in views):
-            raise ValueError("the quantized forward needs a float32, contiguous KV cache")
+        if K0.dtype not in (np.float32, np.float16) \
+                or not all(k.flags.c_contiguous and v.flags.c_contiguous for k, v in views):
+            raise ValueError("the quantized forward needs a float32 or float16, contiguous KV cache")
         x = self._embed[ids.numpy().reshape(-1)]                                   # [N, d] (a copy)
         if embeds_add is not None:
             x += embeds_add.numpy().reshape(x.shape)
@@ -254,7 +255,7 @@ class QuantLeanForward:
         st = self._step
         st.B, st.S, st.d, st.H, st.Hkv, st.D = B, S, x.shape[1], f.H, f.Hkv, f.D
         st.inter, st.cap, st.start, st.L = self.qw.layers[0].down.K, K0.shape[2], cache.length, m.shape[-1]
-        st.eps, st.scale, st.act = f.eps, f.scale, int(self.qw.act == "q8")
+        st.eps, st.scale, st.act, st.kv16 = f.eps, f.scale, int(self.qw.act == "q8"), int(K0.dtype == np.float16)
         st.rope, st.mask, st.work = rope.ctypes.data, m.ctypes.data, self._work_buffer(B, S, m.shape[-1])
         if self._lib.layers_forward(self._layer_array(views), len(self.qw.layers), st, x.ctypes.data) != 0:
             raise ValueError("the quantized layers rejected this forward's shapes")

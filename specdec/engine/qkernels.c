@@ -39,7 +39,7 @@
 #define Q8_0_BYTES 34
 #define KIND_Q4_1 0
 #define KIND_Q8_0 1
-#define ABI_VERSION 5
+#define ABI_VERSION 6
 #define MAX_TILE_ROWS 5   /* rows a tile computes at once (see ALL_TILES) */
 
 int qgemm_abi_version(void) { return ABI_VERSION; }
@@ -71,6 +71,55 @@ static float half_to_float(const uint8_t *p) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
+}
+
+/* float -> IEEE half, round to nearest even (what F16C's vcvtps2ph computes with _MM_FROUND_TO_NEAREST_INT,
+ * bit for bit, NumPy's astype(float16) too): overflow to inf, subnormals rounded, NaN kept quiet */
+static uint16_t float_to_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u, e = (x >> 23) & 0xffu;
+    uint32_t m = x & 0x7fffffu;
+    if (e == 0xffu) return (uint16_t)(sign | 0x7c00u | (m ? 0x200u | (m >> 13) : 0));
+    const int32_t he = (int32_t)e - 112;            /* the half's biased exponent */
+    if (he >= 31) return (uint16_t)(sign | 0x7c00u);
+    if (he <= 0) {                                  /* a half subnormal (or zero): m_h = value / 2^-24 */
+        if (he < -10) return (uint16_t)sign;        /* below 2^-25: rounds to zero */
+        m |= 0x800000u;
+        const int shift = 14 - he;
+        uint32_t hm = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (hm & 1u))) hm++;
+        return (uint16_t)(sign | hm);               /* hm may carry to 0x400: the smallest normal */
+    }
+    const uint32_t hm = m >> 13, rem = m & 0x1fffu;
+    uint32_t h = sign | ((uint32_t)he << 10) | hm;
+    if (rem > 0x1000u || (rem == 0x1000u && (hm & 1u))) h++;   /* a carry runs into the exponent: 0x7bff -> inf */
+    return (uint16_t)h;
+}
+
+/* n floats -> halves (the float16 KV cache's write). portable: the scalar conversion on any build */
+static void store_f16(uint16_t *dst, const float *src, int64_t n, int portable) {
+    int64_t i = 0;
+#if QGEMM_AVX2
+    if (!portable)
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i *)(dst + i),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    (void)portable;
+    for (; i < n; i++) dst[i] = float_to_half(src[i]);
+}
+
+/* for the tests: store_f16 on either path, and its inverse */
+int f32_to_f16(const float *src, uint16_t *dst, int64_t n, int portable) {
+    store_f16(dst, src, n, portable);
+    return 0;
+}
+
+int f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = half_to_float((const uint8_t *)(src + i));
+    return 0;
 }
 
 /* ---- the order-defining pieces, portable form: acc[l] over k = 32 b + 8 g + l, then hsum8 ---- */
@@ -926,6 +975,27 @@ static inline v8f load8(const float *p) {
     return v;
 }
 
+/* 8 halves as 8 floats (exact: every half is a float) */
+static inline v8f load8_f16(const uint16_t *p) {
+    v8f v;
+#if QGEMM_AVX2
+    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    memcpy(&v, &f, sizeof v);
+#else
+    float f[8];
+    for (int l = 0; l < 8; l++) f[l] = half_to_float((const uint8_t *)(p + l));
+    memcpy(&v, f, sizeof v);
+#endif
+    return v;
+}
+
+/* element `off` of a KV buffer and the 7 after it: float32 or, with H16 (a constant at every call site),
+ * float16. The arithmetic after the load is the same either way, so a float16 cache computes what a float32
+ * cache holding the same (rounded) values computes, bit for bit. */
+static inline v8f load8_kv(const void *base, int64_t off, const int H16) {
+    return H16 ? load8_f16((const uint16_t *)base + off) : load8((const float *)base + off);
+}
+
 static inline float hsum_v8(v8f a) {
     float l[8];
     memcpy(l, &a, sizeof l);
@@ -997,26 +1067,72 @@ int rmsnorm_rows(const float *x, int64_t ldx, const float *g, float eps, float *
     return 0;
 }
 
+/* AVX-512: the attention's 8-lane vectors two to a register (the same lanes, sums and order: the same bits,
+ * at half the instructions; tested against the portable build) */
+#if QGEMM_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
+#define ATTN_AVX512 1
+/* 16 floats of a KV row from element `off` (float32, or float16 with H16) */
+static inline __m512 load16_kv(const void *base, int64_t off, const int H16) {
+    return H16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + off)))
+               : _mm512_loadu_ps((const float *)base + off);
+}
+
+/* 8 floats of KV row element `off` (low half) and of element `off2` (high half) */
+static inline __m512 load8x2_kv(const void *base, int64_t off, int64_t off2, const int H16) {
+    if (H16) {
+        const uint16_t *h = (const uint16_t *)base;
+        return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(h + off))),
+                                                       _mm_loadu_si128((const __m128i *)(h + off2)), 1));
+    }
+    const float *f = (const float *)base;
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(f + off)), _mm256_loadu_ps(f + off2), 1);
+}
+#else
+#define ATTN_AVX512 0
+#endif
+
 /* the scores of NQ queries (i0 ..) against 8 columns of K: each K vector loaded once for the NQ queries
  * (the queries of a KV head share its K: G heads x S tokens), the same products and sums in the same
  * order per lane as one query at a time */
 static inline __attribute__((always_inline)) void scores_8(const float *qs, int64_t ldq, int64_t G, int64_t i0,
-        const int NQ, const float *Kc, int64_t D, const int DV, const float *mask, int64_t L, int64_t c,
-        float scale, float *P) {
+        const int NQ, const void *K, int64_t D, const int DV, const float *mask, int64_t L, int64_t c,
+        float scale, float *P, const int H16) {
     v8f acc[3][8];
     const float *q[3];
     for (int a = 0; a < NQ; a++) {
         q[a] = qs + ((i0 + a) / G) * ldq + ((i0 + a) % G) * D;
         for (int j = 0; j < 8; j++) acc[a][j] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
     }
+#if ATTN_AVX512
+    {                           /* columns c + 2p and c + 2p + 1 side by side in one register */
+        __m512 aw[3][4];
+        for (int a = 0; a < NQ; a++)
+            for (int p = 0; p < 4; p++) aw[a][p] = _mm512_setzero_ps();
+        for (int t = 0; t < DV; t++) {
+            __m512 qw[3];
+            for (int a = 0; a < NQ; a++) qw[a] = _mm512_broadcast_f32x8(_mm256_loadu_ps(q[a] + 8 * t));
+            for (int p = 0; p < 4; p++) {
+                const __m512 kw = load8x2_kv(K, (c + 2 * p) * D + 8 * t, (c + 2 * p + 1) * D + 8 * t, H16);
+                for (int a = 0; a < NQ; a++) aw[a][p] = _mm512_add_ps(aw[a][p], _mm512_mul_ps(qw[a], kw));
+            }
+        }
+        for (int a = 0; a < NQ; a++)
+            for (int p = 0; p < 4; p++) {
+                const __m256 lo = _mm512_castps512_ps256(aw[a][p]), hi = _mm512_extractf32x8_ps(aw[a][p], 1);
+                memcpy(&acc[a][2 * p], &lo, sizeof lo);
+                memcpy(&acc[a][2 * p + 1], &hi, sizeof hi);
+            }
+    }
+#else
     for (int t = 0; t < DV; t++) {
         v8f qv[3];
         for (int a = 0; a < NQ; a++) qv[a] = load8(q[a] + 8 * t);
         for (int j = 0; j < 8; j++) {
-            const v8f kv = load8(Kc + j * D + 8 * t);
+            const v8f kv = load8_kv(K, (c + j) * D + 8 * t, H16);
             for (int a = 0; a < NQ; a++) acc[a][j] += qv[a] * kv;
         }
     }
+#endif
     for (int a = 0; a < NQ; a++) {
         float *pr = P + (i0 + a) * L + c;
         const float *mr = mask + ((i0 + a) / G) * L + c;
@@ -1032,10 +1148,42 @@ static inline __attribute__((always_inline)) void scores_8(const float *qs, int6
 
 /* the outputs t0 .. t0 + TB vectors of NQ queries (i0 ..): sum over every column c in order of P[i, c] V[c]
  * (each lane from zero, as one query at a time summed it), then / sums[i]. The sums stay in registers
- * over all columns and each V vector is loaded once for the NQ queries. */
+ * over all columns and each V vector is loaded once for the NQ queries. The first tile (t0 == 0) also
+ * sums each query's softmax numerators, one add per column in column order: a hidden column adds exactly
+ * 0 wherever it sits, so the sum, like every output, is the same whatever holes or padding the row's
+ * columns hold (an 8-lane sum over columns 8k + l is not: a hole moves the later columns to other lanes).
+ * The add chain runs beside the tile's vector work, which takes longer per column than its latency. */
 static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_t L, int64_t i0, const int NQ,
-        const float *V, int64_t D, const int t0, const int TB, int64_t G, const float *sums, float *os,
-        int64_t ldo) {
+        const void *V, int64_t D, const int t0, const int TB, int64_t G, float *sums, float *os,
+        int64_t ldo, const int H16) {
+    float s[3] = {0.0f, 0.0f, 0.0f};
+    const int own = t0 == 0;                      /* this tile sums the numerators; later tiles read them */
+#if ATTN_AVX512
+    if (TB % 2 == 0) {      /* two output vectors in one 512-bit register: each lane's sum in the same order */
+        __m512 ow[3][4];
+        for (int a = 0; a < NQ; a++)
+            for (int t = 0; t < TB / 2; t++) ow[a][t] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < L; c++) {
+            __m512 pw[3];
+            for (int a = 0; a < NQ; a++) {
+                const float pc = P[(i0 + a) * L + c];
+                if (own) s[a] += pc;
+                pw[a] = _mm512_set1_ps(pc);
+            }
+            for (int t = 0; t < TB / 2; t++) {
+                const __m512 vw = load16_kv(V, c * D + 8 * (t0 + 2 * t), H16);
+                for (int a = 0; a < NQ; a++) ow[a][t] = _mm512_add_ps(ow[a][t], _mm512_mul_ps(pw[a], vw));
+            }
+        }
+        for (int a = 0; a < NQ; a++) {
+            if (own) sums[i0 + a] = s[a];
+            float *o = os + ((i0 + a) / G) * ldo + ((i0 + a) % G) * D + 8 * t0;
+            const __m512 sw = _mm512_set1_ps(sums[i0 + a]);
+            for (int t = 0; t < TB / 2; t++) _mm512_storeu_ps(o + 16 * t, _mm512_div_ps(ow[a][t], sw));
+        }
+        return;
+    }
+#endif
     v8f ov[3][8];
     for (int a = 0; a < NQ; a++)
         for (int t = 0; t < TB; t++) ov[a][t] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
@@ -1043,17 +1191,19 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
         v8f pv[3];
         for (int a = 0; a < NQ; a++) {
             const float pc = P[(i0 + a) * L + c];
+            if (own) s[a] += pc;
             pv[a] = (v8f){pc, pc, pc, pc, pc, pc, pc, pc};
         }
         for (int t = 0; t < TB; t++) {
-            const v8f vv = load8(V + c * D + 8 * (t0 + t));
+            const v8f vv = load8_kv(V, c * D + 8 * (t0 + t), H16);
             for (int a = 0; a < NQ; a++) ov[a][t] += pv[a] * vv;
         }
     }
     for (int a = 0; a < NQ; a++) {
+        if (own) sums[i0 + a] = s[a];
         float *o = os + ((i0 + a) / G) * ldo + ((i0 + a) % G) * D + 8 * t0;
-        const float s = sums[i0 + a];
-        const v8f sv = {s, s, s, s, s, s, s, s};
+        const float sa = sums[i0 + a];
+        const v8f sv = {sa, sa, sa, sa, sa, sa, sa, sa};
         for (int t = 0; t < TB; t++) {
             const v8f r = ov[a][t] / sv;
             memcpy(o + 8 * t, &r, sizeof(v8f));
@@ -1066,34 +1216,36 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
  * Order, the same for every query whatever Q, L or the layout: a score is the 8-lane dot product of
  * q and a key row (multiply, then add, over lanes l = 8 t + l; Zen4 runs them on its two multiply and
  * two add pipes, so fused multiply-adds measured no faster and their longer latency chain slower)
- * reduced by the hsum8 tree; the softmax sum likewise in 8 lanes (lane l over the columns 8 k + l in
- * order, then hsum8: one serial add per column was a long chain at long contexts); every output element
- * runs left to right over the columns. What each cost: bench/RESULTS.md, "One lane per block".
+ * reduced by the hsum8 tree; the softmax sum and every output element run left to right over the
+ * columns (the sum inside pv_tile's first tile, where its add chain hides behind the tile's vector work).
+ * What each cost: bench/RESULTS.md, "One lane per block" and "Holes moved the softmax sum".
  * A hidden column's weight is exactly 0 (exp_fixed), and adding 0 changes no sum, so padding and holes
- * anywhere leave the result unchanged. Columns go 8 at a time through both passes, every query per chunk, so each K and V row
+ * anywhere leave the result unchanged. (A sum kept in 8 lanes over the columns 8 k + l did not: a hole
+ * moves every later column to the next lane, and the lanes then pair other partial sums.) Columns go 8 at a time through both passes, every query per chunk, so each K and V row
  * is read from memory once per step, not once per query head and token.
  * DV = D / 8 (a constant at each call site: q, o and a row live in registers); D % 8 == 0, D <= 256.
  * q(i) / o(i): query i = s * G + g at qs + s * ldq + g * D, o likewise (ldo); mask row of query i:
  * mask + s * L. P: [Q, L] scratch; sums: [Q] scratch. */
 static inline __attribute__((always_inline)) void attend_group(
-        const float *qs, int64_t ldq, int64_t G, int64_t S, const float *K, const float *V, int64_t L,
-        const int DV, const float *mask, float scale, float *P, float *sums, float *os, int64_t ldo) {
+        const float *qs, int64_t ldq, int64_t G, int64_t S, const void *K, const void *V, int64_t L,
+        const int DV, const float *mask, float scale, float *P, float *sums, float *os, int64_t ldo,
+        const int H16) {
     const int64_t D = 8 * DV, Q = G * S;
     int64_t c = 0;
     for (; c + 8 <= L; c += 8) {                  /* scores, 8 columns at a time, 3 queries at a time */
         int64_t i = 0;
-        for (; i + 3 <= Q; i += 3) scores_8(qs, ldq, G, i, 3, K + c * D, D, DV, mask, L, c, scale, P);
-        for (; i < Q; i++) scores_8(qs, ldq, G, i, 1, K + c * D, D, DV, mask, L, c, scale, P);
+        for (; i + 3 <= Q; i += 3) scores_8(qs, ldq, G, i, 3, K, D, DV, mask, L, c, scale, P, H16);
+        for (; i < Q; i++) scores_8(qs, ldq, G, i, 1, K, D, DV, mask, L, c, scale, P, H16);
     }
     for (; c < L; c++)
         for (int64_t i = 0; i < Q; i++) {
             const float *q = qs + (i / G) * ldq + (i % G) * D;
             v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int t = 0; t < DV; t++) acc += load8(q + 8 * t) * load8(K + c * D + 8 * t);
+            for (int t = 0; t < DV; t++) acc += load8(q + 8 * t) * load8_kv(K, c * D + 8 * t, H16);
             P[i * L + c] = hsum_v8(acc) * scale + mask[(i / G) * L + c];
         }
-    for (int64_t i = 0; i < Q; i++) {             /* softmax numerators and sums, row by row, 8 lanes */
-        float *pr = P + i * L, m8[8], s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, mx = -INFINITY;
+    for (int64_t i = 0; i < Q; i++) {             /* softmax numerators, row by row (pv_tile sums them) */
+        float *pr = P + i * L, m8[8], mx = -INFINITY;
         for (int l = 0; l < 8; l++) m8[l] = -INFINITY;
         c = 0;                                    /* the max: any order gives its value */
 #if QGEMM_AVX2
@@ -1106,42 +1258,35 @@ static inline __attribute__((always_inline)) void attend_group(
 #endif
         for (; c < L; c++) mx = pr[c] > mx ? pr[c] : mx;
         for (int l = 0; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
-        for (c = 0; c + 8 <= L; c += 8)           /* the sum: lane l over columns 8k + l in order, then hsum8 */
-            for (int l = 0; l < 8; l++) {
-                const float e = exp_fixed(pr[c + l] - mx);
-                pr[c + l] = e;
-                s8[l] += e;
-            }
-        for (; c < L; c++) {
-            const float e = exp_fixed(pr[c] - mx);
-            pr[c] = e;
-            s8[c % 8] += e;
-        }
-        sums[i] = hsum8_scalar(s8);
+        for (c = 0; c < L; c++) pr[c] = exp_fixed(pr[c] - mx);
     }
     int64_t i = 0;                                /* P V, 3 queries and up to 64 outputs at a time */
     for (; i + 3 <= Q; i += 3)
-        for (int t0 = 0; t0 < DV; t0 += 8) pv_tile(P, L, i, 3, V, D, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo);
+        for (int t0 = 0; t0 < DV; t0 += 8) pv_tile(P, L, i, 3, V, D, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo, H16);
     for (; i < Q; i++)
-        for (int t0 = 0; t0 < DV; t0 += 8) pv_tile(P, L, i, 1, V, D, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo);
+        for (int t0 = 0; t0 < DV; t0 += 8) pv_tile(P, L, i, 1, V, D, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo, H16);
 }
 
+/* attend_DV (a float32 cache) and attend16_DV (float16): one compiled body per head size and cache type */
 #define ATTEND_D(DV) static void attend_##DV(const float *qs, int64_t ldq, int64_t G, int64_t S,        \
-    const float *K, const float *V, int64_t L, const float *mask, float scale, float *P, float *sums, \
-    float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, scale, P, sums, os, ldo); }
+    const void *K, const void *V, int64_t L, const float *mask, float scale, float *P, float *sums, \
+    float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, scale, P, sums, os, ldo, 0); } \
+    static void attend16_##DV(const float *qs, int64_t ldq, int64_t G, int64_t S,                     \
+    const void *K, const void *V, int64_t L, const float *mask, float scale, float *P, float *sums, \
+    float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, scale, P, sums, os, ldo, 1); }
 ATTEND_D(1) ATTEND_D(2) ATTEND_D(4) ATTEND_D(8) ATTEND_D(12) ATTEND_D(16) ATTEND_D(32)
-typedef void (*attend_fn)(const float *, int64_t, int64_t, int64_t, const float *, const float *, int64_t,
+typedef void (*attend_fn)(const float *, int64_t, int64_t, int64_t, const void *, const void *, int64_t,
                           const float *, float, float *, float *, float *, int64_t);
 
-static attend_fn attend_for(int64_t D) {          /* NULL: a head size the layer does not run */
+static attend_fn attend_for(int64_t D, int64_t kv16) {   /* NULL: a head size the layer does not run */
     switch (D) {
-        case 8: return attend_1;
-        case 16: return attend_2;
-        case 32: return attend_4;
-        case 64: return attend_8;
-        case 96: return attend_12;
-        case 128: return attend_16;
-        case 256: return attend_32;
+        case 8: return kv16 ? attend16_1 : attend_1;
+        case 16: return kv16 ? attend16_2 : attend_2;
+        case 32: return kv16 ? attend16_4 : attend_4;
+        case 64: return kv16 ? attend16_8 : attend_8;
+        case 96: return kv16 ? attend16_12 : attend_12;
+        case 128: return kv16 ? attend16_16 : attend_16;
+        case 256: return kv16 ? attend16_32 : attend_32;
         default: return 0;
     }
 }
@@ -1158,7 +1303,8 @@ typedef struct {              /* a quantized matrix W [N, K] (+ bias [N] or NULL
 typedef struct {
     QMat qkv, o, gate_up, down;       /* q|k|v and gate|up fused along N */
     const float *norm1, *norm2;       /* RMSNorm weights [d] */
-    float *kbuf, *vbuf;               /* the cache: [B0, Hkv, cap, D], live rows first */
+    void *kbuf, *vbuf;                /* the cache: [B0, Hkv, cap, D], live rows first; float32, or float16
+                                         where Step.kv16 (IEEE half, rounded to nearest even on write) */
 } Layer;
 
 typedef struct {
@@ -1168,6 +1314,7 @@ typedef struct {
     const float *rope;                /* [B*S, 2D]: cos | sin with its first half negated (lean.py's table) */
     const float *mask;                /* [B, S, L] additive: 0 visible, float32 min hidden */
     float *work;                      /* layer_work_floats() floats */
+    int64_t kv16;                     /* 1: the cache holds float16 (half the bytes a long context streams) */
 } Step;
 
 static int64_t widest_input(int64_t d, int64_t H, int64_t D, int64_t inter) {
@@ -1209,15 +1356,22 @@ static void attention_block(const Layer *ly, const Step *st, float *qkv, float *
         float *row = qkv + n * W;
         for (int64_t h = 0; h < H + Hkv; h++) rope_head(row + h * D, st->rope + n * 2 * D, D, tmp);
         for (int64_t h = 0; h < Hkv; h++) {
-            memcpy(ly->kbuf + ((b * Hkv + h) * cap + c) * D, row + (H + h) * D, D * sizeof(float));
-            memcpy(ly->vbuf + ((b * Hkv + h) * cap + c) * D, row + (H + Hkv + h) * D, D * sizeof(float));
+            const int64_t at = ((b * Hkv + h) * cap + c) * D;
+            if (st->kv16) {
+                store_f16((uint16_t *)ly->kbuf + at, row + (H + h) * D, D, 0);
+                store_f16((uint16_t *)ly->vbuf + at, row + (H + Hkv + h) * D, D, 0);
+            } else {
+                memcpy((float *)ly->kbuf + at, row + (H + h) * D, D * sizeof(float));
+                memcpy((float *)ly->vbuf + at, row + (H + Hkv + h) * D, D * sizeof(float));
+            }
         }
     }
-    const attend_fn fn = attend_for(D);
+    const attend_fn fn = attend_for(D, st->kv16);
+    const int64_t es = st->kv16 ? 2 : 4;          /* bytes an element of the cache takes */
     for (int64_t b = 0; b < B; b++)
         for (int64_t kv = 0; kv < Hkv; kv++) {
-            const int64_t at = (b * Hkv + kv) * cap * D;
-            fn(qkv + b * S * W + kv * G * D, W, G, S, ly->kbuf + at, ly->vbuf + at, st->L,
+            const int64_t at = (b * Hkv + kv) * cap * D * es;
+            fn(qkv + b * S * W + kv * G * D, W, G, S, (const char *)ly->kbuf + at, (const char *)ly->vbuf + at, st->L,
                st->mask + b * S * st->L, (float)st->scale, p, p + G * S * st->L, o + b * S * H * D + kv * G * D, H * D);
         }
 }
@@ -1234,7 +1388,8 @@ static void silu_mul(const float *gu, int64_t M, int64_t I, float *out) {
 /* x [B*S, d] in place through `n` layers. Returns 0, or -1 on a bad argument. */
 int layers_forward(const Layer *layers, int64_t n, const Step *st, float *x) {
     const int64_t N = st->B * st->S, d = st->d, H = st->H, Hkv = st->Hkv, D = st->D, I = st->inter;
-    if (!attend_for(D) || H % Hkv || st->start + st->S > st->cap || st->L > st->cap || st->act < 0 || st->act > 1) return -1;
+    if (!attend_for(D, 0) || H % Hkv || st->start + st->S > st->cap || st->L > st->cap || st->act < 0 || st->act > 1
+        || st->kv16 < 0 || st->kv16 > 1) return -1;
     for (int64_t i = 0; i < n; i++)               /* each GEMM reads its own layout */
         if (layers[i].qkv.packed != st->act || layers[i].o.packed != st->act || layers[i].gate_up.packed != st->act
             || layers[i].down.packed != st->act) return -1;

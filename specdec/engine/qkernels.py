@@ -19,7 +19,7 @@ import numpy as np
 from . import native
 from .qformats import BLOCK, BLOCK_BYTES, KINDS
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 HEAD_DIMS = (8, 16, 32, 64, 96, 128, 256)   # attention head sizes layers_forward runs (qkernels.c attend_for)
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _lib = None
@@ -77,7 +77,7 @@ class Step(ctypes.Structure):
     """One forward's sizes and per-call buffers (qkernels.c)."""
     _fields_ = [(n, _I) for n in ("B", "S", "d", "H", "Hkv", "D", "inter", "cap", "start", "L", "act")] + \
                [("eps", ctypes.c_double), ("scale", ctypes.c_double),
-                ("rope", _P), ("mask", _P), ("work", _P)]
+                ("rope", _P), ("mask", _P), ("work", _P), ("kv16", _I)]
 
 
 def qmat_struct(m: QMatrix) -> _QMat:
@@ -96,7 +96,8 @@ def library():
                            ("quantize_rows_q8", [_P, _I, _I, _I, _P, _P, _P]),
                            ("q8a_pack", [ctypes.c_int, _P, _I, _P, _I, _I, _I, ctypes.c_int]),
                            ("rmsnorm_rows", [_P, _I, _P, _F, _P, _I, _I, _I]),
-                           ("layers_forward", [ctypes.POINTER(Layer), _I, ctypes.POINTER(Step), _P])):
+                           ("layers_forward", [ctypes.POINTER(Layer), _I, ctypes.POINTER(Step), _P]),
+                           ("f32_to_f16", [_P, _P, _I, ctypes.c_int]), ("f16_to_f32", [_P, _P, _I])):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, ctypes.c_int
         lib.layer_work_floats.argtypes = [_I] * 8
@@ -203,4 +204,13 @@ def rmsnorm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
     out = np.empty((M, d), np.float32)
     library().rmsnorm_rows(x.ctypes.data, x.strides[0] // 4, None if weight is None else weight.ctypes.data,
                            eps, out.ctypes.data, d, M, d)
+    return out
+
+
+def to_float16(x: np.ndarray, portable: bool = False) -> np.ndarray:
+    """float32 -> float16 as the float16 KV cache writes it (qkernels.c float_to_half / F16C: round to
+    nearest even); portable: the scalar conversion. For the tests: NumPy's astype(float16) is the reference."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, np.float16)
+    library().f32_to_f16(x.ctypes.data, out.ctypes.data, x.size, int(portable))
     return out

@@ -68,6 +68,28 @@ def numpy_forward_of(model):
     return npf
 
 
+KV_CACHES = ("float32", "float16")   # --kv-cache (models/options.py EngineBlock)
+
+
+def set_kv_cache(model, kind: str) -> None:
+    """What `model`'s KV cache holds from now on: "float32" (the default: the float forward's own values)
+    or "float16" (llama.cpp's default cache type: half the bytes a long context streams every step; K and V
+    rounded to nearest even as they are written, so the model's numbers change slightly, the same for every
+    row, batch and draft: greedy speculative decoding still reproduces plain decoding of this model).
+    float16 runs on the C kernels only (a model with quantized weights, --quantize gguf / q8_0 / -q8a)."""
+    if kind not in KV_CACHES:
+        raise ValueError(f"--kv-cache must be one of {', '.join(KV_CACHES)}, got {kind!r}")
+    if kind == "float16" and not lean_numpy.quantized(model):
+        raise ValueError("--kv-cache float16 runs on the C kernels: use it with --quantize gguf, gguf-q8a, q8_0 or "
+                         f"q8_0-q8a on the CPU ({type(model).__name__} here has no quantized weights)")
+    object.__setattr__(model, "_specdec_kv_cache", kind)   # not a submodule: no state_dict entry
+
+
+def kv_cache_of(model) -> str:
+    """set_kv_cache's choice for `model` ("float32" unless set)."""
+    return getattr(model, "_specdec_kv_cache", "float32")
+
+
 def cache_dtype(model, impl: str) -> torch.dtype:
     """The KV cache's dtype: the model's, except float64 for an int8 model on the lean forward.
 
@@ -78,7 +100,12 @@ def cache_dtype(model, impl: str) -> torch.dtype:
     (the bundled int8 target's greedy output once changed with the batch a row was in). With K, V (and
     so the scores and both reductions) in float64, the result rounded back to float32 no longer depends
     on the layout. The cost is attention arithmetic and twice the cache's bytes, most at batch > 1, where
-    the cache outweighs the int8 weights (measured: bench/RESULTS.md, "Fast decode path")."""
+    the cache outweighs the int8 weights (measured: bench/RESULTS.md, "Fast decode path").
+    float16 where set_kv_cache asked for it (the C kernels convert on load and attend in float32)."""
+    if kv_cache_of(model) == "float16":
+        if impl != "numpy":
+            raise ValueError(f"--kv-cache float16 runs on the C kernels (impl auto or numpy), not impl {impl!r}")
+        return torch.float16
     if impl == "lean" and quant.quantization_of(model) == "int8":
         return torch.float64
     return model_dtype(model)
@@ -103,8 +130,9 @@ class ModelRunner:
             capacity = -(-capacity // 64) * 64   # SDPA's fused kernels want an aligned mask width
         # Windowed layers (the lean forwards have none: lean.supports) need each column's position.
         self._plan = families.mask_plan(model.config) if self.impl == "hf" else None
-        self.kv = KVCache(batch, capacity, cache_dtype(model, self.impl), self.device, static=static,
-                          positions=self._plan is not None)
+        dtype = cache_dtype(model, self.impl)
+        self.kv = KVCache(batch, capacity, dtype, self.device, static=static, positions=self._plan is not None,
+                          mask_dtype=torch.float32 if dtype == torch.float16 else None)
         self.graphs = None
         # a draft whose head covers only some ids (engine/headmap.py): full-width logits, -inf elsewhere
         self.head = HeadMap.of(model, logit_width(model), self.device)

@@ -2,7 +2,7 @@
 
     TargetBlock  pair, target, device, threads, chat_template   (cache-teacher)
     ModelsBlock  + draft                                        (distill, demo)
-    EngineBlock  + dtype, quantize, impl                        (bench, generate)
+    EngineBlock  + dtype, quantize, impl, kv_cache              (bench, generate)
 Each is a base dataclass (common/blocks.py explains the mechanism). A new way to name the models is a
 field here and a line in `TargetBlock.__post_init__`: every command gets it.
 
@@ -18,11 +18,12 @@ import typing
 from dataclasses import dataclass
 
 from ..common.blocks import Block
-from ..common.config import option
+from ..common.config import flag_name, option
 from ..common.values import CHAT_TEMPLATE, check_chat_template, check_int
 from ..engine import ngram
 from ..engine.quant import QUANTIZE
-from ..engine.runner import IMPLS
+from ..engine.runner import IMPLS, KV_CACHES, set_kv_cache
+from ..engine.qweights import MODES as QWEIGHT_MODES
 from .load import AUTO_QUANTIZE, CPU_QUANTIZE, resolve_dtype
 from .pairs import PAIRS, apply_pair
 
@@ -90,6 +91,10 @@ class EngineBlock(ModelsBlock):
     impl: str = option("auto", "forward: lean (specdec's, Llama-family), numpy (the lean forward in NumPy, and the "
                        "C kernels of gguf / q8_0 models; float32 Llama-family models on the CPU), hf "
                        "(transformers', any model), auto", group="engine", choices=IMPLS)
+    kv_cache: str = option("float32", "what the KV cache holds on the C kernels (--quantize gguf / q8_0 and their -q8a): "
+                           "float32, or float16 (llama.cpp's default: half the bytes a long context streams every "
+                           "step; K and V rounded as written, so the model's numbers change slightly, and greedy "
+                           "speculative output still equals plain decoding's)", group="engine", choices=KV_CACHES)
 
     def __post_init__(self):
         super().__post_init__()
@@ -98,9 +103,20 @@ class EngineBlock(ModelsBlock):
                 resolve_dtype(self.dtype)
             except ValueError as e:
                 raise ValueError(f"--dtype: {e}") from None
-        for name, choices in (("quantize", QUANTIZE_CHOICES), ("impl", IMPLS)):
+        for name, choices in (("quantize", QUANTIZE_CHOICES), ("impl", IMPLS), ("kv_cache", KV_CACHES)):
             if getattr(self, name) not in choices:
-                raise ValueError(f"--{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+                raise ValueError(f"{flag_name(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.kv_cache == "float16" and (self.quantize not in (AUTO_QUANTIZE,) + QWEIGHT_MODES
+                                           or self.impl not in ("auto", "numpy")):
+            raise ValueError(f"--kv-cache float16 runs on the C kernels: use it with --quantize gguf, gguf-q8a, q8_0, "
+                             f"q8_0-q8a or auto and --impl auto or numpy (here --quantize {self.quantize}, "
+                             f"--impl {self.impl})")
+
+    def apply_kv_cache(self, *models) -> None:
+        """--kv-cache on the loaded models that have weights (a lookup draft has none)."""
+        for m in models:
+            if m is not None and not ngram.is_lookup(m):
+                set_kv_cache(m, self.kv_cache)
 
     def dtype_on(self, device) -> str:
         """--dtype, or the device's default."""

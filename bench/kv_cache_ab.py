@@ -1,0 +1,101 @@
+"""The KV cache in float32 vs float16 (--kv-cache, specdec/engine/runner.py set_kv_cache): one target step of
+S tokens at a few contexts, both caches in one process, interleaved, against the bytes each step must read.
+
+    OPENBLAS_NUM_THREADS=1 taskset -c 0 python bench/kv_cache_ab.py --target SmolLM2-135M-Instruct.Q4_1.gguf \
+        --out bench/results/kv_cache_ab/smollm2_q8a.json
+
+The model is loaded twice (one copy per cache type, so neither reuses the other's forward); each iteration
+times one forward of S tokens of each copy in turn, then crops it away, so both see the same machine load,
+and neither keeps its weights in the last-level cache between steps (as a target beside a draft does not).
+Medians after two warm-up iterations. The floor beside each figure: the bytes a step must read (the
+quantized weights, once, and the cache's `context` columns of K and V in every layer) over --bandwidth
+(a single core's read bandwidth; bench/qgemm_bench.py measures it).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from specdec.common.env import environment  # noqa: E402
+from specdec.common.files import write_json_atomic  # noqa: E402
+from specdec.engine import qweights  # noqa: E402
+from specdec.engine.runner import ModelRunner, set_kv_cache  # noqa: E402
+from specdec.models import load_model  # noqa: E402
+
+KINDS = ("float32", "float16")
+
+
+def cache_bytes_per_column(model, kind: str) -> int:
+    c = model.config
+    D = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * D * (2 if kind == "float16" else 4)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", required=True, help="a GGUF file or a model folder")
+    ap.add_argument("--quantize", default="gguf-q8a")
+    ap.add_argument("--contexts", default="100,500,1000,2000")
+    ap.add_argument("--tokens", default="1,5", help="S: tokens per forward (5: a verify at gamma 4)")
+    ap.add_argument("--iters", type=int, default=15)
+    ap.add_argument("--bandwidth", type=float, default=15.2, help="GB/s a core reads (the floor's denominator)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    models = {}
+    for kind in KINDS:
+        m = load_model(args.target, quantize=args.quantize)
+        set_kv_cache(m, kind)
+        ModelRunner(m, 1, 64).forward(torch.tensor([[5]]), torch.tensor([[0]]), torch.ones((1, 1), dtype=torch.bool))
+        models[kind] = m
+    weight_bytes = qweights.weights_of(models["float32"]).nbytes
+    tokens = [int(s) for s in args.tokens.split(",")]
+    vocab = models["float32"].config.vocab_size
+    out = {"command": " ".join([Path(sys.executable).name] + sys.argv), "env": environment(),
+           "weight_bytes": weight_bytes, "bandwidth_gbs": args.bandwidth, "rows": []}
+    for ctx in (int(c) for c in args.contexts.split(",")):
+        runs = {}
+        for kind, m in models.items():
+            r = ModelRunner(m, 1, ctx + 64)
+            ids = torch.randint(0, vocab, (1, ctx), generator=torch.Generator().manual_seed(ctx))
+            r.prefill(ids, torch.ones_like(ids))
+            runs[kind] = (r, r.columns)
+        times = {(k, S): [] for k in runs for S in tokens}
+        for _ in range(args.iters):
+            for k, (r, base) in runs.items():
+                for S in tokens:
+                    x = torch.randint(0, vocab, (1, S))
+                    pos = torch.arange(ctx - 1, ctx - 1 + S)[None]
+                    t0 = time.perf_counter()
+                    r.forward(x, pos, torch.ones((1, S), dtype=torch.bool))
+                    times[(k, S)].append(time.perf_counter() - t0)
+                    r.crop(base)
+        for S in tokens:
+            row = {"context": ctx, "tokens": S}
+            for k in KINDS:
+                ms = statistics.median(times[(k, S)][2:]) * 1000
+                nbytes = weight_bytes + cache_bytes_per_column(models[k], k) * (ctx + S)
+                floor = nbytes / (args.bandwidth * 1e6)
+                row[k] = {"ms": round(ms, 3), "bytes": nbytes, "floor_ms": round(floor, 3),
+                          "floor_share": round(floor / ms, 3)}
+            row["float32/float16"] = round(row["float32"]["ms"] / row["float16"]["ms"], 3)
+            out["rows"].append(row)
+            print(f"context {ctx:5d} S={S}: float32 {row['float32']['ms']:7.3f} ms (floor {row['float32']['floor_share']:.2f})"
+                  f"  float16 {row['float16']['ms']:7.3f} ms (floor {row['float16']['floor_share']:.2f})"
+                  f"  ratio {row['float32/float16']:.3f}", flush=True)
+    if args.out:
+        write_json_atomic(args.out, out, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
