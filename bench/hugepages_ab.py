@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -29,6 +27,7 @@ from specdec.common.env import environment  # noqa: E402
 from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.engine import qweights  # noqa: E402
 from specdec.engine.runner import ModelRunner  # noqa: E402
+from specdec.engine.timing import StepTimer, interleaved_medians  # noqa: E402
 from specdec.models import load_model  # noqa: E402
 
 
@@ -55,23 +54,10 @@ def main(argv=None) -> int:
     vocab = models["huge"].config.vocab_size
     out = {"command": " ".join(sys.argv), "env": environment(), "ms": {}}
     for ctx in (int(c) for c in args.contexts.split(",")):
-        runs = {}
-        for name, m in models.items():
-            r = ModelRunner(m, 1, ctx + 64)
-            ids = torch.randint(0, vocab, (1, ctx))
-            r.prefill(ids, torch.ones_like(ids))
-            runs[name] = (r, r.columns)
-        times = {(n, S): [] for n in runs for S in tokens}
-        for _ in range(args.iters):
-            for n, (r, base) in runs.items():
-                for S in tokens:
-                    x = torch.randint(0, vocab, (1, S))
-                    pos = torch.arange(ctx - 1, ctx - 1 + S)[None]
-                    t0 = time.perf_counter()
-                    r.forward(x, pos, torch.ones((1, S), dtype=torch.bool))
-                    times[(n, S)].append(time.perf_counter() - t0)
-                    r.crop(base)
-        med = {f"{n} S={S}": round(statistics.median(v[2:]) * 1000, 3) for (n, S), v in times.items()}
+        ids = torch.randint(0, vocab, (1, ctx))
+        times = interleaved_medians({n: StepTimer(m, ids, 1, max(tokens)) for n, m in models.items()}, tokens,
+                                    args.iters)
+        med = {f"{n} S={S}": round(v * 1000, 3) for (n, S), v in times.items()}
         out["ms"][ctx] = med
         print(ctx, med, {f"4k/huge S={S}": round(med[f"4k S={S}"] / med[f"huge S={S}"], 3) for S in tokens}, flush=True)
     if args.out:

@@ -7,7 +7,7 @@ S tokens at a few contexts, both caches in one process, interleaved, against the
 The model is loaded twice (one copy per cache type, so neither reuses the other's forward); each iteration
 times one forward of S tokens of each copy in turn, then crops it away, so both see the same machine load,
 and neither keeps its weights in the last-level cache between steps (as a target beside a draft does not).
-Medians after two warm-up iterations. The floor beside each figure: the bytes a step must read (the
+Medians after two warm-up iterations (specdec.engine.timing: StepTimer, interleaved_medians). The floor beside each figure: the bytes a step must read (the
 quantized weights, once, and the cache's `context` columns of K and V in every layer) over --bandwidth
 (a single core's read bandwidth; bench/qgemm_bench.py measures it).
 """
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -29,6 +27,7 @@ from specdec.common.env import environment  # noqa: E402
 from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.engine import qweights  # noqa: E402
 from specdec.engine.runner import ModelRunner, set_kv_cache  # noqa: E402
+from specdec.engine.timing import StepTimer, interleaved_medians  # noqa: E402
 from specdec.models import load_model  # noqa: E402
 
 KINDS = ("float32", "float16")
@@ -63,26 +62,12 @@ def main(argv=None) -> int:
     out = {"command": " ".join([Path(sys.executable).name] + sys.argv), "env": environment(),
            "weight_bytes": weight_bytes, "bandwidth_gbs": args.bandwidth, "rows": []}
     for ctx in (int(c) for c in args.contexts.split(",")):
-        runs = {}
-        for kind, m in models.items():
-            r = ModelRunner(m, 1, ctx + 64)
-            ids = torch.randint(0, vocab, (1, ctx), generator=torch.Generator().manual_seed(ctx))
-            r.prefill(ids, torch.ones_like(ids))
-            runs[kind] = (r, r.columns)
-        times = {(k, S): [] for k in runs for S in tokens}
-        for _ in range(args.iters):
-            for k, (r, base) in runs.items():
-                for S in tokens:
-                    x = torch.randint(0, vocab, (1, S))
-                    pos = torch.arange(ctx - 1, ctx - 1 + S)[None]
-                    t0 = time.perf_counter()
-                    r.forward(x, pos, torch.ones((1, S), dtype=torch.bool))
-                    times[(k, S)].append(time.perf_counter() - t0)
-                    r.crop(base)
+        ids = torch.randint(0, vocab, (1, ctx), generator=torch.Generator().manual_seed(ctx))
+        med = interleaved_medians({k: StepTimer(m, ids, 1, max(tokens)) for k, m in models.items()}, tokens, args.iters)
         for S in tokens:
             row = {"context": ctx, "tokens": S}
             for k in KINDS:
-                ms = statistics.median(times[(k, S)][2:]) * 1000
+                ms = med[(k, S)] * 1000
                 nbytes = weight_bytes + cache_bytes_per_column(models[k], k) * (ctx + S)
                 floor = nbytes / (args.bandwidth * 1e6)
                 row[k] = {"ms": round(ms, 3), "bytes": nbytes, "floor_ms": round(floor, 3),

@@ -272,6 +272,18 @@ def _model(seed=3, layers=2, **kw):
     return tiny_llama(seed=seed, hidden_size=64, heads=4, kv_heads=2, num_layers=layers, **kw)
 
 
+def _greedy_speculation_is_exact(target, draft, gammas, tokens=16, B=4, min_acceptance=0.1):
+    """Greedy speculative decoding of a ragged batch of B rows equals plain greedy decoding of `target`,
+    row for row, at every gamma, and the draft is good enough that rounds both accept and reject."""
+    ids, mask = _batch(B=B)
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=tokens)
+    for gamma in gammas:
+        sd = SpeculativeDecoder(target, draft, gamma=gamma).generate(ids, mask, max_new_tokens=tokens)
+        assert sd.new_tokens == ar.new_tokens, gamma
+        assert min_acceptance < sd.stats.acceptance_rate < 1.0   # rejections leave holes at batch > 1
+    return ids, mask, ar
+
+
 @pytest.fixture(scope="module")
 def q8_pair():
     target = quantize_model(_model(seed=3), "q8_0")
@@ -316,9 +328,9 @@ def test_the_kernels_attention_on_wider_heads_and_groups(hidden, heads, kv_heads
 
 @pytest.mark.parametrize("pair_fixture", ["q8_pair", "q8a_pair"])
 def test_rows_logits_do_not_depend_on_the_batch_padding_holes_or_tokens_per_forward(pair_fixture, request):
-    """A row's logits are bitwise the same alone, left-padded in a ragged batch, and scored 1, 2 or 4
-    tokens at a time (float32 cache: the kernels' attention sums columns in order, hidden ones add 0;
-    q8a: each row's activation scales come from that row alone)."""
+    """A row's logits are bitwise the same alone, left-padded in a ragged batch, after holes in its cache,
+    and scored 1, 2 or 4 tokens at a time (the kernels' attention sums columns in order, hidden ones add
+    0; q8a: each row's activation scales come from that row alone)."""
     target, _ = request.getfixturevalue(pair_fixture)
     assert_rows_independent(target, "numpy", torch.float32)
 
@@ -327,12 +339,7 @@ def test_rows_logits_do_not_depend_on_the_batch_padding_holes_or_tokens_per_forw
 def test_greedy_speculative_equals_plain_on_the_quantized_target(pair_fixture, request):
     """q8_0 (weight-only) and q8_0-q8a (Q8 activations): each a fixed model, so speculation is exact."""
     target, draft = request.getfixturevalue(pair_fixture)
-    ids, mask = _batch(B=5)
-    ar = autoregressive_generate(target, ids, mask, max_new_tokens=20)
-    for gamma in (1, 3, 5):
-        sd = SpeculativeDecoder(target, draft, gamma=gamma).generate(ids, mask, max_new_tokens=20)
-        assert sd.new_tokens == ar.new_tokens, gamma
-        assert 0.1 < sd.stats.acceptance_rate < 1.0
+    ids, mask, ar = _greedy_speculation_is_exact(target, draft, (1, 3, 5), tokens=20, B=5)
     for r in range(ids.shape[0]):   # each ragged row equals its own batch-1 run
         row = ids[r:r + 1, mask[r].argmax():]
         assert SpeculativeDecoder(target, draft, gamma=3).generate(row, max_new_tokens=20).new_tokens[0] == ar.new_tokens[r]
@@ -458,12 +465,7 @@ def test_greedy_speculative_equals_plain_on_a_gguf_target(gguf_target):
     model, path = gguf_target
     target = quantize_model(copy.deepcopy(model), "gguf", gguf_path=str(path))
     draft = quantize_model(_noisy_copy(model, 0.02, seed=1), "q8_0")
-    ids, mask = _batch(B=4)
-    ar = autoregressive_generate(target, ids, mask, max_new_tokens=16)
-    for gamma in (2, 4):
-        sd = SpeculativeDecoder(target, draft, gamma=gamma).generate(ids, mask, max_new_tokens=16)
-        assert sd.new_tokens == ar.new_tokens, gamma
-        assert sd.stats.acceptance_rate > 0.1
+    _greedy_speculation_is_exact(target, draft, (2, 4))
 
 
 def test_greedy_speculative_equals_plain_on_a_gguf_q8a_target(gguf_target):
@@ -472,12 +474,7 @@ def test_greedy_speculative_equals_plain_on_a_gguf_q8a_target(gguf_target):
     qw = qweights.weights_of(target)
     assert quantization_of(target) == "gguf-q8a" and qw.act == "q8" and qw.layers[0].qkv.kind == "q4_1"
     draft = quantize_model(_noisy_copy(model, 0.02, seed=1), "q8_0")
-    ids, mask = _batch(B=4)
-    ar = autoregressive_generate(target, ids, mask, max_new_tokens=16)
-    for gamma in (1, 3, 5):
-        sd = SpeculativeDecoder(target, draft, gamma=gamma).generate(ids, mask, max_new_tokens=16)
-        assert sd.new_tokens == ar.new_tokens, gamma
-        assert sd.stats.acceptance_rate > 0.1
+    _greedy_speculation_is_exact(target, draft, (1, 3, 5))
     assert_rows_independent(target, "numpy", torch.float32)
 
 
@@ -543,12 +540,7 @@ def test_float16_cache_rows_are_independent_and_speculation_exact(kv16_pair):
     tokens per forward (bitwise), and greedy speculative decoding equals plain decoding of that model."""
     target, draft = kv16_pair
     assert_rows_independent(target, "numpy", torch.float16)
-    ids, mask = _batch(B=4)
-    ar = autoregressive_generate(target, ids, mask, max_new_tokens=16)
-    for gamma in (1, 4):
-        sd = SpeculativeDecoder(target, draft, gamma=gamma).generate(ids, mask, max_new_tokens=16)
-        assert sd.new_tokens == ar.new_tokens, gamma
-        assert sd.stats.acceptance_rate > 0.1
+    _greedy_speculation_is_exact(target, draft, (1, 4))
 
 
 def test_float16_cache_errors(capsys):

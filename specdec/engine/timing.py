@@ -2,6 +2,7 @@
 and one model's step at a fixed context (StepTimer: what step costs are made of)."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -93,3 +94,15 @@ class StepTimer:
             self.runner.peek(ids, pos, valid)
             sync(self.device)
         return time.perf_counter() - t0
+
+
+def interleaved_medians(timers: dict, tokens, iters: int, warmup: int = 2) -> dict:
+    """{(name, S): median seconds} of `timers` (name -> StepTimer) stepped in turn, S in `tokens` each, `iters`
+    times, the first `warmup` rounds dropped: every model sees the same machine load, and none keeps its
+    weights in the last-level cache between its own steps (the A/B scripts in bench/)."""
+    times = {(n, S): [] for n in timers for S in tokens}
+    for _ in range(iters):
+        for n, t in timers.items():
+            for S in tokens:
+                times[(n, S)].append(t.step(S))
+    return {k: statistics.median(v[warmup:]) for k, v in times.items()}
