@@ -111,14 +111,9 @@ static void store_f16(uint16_t *dst, const float *src, int64_t n, int portable) 
     for (; i < n; i++) dst[i] = float_to_half(src[i]);
 }
 
-/* for the tests: store_f16 on either path, and its inverse */
+/* for the tests: store_f16 on either path */
 int f32_to_f16(const float *src, uint16_t *dst, int64_t n, int portable) {
     store_f16(dst, src, n, portable);
-    return 0;
-}
-
-int f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
-    for (int64_t i = 0; i < n; i++) dst[i] = half_to_float((const uint8_t *)(src + i));
     return 0;
 }
 
@@ -1221,8 +1216,9 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
  * What each cost: bench/RESULTS.md, "One lane per block" and "Holes moved the softmax sum".
  * A hidden column's weight is exactly 0 (exp_fixed), and adding 0 changes no sum, so padding and holes
  * anywhere leave the result unchanged. (A sum kept in 8 lanes over the columns 8 k + l did not: a hole
- * moves every later column to the next lane, and the lanes then pair other partial sums.) Columns go 8 at a time through both passes, every query per chunk, so each K and V row
- * is read from memory once per step, not once per query head and token.
+ * moves every later column to the next lane, and the lanes then pair other partial sums.) Columns go 8
+ * at a time through both passes, every query per chunk, so each K and V row is read from memory once per
+ * step, not once per query head and token.
  * DV = D / 8 (a constant at each call site: q, o and a row live in registers); D % 8 == 0, D <= 256.
  * q(i) / o(i): query i = s * G + g at qs + s * ldq + g * D, o likewise (ldo); mask row of query i:
  * mask + s * L. P: [Q, L] scratch; sums: [Q] scratch. */

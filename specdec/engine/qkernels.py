@@ -97,7 +97,7 @@ def library():
                            ("q8a_pack", [ctypes.c_int, _P, _I, _P, _I, _I, _I, ctypes.c_int]),
                            ("rmsnorm_rows", [_P, _I, _P, _F, _P, _I, _I, _I]),
                            ("layers_forward", [ctypes.POINTER(Layer), _I, ctypes.POINTER(Step), _P]),
-                           ("f32_to_f16", [_P, _P, _I, ctypes.c_int]), ("f16_to_f32", [_P, _P, _I])):
+                           ("f32_to_f16", [_P, _P, _I, ctypes.c_int])):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, ctypes.c_int
         lib.layer_work_floats.argtypes = [_I] * 8
