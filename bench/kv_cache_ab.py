@@ -2,14 +2,15 @@
 S tokens at a few contexts, both caches in one process, interleaved, against the bytes each step must read.
 
     OPENBLAS_NUM_THREADS=1 taskset -c 0 python bench/kv_cache_ab.py --target SmolLM2-135M-Instruct.Q4_1.gguf \
-        --out bench/results/kv_cache_ab/smollm2_q8a.json
+        --out bench/results/kv_cache/step_ab.json
 
 The model is loaded twice (one copy per cache type, so neither reuses the other's forward); each iteration
 times one forward of S tokens of each copy in turn, then crops it away, so both see the same machine load,
 and neither keeps its weights in the last-level cache between steps (as a target beside a draft does not).
-Medians after two warm-up iterations (specdec.engine.timing: StepTimer, interleaved_medians). The floor beside each figure: the bytes a step must read (the
-quantized weights, once, and the cache's `context` columns of K and V in every layer) over --bandwidth
-(a single core's read bandwidth; bench/qgemm_bench.py measures it).
+Medians after two warm-up iterations (specdec.engine.timing: StepTimer, interleaved_medians). The floor
+beside each figure: the bytes a step must read (the quantized weights, once, and the cache's K and V of
+every layer, engine.params.cache_bytes) over --bandwidth (a single core's read bandwidth;
+bench/qgemm_bench.py measures it).
 """
 from __future__ import annotations
 
@@ -26,17 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specdec.common.env import environment  # noqa: E402
 from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.engine import qweights  # noqa: E402
-from specdec.engine.runner import ModelRunner, set_kv_cache  # noqa: E402
+from specdec.engine.params import cache_bytes  # noqa: E402
+from specdec.engine.runner import set_kv_cache  # noqa: E402
 from specdec.engine.timing import StepTimer, interleaved_medians  # noqa: E402
 from specdec.models import load_model  # noqa: E402
 
 KINDS = ("float32", "float16")
-
-
-def cache_bytes_per_column(model, kind: str) -> int:
-    c = model.config
-    D = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return c.num_hidden_layers * 2 * c.num_key_value_heads * D * (2 if kind == "float16" else 4)
 
 
 def main(argv=None) -> int:
@@ -52,10 +48,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     models = {}
     for kind in KINDS:
-        m = load_model(args.target, quantize=args.quantize)
-        set_kv_cache(m, kind)
-        ModelRunner(m, 1, 64).forward(torch.tensor([[5]]), torch.tensor([[0]]), torch.ones((1, 1), dtype=torch.bool))
-        models[kind] = m
+        models[kind] = load_model(args.target, quantize=args.quantize)
+        set_kv_cache(models[kind], kind)
     weight_bytes = qweights.weights_of(models["float32"]).nbytes
     tokens = [int(s) for s in args.tokens.split(",")]
     vocab = models["float32"].config.vocab_size
@@ -68,7 +62,7 @@ def main(argv=None) -> int:
             row = {"context": ctx, "tokens": S}
             for k in KINDS:
                 ms = med[(k, S)] * 1000
-                nbytes = weight_bytes + cache_bytes_per_column(models[k], k) * (ctx + S)
+                nbytes = weight_bytes + cache_bytes(models[k], 1, ctx + S, impl="numpy")
                 floor = nbytes / (args.bandwidth * 1e6)
                 row[k] = {"ms": round(ms, 3), "bytes": nbytes, "floor_ms": round(floor, 3),
                           "floor_share": round(floor / ms, 3)}
