@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from specdec.costmodel.predict import (best_draft_count, discounted_counts, expected_tokens_per_step,
+from specdec.costmodel.predict import (best_draft_count, long_count, discounted_counts, expected_tokens_per_step,
                                        linear_round_costs, predicted_speedup, predicted_speedup_mix, robust_line,
                                        round_cost, shrunk_alpha)
 
@@ -134,3 +134,18 @@ def test_predicted_speedup_mix():
     one, four = predicted_speedup(0.6, 1, 0.1, 1.1), predicted_speedup(0.6, 4, 0.1, 1.4)
     assert min(one, four) < mixed < max(one, four)
     assert predicted_speedup_mix(0.6, [], 0.1, v) is None
+
+
+def test_long_count_reads_the_step_in_v():
+    """A lookup row repeating itself drafts the k in short..top with the most expected tokens per verify
+    cost: on a kernel that takes 8 rows in one pass of the weights (v(7) 2.04, v(8) 2.61: SmolLM2 on the
+    Xeon's AVX-512 gguf-q8a) that is 7; where 5 rows do (v(5) 2.66 against v(4) 1.98) it stays 4."""
+    one_pass_8 = {1: 1.17, 2: 1.31, 3: 1.43, 4: 1.54, 6: 1.84, 7: 2.04, 8: 2.61, 10: 2.94, 12: 3.23}
+    one_pass_5 = {1: 1.2, 2: 1.42, 3: 1.66, 4: 1.98, 5: 2.66, 6: 2.94, 7: 3.2, 8: 3.51, 12: 5.03}
+    assert long_count(one_pass_8, 4, 12, 0.97) == 7
+    assert long_count(one_pass_5, 4, 12, 0.97) == 4
+    assert long_count(one_pass_8, 4, 12, 0.5) == 4             # a proposal accepted half the time: no longer
+    assert long_count({k: 1.0 for k in range(1, 13)}, 4, 12, 0.97) == 12   # free verifies: the top
+    assert long_count({k: 1.0 for k in range(1, 13)}, 4, 12, 1.0) == 12
+    assert long_count({4: 2.0, 5: 2.0 * 6 / 5}, 4, 5, 1.0) == 4   # a tie goes to the smaller count
+    assert long_count(one_pass_8, 4, 4, 0.97) == 4              # top == short

@@ -7,19 +7,22 @@ import torch
 
 from conftest import ALPHA, chi2_pvalue, tiny_llama
 from specdec import SpeculativeDecoder, autoregressive_generate
+from specdec.costmodel import cache as costcache
 from specdec.engine import ngram
 from specdec.engine.ngram import NgramDraft, propose
 from test_decoding import _batch, _exact_two_token_dist
 
 
-def _reference(h: list, k: int, max_n: int, min_n: int) -> list:
+def _reference(h: list, k: int, max_n: int, min_n: int, short=None) -> list:
     """The rule spelled out: the longest suffix (<= max_n) occurring earlier (ending before the last
-    token); its latest such occurrence; the min(n, k) tokens after it."""
+    token); its latest such occurrence; the min(n, k) tokens after it (min(n, k, short) with a short cap
+    and n < max_n)."""
     L = len(h)
     for n in range(min(max_n, L - 1), min_n - 1, -1):
         ends = [j for j in range(n - 1, L - 1) if h[j - n + 1:j + 1] == h[L - n:]]
         if ends:
-            return h[ends[-1] + 1:ends[-1] + 1 + min(n, k)]
+            cap = k if short is None or n >= max_n else min(k, short)
+            return h[ends[-1] + 1:ends[-1] + 1 + min(n, cap)]
     return []
 
 
@@ -44,9 +47,21 @@ def test_propose_equals_the_reference_on_random_histories():
         L, V = int(rng.integers(1, 40)), int(rng.integers(2, 6))
         h = rng.integers(0, V, L)
         k, max_n, min_n = int(rng.integers(0, 9)), int(rng.integers(1, 7)), int(rng.integers(1, 4))
+        short = None if rng.random() < 0.5 else int(rng.integers(1, 5))
         if min_n > max_n:
             continue
-        assert propose(h, k, max_n, min_n).tolist() == _reference(h.tolist(), k, max_n, min_n), (h, k, max_n, min_n)
+        assert propose(h, k, max_n, min_n, short).tolist() == _reference(h.tolist(), k, max_n, min_n, short), \
+            (h, k, max_n, min_n, short)
+
+
+def test_a_row_repeating_itself_drafts_past_the_short_cap():
+    loop = np.array(list(range(1, 14)) * 3 + [1, 2, 3])              # a period-13 loop, 42 tokens
+    assert propose(loop, 12, max_ngram=16, short=4).tolist() == [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 1, 2]  # n = 16
+    assert propose(loop, 12, max_ngram=30, short=4).tolist() == [4, 5, 6, 7]  # n = 29 < max_ngram: short
+    assert propose(loop, 12, max_ngram=16).tolist() == propose(loop, 12, max_ngram=16, short=4).tolist()
+    assert propose(loop[14:], 12, max_ngram=16, short=4).tolist() == [4, 5, 6, 7]  # 28 tokens: n = 15
+    h = np.array([1, 2, 3, 4, 5, 9, 1, 2, 3, 4, 5])                     # n = 5 < 16
+    assert propose(h, 8, short=3).tolist() == [9, 1, 2]
 
 
 def _looping_target():
@@ -163,9 +178,49 @@ def test_one_hot_logits():
     assert torch.softmax(q, -1).tolist() == [[[0, 0, 1, 0], [1, 0, 0, 0]]]
 
 
+def _v(step_at: int, top: int = ngram.LONG_CAP_MAX) -> dict:
+    """Step costs whose verify streams the weights once up to step_at drafted tokens, twice beyond."""
+    return {"c": 0.01, "v": {k: 1 + 0.15 * k + (1.0 if k > step_at else 0.0) for k in range(1, top + 1)}}
+
+
+def test_auto_drafts_more_for_a_row_repeating_itself(tmp_path, monkeypatch):
+    """gamma="auto": AUTO_CAP a round, except where the row's match reached max_ngram; there the count
+    the verify costs pick (7 where 8 rows take one pass of the weights, AUTO_CAP where 5 do), at batch 1
+    only; greedy output equals plain decoding's throughout. Without costs they are measured once and
+    cached."""
+    target = _looping_target()
+    ids, mask = _batch(B=3, P=9, V=16, seed=4)
+    ar = autoregressive_generate(target, ids, mask, max_new_tokens=80)
+    widest = {}
+    for name, costs in (("one pass to 7", {1: _v(7)}), ("one pass to 4", {1: _v(4)})):
+        dec = SpeculativeDecoder(target, "ngram", gamma="auto", costs=costs)
+        assert dec.max_gamma == ngram.LONG_CAP_MAX and dec.gamma == "auto"
+        for B in (1, 3):
+            for r in range(B if B == 1 else 1):
+                out = dec.generate(ids[:B], mask[:B], max_new_tokens=80)
+                assert out.new_tokens == ar.new_tokens[:B], (name, B)
+                drafted = [k for k, n in enumerate(out.stats.gamma_counts) if n]
+                widest[name, B] = max(drafted)
+                assert min(drafted) <= ngram.AUTO_CAP   # short rounds still happen
+    assert widest["one pass to 7", 1] == 7 and widest["one pass to 4", 1] == ngram.AUTO_CAP
+    assert widest["one pass to 7", 3] == ngram.AUTO_CAP                   # batch > 1: every row would pay
+    # no costs: measured once (cache.CachedStepCosts), stored, read back by a new decoder
+    calls = []
+    real = costcache.measure_step_costs
+    monkeypatch.setattr(costcache, "measure_step_costs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(2):
+        dec = SpeculativeDecoder(target, "ngram", gamma="auto", cost_cache=tmp_path)
+        assert dec.generate(ids[:1], mask[:1], max_new_tokens=80).new_tokens == ar.new_tokens[:1]
+    assert len(calls) == 1 and len(list(tmp_path.glob("costs-*.json"))) == 1
+    # max_gamma is the top: 3 caps every round, long or short
+    dec = SpeculativeDecoder(target, "ngram", gamma="auto", max_gamma=3, costs={1: _v(7)})
+    out = dec.generate(ids[:1], mask[:1], max_new_tokens=80)
+    assert out.new_tokens == ar.new_tokens[:1] and len(out.stats.gamma_counts) == 4   # counts 0..3
+
+
 def test_settings_and_refusals(target_model):
-    # auto: the match sizes each round, capped at AUTO_CAP
-    assert SpeculativeDecoder(target_model, "ngram", gamma="auto").max_gamma == ngram.AUTO_CAP
+    # auto: the match sizes each round, AUTO_CAP at most, more for a row repeating itself (up to LONG_CAP_MAX)
+    assert SpeculativeDecoder(target_model, "ngram", gamma="auto").max_gamma == ngram.LONG_CAP_MAX
     with pytest.raises(ValueError, match="gamma"):
         SpeculativeDecoder(target_model, "ngram", gamma=0)
     with pytest.raises(ValueError, match="min_ngram"):

@@ -155,7 +155,7 @@ def test_bench_on_the_pair_with_the_ngram_draft(smollm2, monkeypatch, tmp_path):
     assert {(r["method"], r["gamma"], r["temperature"]) for r in rows} == {
         (m, g, t) for t in (0.0, 1.0) for m, g in (("ar", None), ("sd", 2), ("sd", "auto"), ("hf_assisted", 2))}
     c = meta["costs"]["1"]["c"]
-    assert 0 < c < 1 and set(meta["costs"]["1"]["v"]) == {str(k) for k in range(1, ngram.AUTO_CAP + 1)}  # auto's cap
+    assert 0 < c < 1 and set(meta["costs"]["1"]["v"]) == {str(k) for k in range(1, ngram.LONG_CAP_MAX + 1)}  # auto's top
     for r in rows:
         assert r["error"] is None and r["tokens_per_s"] > 0
         if r["temperature"] == 0 and r["method"] != "ar":

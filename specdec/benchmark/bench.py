@@ -442,7 +442,7 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
     if inputs.draft is None:
         return {}
     costs = _saved_costs(meta["costs"])
-    # gamma auto's round times; the n-gram draft's auto is its match (a fixed cap), nothing to time
+    # gamma auto's round times; the n-gram draft's auto is its match, capped by the step costs' v: nothing to time
     modes = sorted({"greedy" if is_greedy(t) else "sampling" for t in cfg.temperature}) \
         if AUTO in cfg.gamma and not ngram.is_lookup(inputs.draft) else []
     probe = SpeculativeDecoder(inputs.target, inputs.draft, gamma=1, vocab_size=inputs.vocab, impl=cfg.impl,

@@ -154,6 +154,6 @@ class BenchConfig(ProgressBlock, ResumableOutputBlock, EngineBlock):
     @property
     def cost_gammas(self) -> list:
         """The gammas whose verify cost is measured: the fixed ones, and every one auto may choose."""
-        top = ngram.AUTO_CAP if ngram.is_lookup(self.draft) else AutoConfig().max_gamma   # the most auto drafts
+        top = ngram.LONG_CAP_MAX if ngram.is_lookup(self.draft) else AutoConfig().max_gamma   # the most auto drafts
         auto = set(range(1, top + 1)) if AUTO in self.gamma else set()
         return sorted(set(self.fixed_gammas) | auto)

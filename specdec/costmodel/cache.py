@@ -27,7 +27,7 @@ from ..common.cachedir import cache_root
 from ..common.env import device_name
 from ..common.files import write_json_atomic
 from ..engine.runner import kv_cache_of
-from .measure import measure_round_costs
+from .measure import measure_round_costs, measure_step_costs
 from .table import read_entry
 
 SCHEMA = 1
@@ -83,7 +83,8 @@ def cost_key(target, draft, batch_size: int, context: int, sampling: bool, gamma
     import transformers   # heavy: only where a key is built
 
     dev = torch.device(device) if device is not None else target.get_input_embeddings().weight.device
-    return {"schema": SCHEMA, "target": model_fingerprint(target), "draft": model_fingerprint(draft),
+    draft_print = model_fingerprint(draft) if hasattr(draft, "config") else type(draft).__name__   # a lookup: no weights
+    return {"schema": SCHEMA, "target": model_fingerprint(target), "draft": draft_print,
             "batch_size": int(batch_size), "context": int(context), "sampling": bool(sampling),
             "gammas": sorted({int(g) for g in gammas}),
             "impl": [impl, impl] if isinstance(impl, str) else list(impl), "cuda_graphs": bool(cuda_graphs),
@@ -157,3 +158,26 @@ class CachedRoundCosts:
                 known[memo] = self.cache.get(key, lambda: {"round_s": {mode: measure_round_costs(
                     decoder, input_ids, attention_mask, sampling, gammas)}})
         return {B: known[memo]}
+
+
+class CachedStepCosts:
+    """Step costs (measure_step_costs: c and v) per (context bucket, gammas) at batch size 1, from this
+    process's memo, else the cost cache (keyed as round costs, with "measure": "step"), else measured once
+    on the call's first prompt (a few seconds) and stored. What the n-gram lookup's auto prices its long
+    proposals with (policy.LookupAuto)."""
+
+    def __init__(self, folder=None):
+        self.cache = CostCache(folder)
+        self.memo = weakref.WeakKeyDictionary()   # decoder -> {(context, gammas): costs entry}
+        self.lock = threading.RLock()
+
+    def __call__(self, decoder, input_ids, gammas) -> dict:
+        context, gammas = context_bucket(input_ids.shape[1]), sorted({int(g) for g in gammas})
+        memo = (context, tuple(gammas))
+        with self.lock:
+            known = self.memo.setdefault(decoder, {})
+            if memo not in known:
+                key = dict(cost_key(decoder.target, decoder.draft, 1, context, False, gammas, decoder.resolved_impl,
+                                    decoder.cuda_graphs, decoder.device), measure="step")
+                known[memo] = self.cache.get(key, lambda: measure_step_costs(decoder, input_ids[:1], gammas, 1))
+        return known[memo]

@@ -26,8 +26,8 @@ import math
 from dataclasses import dataclass
 
 from ..common.values import check_gamma
-from .cache import CachedRoundCosts
-from .predict import best_draft_count, discounted_counts, linear_round_costs, shrunk_alpha
+from .cache import CachedRoundCosts, CachedStepCosts
+from .predict import best_draft_count, discounted_counts, linear_round_costs, long_count, shrunk_alpha
 from .table import costs_at, read_table, round_costs
 
 
@@ -74,6 +74,18 @@ _COSTS_HINT = ("costs must map a batch size to a costs entry ({}): measure_step_
                "> 0}}}}}}")
 
 
+def _read_costs(costs):
+    if costs is None:
+        return None
+    try:
+        table = read_table(costs)
+        if not table:
+            raise ValueError("no batch size")
+    except ValueError as e:
+        raise ValueError(_COSTS_HINT.format(e)) from None
+    return table
+
+
 class AutoGamma:
     """gamma="auto" (module docstring). costs: batch size -> a costs entry (table.py; e.g. what
     `specdec bench` measured); without them, round costs come from `cache` (a folder; default
@@ -83,14 +95,7 @@ class AutoGamma:
     def __init__(self, config: AutoConfig | None = None, costs: dict | None = None, cache=None):
         self.config = config or AutoConfig()
         self.max_gamma = self.config.max_gamma
-        self.costs = None
-        if costs is not None:
-            try:
-                self.costs = read_table(costs)
-                if not self.costs:
-                    raise ValueError("no batch size")
-            except ValueError as e:
-                raise ValueError(_COSTS_HINT.format(e)) from None
+        self.costs = _read_costs(costs)
         self.source = None if self.costs is not None else CachedRoundCosts(cache)
 
     def start(self, decoder, input_ids, attention_mask, sampling: bool) -> "AutoRounds":
@@ -131,3 +136,49 @@ class AutoRounds:
 
     def select(self, keep: list) -> None:
         self.rows = [self.rows[b] for b in keep]
+
+
+class LookupAuto:
+    """gamma="auto" for the n-gram lookup (engine/ngram.py, "A row that repeats itself"): a row drafts
+    what its match gives, at most `short`, or at most the long count where its match reached the
+    lookup's max_ngram: the k in short..top that predict.long_count picks at per-token acceptance
+    `alpha` from the target's verify costs v at batch size 1 (the handed-over costs' entry when it holds
+    v, else the cost cache's, else measured once on the call's prompt and stored: cache.CachedStepCosts).
+    At batch > 1 the long count is `short`: a round verifies its widest row's count in every row, so one
+    row's loop would make every row pay for it. Counts depend on the costs and on committed tokens only,
+    so the decode stays lossless."""
+
+    def __init__(self, short: int, top: int, alpha: float, costs: dict | None = None, cache=None):
+        self.short, self.alpha = short, alpha
+        self.max_gamma = top
+        self.costs = _read_costs(costs)
+        self.source = CachedStepCosts(cache)
+
+    def long(self, decoder, input_ids) -> int:
+        """The long count for a call whose prompts are input_ids [B, P]."""
+        if input_ids.shape[0] > 1 or self.max_gamma <= self.short:
+            return self.short
+        entry = costs_at(self.costs, 1) if self.costs is not None else None
+        if entry is None or "v" not in entry:
+            entry = self.source(decoder, input_ids, range(self.short, self.max_gamma + 1))
+        return long_count(entry["v"], self.short, self.max_gamma, self.alpha)
+
+    def start(self, decoder, input_ids, attention_mask, sampling: bool) -> "LookupRounds":
+        return LookupRounds(self.short, self.long(decoder, input_ids))
+
+
+class LookupRounds:
+    """One call's counts under LookupAuto: `long` a row (the loop caps it by its match), `short_cap` the
+    most for a row whose match is shorter than max_ngram (read by the n-gram loop)."""
+
+    def __init__(self, short: int, long: int):
+        self.short_cap, self.long = short, long
+
+    def choose(self, caps: list) -> list:
+        return [min(self.long, cap) for cap in caps]
+
+    def observe(self, drafted: list, accepted: list) -> None:
+        pass
+
+    def select(self, keep: list) -> None:
+        pass

@@ -106,6 +106,20 @@ def best_draft_count(alphas: Sequence[float], caps: Sequence[int], cost: Mapping
     return best_k
 
 
+def long_count(v: Mapping, short: int, top: int, alpha: float) -> int:
+    """The n-gram lookup's count for a row repeating itself (engine/ngram.py): k in short..top maximising
+    tau(alpha, k) / v(k), a round's expected tokens at per-token acceptance alpha over its verify's cost
+    (v: {k: target forward over k+1 tokens / one step}, measured at some k; verify_cost between them);
+    ties go to the smaller k. A step in v (a verify wide enough to stream the weights twice) is what it
+    reads, so v is used as measured, not through a fitted line."""
+    best_k, best = short, -1.0
+    for k in range(short, top + 1):
+        rate = expected_tokens_per_step(alpha, k) / verify_cost(v, k)
+        if rate > best * (1 + 1e-9):
+            best_k, best = k, rate
+    return best_k
+
+
 def shrunk_alpha(accepted: float, rejected: float, prior: float, strength: float) -> float:
     """Posterior mean of alpha under a Beta prior of mean `prior` worth `strength` observations:
     (accepted + strength prior) / (accepted + rejected + strength). accepted / rejected are counts of

@@ -47,7 +47,7 @@ import torch
 
 from ..common.values import BadType, check_gamma, check_int, check_lenience
 from ..costmodel import AUTO
-from ..costmodel.policy import AutoConfig, AutoGamma, FixedGamma
+from ..costmodel.policy import AutoConfig, AutoGamma, FixedGamma, LookupAuto
 from . import features, ngram
 from .devices import input_device, logit_width
 from .params import (SamplingParams, check_cache_memory, check_context, check_engine, check_logits_flag,
@@ -251,7 +251,8 @@ class SpeculativeDecoder:
     """Batched, lossless speculative decoding of `target` with `draft` (two HF causal LMs sharing a
     tokenizer; or draft="ngram" / "ngram:STORE" / an ngram.NgramDraft: proposals looked up in each row's
     own tokens (then in the store, where one is given), no model; gamma is then the most a round drafts
-    a row, "auto" ngram.AUTO_CAP). Greedy output equals plain greedy decoding of the target token for
+    a row, "auto" ngram.AUTO_CAP, or more for a row repeating itself: costmodel.policy.LookupAuto, whose
+    top is max_gamma, default ngram.LONG_CAP_MAX, priced by `costs` or the cost cache). Greedy output equals plain greedy decoding of the target token for
     token; sampled output is distributed exactly as the target's (after the same temperature / top-k /
     top-p), unless a lossy `lenience` ("lin", "sq", "exp" with lenience_eps in (0, 1]) is asked for.
 
@@ -289,13 +290,14 @@ class SpeculativeDecoder:
         if cost_cache is not None and not isinstance(cost_cache, (str, os.PathLike)):
             raise BadType(f"cost_cache must be a folder path or None, got {type(cost_cache).__name__}")
         if self.ngram is not None and not hasattr(gamma, "start") and check_gamma(gamma, "gamma") == AUTO:
-            # the match sizes every round already: costs, cost_cache and auto have nothing to choose, unused
-            self.policy = FixedGamma(ngram.AUTO_CAP if max_gamma is None else check_int(max_gamma, "max_gamma", 1))
+            # the match sizes every round; costs (v) size a row that repeats itself (ngram.py); auto is unused
+            top = ngram.LONG_CAP_MAX if max_gamma is None else check_int(max_gamma, "max_gamma", 1)
+            self.policy = LookupAuto(min(ngram.AUTO_CAP, top), top, ngram.LONG_ALPHA, costs, cost_cache)
         else:
             self.policy = _policy_of(gamma, max_gamma, costs, cost_cache, auto)
         self.verifier = verify if verifier is None else verifier
         self.gamma = (self.policy.gamma if isinstance(self.policy, FixedGamma)
-                      else AUTO if isinstance(self.policy, AutoGamma) else gamma)
+                      else AUTO if isinstance(self.policy, (AutoGamma, LookupAuto)) else gamma)
         lenience, lenience_eps = check_lenience(lenience, lenience_eps)
         check_engine(impl, cuda_graphs, backend)
         self.target, self.draft = target, draft
@@ -624,12 +626,13 @@ class _NgramCall(_Call):
     def plan(self, n_row: list) -> list:
         t0 = self.clock.start("draft")
         self.proposals = []
+        short = getattr(self.counts, "short_cap", None)   # gamma="auto" (LookupRounds): a row not repeating itself
         for b, r in enumerate(self.rows.live):
             out, have = self.rows.out[r], self.filled[r] - self.prompt_len[r]
             if len(out) > have:   # what the last round emitted
                 self.hist[r, self.filled[r]:self.prompt_len[r] + len(out)] = out[have:]
                 self.filled[r] = self.prompt_len[r] + len(out)
-            self.proposals.append(self.dec.ngram.propose(self.hist[r, :self.filled[r]], n_row[b]))
+            self.proposals.append(self.dec.ngram.propose(self.hist[r, :self.filled[r]], n_row[b], short))
         self.clock.stop("draft", t0)
         return [len(d) for d in self.proposals]
 

@@ -15,6 +15,16 @@ without a model"), at 128 tokens on gguf-q8a: count = min(n, cap) against a fixe
 came within 0.3 % / 1.4 % (128 / 256 tokens) of the best cap there, and within 0.6 % of the best or the
 best on gguf, whose v is steeper.
 
+A row that repeats itself: under gamma="auto" a match shorter than max_ngram drafts at most AUTO_CAP, and
+one that reached max_ngram (16 tokens seen before, in order: the row is copying itself) drafts up to the
+decoder's long cap, which costmodel.policy.LookupAuto chooses from the target's measured verify costs v(k)
+(predict.long_count). Why: on SmolLM2's greedy answers to 39 Spec-Bench first turns at 1024
+tokens (gguf-q8a), such proposals were accepted 97-99 % of the time token by token (rounds with a shorter
+match: 32-54 %), so their count is worth raising where one more verified token is cheap; on the Xeon's
+AVX-512 kernels a verify of up to 8 rows streams the weights once (v(7) 2.04 against v(8) 2.61), on the
+float-activation path 5 rows do (v(5) 2.66 against v(4) 1.98), so the cap is measured, not fixed.
+Replayed there: 2.00x -> 2.14x predicted (bench/RESULTS.md, "A row that repeats itself").
+
 Lossless: the proposal is a deterministic function of tokens already committed, so the distribution it
 was "sampled" from is one-hot at the proposed token (q = 1 there): the rejection test accepts it with
 probability p(x), and a rejection samples from norm(max(p - q, 0)), p without x. `one_hot_logits` is
@@ -57,7 +67,9 @@ from ..common.values import check_int
 # One source of truth for the defaults (the CLI's `--draft ngram` and the API's NgramDraft()).
 MIN_NGRAM = 2
 MAX_NGRAM = 16
-AUTO_CAP = 4     # gamma="auto": the match sizes every round, capped here (the replays above: the robust cap)
+AUTO_CAP = 4     # gamma="auto": the match sizes every round, capped here (the replays above: the robust cap)...
+LONG_CAP_MAX = 12   # ... except for a row repeating itself (its match reached max_ngram): up to this many,
+LONG_ALPHA = 0.97   # priced at this per-token acceptance (costmodel.policy.LookupAuto; "A row that repeats itself")
 NAME = "ngram"   # what `--draft` / SpeculativeDecoder(draft=...) take for this draft; "ngram:FILE" with a store
 STORE_NS = (2, 3, 4, 5, 6)   # the store's context lengths (longest first at a query)
 STORE_MIN_COUNT = 3          # a context is kept when it was followed by a token at least this often
@@ -69,7 +81,8 @@ STORE_FORMAT = 1
 class NgramDraft:
     """The n-gram lookup draft's settings: pass one as SpeculativeDecoder's `draft` (or the string "ngram"
     for the defaults). A round drafts at most the decoder's gamma tokens a row: an int, or "auto" for
-    AUTO_CAP (the count is chosen every round by the match already; there is no draft step to cost)."""
+    AUTO_CAP, or more for a row repeating itself (module docstring; the count is chosen every round by
+    the match already; there is no draft step to cost)."""
     min_ngram: int = MIN_NGRAM
     max_ngram: int = MAX_NGRAM
     store: "NgramStore | None" = field(default=None, compare=False)   # asked where the row's tokens give nothing
@@ -78,11 +91,12 @@ class NgramDraft:
         check_int(self.min_ngram, "min_ngram", 1)
         check_int(self.max_ngram, "max_ngram", self.min_ngram)
 
-    def propose(self, history: np.ndarray, k: int) -> np.ndarray:
-        d = propose(history, k, self.max_ngram, self.min_ngram)
+    def propose(self, history: np.ndarray, k: int, short: int | None = None) -> np.ndarray:
+        """At most k tokens; with `short`, at most short unless the row's match reached max_ngram."""
+        d = propose(history, k, self.max_ngram, self.min_ngram, short)
         if d.size or self.store is None or k <= 0:
             return d
-        return self.store.propose(history, k)
+        return self.store.propose(history, k if short is None else min(k, short))
 
     def describe(self) -> str:
         store = f", store {self.store.describe()}" if self.store is not None else ""
@@ -129,15 +143,19 @@ def match(history: np.ndarray, max_ngram: int = MAX_NGRAM) -> tuple[int, int]:
     return (n, int(ends[-1])) if ends.size else (0, -1)
 
 
-def propose(history: np.ndarray, k: int, max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM) -> np.ndarray:
+def propose(history: np.ndarray, k: int, max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM,
+            short: int | None = None) -> np.ndarray:
     """history [L] int64 (the row's tokens, last = the pending token) -> the proposal [<= k] (module
     docstring): the tokens after the latest earlier occurrence of the longest matching suffix, min(n, k)
-    of them; empty without a match of at least min_ngram tokens."""
+    of them (min(n, k, short) when `short` is given and n < max_ngram); empty without a match of at least
+    min_ngram tokens."""
     if k <= 0:
         return history[:0]
     n, j = match(history, max_ngram)
     if n < max(min_ngram, 1):
         return history[:0]
+    if short is not None and n < max_ngram:
+        k = min(k, short)
     return history[j + 1:j + 1 + min(n, k)]
 
 
