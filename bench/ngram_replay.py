@@ -14,7 +14,9 @@ out: the loop's own overhead a round (~0.1-0.3 ms on SmolLM2, bench/RESULTS.md) 
 context. Rules: the engine's (count = min(match length, cap), at least min_ngram matched) for each
 min_ngram and cap, and the alternative "fixed" (count = cap whenever a match is found); with --store FILE
 also "store" (the engine's rule, then the n-gram store where the row's tokens give nothing: `--draft
-ngram:FILE`).
+ngram:FILE`); and "auto", gamma="auto" at batch 1 (with the store where one is given): cap AUTO_CAP,
+except a match of max_ngram tokens (a row repeating itself), capped at the long count the measured v
+picks (predict.long_count; reported as the row's "cap").
 """
 from __future__ import annotations
 
@@ -36,12 +38,13 @@ from specdec import SpeculativeDecoder, autoregressive_generate  # noqa: E402
 from specdec.common.env import environment  # noqa: E402
 from specdec.common.files import write_json_atomic  # noqa: E402
 from specdec.costmodel.measure import measure_step_costs  # noqa: E402
-from specdec.costmodel.predict import verify_cost  # noqa: E402
+from specdec.costmodel.predict import long_count, verify_cost  # noqa: E402
 from specdec.data.prompts import load_prompts  # noqa: E402
 from specdec.engine import ngram  # noqa: E402
 from specdec.models import load_pair  # noqa: E402
 
 CAPS = (1, 2, 3, 4, 6, 8)
+LONG = tuple(range(ngram.AUTO_CAP, ngram.LONG_CAP_MAX + 1))   # the counts gamma="auto" may give a long match
 
 
 def fixed_count(history: np.ndarray, k: int, max_ngram: int, min_ngram: int) -> np.ndarray:
@@ -86,8 +89,8 @@ def main(argv=None) -> int:
     target, _, tok, vocab = load_pair(args.target, ngram.NAME, quantize=quantize)
     prompts, _ = load_prompts(args.prompts, tok, args.num_prompts, "auto")
     ids = [tok(p["prompt"], add_special_tokens=False).input_ids for p in prompts]
-    dec = SpeculativeDecoder(target, ngram.NAME, gamma=max(CAPS), vocab_size=vocab)
-    costs = measure_step_costs(dec, torch.tensor([ids[0]]), list(CAPS), 1)
+    dec = SpeculativeDecoder(target, ngram.NAME, gamma=max(CAPS + LONG), vocab_size=vocab)
+    costs = measure_step_costs(dec, torch.tensor([ids[0]]), sorted(set(CAPS) | set(LONG)), 1)
     v, c = {int(k): x for k, x in costs["v"].items()}, costs["c"]
     t0, rows = time.perf_counter(), []
     for p in ids:
@@ -98,14 +101,16 @@ def main(argv=None) -> int:
     cats = [p["category"] for p in prompts]
     out = {"command": " ".join(sys.argv), "env": environment(), "costs": {"c": c, "v": v,
            "target_step_s": costs["target_step_s"]}, "prompts": len(ids), "decode_s": decode_s, "replays": []}
+    store = ngram.NgramStore.load(args.store) if args.store else None
+    long = long_count(v, ngram.AUTO_CAP, ngram.LONG_CAP_MAX, ngram.LONG_ALPHA)
     for n in lengths:
         rules = [("match", ngram.propose), ("fixed", fixed_count)]
-        if args.store:
-            store = ngram.NgramStore.load(args.store)
+        if store is not None:
             rules.append(("store", lambda h, k, mx, mn: ngram.NgramDraft(mn, mx, store).propose(h, k)))
+        rules.append(("auto", lambda h, k, mx, mn: ngram.NgramDraft(mn, mx, store).propose(h, k, ngram.AUTO_CAP)))
         for rule_name, rule in rules:
             for min_ngram in (1, 2, 3):
-                for cap in CAPS:
+                for cap in ((long,) if rule_name == "auto" else CAPS):
                     r = replay(rows, rule, cap, min_ngram, v, c, n)
                     per = collections.defaultdict(list)
                     for row, cat in zip(rows, cats):
@@ -119,6 +124,10 @@ def main(argv=None) -> int:
         print(f"{n} tokens: the engine's defaults (min_ngram {ngram.MIN_NGRAM}, cap {ngram.AUTO_CAP}) "
               f"{eng['predicted_speedup']:.3f}x, {eng['tokens_per_round']:.2f} tokens a round; best: {best['rule']} "
               f"min_ngram {best['min_ngram']} cap {best['cap']} {best['predicted_speedup']:.3f}x")
+        au = next(r for r in out["replays"] if r["new_tokens"] == n and r["rule"] == "auto"
+                  and r["min_ngram"] == ngram.MIN_NGRAM)
+        print(f"  gamma auto (a row repeating itself drafts up to {long}): {au['predicted_speedup']:.3f}x, "
+              f"{au['tokens_per_round']:.2f} tokens a round")
         if args.store:
             st = next(r for r in out["replays"] if r["new_tokens"] == n and r["rule"] == "store"
                       and r["min_ngram"] == ngram.MIN_NGRAM and r["cap"] == ngram.AUTO_CAP)

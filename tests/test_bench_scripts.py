@@ -78,12 +78,14 @@ def test_kv_cache_ab_times_both_caches_beside_their_floor(tmp_path, monkeypatch)
 def test_ngram_replay_predicts_the_engines_rounds(tmp_path, monkeypatch):
     """bench/ngram_replay.py on the bundled target: its replay of the engine's rule makes exactly the
     rounds the decoder makes (same target calls over the same prompts), for every min_ngram and cap, with
-    and without an n-gram store (one of the target's own answers: its proposals are accepted)."""
+    and without an n-gram store (one of the target's own answers: its proposals are accepted), and
+    gamma="auto"'s rule priced by the same v."""
     import torch
     from specdec import SpeculativeDecoder, autoregressive_generate
     from specdec.data.prompts import load_prompts
     from specdec.engine.ngram import NgramDraft, NgramStore
     from specdec.models import bundled_pair, load_pair
+    from specdec.engine import ngram
     m = bench_script("ngram_replay", monkeypatch)
     out, store_file = tmp_path / "replay.json", tmp_path / "store.npz"
     target_dir = str(bundled_pair()[0])
@@ -96,14 +98,19 @@ def test_ngram_replay_predicts_the_engines_rounds(tmp_path, monkeypatch):
                    "--max-new-tokens", "12,24", "--store", str(store_file), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     replays = {(r["new_tokens"], r["rule"], r["min_ngram"], r["cap"]): r for r in res["replays"]}
-    assert len(replays) == 2 * 3 * 3 * len(m.CAPS) and set(res["costs"]["v"]) == {str(c) for c in m.CAPS}
+    assert len(replays) == 2 * 3 * (3 * len(m.CAPS) + 1)
+    assert set(res["costs"]["v"]) == {str(c) for c in set(m.CAPS) | set(m.LONG)}
     store = NgramStore.load(store_file)
+    long = {r["cap"] for r in res["replays"] if r["rule"] == "auto"}
+    assert len(long) == 1 and ngram.AUTO_CAP <= min(long) <= ngram.LONG_CAP_MAX
+    costs = {1: {"c": res["costs"]["c"], "v": {int(k): x for k, x in res["costs"]["v"].items()}}}
     drafted = {}
-    for rule in ("match", "store"):
+    for rule, caps in (("match", (2, 8)), ("store", (2, 8)), ("auto", long)):
         for min_ngram in (1, 2, 3):
-            for cap in (2, 8):
-                draft = NgramDraft(min_ngram=min_ngram, store=store if rule == "store" else None)
-                dec = SpeculativeDecoder(target, draft, gamma=cap, vocab_size=vocab)
+            for cap in caps:
+                draft = NgramDraft(min_ngram=min_ngram, store=store if rule != "match" else None)
+                dec = SpeculativeDecoder(target, draft, gamma="auto" if rule == "auto" else cap, vocab_size=vocab,
+                                         costs=costs if rule == "auto" else None)
                 calls = tokens = 0
                 for i in ids:
                     st = dec.generate(i, max_new_tokens=24, eos_token_id=tok.eos_token_id).stats
