@@ -3,8 +3,9 @@
   predict.py   the speedup model and the math auto chooses by (pure: numbers in, numbers out)
   table.py     the cost table: entries of step costs and round times, read back and checked
   measure.py   step and round costs, timed on a decoder it is handed (it never imports the engine)
-  cache.py     round costs on disk, keyed by everything they depend on
-  policy.py    draft-count policies: FixedGamma, AutoGamma (AutoConfig), the loop's protocol
+  cache.py     round and step costs on disk, keyed by everything they depend on
+  policy.py    draft-count policies: FixedGamma, AutoGamma (AutoConfig), LookupAuto (the n-gram lookup's
+               auto), the loop's protocol
 The engine imports this package, never the other way round. Names are imported on first use (PEP 562),
 so the pure parts (predict, table) load without torch.
 """
@@ -15,13 +16,13 @@ AUTO = "auto"   # gamma="auto": each round's draft count is AutoGamma's choice
 _EXPORTS = {
     **dict.fromkeys(("expected_tokens_per_step", "predicted_speedup", "predicted_speedup_mix", "verify_cost",
                      "best_draft_count", "linear_round_costs", "round_cost", "robust_line", "shrunk_alpha",
-                     "discounted_counts"), "predict"),
+                     "discounted_counts", "long_count"), "predict"),
     **dict.fromkeys(("read_entry", "read_table", "round_costs", "costs_at"), "table"),
     **dict.fromkeys(("measure_step_costs", "measure_round_costs", "CycleGammas", "interleaved_medians", "sync"),
                     "measure"),
-    **dict.fromkeys(("CostCache", "CachedRoundCosts", "cost_key", "context_bucket", "default_cache_dir",
+    **dict.fromkeys(("CostCache", "CachedRoundCosts", "CachedStepCosts", "cost_key", "context_bucket", "default_cache_dir",
                      "engine_sources"), "cache"),
-    **dict.fromkeys(("FixedGamma", "AutoGamma", "AutoConfig"), "policy"),
+    **dict.fromkeys(("FixedGamma", "AutoGamma", "AutoConfig", "LookupAuto"), "policy"),
 }
 __all__ = ["AUTO", *_EXPORTS]
 

@@ -7,8 +7,9 @@ The decode loop asks its policy once per generate call for that call's state (`s
   select(keep)                 the batch indices of the rows still live
 `max_gamma` is the widest round a policy may ask for (the caches keep room for it). A round's counts may
 depend on earlier rounds' verdicts only, never on its own: that keeps the decode lossless whatever the
-policy. Policies: FixedGamma (gamma every round), AutoGamma (gamma="auto", below), and
-measure.CycleGammas (every count in turn, for timing rounds).
+policy. Policies: FixedGamma (gamma every round), AutoGamma (gamma="auto", below), LookupAuto
+(gamma="auto" for the n-gram lookup draft: its match sizes each row's count) and measure.CycleGammas
+(every count in turn, for timing rounds).
 
 gamma="auto": before each round, K = argmax_k sum_r tau(alpha_r, min(k, cap_r)) / cost(k)
 (predict.best_draft_count) over k in 1..max_gamma, from each live row's running acceptance estimate
@@ -167,18 +168,10 @@ class LookupAuto:
         return LookupRounds(self.short, self.long(decoder, input_ids))
 
 
-class LookupRounds:
-    """One call's counts under LookupAuto: `long` a row (the loop caps it by its match), `short_cap` the
-    most for a row whose match is shorter than max_ngram (read by the n-gram loop)."""
+class LookupRounds(FixedGamma):
+    """One call's counts under LookupAuto: `gamma` (the long count) a row, which the loop caps by its
+    match, and `short_cap` for a row whose match is shorter than max_ngram (read by the n-gram loop)."""
 
     def __init__(self, short: int, long: int):
-        self.short_cap, self.long = short, long
-
-    def choose(self, caps: list) -> list:
-        return [min(self.long, cap) for cap in caps]
-
-    def observe(self, drafted: list, accepted: list) -> None:
-        pass
-
-    def select(self, keep: list) -> None:
-        pass
+        super().__init__(long)
+        self.short_cap = short
