@@ -212,6 +212,11 @@ def test_auto_drafts_more_for_a_row_repeating_itself(tmp_path, monkeypatch):
         dec = SpeculativeDecoder(target, "ngram", gamma="auto", cost_cache=tmp_path)
         assert dec.generate(ids[:1], mask[:1], max_new_tokens=80).new_tokens == ar.new_tokens[:1]
     assert len(calls) == 1 and len(list(tmp_path.glob("costs-*.json"))) == 1
+    # handed-over costs without v at every count it chooses from (a run resumed from v(1..4)): measured
+    calls.clear()
+    partial = {1: {"c": 0.01, "v": {k: x for k, x in _v(7)["v"].items() if k <= ngram.AUTO_CAP}}}
+    dec = SpeculativeDecoder(target, "ngram", gamma="auto", costs=partial, cost_cache=tmp_path / "other")
+    assert dec.generate(ids[:1], mask[:1], max_new_tokens=80).new_tokens == ar.new_tokens[:1] and len(calls) == 1
     # max_gamma is the top: 3 caps every round, long or short
     dec = SpeculativeDecoder(target, "ngram", gamma="auto", max_gamma=3, costs={1: _v(7)})
     out = dec.generate(ids[:1], mask[:1], max_new_tokens=80)
