@@ -667,8 +667,8 @@ def test_qgemm_bench_runs_and_reports_against_the_bandwidth(tmp_path, monkeypatc
 @pytest.mark.parametrize("pair", ["q8_pair", "q8a_pair", "kv16_pair"])
 def test_the_portable_build_computes_the_same_logits(pair, request, monkeypatch):
     """A build without AVX2 (QGEMM_PORTABLE: the scalar GEMM, per-column attention sums, the scalar
-    float16 conversions) gives the vector build's logits bit for bit: the order is the code's, not the
-    instruction set's."""
+    float16 conversions), and one with AVX2 but without AVX-512, give the vector build's logits bit for
+    bit: the order is the code's, not the instruction set's."""
     target, _ = request.getfixturevalue(pair)
     ids = torch.randint(3, 64, (3, 21), generator=torch.Generator().manual_seed(2))
     valid, pos = torch.ones_like(ids, dtype=torch.bool), torch.arange(21).expand(3, -1)
@@ -681,6 +681,15 @@ def test_the_portable_build_computes_the_same_logits(pair, request, monkeypatch)
 
     vector = logits()
     flag_sets = native.FLAG_SETS
+    if "avx512f" in native.cpu_flags().split():
+        # built with AVX-512 here (two columns a register in the GEMM, the attention's AVX-512 tiles, 8-row
+        # Q8-activation tiles): an AVX2-only build must give the same bits
+        monkeypatch.setattr(native, "FLAG_SETS", tuple(f + ("-mno-avx512f",) for f in flag_sets[:1]))
+        monkeypatch.setattr(qkernels, "_lib", None)
+        assert qkernels.library().qgemm_simd() == 8 and qkernels.library().qgemm_int_dot() == 1
+        assert torch.equal(logits(), vector)
+        monkeypatch.setattr(native, "FLAG_SETS", flag_sets)
+        monkeypatch.setattr(qkernels, "_lib", None)
     if pair != "q8_pair" and qkernels.library().qgemm_int_dot() == 2:
         # built with AVX512-VNNI here (vpdpbusd): the maddubs + madd build must give the same bits too
         monkeypatch.setattr(native, "FLAG_SETS", tuple(f + ("-mno-avx512vnni",) for f in flag_sets[:1]))
