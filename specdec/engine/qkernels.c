@@ -40,7 +40,13 @@
 #define KIND_Q4_1 0
 #define KIND_Q8_0 1
 #define ABI_VERSION 6
-#define MAX_TILE_ROWS 5   /* rows a tile computes at once (see ALL_TILES) */
+/* rows a float-activation tile computes at once (see ALL_TILES): 8 with AVX-512's pairs, else 5 */
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(QGEMM_PORTABLE) && \
+    defined(__AVX512F__) && defined(__AVX512DQ__)
+#define MAX_TILE_ROWS 8
+#else
+#define MAX_TILE_ROWS 5
+#endif
 
 int qgemm_abi_version(void) { return ABI_VERSION; }
 int qgemm_simd(void) { return QGEMM_AVX2 ? 8 : 0; }   /* lanes of the vector path, 0 = portable */
@@ -199,7 +205,7 @@ static inline __attribute__((always_inline)) void tile(
         int64_t nb, const int MT, const int NT, int accumulate) {
     const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES;
     __m256 acc[MAX_TILE_ROWS][8];
-#pragma GCC unroll 5
+#pragma GCC unroll 8
     for (int i = 0; i < MT; i++)
 #pragma GCC unroll 8
         for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
@@ -218,12 +224,12 @@ static inline __attribute__((always_inline)) void tile(
             else decode_q8_0(w + j * ldw + b * bs, wv);
 #pragma GCC unroll 4
             for (int g = 0; g < 4; g++)
-#pragma GCC unroll 5
+#pragma GCC unroll 8
                 for (int i = 0; i < MT; i++)
                     acc[i][j] = _mm256_fmadd_ps(wv[g], _mm256_loadu_ps(x + i * ldx + b * QK + 8 * g), acc[i][j]);
         }
     }
-#pragma GCC unroll 5
+#pragma GCC unroll 8
     for (int i = 0; i < MT; i++)
 #pragma GCC unroll 8
         for (int j = 0; j < NT; j++) {
@@ -271,7 +277,7 @@ static inline __attribute__((always_inline)) void tile2(
         int64_t nb, const int MT, const int NP, int accumulate) {
     const int64_t bs = kind == KIND_Q4_1 ? Q4_1_BYTES : Q8_0_BYTES;
     __m512 acc[MAX_TILE_ROWS][4];
-#pragma GCC unroll 5
+#pragma GCC unroll 8
     for (int i = 0; i < MT; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < NP; j++) acc[i][j] = _mm512_setzero_ps();
@@ -288,13 +294,13 @@ static inline __attribute__((always_inline)) void tile2(
             decode2(kind, c0, c1, wv);
 #pragma GCC unroll 4
             for (int g = 0; g < 4; g++)
-#pragma GCC unroll 5
+#pragma GCC unroll 8
                 for (int i = 0; i < MT; i++)
                     acc[i][j] = _mm512_fmadd_ps(wv[g], _mm512_broadcast_f32x8(_mm256_loadu_ps(x + i * ldx + b * QK + 8 * g)),
                                                 acc[i][j]);
         }
     }
-#pragma GCC unroll 5
+#pragma GCC unroll 8
     for (int i = 0; i < MT; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < NP; j++) {
@@ -326,12 +332,14 @@ static inline __attribute__((always_inline)) void tile2(
     }
 /* rows per tile -> columns per tile: 8-10 accumulators (at least 8 independent FMA chains to cover
  * the FMA latency on two pipes; at most 10 so that they, a block's decoded weights and the constants
- * fit AVX2's 16 registers). With AVX-512 (GEMM_PAIRS) the tiles of 2-5 rows hold two columns a register
- * (4, 3, 2, 2 registers a row: 8, 6, 4, 4 columns a tile); one row keeps the 8-lane tile, which measured
- * faster there (0.92x its step with pairs: one row is bound by decoding, not by the products). */
+ * fit AVX2's 16 registers). With AVX-512 (GEMM_PAIRS) the tiles of 2-8 rows hold two columns a register
+ * (4, 3, 2, 2, then 2 registers a row: 8, 6, 4 columns a tile; 8 rows x 2 = 16 of the 32 registers), so a
+ * verify of up to 8 tokens decodes each block once; one row keeps the 8-lane tile, which measured faster
+ * there (0.92x its step with pairs: one row is bound by decoding, not by the products). */
 #if GEMM_PAIRS
 #define ALL_TILES(KIND) COLUMNS(KIND, 1, 8) COLUMNS2(KIND, 2, 8) COLUMNS2(KIND, 3, 6) \
-                        COLUMNS2(KIND, 4, 4) COLUMNS2(KIND, 5, 4)
+                        COLUMNS2(KIND, 4, 4) COLUMNS2(KIND, 5, 4) COLUMNS2(KIND, 6, 4) \
+                        COLUMNS2(KIND, 7, 4) COLUMNS2(KIND, 8, 4)
 #else
 #define ALL_TILES(KIND) COLUMNS(KIND, 1, 8) COLUMNS(KIND, 2, 4) COLUMNS(KIND, 3, 3) \
                         COLUMNS(KIND, 4, 2) COLUMNS(KIND, 5, 2)
@@ -342,8 +350,13 @@ ALL_TILES(1)
 typedef void (*columns_fn)(const float *, int64_t, const uint8_t *, int64_t, float *, int64_t,
                            int64_t, int64_t, int64_t, int);
 static const columns_fn COLUMN_FNS[2][MAX_TILE_ROWS + 1] = {
+#if GEMM_PAIRS
+    {0, columns_0_1, columns_0_2, columns_0_3, columns_0_4, columns_0_5, columns_0_6, columns_0_7, columns_0_8},
+    {0, columns_1_1, columns_1_2, columns_1_3, columns_1_4, columns_1_5, columns_1_6, columns_1_7, columns_1_8},
+#else
     {0, columns_0_1, columns_0_2, columns_0_3, columns_0_4, columns_0_5},
     {0, columns_1_1, columns_1_2, columns_1_3, columns_1_4, columns_1_5},
+#endif
 };
 
 /* 24 columns (a multiple of every tile width) at a time, every row chunk over them while their blocks are in
@@ -356,7 +369,7 @@ static void gemm_avx2(int kind, const float *x, int64_t ldx, const uint8_t *w, i
     for (int64_t n0 = 0; n0 < N; n0 += COLUMN_BLOCK) {
         const int64_t n1 = n0 + COLUMN_BLOCK < N ? n0 + COLUMN_BLOCK : N;
         int64_t mt;
-        for (int64_t m0 = 0; m0 < M; m0 += mt) {     /* chunks of 5 rows; the last two balanced (6 = 3 + 3) */
+        for (int64_t m0 = 0; m0 < M; m0 += mt) {     /* chunks of MAX_TILE_ROWS rows; the last two balanced (6 = 3 + 3 at 5) */
             const int64_t left = M - m0;
             mt = left <= MAX_TILE_ROWS ? left : (left < 2 * MAX_TILE_ROWS ? (left + 1) / 2 : MAX_TILE_ROWS);
             COLUMN_FNS[kind][mt](x + m0 * ldx, ldx, w, ldw, y + m0 * ldy, ldy, n0, n1, nb, accumulate);
