@@ -41,8 +41,7 @@
 #define KIND_Q8_0 1
 #define ABI_VERSION 6
 /* rows a float-activation tile computes at once (see ALL_TILES): 8 with AVX-512's pairs, else 5 */
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(QGEMM_PORTABLE) && \
-    defined(__AVX512F__) && defined(__AVX512DQ__)
+#if QGEMM_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)   /* = GEMM_PAIRS below */
 #define MAX_TILE_ROWS 8
 #else
 #define MAX_TILE_ROWS 5
