@@ -2,12 +2,11 @@
 and one model's step at a fixed context (StepTimer: what step costs are made of)."""
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
-from ..costmodel.measure import sync
+from ..costmodel.measure import interleaved_medians as job_medians, sync
 from .devices import input_device
 from .runner import ModelRunner
 from .stats import DecodeStats
@@ -98,11 +97,8 @@ class StepTimer:
 
 def interleaved_medians(timers: dict, tokens, iters: int, warmup: int = 2) -> dict:
     """{(name, S): median seconds} of `timers` (name -> StepTimer) stepped in turn, S in `tokens` each, `iters`
-    times, the first `warmup` rounds dropped: every model sees the same machine load, and none keeps its
-    weights in the last-level cache between its own steps (the A/B scripts in bench/)."""
-    times = {(n, S): [] for n in timers for S in tokens}
-    for _ in range(iters):
-        for n, t in timers.items():
-            for S in tokens:
-                times[(n, S)].append(t.step(S))
-    return {k: statistics.median(v[warmup:]) for k, v in times.items()}
+    rounds, the first `warmup` of them dropped: costmodel.measure.interleaved_medians over those steps (every
+    model sees the same machine load, in alternating order, and none keeps its weights in the last-level
+    cache between its own steps; the A/B scripts in bench/)."""
+    jobs = {(n, S): (lambda t, S: lambda: t.step(S))(t, S) for n, t in timers.items() for S in tokens}
+    return job_medians(jobs, iters - warmup, warmup)
