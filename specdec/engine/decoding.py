@@ -253,8 +253,9 @@ class SpeculativeDecoder:
     own tokens (then in the store, where one is given), no model; gamma is then the most a round drafts
     a row, "auto" ngram.AUTO_CAP, or more for a row repeating itself: costmodel.policy.LookupAuto, whose
     top is max_gamma, default ngram.LONG_CAP_MAX, priced by `costs` or the cost cache). Greedy output
-    equals plain greedy decoding of the target token for token; sampled output is distributed exactly as the target's (after the same temperature / top-k /
-    top-p), unless a lossy `lenience` ("lin", "sq", "exp" with lenience_eps in (0, 1]) is asked for.
+    equals plain greedy decoding of the target token for token; sampled output is distributed exactly as
+    the target's (after the same temperature / top-k / top-p), unless a lossy `lenience` ("lin", "sq",
+    "exp" with lenience_eps in (0, 1]) is asked for.
 
     gamma: the draft-count policy: draft tokens per round (an int: FixedGamma), "auto" (AutoGamma: each
     round's count from the cost model, specdec/costmodel/policy.py), or any policy object

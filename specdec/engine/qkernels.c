@@ -41,7 +41,15 @@
 #define KIND_Q8_0 1
 #define ABI_VERSION 6
 /* rows a float-activation tile computes at once (see ALL_TILES): 8 with AVX-512's pairs, else 5 */
-#if QGEMM_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)   /* = GEMM_PAIRS below */
+/* AVX-512 F + DQ: 8-lane vectors two to a 512-bit register (the float GEMM's column pairs, the attention):
+ * the same lanes, sums and order as the AVX2 code, so the same bits (tested against the portable build) */
+#if QGEMM_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
+#define QGEMM_AVX512 1
+#else
+#define QGEMM_AVX512 0
+#endif
+
+#if QGEMM_AVX512
 #define MAX_TILE_ROWS 8
 #else
 #define MAX_TILE_ROWS 5
@@ -237,8 +245,7 @@ static inline __attribute__((always_inline)) void tile(
         }
 }
 
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-#define GEMM_PAIRS 1
+#if QGEMM_AVX512
 /* AVX-512: two columns side by side in one 512-bit register (column c in the low 8 lanes, c + 1 in the
  * high 8): each block decoded and each product accumulated by the same per-lane operations as the 8-lane
  * tile above, so the same bits (tested against the portable build), at half the instructions. */
@@ -318,8 +325,6 @@ static inline __attribute__((always_inline)) void tile2(
         for (; n + NT <= n1; n += NT) tile2(KIND, x, ldx, w + n * ldw, ldw, y + n, ldy, nb, MT, NT / 2, accumulate); \
         for (; n < n1; n++) tile(KIND, x, ldx, w + n * ldw, ldw, y + n, ldy, nb, MT, 1, accumulate);  \
     }
-#else
-#define GEMM_PAIRS 0
 #endif
 #define COLUMNS(KIND, MT, NT)                                                                          \
     static void columns_##KIND##_##MT(const float *x, int64_t ldx, const uint8_t *w, int64_t ldw,    \
@@ -331,11 +336,11 @@ static inline __attribute__((always_inline)) void tile2(
     }
 /* rows per tile -> columns per tile: 8-10 accumulators (at least 8 independent FMA chains to cover
  * the FMA latency on two pipes; at most 10 so that they, a block's decoded weights and the constants
- * fit AVX2's 16 registers). With AVX-512 (GEMM_PAIRS) the tiles of 2-8 rows hold two columns a register
+ * fit AVX2's 16 registers). With AVX-512 (QGEMM_AVX512) the tiles of 2-8 rows hold two columns a register
  * (4, 3, 2, 2, then 2 registers a row: 8, 6, 4 columns a tile; 8 rows x 2 = 16 of the 32 registers), so a
  * verify of up to 8 tokens decodes each block once; one row keeps the 8-lane tile, which measured faster
  * there (0.92x its step with pairs: one row is bound by decoding, not by the products). */
-#if GEMM_PAIRS
+#if QGEMM_AVX512
 #define ALL_TILES(KIND) COLUMNS(KIND, 1, 8) COLUMNS2(KIND, 2, 8) COLUMNS2(KIND, 3, 6) \
                         COLUMNS2(KIND, 4, 4) COLUMNS2(KIND, 5, 4) COLUMNS2(KIND, 6, 4) \
                         COLUMNS2(KIND, 7, 4) COLUMNS2(KIND, 8, 4)
@@ -349,7 +354,7 @@ ALL_TILES(1)
 typedef void (*columns_fn)(const float *, int64_t, const uint8_t *, int64_t, float *, int64_t,
                            int64_t, int64_t, int64_t, int);
 static const columns_fn COLUMN_FNS[2][MAX_TILE_ROWS + 1] = {
-#if GEMM_PAIRS
+#if QGEMM_AVX512
     {0, columns_0_1, columns_0_2, columns_0_3, columns_0_4, columns_0_5, columns_0_6, columns_0_7, columns_0_8},
     {0, columns_1_1, columns_1_2, columns_1_3, columns_1_4, columns_1_5, columns_1_6, columns_1_7, columns_1_8},
 #else
@@ -1166,8 +1171,7 @@ int rmsnorm_rows(const float *x, int64_t ldx, const float *g, float eps, float *
 
 /* AVX-512: the attention's 8-lane vectors two to a register (the same lanes, sums and order: the same bits,
  * at half the instructions; tested against the portable build) */
-#if QGEMM_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
-#define ATTN_AVX512 1
+#if QGEMM_AVX512
 /* 16 floats of a KV row from element `off` (float32, or float16 with H16) */
 static inline __m512 load16_kv(const void *base, int64_t off, const int H16) {
     return H16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + off)))
@@ -1184,8 +1188,6 @@ static inline __m512 load8x2_kv(const void *base, int64_t off, int64_t off2, con
     const float *f = (const float *)base;
     return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(f + off)), _mm256_loadu_ps(f + off2), 1);
 }
-#else
-#define ATTN_AVX512 0
 #endif
 
 /* the scores of NQ queries (i0 ..) against 8 columns of K: each K vector loaded once for the NQ queries
@@ -1200,7 +1202,7 @@ static inline __attribute__((always_inline)) void scores_8(const float *qs, int6
         q[a] = qs + ((i0 + a) / G) * ldq + ((i0 + a) % G) * D;
         for (int j = 0; j < 8; j++) acc[a][j] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
     }
-#if ATTN_AVX512
+#if QGEMM_AVX512
     {                           /* columns c + 2p and c + 2p + 1 side by side in one register */
         __m512 aw[3][4];
         for (int a = 0; a < NQ; a++)
@@ -1255,7 +1257,7 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
         int64_t ldo, const int H16) {
     float s[3] = {0.0f, 0.0f, 0.0f};
     const int own = t0 == 0;                      /* this tile sums the numerators; later tiles read them */
-#if ATTN_AVX512
+#if QGEMM_AVX512
     if (TB % 2 == 0) {      /* two output vectors in one 512-bit register: each lane's sum in the same order */
         __m512 ow[3][4];
         for (int a = 0; a < NQ; a++)
