@@ -336,6 +336,30 @@ def test_rows_logits_do_not_depend_on_the_batch_padding_holes_or_tokens_per_forw
 
 
 @pytest.mark.parametrize("pair_fixture", ["q8_pair", "q8a_pair"])
+def test_a_prompt_in_one_forward_equals_it_in_steps(pair_fixture, request):
+    """A prompt's attention stops each query at its visible end and runs past 16 tokens in the other loop
+    order (qkernels.c attend_group): every position's logits are bitwise those of the same tokens fed 5 and
+    1 at a time (the decode and verify order), and at the end of a row padded on the left."""
+    target, _ = request.getfixturevalue(pair_fixture)
+    ids = torch.randint(3, 64, (1, 43), generator=torch.Generator().manual_seed(3))
+    pos = torch.arange(43)[None]
+
+    def fed(step, pad=0):
+        runner = ModelRunner(target, 1, 64, impl="numpy")
+        if pad:   # pad columns first: hidden from every query, so a query's visible end is not its column count
+            runner.forward(torch.full((1, pad), 7), torch.zeros((1, pad), dtype=torch.long),
+                           torch.zeros((1, pad), dtype=torch.bool))
+        valid = torch.ones((1, step), dtype=torch.bool)
+        return torch.cat([runner.forward(ids[:, i:i + step], pos[:, i:i + step], valid[:, :ids[:, i:i + step].shape[1]])
+                          for i in range(0, 43, step)], 1)
+
+    whole = fed(43)
+    assert isinstance(ModelRunner(target, 1, 8, impl="numpy")._lean, lean_numpy.QuantLeanForward)
+    for step, pad in ((5, 0), (1, 0), (43, 6), (5, 3)):
+        assert torch.equal(fed(step, pad), whole), (step, pad)
+
+
+@pytest.mark.parametrize("pair_fixture", ["q8_pair", "q8a_pair"])
 def test_greedy_speculative_equals_plain_on_the_quantized_target(pair_fixture, request):
     """q8_0 (weight-only) and q8_0-q8a (Q8 activations): each a fixed model, so speculation is exact."""
     target, draft = request.getfixturevalue(pair_fixture)

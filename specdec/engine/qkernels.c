@@ -1251,9 +1251,10 @@ static inline __attribute__((always_inline)) void scores_8(const float *qs, int6
  * sums each query's softmax numerators, one add per column in column order: a hidden column adds exactly
  * 0 wherever it sits, so the sum, like every output, is the same whatever holes or padding the row's
  * columns hold (an 8-lane sum over columns 8k + l is not: a hole moves the later columns to other lanes).
- * The add chain runs beside the tile's vector work, which takes longer per column than its latency. */
-static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_t L, int64_t i0, const int NQ,
-        const void *V, int64_t D, const int t0, const int TB, int64_t G, float *sums, float *os,
+ * The add chain runs beside the tile's vector work, which takes longer per column than its latency.
+ * n: the columns summed (its group's visible end, group_end); L: P's row stride. */
+static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_t L, int64_t n, int64_t i0,
+        const int NQ, const void *V, int64_t D, const int t0, const int TB, int64_t G, float *sums, float *os,
         int64_t ldo, const int H16) {
     float s[3] = {0.0f, 0.0f, 0.0f};
     const int own = t0 == 0;                      /* this tile sums the numerators; later tiles read them */
@@ -1262,7 +1263,7 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
         __m512 ow[3][4];
         for (int a = 0; a < NQ; a++)
             for (int t = 0; t < TB / 2; t++) ow[a][t] = _mm512_setzero_ps();
-        for (int64_t c = 0; c < L; c++) {
+        for (int64_t c = 0; c < n; c++) {
             __m512 pw[3];
             for (int a = 0; a < NQ; a++) {
                 const float pc = P[(i0 + a) * L + c];
@@ -1286,7 +1287,7 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
     v8f ov[3][8];
     for (int a = 0; a < NQ; a++)
         for (int t = 0; t < TB; t++) ov[a][t] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
-    for (int64_t c = 0; c < L; c++) {
+    for (int64_t c = 0; c < n; c++) {
         v8f pv[3];
         for (int a = 0; a < NQ; a++) {
             const float pc = P[(i0 + a) * L + c];
@@ -1310,6 +1311,74 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
     }
 }
 
+/* the furthest visible end of the NQ queries i .. (ends: per token) */
+static inline int64_t group_end(const int64_t *ends, int64_t G, int64_t i, const int NQ) {
+    int64_t n = 0;
+    for (int a = 0; a < NQ; a++) n = ends[(i + a) / G] > n ? ends[(i + a) / G] : n;
+    return n;
+}
+
+/* the scores of NQ queries (i0 ..) in the columns [c, n) one at a time (a group's last n % 8 columns) */
+static inline __attribute__((always_inline)) void scores_tail(const float *qs, int64_t ldq, int64_t G, int64_t i0,
+        const int NQ, const void *K, const int DV, const float *mask, int64_t L, int64_t c, int64_t n, float scale,
+        float *P, const int H16) {
+    const int64_t D = 8 * DV;
+    for (; c < n; c++)
+        for (int a = 0; a < NQ; a++) {
+            const int64_t i = i0 + a;
+            const float *q = qs + (i / G) * ldq + (i % G) * D;
+            v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int t = 0; t < DV; t++) acc += load8(q + 8 * t) * load8_kv(K, c * D + 8 * t, H16);
+            P[i * L + c] = hsum_v8(acc) * scale + mask[(i / G) * L + c];
+        }
+}
+
+/* the softmax numerators of NQ queries' scores in [0, n), then their outputs (pv_tile sums the numerators) */
+static inline __attribute__((always_inline)) void softmax_pv(int64_t i0, const int NQ, const void *V, int64_t G,
+        int64_t L, int64_t n, const int DV, float *P, float *sums, float *os, int64_t ldo, const int H16) {
+    for (int a = 0; a < NQ; a++) {
+        float *pr = P + (i0 + a) * L, m8[8], mx = -INFINITY;
+        for (int l = 0; l < 8; l++) m8[l] = -INFINITY;
+        int64_t c = 0;                            /* the max: any order gives its value */
+#if QGEMM_AVX2
+        __m256 mv = _mm256_set1_ps(-INFINITY);
+        for (; c + 8 <= n; c += 8) mv = _mm256_max_ps(_mm256_loadu_ps(pr + c), mv);   /* p > m ? p : m */
+        _mm256_storeu_ps(m8, mv);
+#else
+        for (; c + 8 <= n; c += 8)
+            for (int l = 0; l < 8; l++) m8[l] = pr[c + l] > m8[l] ? pr[c + l] : m8[l];
+#endif
+        for (; c < n; c++) mx = pr[c] > mx ? pr[c] : mx;
+        for (int l = 0; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
+        for (c = 0; c < n; c++) pr[c] = exp_fixed(pr[c] - mx);
+    }
+    for (int t0 = 0; t0 < DV; t0 += 8)            /* up to 64 outputs at a time */
+        pv_tile(P, L, n, i0, NQ, V, 8 * DV, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo, H16);
+}
+
+/* the scores of NQ queries (i0 ..) in [c, n) and their softmax and outputs: one group from its column c on */
+static inline __attribute__((always_inline)) void finish_group(const float *qs, int64_t ldq, int64_t G, int64_t i0,
+        const int NQ, const void *K, const void *V, int64_t L, int64_t c, int64_t n, const int DV, const float *mask,
+        float scale, float *P, float *sums, float *os, int64_t ldo, const int H16) {
+    scores_tail(qs, ldq, G, i0, NQ, K, DV, mask, L, c, n, scale, P, H16);
+    softmax_pv(i0, NQ, V, G, L, n, DV, P, sums, os, ldo, H16);
+}
+
+#define HIDDEN_BELOW (-1e30f)
+/* ends[r] for each of the M mask rows [M, L]: one past the last column whose mask is above HIDDEN_BELOW
+ * (a hidden column's mask is float32 min: its weight is exactly 0, see attend_group), or L for a row
+ * with no visible column (a pad token: every column is summed, as without ends, and nothing reads it) */
+static void visible_ends(const float *mask, int64_t M, int64_t L, int64_t *ends) {
+    for (int64_t r = 0; r < M; r++) {
+        const float *m = mask + r * L;
+        int64_t e = L;
+        while (e > 0 && m[e - 1] < HIDDEN_BELOW) e--;
+        ends[r] = e ? e : L;
+    }
+}
+
+#define PHASED_TOKENS 16                     /* the most tokens a forward scores in the column-chunk order */
+#define PHASED_GROUPS 64                     /* and the most groups (3 queries each) it holds ends for */
 /* Attention of the Q = G * S queries that share one KV head (G query heads x S tokens of one row)
  * against its columns [0, L): softmax(q K^T * scale + mask) V for each query.
  * Order, the same for every query whatever Q, L or the layout: a score is the 8-lane dot product of
@@ -1320,63 +1389,66 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
  * What each cost: bench/RESULTS.md, "One lane per block" and "Holes moved the softmax sum".
  * A hidden column's weight is exactly 0 (exp_fixed), and adding 0 changes no sum, so padding and holes
  * anywhere leave the result unchanged. (A sum kept in 8 lanes over the columns 8 k + l did not: a hole
- * moves every later column to the next lane, and the lanes then pair other partial sums.) Columns go 8
- * at a time through both passes, every query per chunk, so each K and V row is read from memory once per
- * step, not once per query head and token.
+ * moves every later column to the next lane, and the lanes then pair other partial sums.)
+ * The same fact lets a query stop at its visible end (ends[s], visible_ends): the columns after it would
+ * add exactly 0 to every sum and cannot hold the max. A prompt's token s sees start + s + 1 of the
+ * forward's L columns, so a prefill scores half the matrix, not all of it. Queries go 3 at a time (a
+ * group: the G heads of a token first), a group to the furthest end of its queries.
+ * Two loop orders, the same arithmetic per query. Up to PHASED_TOKENS tokens (a decode step or a verify:
+ * few queries, many columns) the scores go column chunk by chunk over every group, so that each K row
+ * comes from memory once for all the queries, then each group's softmax and P V. A longer forward (a
+ * prompt) runs each group from its scores to its outputs before the next, so that its rows of P stay in
+ * L1 (all of P for a 1000-token prompt is 12 MB): that order made a 1200-token prefill 1.3x faster, and
+ * a 5-token verify at 2500 columns 2-3 % slower (bench/RESULTS.md, "A prompt's attention").
  * DV = D / 8 (a constant at each call site: q, o and a row live in registers); D % 8 == 0, D <= 256.
  * q(i) / o(i): query i = s * G + g at qs + s * ldq + g * D, o likewise (ldo); mask row of query i:
- * mask + s * L. P: [Q, L] scratch; sums: [Q] scratch. */
+ * mask + s * L. ends: [S], each token's visible end. P: [Q, L] scratch; sums: [Q] scratch. */
 static inline __attribute__((always_inline)) void attend_group(
         const float *qs, int64_t ldq, int64_t G, int64_t S, const void *K, const void *V, int64_t L,
-        const int DV, const float *mask, float scale, float *P, float *sums, float *os, int64_t ldo,
-        const int H16) {
-    const int64_t D = 8 * DV, Q = G * S;
-    int64_t c = 0;
-    for (; c + 8 <= L; c += 8) {                  /* scores, 8 columns at a time, 3 queries at a time */
-        int64_t i = 0;
-        for (; i + 3 <= Q; i += 3) scores_8(qs, ldq, G, i, 3, K, D, DV, mask, L, c, scale, P, H16);
-        for (; i < Q; i++) scores_8(qs, ldq, G, i, 1, K, D, DV, mask, L, c, scale, P, H16);
-    }
-    for (; c < L; c++)
-        for (int64_t i = 0; i < Q; i++) {
-            const float *q = qs + (i / G) * ldq + (i % G) * D;
-            v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int t = 0; t < DV; t++) acc += load8(q + 8 * t) * load8_kv(K, c * D + 8 * t, H16);
-            P[i * L + c] = hsum_v8(acc) * scale + mask[(i / G) * L + c];
+        const int DV, const float *mask, const int64_t *ends, float scale, float *P, float *sums, float *os,
+        int64_t ldo, const int H16) {
+    const int64_t D = 8 * DV, Q = G * S, Q3 = Q - Q % 3;
+    if (S <= PHASED_TOKENS && Q3 <= 3 * PHASED_GROUPS) {
+        int64_t n3[PHASED_GROUPS];                 /* each group's end */
+        for (int64_t i = 0; i < Q3; i += 3) n3[i / 3] = group_end(ends, G, i, 3);
+        for (int64_t c = 0; c + 8 <= L; c += 8) {
+            for (int64_t i = 0; i < Q3; i += 3)
+                if (c + 8 <= n3[i / 3]) scores_8(qs, ldq, G, i, 3, K, D, DV, mask, L, c, scale, P, H16);
+            for (int64_t i = Q3; i < Q; i++)
+                if (c + 8 <= ends[i / G]) scores_8(qs, ldq, G, i, 1, K, D, DV, mask, L, c, scale, P, H16);
         }
-    for (int64_t i = 0; i < Q; i++) {             /* softmax numerators, row by row (pv_tile sums them) */
-        float *pr = P + i * L, m8[8], mx = -INFINITY;
-        for (int l = 0; l < 8; l++) m8[l] = -INFINITY;
-        c = 0;                                    /* the max: any order gives its value */
-#if QGEMM_AVX2
-        __m256 mv = _mm256_set1_ps(-INFINITY);
-        for (; c + 8 <= L; c += 8) mv = _mm256_max_ps(_mm256_loadu_ps(pr + c), mv);   /* p > m ? p : m */
-        _mm256_storeu_ps(m8, mv);
-#else
-        for (; c + 8 <= L; c += 8)
-            for (int l = 0; l < 8; l++) m8[l] = pr[c + l] > m8[l] ? pr[c + l] : m8[l];
-#endif
-        for (; c < L; c++) mx = pr[c] > mx ? pr[c] : mx;
-        for (int l = 0; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
-        for (c = 0; c < L; c++) pr[c] = exp_fixed(pr[c] - mx);
+        for (int64_t i = 0; i < Q3; i += 3)
+            finish_group(qs, ldq, G, i, 3, K, V, L, n3[i / 3] - n3[i / 3] % 8, n3[i / 3], DV, mask, scale, P, sums,
+                         os, ldo, H16);
+        for (int64_t i = Q3; i < Q; i++)
+            finish_group(qs, ldq, G, i, 1, K, V, L, ends[i / G] - ends[i / G] % 8, ends[i / G], DV, mask, scale, P,
+                         sums, os, ldo, H16);
+        return;
     }
-    int64_t i = 0;                                /* P V, 3 queries and up to 64 outputs at a time */
-    for (; i + 3 <= Q; i += 3)
-        for (int t0 = 0; t0 < DV; t0 += 8) pv_tile(P, L, i, 3, V, D, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo, H16);
-    for (; i < Q; i++)
-        for (int t0 = 0; t0 < DV; t0 += 8) pv_tile(P, L, i, 1, V, D, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo, H16);
+    for (int64_t i = 0; i < Q3; i += 3) {
+        const int64_t n = group_end(ends, G, i, 3);
+        int64_t c = 0;
+        for (; c + 8 <= n; c += 8) scores_8(qs, ldq, G, i, 3, K, D, DV, mask, L, c, scale, P, H16);
+        finish_group(qs, ldq, G, i, 3, K, V, L, c, n, DV, mask, scale, P, sums, os, ldo, H16);
+    }
+    for (int64_t i = Q3; i < Q; i++) {
+        const int64_t n = ends[i / G];
+        int64_t c = 0;
+        for (; c + 8 <= n; c += 8) scores_8(qs, ldq, G, i, 1, K, D, DV, mask, L, c, scale, P, H16);
+        finish_group(qs, ldq, G, i, 1, K, V, L, c, n, DV, mask, scale, P, sums, os, ldo, H16);
+    }
 }
 
 /* attend_DV (a float32 cache) and attend16_DV (float16): one compiled body per head size and cache type */
 #define ATTEND_D(DV) static void attend_##DV(const float *qs, int64_t ldq, int64_t G, int64_t S,        \
-    const void *K, const void *V, int64_t L, const float *mask, float scale, float *P, float *sums, \
-    float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, scale, P, sums, os, ldo, 0); } \
+    const void *K, const void *V, int64_t L, const float *mask, const int64_t *ends, float scale, float *P, \
+    float *sums, float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, ends, scale, P, sums, os, ldo, 0); } \
     static void attend16_##DV(const float *qs, int64_t ldq, int64_t G, int64_t S,                     \
-    const void *K, const void *V, int64_t L, const float *mask, float scale, float *P, float *sums, \
-    float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, scale, P, sums, os, ldo, 1); }
+    const void *K, const void *V, int64_t L, const float *mask, const int64_t *ends, float scale, float *P, \
+    float *sums, float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, ends, scale, P, sums, os, ldo, 1); }
 ATTEND_D(1) ATTEND_D(2) ATTEND_D(4) ATTEND_D(8) ATTEND_D(12) ATTEND_D(16) ATTEND_D(32)
 typedef void (*attend_fn)(const float *, int64_t, int64_t, int64_t, const void *, const void *, int64_t,
-                          const float *, float, float *, float *, float *, int64_t);
+                          const float *, const int64_t *, float, float *, float *, float *, int64_t);
 
 static attend_fn attend_for(int64_t D, int64_t kv16) {   /* NULL: a head size the layer does not run */
     switch (D) {
@@ -1422,11 +1494,11 @@ static int64_t widest_input(int64_t d, int64_t H, int64_t D, int64_t inter) {
     return k > inter ? k : inter;
 }
 
-/* scratch floats layers_forward() needs: activations of N = B * S tokens, attention's P and sums, then
- * the Q8 activations of the widest projection input (q8a_scratch_bytes, in floats) */
+/* scratch floats layers_forward() needs: the visible ends of N = B * S tokens (int64, first: aligned),
+ * their activations, attention's P and sums, then the Q8 activations of the widest projection input (q8a_scratch_bytes, in floats) */
 int64_t layer_work_floats(int64_t N, int64_t S, int64_t d, int64_t H, int64_t Hkv, int64_t D, int64_t inter,
                           int64_t L) {
-    return N * d + N * (H + 2 * Hkv) * D + N * H * D + N * 3 * inter + (H / Hkv) * S * (L + 1)
+    return 2 * N + N * d + N * (H + 2 * Hkv) * D + N * H * D + N * 3 * inter + (H / Hkv) * S * (L + 1)
            + (q8a_scratch_bytes(N, widest_input(d, H, D, inter)) + 3) / 4;
 }
 
@@ -1447,7 +1519,7 @@ static void rope_head(float *x, const float *cs, int64_t D, float *tmp) {
     for (int64_t i = 0; i < D; i++) x[i] = tmp[i] * cs[i] + tmp[(i + h) % D] * cs[D + i];
 }
 
-static void attention_block(const Layer *ly, const Step *st, float *qkv, float *o, float *p) {
+static void attention_block(const Layer *ly, const Step *st, const int64_t *ends, float *qkv, float *o, float *p) {
     const int64_t B = st->B, S = st->S, H = st->H, Hkv = st->Hkv, D = st->D, G = H / Hkv;
     const int64_t W = (H + 2 * Hkv) * D, cap = st->cap;
     float tmp[1024];
@@ -1472,7 +1544,8 @@ static void attention_block(const Layer *ly, const Step *st, float *qkv, float *
         for (int64_t kv = 0; kv < Hkv; kv++) {
             const int64_t at = (b * Hkv + kv) * cap * D * es;
             fn(qkv + b * S * W + kv * G * D, W, G, S, (const char *)ly->kbuf + at, (const char *)ly->vbuf + at, st->L,
-               st->mask + b * S * st->L, (float)st->scale, p, p + G * S * st->L, o + b * S * H * D + kv * G * D, H * D);
+               st->mask + b * S * st->L, ends + b * S, (float)st->scale, p, p + G * S * st->L,
+               o + b * S * H * D + kv * G * D, H * D);
         }
 }
 
@@ -1493,14 +1566,16 @@ int layers_forward(const Layer *layers, int64_t n, const Step *st, float *x) {
     for (int64_t i = 0; i < n; i++)               /* each GEMM reads its own layout */
         if (layers[i].qkv.packed != st->act || layers[i].o.packed != st->act || layers[i].gate_up.packed != st->act
             || layers[i].down.packed != st->act) return -1;
-    float *h = st->work, *qkv = h + N * d, *o = qkv + N * (H + 2 * Hkv) * D, *gu = o + N * H * D,
+    int64_t *ends = (int64_t *)st->work;          /* the mask is every layer's: its ends are found once */
+    visible_ends(st->mask, N, st->L, ends);
+    float *h = st->work + 2 * N, *qkv = h + N * d, *o = qkv + N * (H + 2 * Hkv) * D, *gu = o + N * H * D,
           *act = gu + N * 2 * I, *p = act + N * I;
     void *q8 = st->act ? (void *)(p + (H / Hkv) * st->S * (st->L + 1)) : 0;
     for (int64_t i = 0; i < n; i++) {
         const Layer *ly = layers + i;
         rmsnorm_rows(x, d, ly->norm1, (float)st->eps, h, d, N, d);
         gemm(&ly->qkv, h, d, qkv, (H + 2 * Hkv) * D, N, 0, q8);
-        attention_block(ly, st, qkv, o, p);
+        attention_block(ly, st, ends, qkv, o, p);
         gemm(&ly->o, o, H * D, x, d, N, 1, q8);
         rmsnorm_rows(x, d, ly->norm2, (float)st->eps, h, d, N, d);
         gemm(&ly->gate_up, h, d, gu, 2 * I, N, 0, q8);
