@@ -72,12 +72,13 @@ def test_format_errors():
 def test_gemm_matches_the_reference(kind, N, K):
     """Odd block counts, N not a multiple of any tile width, M across the tile and chunk sizes."""
     m = _qmatrix(kind, N, K, seed=N + K, bias=N % 2 == 1)
-    x = np.random.default_rng(3).standard_normal((16, K)).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal((40, K)).astype(np.float32)
     x[2] *= 1e3                                                    # rows of very different scales
     ref = qformats.reference_matmul(x, m.blocks, kind, K, m.bias)
     w = qformats.dequantize(m.blocks, kind, K).astype(np.float64)
     bound = np.abs(x).astype(np.float64) @ np.abs(w).T * (K * 2 ** -24) + 1e-30   # float32 summation
-    for M in (1, 2, 3, 4, 5, 6, 7, 8, 9, 16):   # every tile height (8 with AVX-512's column pairs), chunks
+    # every tile height (8 with AVX-512's column pairs), chunks; past 16 rows a prompt's decoded panel
+    for M in (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 40):
         y = qkernels.matmul(x[:M], m)
         assert np.all(np.abs(y - ref[:M]) <= bound[:M] + np.abs(ref[:M]) * 2 ** -23), (M, np.abs(y - ref[:M]).max())
         assert np.array_equal(y, qkernels.matmul(x[:M], m, portable=True)), M   # vector path == portable path
