@@ -182,14 +182,14 @@ def test_q8a_integer_dot_products_are_exact(kind):
 # blocks a row: 1, 5, 7, 8, 9, 12, 18 (groups of 8; last groups of r = 1, 2, 4 read densely, 3, 5, 7 masked)
 def test_q8a_gemm_matches_its_reference_and_the_portable_path(kind, N, K):
     m = _qmatrix(kind, N, K, seed=N + K, bias=True)
-    x = np.random.default_rng(3).standard_normal((16, K)).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal((40, K)).astype(np.float32)
     x[2] *= 1e3
     ref = _q8a_reference(x, m) + m.bias
     q, d, _ = _q8_reference(x)
     w = qformats.dequantize(m.blocks, kind, K).astype(np.float64)
     xq = np.abs(q.astype(np.float64)) * np.repeat(d, 32, 1)
     bound = xq @ np.abs(w).T * (K * 2 ** -22) + np.abs(ref) * 2 ** -22 + 1e-30   # float32 scales and sums
-    for M in (1, 3, 5, 9, 16):
+    for M in (1, 3, 5, 9, 16, 17, 40):   # past 16 rows a prompt's decoded panel
         y = qkernels.matmul(x[:M], m, act="q8")
         assert np.all(np.abs(y - ref[:M]) <= bound[:M]), (M, np.abs(y - ref[:M]).max())
         assert np.array_equal(y, qkernels.matmul(x[:M], m, act="q8", portable=True)), M
