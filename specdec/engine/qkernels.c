@@ -278,6 +278,19 @@ static inline __attribute__((always_inline)) void decode2(int kind, const uint8_
     }
 }
 
+/* MT rows x NP column pairs of sums out: each half's hsum8 into y (overwritten, or added to) */
+static inline __attribute__((always_inline)) void store_pairs(__m512 acc[][4], float *y, int64_t ldy, const int MT,
+                                                              const int NP, int accumulate) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NP; j++) {
+            const float s0 = hsum8(_mm512_castps512_ps256(acc[i][j])), s1 = hsum8(_mm512_extractf32x8_ps(acc[i][j], 1));
+            y[i * ldy + 2 * j] = accumulate ? y[i * ldy + 2 * j] + s0 : s0;
+            y[i * ldy + 2 * j + 1] = accumulate ? y[i * ldy + 2 * j + 1] + s1 : s1;
+        }
+}
+
 /* MT rows x NP column pairs (2 NP columns): as tile, two columns to a register */
 static inline __attribute__((always_inline)) void tile2(
         int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw, float *y, int64_t ldy,
@@ -307,14 +320,7 @@ static inline __attribute__((always_inline)) void tile2(
                                                 acc[i][j]);
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < MT; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NP; j++) {
-            const float s0 = hsum8(_mm512_castps512_ps256(acc[i][j])), s1 = hsum8(_mm512_extractf32x8_ps(acc[i][j], 1));
-            y[i * ldy + 2 * j] = accumulate ? y[i * ldy + 2 * j] + s0 : s0;
-            y[i * ldy + 2 * j + 1] = accumulate ? y[i * ldy + 2 * j + 1] + s1 : s1;
-        }
+    store_pairs(acc, y, ldy, MT, NP, accumulate);
 }
 
 /* A prompt's GEMM (more than 2 MAX_TILE_ROWS rows): the column block's blocks decoded once into a panel (pair
@@ -355,14 +361,7 @@ static inline __attribute__((always_inline)) void tile2p(
                 for (int i = 0; i < MT; i++) acc[i][j] = _mm512_fmadd_ps(wv, xv[i], acc[i][j]);
             }
         }
-#pragma GCC unroll 8
-    for (int i = 0; i < MT; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NP; j++) {
-            const float s0 = hsum8(_mm512_castps512_ps256(acc[i][j])), s1 = hsum8(_mm512_extractf32x8_ps(acc[i][j], 1));
-            y[i * ldy + 2 * j] = accumulate ? y[i * ldy + 2 * j] + s0 : s0;
-            y[i * ldy + 2 * j + 1] = accumulate ? y[i * ldy + 2 * j + 1] + s1 : s1;
-        }
+    store_pairs(acc, y, ldy, MT, NP, accumulate);
 }
 
 /* MT rows (a prompt's chunks: PANEL_MT, the last two balanced) x the panel's pairs, PANEL_NP at a time */
