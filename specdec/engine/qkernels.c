@@ -1477,8 +1477,9 @@ static void visible_ends(const float *mask, int64_t M, int64_t L, int64_t *ends)
  * few queries, many columns) the scores go column chunk by chunk over every group, so that each K row
  * comes from memory once for all the queries, then each group's softmax and P V. A longer forward (a
  * prompt) runs each group from its scores to its outputs before the next, so that its rows of P stay in
- * L1 (all of P for a 1000-token prompt is 12 MB): that order made a 1200-token prefill 1.3x faster, and
- * a 5-token verify at 2500 columns 2-3 % slower (bench/RESULTS.md, "A prompt's attention").
+ * L1 (all of P for a 1000-token prompt is 12 MB): that order made a 1200-token prefill 1.3x faster, but a
+ * 5-token verify at 2500 columns 4-10 % slower where it was tried (each group then loads every K row), so
+ * verifies keep the chunk order (bench/RESULTS.md, "A prompt's attention").
  * DV = D / 8 (a constant at each call site: q, o and a row live in registers); D % 8 == 0, D <= 256.
  * q(i) / o(i): query i = s * G + g at qs + s * ldq + g * D, o likewise (ldo); mask row of query i:
  * mask + s * L. ends: [S], each token's visible end. P: [Q, L] scratch; sums: [Q] scratch. */
@@ -1574,7 +1575,8 @@ static int64_t widest_input(int64_t d, int64_t H, int64_t D, int64_t inter) {
 }
 
 /* scratch floats layers_forward() needs: the visible ends of N = B * S tokens (int64, first: aligned),
- * their activations, attention's P and sums, then the Q8 activations of the widest projection input (q8a_scratch_bytes, in floats) */
+ * their activations, attention's P and sums, then the Q8 activations of the widest projection input
+ * (q8a_scratch_bytes, in floats) */
 int64_t layer_work_floats(int64_t N, int64_t S, int64_t d, int64_t H, int64_t Hkv, int64_t D, int64_t inter,
                           int64_t L) {
     return 2 * N + N * d + N * (H + 2 * Hkv) * D + N * H * D + N * 3 * inter + (H / Hkv) * S * (L + 1)
