@@ -328,9 +328,10 @@ static inline __attribute__((always_inline)) void tile2(
  * where tile2 decoded them again for every 8 rows; and a row's 8 inputs loaded once for all the tile's
  * pairs, where tile2 loaded them again for each. Tiles of PANEL_MT rows x PANEL_NP pairs (24 accumulators,
  * 6 inputs, 1 weight: 31 of the 32 registers). tile2p is tile2 on a panel, with the same per-lane
- * operations in the same order, so the bits are the same. Measured (bench/RESULTS.md, "A prompt's
- * GEMM"): a prompt's float GEMM 1.5x faster, at the FMA rate this core measured (4 x 6, 5 x 5 read the
- * same). It costs a panel of COLUMN_BLOCK / 2 x K / 32 x 256 bytes a call (147 KB at K = 1536, in L2). */
+ * operations in the same order, so the bits are the same. Measured (bench/RESULTS.md, "A prompt's GEMM on
+ * the default path"): SmolLM2's prompts 1.36-1.57x faster, the GEMM at ~0.53 of the core's FMA ceiling
+ * (~0.34 before; 4 x 6 and 5 x 5 tiles read the same as 6 x 4). It costs a panel of COLUMN_BLOCK / 2 x
+ * K / 32 x 256 bytes a call (147 KB at K = 1536, in L2). */
 #define PANEL_MT 6
 #define PANEL_NP 4
 static void decode_panel(int kind, const uint8_t *w, int64_t ldw, int64_t pairs, int64_t nb, __m512 *panel) {
