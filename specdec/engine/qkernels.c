@@ -323,15 +323,16 @@ static inline __attribute__((always_inline)) void tile2(
     store_pairs(acc, y, ldy, MT, NP, accumulate);
 }
 
-/* A prompt's GEMM (more than 2 MAX_TILE_ROWS rows): the column block's blocks decoded once into a panel (pair
- * j of columns, block b: panel[(j nb + b) 4 + g], decode2's 4 registers) that every chunk of rows then reads,
- * where tile2 decoded them again for every 8 rows; and a row's 8 inputs loaded once for all the tile's
- * pairs, where tile2 loaded them again for each. Tiles of PANEL_MT rows x PANEL_NP pairs (24 accumulators,
- * 6 inputs, 1 weight: 31 of the 32 registers). tile2p is tile2 on a panel, with the same per-lane
- * operations in the same order, so the bits are the same. Measured (bench/RESULTS.md, "A prompt's GEMM on
- * the default path"): SmolLM2's prompts 1.36-1.57x faster, the GEMM at ~0.53 of the core's FMA ceiling
- * (~0.34 before; 4 x 6 and 5 x 5 tiles read the same as 6 x 4). It costs a panel of COLUMN_BLOCK / 2 x
- * K / 32 x 256 bytes a call (147 KB at K = 1536, in L2). */
+/* A prompt's GEMM (more than 2 MAX_TILE_ROWS rows: a prompt, or a batch's verify): the column block's blocks
+ * decoded once into a panel (pair j of columns, block b: panel[(j nb + b) 4 + g], decode2's 4 registers)
+ * that every chunk of rows then reads, where tile2 decoded them again for every 8 rows; and a row's 8
+ * inputs loaded once for all the tile's pairs, where tile2 loaded them again for each. Tiles of PANEL_MT
+ * rows x PANEL_NP pairs (24 accumulators, 6 inputs, 1 weight: 31 of the 32 registers). tile2p is tile2 on
+ * a panel, with the same per-lane operations in the same order, so the bits are the same. Measured
+ * (bench/RESULTS.md, "A prompt's GEMM on the default path"): SmolLM2's prompts 1.36-1.57x faster, the GEMM
+ * at ~0.53 of the core's FMA ceiling (~0.34 before; 4 x 6 and 5 x 5 tiles read the same as 6 x 4); a
+ * batch of 4 verifying 5-8 tokens a row 1.19-1.25x. It costs a panel of COLUMN_BLOCK / 2 x K / 32 x 256
+ * bytes a call (147 KB at K = 1536, in L2). */
 #define PANEL_MT 6
 #define PANEL_NP 4
 static void decode_panel(int kind, const uint8_t *w, int64_t ldw, int64_t pairs, int64_t nb, __m512 *panel) {
