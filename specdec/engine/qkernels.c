@@ -175,6 +175,12 @@ static void gemm_scalar(int kind, const float *x, int64_t ldx, const uint8_t *w,
 #if QGEMM_AVX2
 /* ---- AVX2 + FMA: the same operations, 8 lanes at a time ---- */
 
+/* the rows of the next chunk when `left` rows remain, chunks of at most R: R, and the last two balanced
+ * (R + 1 .. 2R - 1 rows split in halves, 6 = 3 + 3 at R = 5), so no chunk is a thin tile */
+static inline int64_t chunk_rows(int64_t left, int64_t R) {
+    return left <= R ? left : (left < 2 * R ? (left + 1) / 2 : R);
+}
+
 static inline float hsum8(__m256 a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); /* l, l+4 */
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                       /* (0+4)+(2+6), (1+5)+(3+7) */
@@ -439,9 +445,8 @@ static void gemm_avx2(int kind, const float *x, int64_t ldx, const uint8_t *w, i
             const int64_t n1 = n0 + COLUMN_BLOCK < N ? n0 + COLUMN_BLOCK : N, pairs = (n1 - n0) / 2;
             decode_panel(kind, w + n0 * ldw, ldw, pairs, nb, panel);
             int64_t mt;
-            for (int64_t m0 = 0; m0 < M; m0 += mt) {   /* chunks of PANEL_MT rows, the last two balanced */
-                const int64_t left = M - m0;
-                mt = left <= PANEL_MT ? left : (left < 2 * PANEL_MT ? (left + 1) / 2 : PANEL_MT);
+            for (int64_t m0 = 0; m0 < M; m0 += mt) {
+                mt = chunk_rows(M - m0, PANEL_MT);
                 PANEL_FNS[mt](x + m0 * ldx, ldx, panel, pairs, nb, y + m0 * ldy + n0, ldy, accumulate);
                 if (n0 + 2 * pairs < n1)          /* an odd last column: the one-column tile */
                     COLUMN_FNS[kind][mt](x + m0 * ldx, ldx, w, ldw, y + m0 * ldy, ldy, n0 + 2 * pairs, n1, nb, accumulate);
@@ -454,9 +459,8 @@ static void gemm_avx2(int kind, const float *x, int64_t ldx, const uint8_t *w, i
     for (int64_t n0 = 0; n0 < N; n0 += COLUMN_BLOCK) {
         const int64_t n1 = n0 + COLUMN_BLOCK < N ? n0 + COLUMN_BLOCK : N;
         int64_t mt;
-        for (int64_t m0 = 0; m0 < M; m0 += mt) {     /* chunks of MAX_TILE_ROWS rows; the last two balanced (6 = 3 + 3 at 5) */
-            const int64_t left = M - m0;
-            mt = left <= MAX_TILE_ROWS ? left : (left < 2 * MAX_TILE_ROWS ? (left + 1) / 2 : MAX_TILE_ROWS);
+        for (int64_t m0 = 0; m0 < M; m0 += mt) {
+            mt = chunk_rows(M - m0, MAX_TILE_ROWS);
             COLUMN_FNS[kind][mt](x + m0 * ldx, ldx, w, ldw, y + m0 * ldy, ldy, n0, n1, nb, accumulate);
         }
     }
@@ -1094,9 +1098,8 @@ static void gemm_q8a_avx2(int kind, const Q8aRows *x, const uint8_t *w, int64_t 
     for (int64_t n0 = 0; n0 < N; n0 += COLUMN_BLOCK) {
         const int64_t n1 = n0 + COLUMN_BLOCK < N ? n0 + COLUMN_BLOCK : N;
         int64_t mt;
-        for (int64_t m0 = 0; m0 < M; m0 += mt) {     /* chunks of R rows; the last two balanced */
-            const int64_t left = M - m0;
-            mt = left <= R ? left : (left < 2 * R ? (left + 1) / 2 : R);
+        for (int64_t m0 = 0; m0 < M; m0 += mt) {
+            mt = chunk_rows(M - m0, R);
             const Q8aRows rows = {x->xt + m0 * x->G * 8 * QK, x->dxp + m0 * x->G * Q8A_GROUP,
                                   x->sxp + m0 * x->G * Q8A_GROUP, x->xb + m0 * x->G * Q8A_GROUP, x->G};
             Q8A_COLUMN_FNS[kind][mt](&rows, nb, w, ldw, y + m0 * ldy, ldy, n0, n1, accumulate);
@@ -1445,6 +1448,16 @@ static inline __attribute__((always_inline)) void finish_group(const float *qs, 
     softmax_pv(i0, NQ, V, G, L, n, DV, P, sums, os, ldo, H16);
 }
 
+/* one group from its scores to its outputs (a prompt's order, attend_group), up to its visible end */
+static inline __attribute__((always_inline)) void whole_group(const float *qs, int64_t ldq, int64_t G, int64_t i0,
+        const int NQ, const void *K, const void *V, int64_t L, const int64_t *ends, const int DV, const float *mask,
+        float scale, float *P, float *sums, float *os, int64_t ldo, const int H16) {
+    const int64_t n = group_end(ends, G, i0, NQ);
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) scores_8(qs, ldq, G, i0, NQ, K, 8 * DV, DV, mask, L, c, scale, P, H16);
+    finish_group(qs, ldq, G, i0, NQ, K, V, L, c, n, DV, mask, scale, P, sums, os, ldo, H16);
+}
+
 #define HIDDEN_BELOW (-1e30f)
 /* ends[r] for each of the M mask rows [M, L]: one past the last column whose mask is above HIDDEN_BELOW
  * (a hidden column's mask is float32 min: its weight is exactly 0, see attend_group), or L for a row
@@ -1507,18 +1520,8 @@ static inline __attribute__((always_inline)) void attend_group(
                          sums, os, ldo, H16);
         return;
     }
-    for (int64_t i = 0; i < Q3; i += 3) {
-        const int64_t n = group_end(ends, G, i, 3);
-        int64_t c = 0;
-        for (; c + 8 <= n; c += 8) scores_8(qs, ldq, G, i, 3, K, D, DV, mask, L, c, scale, P, H16);
-        finish_group(qs, ldq, G, i, 3, K, V, L, c, n, DV, mask, scale, P, sums, os, ldo, H16);
-    }
-    for (int64_t i = Q3; i < Q; i++) {
-        const int64_t n = ends[i / G];
-        int64_t c = 0;
-        for (; c + 8 <= n; c += 8) scores_8(qs, ldq, G, i, 1, K, D, DV, mask, L, c, scale, P, H16);
-        finish_group(qs, ldq, G, i, 1, K, V, L, c, n, DV, mask, scale, P, sums, os, ldo, H16);
-    }
+    for (int64_t i = 0; i < Q3; i += 3) whole_group(qs, ldq, G, i, 3, K, V, L, ends, DV, mask, scale, P, sums, os, ldo, H16);
+    for (int64_t i = Q3; i < Q; i++) whole_group(qs, ldq, G, i, 1, K, V, L, ends, DV, mask, scale, P, sums, os, ldo, H16);
 }
 
 /* attend_DV (a float32 cache) and attend16_DV (float16): one compiled body per head size and cache type */
