@@ -193,8 +193,17 @@ static inline __m256 bcast_half(const uint8_t *p) {
     return _mm256_set1_ps(_cvtsh_ss(h));
 }
 
+/* the n <= 4 halves at p as the low floats of a vector: one conversion for a block's scales (each half
+ * converted on its own took a load, a conversion and a broadcast apiece: a third of a pair's decoding) */
+static inline __m128 halves(const uint8_t *p, int n) {
+    uint64_t h = 0;
+    memcpy(&h, p, 2 * n);
+    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h));
+}
+
 static inline __attribute__((always_inline)) void decode_q4_1(const uint8_t *blk, __m256 w[4]) {
-    const __m256 d = bcast_half(blk), m = bcast_half(blk + 2);
+    const __m256 dm = _mm256_castps128_ps256(halves(blk, 2));   /* d, m */
+    const __m256 d = _mm256_permutevar8x32_ps(dm, _mm256_setzero_si256()), m = _mm256_permutevar8x32_ps(dm, _mm256_set1_epi32(1));
     const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 4)));   /* bytes 0-7 */
     const __m256i hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 12)));  /* bytes 8-15 */
     const __m256i low4 = _mm256_set1_epi32(15);
@@ -256,11 +265,17 @@ static inline __attribute__((always_inline)) void tile(
 /* AVX-512: two columns side by side in one 512-bit register (column c in the low 8 lanes, c + 1 in the
  * high 8): each block decoded and each product accumulated by the same per-lane operations as the 8-lane
  * tile above, so the same bits (tested against the portable build), at half the instructions. */
-static inline __attribute__((always_inline)) __m512 bcast_half2(const uint8_t *p0, const uint8_t *p1) {
-    uint16_t h0, h1;
-    memcpy(&h0, p0, 2);
-    memcpy(&h1, p1, 2);
-    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(_cvtsh_ss(h0))), _mm256_set1_ps(_cvtsh_ss(h1)), 1);
+/* the scales of blocks b0 and b1, each over its 8 lanes: ONE conversion of their n halves (d, or d and m),
+ * then a permute per scale (lanes 0-7: b0's half s, lanes 8-15: b1's) */
+static inline __attribute__((always_inline)) __m512 scale2(__m128 h, int n, int s) {
+    return _mm512_permutexvar_ps(_mm512_set_epi32(n + s, n + s, n + s, n + s, n + s, n + s, n + s, n + s,
+                                                  s, s, s, s, s, s, s, s), _mm512_castps128_ps512(h));
+}
+static inline __m128 halves2(const uint8_t *b0, const uint8_t *b1, int n) {   /* b0's n halves, then b1's */
+    uint32_t h0 = 0, h1 = 0;
+    memcpy(&h0, b0, 2 * n);
+    memcpy(&h1, b1, 2 * n);
+    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)(((uint64_t)h1 << (16 * n)) | h0)));
 }
 
 /* 8 bytes of block b0 at offset o (low lanes) and of block b1 (high lanes), widened to 16 int32 */
@@ -272,14 +287,15 @@ static inline __m512i bytes8x2(const uint8_t *b0, const uint8_t *b1, int o, int 
 
 static inline __attribute__((always_inline)) void decode2(int kind, const uint8_t *b0, const uint8_t *b1, __m512 w[4]) {
     if (kind == KIND_Q4_1) {
-        const __m512 d = bcast_half2(b0, b1), m = bcast_half2(b0 + 2, b1 + 2);
+        const __m128 h = halves2(b0, b1, 2);
+        const __m512 d = scale2(h, 2, 0), m = scale2(h, 2, 1);
         const __m512i lo = bytes8x2(b0, b1, 4, 0), hi = bytes8x2(b0, b1, 12, 0), low4 = _mm512_set1_epi32(15);
         w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(lo, low4)), d, m);
         w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(hi, low4)), d, m);
         w[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(lo, 4)), d, m);
         w[3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(hi, 4)), d, m);
     } else {
-        const __m512 d = bcast_half2(b0, b1);
+        const __m512 d = scale2(halves2(b0, b1, 1), 1, 0);
         for (int g = 0; g < 4; g++) w[g] = _mm512_mul_ps(_mm512_cvtepi32_ps(bytes8x2(b0, b1, 2 + 8 * g, 1)), d);
     }
 }
@@ -308,23 +324,28 @@ static inline __attribute__((always_inline)) void tile2(
 #pragma GCC unroll 4
         for (int j = 0; j < NP; j++) acc[i][j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
+        __m512 wv[4][4];                          /* the block of every pair first, then the products */
 #pragma GCC unroll 4
         for (int j = 0; j < NP; j++) {
             const uint8_t *c0 = w + 2 * j * ldw + b * bs, *c1 = c0 + ldw;
-            __m512 wv[4];
             /* the prefetches of tile, for both columns */
             _mm_prefetch((const char *)(c0 + 2 * NP * ldw), _MM_HINT_T0);
             _mm_prefetch((const char *)(c1 + 2 * NP * ldw), _MM_HINT_T0);
             _mm_prefetch((const char *)(c0 + 8 * NP * ldw), _MM_HINT_T1);
             _mm_prefetch((const char *)(c1 + 8 * NP * ldw), _MM_HINT_T1);
-            decode2(kind, c0, c1, wv);
-#pragma GCC unroll 4
-            for (int g = 0; g < 4; g++)
-#pragma GCC unroll 8
-                for (int i = 0; i < MT; i++)
-                    acc[i][j] = _mm512_fmadd_ps(wv[g], _mm512_broadcast_f32x8(_mm256_loadu_ps(x + i * ldx + b * QK + 8 * g)),
-                                                acc[i][j]);
+            decode2(kind, c0, c1, wv[j]);
         }
+        /* each row's 8 inputs loaded once for the NP pairs and used at once: with the pairs' blocks decoded
+         * one after another, the compiler kept every input of the block live across them and spilled the
+         * accumulators of 8 rows to the stack (1.34x slower at 8 rows) */
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++)
+#pragma GCC unroll 8
+            for (int i = 0; i < MT; i++) {
+                const __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + i * ldx + b * QK + 8 * g));
+#pragma GCC unroll 4
+                for (int j = 0; j < NP; j++) acc[i][j] = _mm512_fmadd_ps(wv[j][g], xv, acc[i][j]);
+            }
     }
     store_pairs(acc, y, ldy, MT, NP, accumulate);
 }
@@ -404,12 +425,13 @@ static const panel_fn PANEL_FNS[MAX_TILE_ROWS + 1] = {0, panel_rows_1, panel_row
     }
 /* rows per tile -> columns per tile: 8-10 accumulators (at least 8 independent FMA chains to cover
  * the FMA latency on two pipes; at most 10 so that they, a block's decoded weights and the constants
- * fit AVX2's 16 registers). With AVX-512 (QGEMM_AVX512) the tiles of 2-8 rows hold two columns a register
- * (4, 3, 2, 2, then 2 registers a row: 8, 6, 4 columns a tile; 8 rows x 2 = 16 of the 32 registers), so a
- * verify of up to 8 tokens decodes each block once; one row keeps the 8-lane tile, which measured faster
- * there (0.92x its step with pairs: one row is bound by decoding, not by the products). */
+ * fit AVX2's 16 registers). With AVX-512 (QGEMM_AVX512) every tile of 1-8 rows holds two columns a register
+ * (4, 4, 3, 2, 2, then 2 registers a row: 8, 8, 6, 4 columns a tile; 8 rows x 2 = 16 of the 32 registers),
+ * so a verify of up to 8 tokens decodes each block once. One row took the 8-lane tile while a pair's two
+ * scales cost 14 instructions (0.92x its step with pairs then); with one conversion for both (scale2) the
+ * pairs are the faster there too. */
 #if QGEMM_AVX512
-#define ALL_TILES(KIND) COLUMNS(KIND, 1, 8) COLUMNS2(KIND, 2, 8) COLUMNS2(KIND, 3, 6) \
+#define ALL_TILES(KIND) COLUMNS2(KIND, 1, 8) COLUMNS2(KIND, 2, 8) COLUMNS2(KIND, 3, 6) \
                         COLUMNS2(KIND, 4, 4) COLUMNS2(KIND, 5, 4) COLUMNS2(KIND, 6, 4) \
                         COLUMNS2(KIND, 7, 4) COLUMNS2(KIND, 8, 4)
 #else
