@@ -503,6 +503,25 @@ def test_greedy_speculative_equals_plain_on_a_gguf_q8a_target(gguf_target):
     assert_rows_independent(target, "numpy", torch.float32)
 
 
+def test_the_softmax_exp_is_the_same_on_both_paths():
+    """The attention's exp (16 lanes at a time on AVX-512 builds, exp16) gives the scalar exp_fixed's bits
+    for every input: softmax scores (x <= 0, down past the -87 cut to 0), SiLU's range, and the edges."""
+    g = np.random.default_rng(1)
+    x = np.concatenate([-np.abs(g.standard_normal(300_000) * np.exp2(g.uniform(-12, 7, 300_000))),
+                        g.uniform(-90, 90, 300_000), np.linspace(-88, -86, 20_001),
+                        g.integers(0, 2 ** 32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+                        np.array([-87, -87.00001, -86.99999, 88, 88.00001, 89, -0.0, 0.0, 1e-30, -1e-30,
+                                  np.inf, -np.inf, np.nan, -np.nan] * 3, np.float32)]).astype(np.float32)
+    with np.errstate(all="ignore"):
+        vector, portable = qkernels.exp_softmax(x), qkernels.exp_softmax(x, portable=True)
+    nan = np.isnan(portable)
+    assert np.array_equal(np.isnan(vector), nan)
+    assert np.array_equal(vector[~nan].view(np.uint32), portable[~nan].view(np.uint32))
+    assert (portable[x < -87] == 0).all() and portable[x == 0][0] == 1.0
+    close = np.abs(x) < 80
+    assert np.allclose(portable[close], np.exp(x[close].astype(np.float64)), rtol=3e-7)
+
+
 # ---- the float16 KV cache (--kv-cache float16) -----------------------------------------------------
 
 def test_float16_rounding_is_numpys_on_both_paths():

@@ -19,7 +19,7 @@ import numpy as np
 from . import native
 from .qformats import BLOCK, BLOCK_BYTES, KINDS
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 HEAD_DIMS = (8, 16, 32, 64, 96, 128, 256)   # attention head sizes layers_forward runs (qkernels.c attend_for)
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _lib = None
@@ -97,7 +97,8 @@ def library():
                            ("q8a_pack", [ctypes.c_int, _P, _I, _P, _I, _I, _I, ctypes.c_int]),
                            ("rmsnorm_rows", [_P, _I, _P, _F, _P, _I, _I, _I]),
                            ("layers_forward", [ctypes.POINTER(Layer), _I, ctypes.POINTER(Step), _P]),
-                           ("f32_to_f16", [_P, _P, _I, ctypes.c_int])):
+                           ("f32_to_f16", [_P, _P, _I, ctypes.c_int]),
+                           ("exp_floats", [_P, _P, _I, ctypes.c_int])):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, ctypes.c_int
         lib.layer_work_floats.argtypes = [_I] * 8
@@ -204,6 +205,15 @@ def rmsnorm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
     out = np.empty((M, d), np.float32)
     library().rmsnorm_rows(x.ctypes.data, x.strides[0] // 4, None if weight is None else weight.ctypes.data,
                            eps, out.ctypes.data, d, M, d)
+    return out
+
+
+def exp_softmax(x: np.ndarray, portable: bool = False) -> np.ndarray:
+    """exp(x) as the attention's softmax computes it (qkernels.c exp_fixed; 16 lanes at a time where the
+    build has AVX-512); portable: the scalar code. For the tests: both must give the same bits."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    library().exp_floats(x.ctypes.data, out.ctypes.data, x.size, int(portable))
     return out
 
 
