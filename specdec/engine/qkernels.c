@@ -1611,7 +1611,8 @@ static void visible_ends(const float *mask, int64_t M, int64_t L, int64_t *ends)
  * group: the G heads of a token first), a group to the furthest end of its queries.
  * Two loop orders, the same arithmetic per query. Up to PHASED_TOKENS tokens (a decode step or a verify:
  * few queries, many columns) the scores go column chunk by chunk over every group, so that each K row
- * comes from memory once for all the queries, then each group's softmax and P V. A longer forward (a
+ * comes from memory once for all the queries (from 6 queries on AVX-512, 16 K rows transposed once for all
+ * of them: scores_16t), then each group's softmax and P V. A longer forward (a
  * prompt) runs each group from its scores to its outputs before the next, so that its rows of P stay in
  * L1 (all of P for a 1000-token prompt is 12 MB): that order made a 1200-token prefill 1.3x faster, but a
  * 5-token verify at 2500 columns 4-10 % slower where it was tried (each group then loads every K row), so
