@@ -1628,29 +1628,27 @@ static inline __attribute__((always_inline)) void attend_group(
     if (S <= PHASED_TOKENS && Q3 <= 3 * PHASED_GROUPS) {
         int64_t n3[PHASED_GROUPS];                 /* each group's end */
         for (int64_t i = 0; i < Q3; i += 3) n3[i / 3] = group_end(ends, G, i, 3);
-        int64_t c = 0;
 #if QGEMM_AVX512
-        if (Q3 >= 6) {                             /* chunks of 16 columns transposed (scores_16t) */
-            __m512 kt[8 * DV];
-            for (; c + 16 <= L; c += 16) {
-                int done = 0;
-                for (int64_t i = 0; i < Q3; i += 3)
-                    if (c + 16 <= n3[i / 3]) {
-                        if (!done) transpose16(K, D, DV, c, kt, H16);
-                        done = 1;
-                        scores_16t(qs, ldq, G, i, 3, kt, DV, mask, L, c, scale, P);
-                    } else if (c + 8 <= n3[i / 3]) {
-                        scores_8(qs, ldq, G, i, 3, K, D, DV, mask, L, c, scale, P, H16);
-                    }
-                for (int64_t i = Q3; i < Q; i++)
-                    for (int64_t c8 = c; c8 < c + 16; c8 += 8)
-                        if (c8 + 8 <= ends[i / G]) scores_8(qs, ldq, G, i, 1, K, D, DV, mask, L, c8, scale, P, H16);
-            }
-        }
+        const int T = Q3 >= 6;                     /* whole 16-column chunks transposed (scores_16t) */
+        __m512 kt[8 * DV];
+#else
+        const int T = 0;
 #endif
-        for (; c + 8 <= L; c += 8) {
+        for (int64_t c = 0; c + 8 <= L; c += 8) {
+            const int64_t c16 = c - c % 16;        /* the 16-column chunk that holds c */
+            int transposed = 0;
             for (int64_t i = 0; i < Q3; i += 3)
-                if (c + 8 <= n3[i / 3]) scores_8(qs, ldq, G, i, 3, K, D, DV, mask, L, c, scale, P, H16);
+                if (T && c16 + 16 <= n3[i / 3]) {  /* the group's chunk is whole: scored at its start */
+#if QGEMM_AVX512
+                    if (c == c16) {
+                        if (!transposed) transpose16(K, D, DV, c16, kt, H16);
+                        transposed = 1;
+                        scores_16t(qs, ldq, G, i, 3, kt, DV, mask, L, c16, scale, P);
+                    }
+#endif
+                } else if (c + 8 <= n3[i / 3]) {
+                    scores_8(qs, ldq, G, i, 3, K, D, DV, mask, L, c, scale, P, H16);
+                }
             for (int64_t i = Q3; i < Q; i++)
                 if (c + 8 <= ends[i / G]) scores_8(qs, ldq, G, i, 1, K, D, DV, mask, L, c, scale, P, H16);
         }
