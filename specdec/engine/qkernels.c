@@ -174,6 +174,11 @@ static void gemm_scalar(int kind, const float *x, int64_t ldx, const uint8_t *w,
 
 #if QGEMM_AVX2
 /* ---- AVX2 + FMA: the same operations, 8 lanes at a time ---- */
+/* x from here on in a register, not a memory operand. gcc folds a vector that several queries multiply
+ * into each multiply as a load of its own (3 loads of each V vector and each transposed K row for 3
+ * queries), and Zen 4 loads one 512-bit vector a cycle, so P V and the transposed scores waited on loads
+ * and, past L1, on L2 (bench/RESULTS.md, "A vector loaded once for the queries that share it"). */
+#define KEEP_IN_REGISTER(x) __asm__("" : "+v"(x))
 
 /* the rows of the next chunk when `left` rows remain, chunks of at most R: R, and the last two balanced
  * (R + 1 .. 2R - 1 rows split in halves, 6 = 3 + 3 at R = 5), so no chunk is a thin tile */
@@ -1437,7 +1442,8 @@ static inline __attribute__((always_inline)) void scores_16t(const float *qs, in
     }
     for (int t = 0; t < DV; t++)
         for (int l = 0; l < 8; l++) {
-            const __m512 k = kt[8 * t + l];
+            __m512 k = kt[8 * t + l];
+            KEEP_IN_REGISTER(k);
             for (int a = 0; a < NQ; a++) p[a][l] = _mm512_add_ps(p[a][l], _mm512_mul_ps(_mm512_set1_ps(q[a][8 * t + l]), k));
         }
     for (int a = 0; a < NQ; a++) {
@@ -1468,20 +1474,24 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
         __m512 ow[3][4];
         for (int a = 0; a < NQ; a++)
             for (int t = 0; t < TB / 2; t++) ow[a][t] = _mm512_setzero_ps();
+        __m128 sx[3];       /* the sums in lane 0 of a vector register: as plain floats gcc paired two of
+                             * them through a general register, a ~9-cycle chain a column */
+        for (int a = 0; a < NQ; a++) sx[a] = _mm_setzero_ps();
         for (int64_t c = 0; c < n; c++) {
-            __m512 pw[3];
-            for (int a = 0; a < NQ; a++) {
-                const float pc = P[(i0 + a) * L + c];
-                if (own) s[a] += pc;
-                pw[a] = _mm512_set1_ps(pc);
-            }
+            __m512 pw[3], vw[4];
             for (int t = 0; t < TB / 2; t++) {
-                const __m512 vw = load16_kv(V, c * D + 8 * (t0 + 2 * t), H16);
-                for (int a = 0; a < NQ; a++) ow[a][t] = _mm512_add_ps(ow[a][t], _mm512_mul_ps(pw[a], vw));
+                vw[t] = load16_kv(V, c * D + 8 * (t0 + 2 * t), H16);
+                KEEP_IN_REGISTER(vw[t]);
             }
+            for (int a = 0; a < NQ; a++) {
+                pw[a] = _mm512_set1_ps(P[(i0 + a) * L + c]);
+                if (own) sx[a] = _mm_add_ss(sx[a], _mm512_castps512_ps128(pw[a]));
+            }
+            for (int t = 0; t < TB / 2; t++)
+                for (int a = 0; a < NQ; a++) ow[a][t] = _mm512_add_ps(ow[a][t], _mm512_mul_ps(pw[a], vw[t]));
         }
         for (int a = 0; a < NQ; a++) {
-            if (own) sums[i0 + a] = s[a];
+            if (own) sums[i0 + a] = _mm_cvtss_f32(sx[a]);
             float *o = os + ((i0 + a) / G) * ldo + ((i0 + a) % G) * D + 8 * t0;
             const __m512 sw = _mm512_set1_ps(sums[i0 + a]);
             for (int t = 0; t < TB / 2; t++) _mm512_storeu_ps(o + 16 * t, _mm512_div_ps(ow[a][t], sw));
@@ -1500,7 +1510,10 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
             pv[a] = (v8f){pc, pc, pc, pc, pc, pc, pc, pc};
         }
         for (int t = 0; t < TB; t++) {
-            const v8f vv = load8_kv(V, c * D + 8 * (t0 + t), H16);
+            v8f vv = load8_kv(V, c * D + 8 * (t0 + t), H16);
+#if QGEMM_AVX2
+            KEEP_IN_REGISTER(vv);
+#endif
             for (int a = 0; a < NQ; a++) ov[a][t] += pv[a] * vv;
         }
     }
