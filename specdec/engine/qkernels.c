@@ -1605,22 +1605,6 @@ static void visible_ends(const float *mask, int64_t M, int64_t L, int64_t *ends)
     }
 }
 
-/* While the scores read K rows c .. c + 7: K rows 16 ahead into L1 and V rows c .. c + 7 into L2, for
- * P V. A layer's K and V (256 KB each at SmolLM2's 1000 columns) come from memory in every step (all
- * layers' are 46 MB), and a decode step's queries do too little work a row for the hardware prefetcher
- * alone to keep the reads going: 30 layers' decode attention at 1000 columns took 1.2-1.4x longer
- * without (bench/RESULTS.md, "A vector loaded once for the queries that share it"). */
-#define KV_AHEAD 16
-static inline __attribute__((always_inline)) void kv_prefetch(const void *K, const void *V, int64_t rowb, int64_t c,
-                                                              int64_t L) {
-    const char *k = (const char *)K + (c + KV_AHEAD) * rowb, *v = (const char *)V + c * rowb;
-    const char *kend = (const char *)K + L * rowb;
-    for (int64_t o = 0; o < 8 * rowb; o += 64) {
-        if (k + o < kend) __builtin_prefetch(k + o, 0, 3);
-        __builtin_prefetch(v + o, 0, 2);
-    }
-}
-
 #define PHASED_TOKENS 16                     /* the most tokens a forward scores in the column-chunk order */
 #define PHASED_GROUPS 64                     /* and the most groups (3 queries each) it holds ends for */
 /* Attention of the Q = G * S queries that share one KV head (G query heads x S tokens of one row)
@@ -1663,10 +1647,8 @@ static inline __attribute__((always_inline)) void attend_group(
 #else
         const int T = 0;
 #endif
-        const int64_t rowb = (H16 ? 2 : 4) * D; /* bytes a K or V row */
         for (int64_t c = 0; c + 8 <= L; c += 8) {
             const int64_t c16 = c - c % 16;        /* the 16-column chunk that holds c */
-            kv_prefetch(K, V, rowb, c, L);
             int transposed = 0;
             for (int64_t i = 0; i < Q3; i += 3)
                 if (T && c16 + 16 <= n3[i / 3]) {  /* the group's chunk is whole: scored at its start */
