@@ -177,7 +177,8 @@ static void gemm_scalar(int kind, const float *x, int64_t ldx, const uint8_t *w,
 /* x from here on in a register, not a memory operand. gcc folds a vector that several queries multiply
  * into each multiply as a load of its own (3 loads of each V vector and each transposed K row for 3
  * queries), and Zen 4 loads one 512-bit vector a cycle, so P V and the transposed scores waited on loads
- * and, past L1, on L2 (bench/RESULTS.md, "A vector loaded once for the queries that share it"). */
+ * and, past L1, on L2 (bench/RESULTS.md, "A new VM (Zen 4), and a vector loaded once for the queries
+ * that share it"). */
 #define KEEP_IN_REGISTER(x) __asm__("" : "+v"(x))
 
 /* the rows of the next chunk when `left` rows remain, chunks of at most R: R, and the last two balanced
