@@ -412,6 +412,139 @@ def test_q8_0_errors_and_staleness():
     assert torch.equal(torch.from_numpy(w), m.model.layers[0].mlp.down_proj.weight)
 
 
+# ---- the greedy head (qkernels.c head_argmax) -------------------------------------------------------
+
+def _near_tie_head(N=301, K=96, seed=11):
+    """A q8_0 head with traps for an argmax taken from Q8 activations: row 40 is row 20 with one weight
+    one step larger (its float logit beats row 20's by d * x_k, which Q8 rounds away where |x_k| < dx / 2),
+    and row 60 is row 20 exactly (a tie: the first wins). Returns the head, x [M, K] aimed at row 20 with
+    x_k small and positive (so the Q8 argmax is wrong), and k."""
+    g = np.random.default_rng(seed)
+    w = g.standard_normal((N, K)).astype(np.float32) * 0.05
+    w[20] *= 20.0                                                 # the row x aims at stands out
+    blocks = qformats.quantize_q8_0(w)
+    r = blocks.reshape(N, K // 32, 34)
+    r[20, :, 2:] = np.clip(r[20, :, 2:].view(np.int8), -100, 100).view(np.uint8)   # room for one more step
+    r[40] = r[20]
+    k = 37                                                        # block 1, element 5
+    r[40, 1, 2 + 5] = np.uint8((r[20, 1, 2 + 5].astype(np.int8) + 1).view(np.uint8))
+    r[60] = r[20]
+    head = qkernels.QMatrix("q8_0", np.ascontiguousarray(blocks), K)
+    w20 = qformats.dequantize(blocks[20:21], "q8_0", K)[0]
+    x = (w20[None] * g.uniform(0.5, 2.0, (24, 1)) + g.standard_normal((24, K)) * 0.02).astype(np.float32)
+    dx = np.abs(x[:, 32:64]).max(-1) / 127
+    x[:, k] = dx * g.uniform(0.05, 0.45, 24).astype(np.float32)   # under half a Q8 step: rounds to 0
+    return head, np.ascontiguousarray(x), k
+
+
+def test_greedy_head_is_the_float_heads_argmax_where_q8_alone_is_not():
+    """head_argmax equals NumPy's argmax of the weight-only head's logits on rows built to fool an argmax of
+    the Q8-activation logits (near-ties within its rounding, exact ties), which it does fool: the exact
+    recheck is what makes the difference (a bound too small to cover the rounding fails here)."""
+    head, x, _ = _near_tie_head()
+    g = qkernels.greedy_head(head)
+    y = qkernels.matmul(x, head)
+    z = qkernels.matmul(x, g.packed, act="q8")
+    assert (y.argmax(-1) == 40).all() and (z.argmax(-1) != 40).all()      # the trap works
+    ids, ok, checked = qkernels.head_argmax(x, head, g)
+    assert ok.all() and np.array_equal(ids, y.argmax(-1)) and (checked >= 3).all()
+    for n_valid in (40, 41, 61, 200):                                     # the rows past n_valid never count
+        ids, ok, _ = qkernels.head_argmax(x, head, g, n_valid)
+        assert ok.all() and np.array_equal(ids, y[:, :n_valid].argmax(-1)), n_valid
+    # random heads and activations (blocks of zeros, spread scales), widths with and without a 16-row tail
+    for N, K in ((13, 32), (300, 64), (1000, 160)):
+        head = _qmatrix("q8_0", N, K, seed=N)
+        gen = np.random.default_rng(N)
+        x = (gen.standard_normal((9, K)) * gen.uniform(0.01, 10, (9, 1))).astype(np.float32)
+        x[1, :32] = 0.0
+        ids, ok, _ = qkernels.head_argmax(x, head, qkernels.greedy_head(head))
+        assert ok.all() and np.array_equal(ids, qkernels.matmul(x, head).argmax(-1)), (N, K)
+
+
+def test_greedy_head_bound_covers_the_worst_rounding():
+    """A row whose Q8 logit loses what its error bound allows, ~all of it: every activation but one per
+    block sits just under half a Q8 step with the weight's sign (rounded to 0, each losing 0.499 dx |w|), so
+    row B's Q8 logit is 0 where its float logit is ~0.998 of c * sum l1 dx (c ~ 0.5); row A's, exact in both,
+    is 0.9 of B's float logit. The Q8 argmax is A, the float one B: a bound under ~0.45 of the true one
+    misses B (checked by mutating c in qkernels.c: 0.4 fails here, the 0.5 + margin passes)."""
+    N, K, A, B = 48, 64, 5, 30
+    g = np.random.default_rng(0)
+    q = np.zeros((N, K), np.int8)
+    q[B] = np.where(g.random(K) < 0.5, -127, 127)
+    q[B, ::32] = 0                                                 # B has no weight where x is large
+    q[A, 0] = 1
+    dx = np.float32(1.0) / np.float32(127.0)
+    x = (0.499 * dx * np.sign(q[B])).astype(np.float32)
+    x[::32] = 1.0                                                 # each block's scale: dx = 1 / 127
+    y_b = 0.01 * 127 * np.abs(x[q[B] != 0]).sum()
+    d = np.zeros((N, K // 32), np.float16)
+    d[B], d[A, 0] = 0.01, 0.9 * y_b
+    blocks = np.concatenate([d[:, :, None].view(np.uint8), q.reshape(N, K // 32, 32).view(np.uint8)], -1)
+    head = qkernels.QMatrix("q8_0", np.ascontiguousarray(blocks.reshape(N, -1)), K)
+    gh = qkernels.greedy_head(head)
+    x = x.reshape(1, K).copy()                                    # (x[None] has a 0 row stride)
+    assert qkernels.matmul(x, head).argmax(-1)[0] == B and qkernels.matmul(x, gh.packed, act="q8").argmax(-1)[0] == A
+    ids, ok, _ = qkernels.head_argmax(x, head, gh)
+    assert ok[0] and ids[0] == B
+
+
+def test_greedy_head_hands_back_what_it_cannot_bound():
+    head, x, _ = _near_tie_head()
+    g = qkernels.greedy_head(head)
+    x = x[:4].copy()
+    x[1, 3], x[2, 70], x[3] = np.nan, np.inf, 1e37                # NaN, inf, a logit that may overflow
+    ids, ok, _ = qkernels.head_argmax(x, head, g)
+    assert ok.tolist() == [True, False, False, False] and ids[0] == 40
+    with pytest.raises(ValueError, match="n_valid"):
+        qkernels.head_argmax(x, head, g, head.N + 1)
+    assert qkernels.greedy_head(_qmatrix("q4_1", 8, 64)) is None     # Q4_1's offsets: no bound, no greedy head
+    assert qkernels.greedy_head(qkernels.pack_q8a(head)) is None
+
+
+def _without_greedy_head(monkeypatch):
+    monkeypatch.setattr(runner_mod.ModelRunner, "greedy_ids", property(lambda self: False))
+
+
+@pytest.mark.parametrize("vocab_size", [None, 50])
+def test_greedy_decoding_on_the_greedy_head_equals_it_on_the_logits(q8_pair, vocab_size, monkeypatch):
+    """Plain and speculative greedy decoding emit the same tokens with the greedy head as from the full
+    logits (where the head's argmax alone is exact, plain == speculative would hold even if it were wrong)."""
+    target, draft = q8_pair
+    assert ModelRunner(target, 1, 16).greedy_ids
+    ids, mask = _batch(B=4)
+    fwd = ModelRunner(target, 1, 16)._lean
+    before = fwd.greedy_rows
+    kw = dict(max_new_tokens=16, vocab_size=vocab_size)
+    got = [autoregressive_generate(target, ids, mask, **kw).new_tokens,
+           SpeculativeDecoder(target, draft, gamma=3, vocab_size=vocab_size).generate(ids, mask, max_new_tokens=16).new_tokens,
+           SpeculativeDecoder(target, "ngram", gamma=3, vocab_size=vocab_size).generate(ids, mask, max_new_tokens=16).new_tokens]
+    assert fwd.greedy_rows > before                                   # the greedy head ran
+    _without_greedy_head(monkeypatch)
+    want = autoregressive_generate(target, ids, mask, **kw).new_tokens
+    assert got == [want, want, want]
+    if vocab_size:
+        assert max(t for row in want for t in row) < vocab_size
+
+
+def test_greedy_head_is_only_where_it_is_exact(q8a_pair):
+    assert not ModelRunner(q8a_pair[0], 1, 16).greedy_ids                # Q8 activations: its head already is
+    assert ModelRunner(q8a_pair[0], 1, 16).forward_greedy(torch.tensor([[5]]), torch.tensor([[0]]),
+                                                          torch.tensor([[True]]), 40)[0].shape == (1, 1)
+
+
+def test_a_broken_target_is_refused_with_or_without_the_greedy_head(q8_pair, monkeypatch):
+    target = copy.deepcopy(q8_pair[0])
+    qweights.current_weights(target).head_norm[:] = np.nan          # every logit NaN
+    ids = torch.tensor([[3, 4, 5]])
+    with pytest.raises(ValueError, match="produced NaN logits"):
+        autoregressive_generate(target, ids, max_new_tokens=2)
+    with pytest.raises(ValueError, match="produced NaN logits"):
+        SpeculativeDecoder(target, "ngram", gamma=2).generate(ids, max_new_tokens=2)
+    _without_greedy_head(monkeypatch)
+    with pytest.raises(ValueError, match="produced NaN logits"):
+        autoregressive_generate(target, ids, max_new_tokens=2)
+
+
 # ---- GGUF ------------------------------------------------------------------------------------------
 
 def _permute(rows, heads):
@@ -486,11 +619,14 @@ def test_gguf_refuses_a_model_that_is_not_the_files(gguf_target):
         quantize_model(copy.deepcopy(model), "gguf-q8a")
 
 
-def test_greedy_speculative_equals_plain_on_a_gguf_target(gguf_target):
+def test_greedy_speculative_equals_plain_on_a_gguf_target(gguf_target, monkeypatch):
     model, path = gguf_target
     target = quantize_model(copy.deepcopy(model), "gguf", gguf_path=str(path))
     draft = quantize_model(_noisy_copy(model, 0.02, seed=1), "q8_0")
-    _greedy_speculation_is_exact(target, draft, (2, 4))
+    ids, mask, ar = _greedy_speculation_is_exact(target, draft, (2, 4))
+    assert ModelRunner(target, 1, 16).greedy_ids                       # its q8_0 head: the greedy head
+    monkeypatch.setattr(runner_mod.ModelRunner, "greedy_ids", property(lambda self: False))
+    assert autoregressive_generate(target, ids, mask, max_new_tokens=16).new_tokens == ar.new_tokens
 
 
 def test_greedy_speculative_equals_plain_on_a_gguf_q8a_target(gguf_target):

@@ -56,7 +56,7 @@ from .runner import ModelRunner, cache_kwarg, resolve_impl  # noqa: F401 (cache_
 from .sampling import argmax, mask_logits, pad_vocab, sample_tokens, unusable_rows
 from .stats import DecodeStats
 from .timing import DecodeClock, StepTimer
-from .verify import VerifyResult, sampled_on_cpu, verify, verify_sampled_cpu
+from .verify import VerifyResult, sampled_on_cpu, verify, verify_greedy_ids, verify_sampled_cpu
 
 
 @dataclass
@@ -190,15 +190,23 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
     pending = ids[:, -1:]                                  # [B, 1]
     pos = mask.sum(1, keepdim=True) - 1                    # [B, 1] position of the pending token
     ones = torch.ones_like(pending, dtype=torch.bool)
+    greedy_ids = params.greedy and tgt.greedy_ids     # greedy on a greedy head: ids, no logits (forward_greedy)
+    vocab = logit_width(target) if vocab_size is None else vocab_size
     while rows.live:
         t0 = clock.start("score")
-        logits = tgt.forward(pending, pos, ones[:pending.shape[0]])[:, -1]   # [B, V]
-        if vocab_size is not None:
-            logits = logits[:, :vocab_size]
-        masked = mask_logits(logits, params.temperature, params.top_k, params.top_p)
-        nxt = sample_tokens(masked, params.temperature, gen)                                  # [B]
-        clock.stop("score", t0)
-        host = torch.cat([nxt, unusable_rows(logits).any().view(1)]).tolist()   # the one host sync per step
+        if greedy_ids:
+            nxt, bad = tgt.forward_greedy(pending, pos, ones[:pending.shape[0]], vocab)
+            nxt = nxt[:, -1]                                                                    # [B]
+            clock.stop("score", t0)
+            host = nxt.tolist() + [bad]
+        else:
+            logits = tgt.forward(pending, pos, ones[:pending.shape[0]])[:, -1]   # [B, V]
+            if vocab_size is not None:
+                logits = logits[:, :vocab_size]
+            masked = mask_logits(logits, params.temperature, params.top_k, params.top_p)
+            nxt = sample_tokens(masked, params.temperature, gen)                                  # [B]
+            clock.stop("score", t0)
+            host = torch.cat([nxt, unusable_rows(logits).any().view(1)]).tolist()   # the one host sync per step
         stats.target_calls += 1
         check_logits_flag(host[-1], {1: ("target", target)}, f"decode step {stats.target_calls}")
         keep = rows.emit([[t] for t in host[:-1]])
@@ -217,6 +225,14 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
 
 # ----------------------------------------------------------------------------------------------------
 # Speculative decoding.
+
+@dataclass
+class _GreedyScores:
+    """A greedy verify's target side without logits (runner.forward_greedy): argmax ids [B, K+1] and
+    whether any of its logit rows was unusable."""
+    ids: torch.Tensor
+    bad: bool
+
 
 @dataclass
 class _Live:
@@ -416,6 +432,10 @@ class _Call:
         self.narrow = params.greedy and head is not None and int(head.ids[-1]) < dec.vocab_size
         # the target's forwards also return its features (the feature loop reads them)
         self.tfeats = None
+        # greedy on a greedy head, with the default test: the target's verify gives argmax ids, no logits
+        # (runner.forward_greedy; verify_greedy_ids is the test verify(backend="auto") runs on CPU logits)
+        self.greedy_ids = (params.greedy and self.tgt.greedy_ids and not self.FEATURES and dec.verifier is verify
+                           and dec.backend == "auto")
 
     def run(self, on_round) -> None:
         rows, live, counts = self.rows, self.live, self.counts
@@ -496,11 +516,18 @@ class _Call:
         return sample_tokens(masked, p.temperature, self.gen)
 
     def score(self, drafts):
-        """One target forward over [pending, d_1..d_K]: logits [B, K+1, V] on the decoder's device."""
+        """One target forward over [pending, d_1..d_K]: logits [B, K+1, V] on the decoder's device, or
+        where greedy_ids the argmax ids alone (_GreedyScores)."""
         K, live = drafts.shape[1], self.live
         ids = torch.cat([live.pending[:, None], drafts], 1)                            # [B, K+1]
         pos = live.pos[:, None] + torch.arange(K + 1, device=ids.device)               # [B, K+1]
         t0 = self.clock.start("target_forward")
+        if self.greedy_ids:
+            scores = _GreedyScores(*self.tgt.forward_greedy(ids, pos, torch.ones_like(ids, dtype=torch.bool),
+                                                            self.dec.vocab_size))
+            self.clock.stop("target_forward", t0, K + 1)
+            self.stats.target_calls += 1
+            return scores
         logits = self.tgt.forward(ids, pos, torch.ones_like(ids, dtype=torch.bool), hidden=self.FEATURES)
         if self.FEATURES:
             logits, self.tfeats = logits                                               # features [B, K+1, d]
@@ -514,6 +541,13 @@ class _Call:
         emitted-token slots, then its accepted count."""
         p, dec = self.params, self.dec
         B, K = drafts.shape
+        if isinstance(p_logits, _GreedyScores):   # the target's argmax ids (greedy_ids)
+            check_logits_flag(int(p_logits.bad), {1: ("target", dec.target)}, f"decode round {self.stats.target_calls}")
+            if K == 0:
+                nxt = p_logits.ids[:, 0]
+                return VerifyResult(tokens=nxt[:, None], num_accepted=torch.zeros_like(nxt)), [[t, 0] for t in nxt.tolist()]
+            res = verify_greedy_ids(p_logits.ids, drafts, torch.tensor(n_row))
+            return res, torch.cat([res.tokens, res.num_accepted[:, None]], 1).tolist()
         p_masked = mask_logits(p_logits, p.temperature, p.top_k, p.top_p)             # same as q's
         if K == 0:   # no row drafted: nothing to test, the round is a plain step (autoregressive_generate's)
             nxt = sample_tokens(p_masked[:, 0], p.temperature, self.gen)                # [B]

@@ -218,6 +218,8 @@ class QuantLeanForward:
         self._views_for = None
         self._work = np.empty(0, np.float32)
         self._step = qkernels.Step()
+        self._z = np.empty((0, 0), np.float32)    # the greedy head's integer logits, reused
+        self.greedy_rows = self.greedy_checked = 0   # positions through `greedy`, rows it recomputed exactly
 
     def __deepcopy__(self, memo):
         return None   # holds raw pointers into this model's arrays: a copied model builds its own
@@ -238,8 +240,8 @@ class QuantLeanForward:
             self._work = np.empty(max(need, 2 * self._work.size), np.float32)
         return self._work.ctypes.data
 
-    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0, embeds_add=None, hidden: bool = False):
-        """As LeanForward's (embeds_add, hidden included)."""
+    def _layers_out(self, ids, pos, cache, mask, embeds_add=None) -> np.ndarray:
+        """Every layer over the new tokens: the residual stream x [B*S, d] after the last layer."""
         f = self.fwd
         B, S = ids.shape
         views = cache_views(f, cache, B, S)
@@ -259,6 +261,13 @@ class QuantLeanForward:
         st.rope, st.mask, st.work = rope.ctypes.data, m.ctypes.data, self._work_buffer(B, S, m.shape[-1])
         if self._lib.layers_forward(self._layer_array(views), len(self.qw.layers), st, x.ctypes.data) != 0:
             raise ValueError("the quantized layers rejected this forward's shapes")
+        return x
+
+    def __call__(self, ids, pos, cache, mask, logits_to_keep: int = 0, embeds_add=None, hidden: bool = False):
+        """As LeanForward's (embeds_add, hidden included)."""
+        f = self.fwd
+        B, S = ids.shape
+        x = self._layers_out(ids, pos, cache, mask, embeds_add)
         feats = None
         if hidden:   # the norm is row-wise: normed once for every row, the kept rows' logits from those
             x = qkernels.rmsnorm(x, self.qw.head_norm, f.eps)
@@ -270,3 +279,32 @@ class QuantLeanForward:
         logits = qkernels.matmul(x, self.qw.head, act=self.qw.act)
         logits = torch.from_numpy(logits).view(B, -1, logits.shape[-1])
         return (logits, feats) if hidden else logits
+
+    @property
+    def greedy_head(self) -> bool:
+        """Whether `greedy` runs on the greedy head (qkernels.head_argmax): weight-only modes, a q8_0 head."""
+        return self.qw.greedy is not None
+
+    def greedy(self, ids, pos, cache, mask, vocab: int, logits_to_keep: int = 0):
+        """The forward of __call__ for greedy decoding: (argmax [B, S'] int64 over each kept position's
+        logits[:vocab], whether any of those rows is unusable), what sampling.argmax and unusable_rows
+        give on __call__'s logits, bit for bit, from the greedy head instead of V float logits.
+        A position whose activations are not finite gets its float logits computed in full."""
+        B, S = ids.shape
+        x = self._layers_out(ids, pos, cache, mask)
+        if logits_to_keep and logits_to_keep < S:
+            x = np.ascontiguousarray(x.reshape(B, S, -1)[:, -logits_to_keep:].reshape(B * logits_to_keep, -1))
+        x = qkernels.rmsnorm(x, self.qw.head_norm, self.fwd.eps)
+        head = self.qw.head
+        if self._z.shape[0] < x.shape[0]:
+            self._z = np.empty((x.shape[0], head.N), np.float32)
+        tok, ok, checked = qkernels.head_argmax(x, head, self.qw.greedy, vocab, self._z)
+        self.greedy_rows += x.shape[0]
+        self.greedy_checked += int(checked.sum())
+        bad = False
+        if not ok.all():
+            rows = np.flatnonzero(~ok)
+            logits = qkernels.matmul(np.ascontiguousarray(x[rows]), head)[:, :vocab]
+            tok[rows] = logits.argmax(-1)
+            bad = not np.isfinite(logits.max(-1)).all()
+        return torch.from_numpy(tok).view(B, -1), bad

@@ -40,7 +40,7 @@
 #define Q8_0_BYTES 34
 #define KIND_Q4_1 0
 #define KIND_Q8_0 1
-#define ABI_VERSION 7
+#define ABI_VERSION 8
 /* rows a float-activation tile computes at once (see ALL_TILES): 8 with AVX-512's pairs, else 5 */
 /* AVX-512 F + DQ: 8-lane vectors two to a 512-bit register (the float GEMM's column pairs, the attention):
  * the same lanes, sums and order as the AVX2 code, so the same bits (tested against the portable build) */
@@ -1170,6 +1170,142 @@ int qgemm_q8a(int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t l
 int qgemm_q8a_portable(int kind, const float *x, int64_t ldx, const uint8_t *w, int64_t ldw, float *y,
                        int64_t ldy, int64_t M, int64_t N, int64_t K, int accumulate, void *scratch) {
     return q8a_entry(1, kind, x, ldx, w, ldw, y, ldy, M, N, K, accumulate, scratch);
+}
+
+/* ======================================================================================================
+ * The greedy head: the weight-only head's argmax (quantize gguf / q8_0, temperature 0) at about the
+ * Q8-activation head's cost. A greedy step needs one id per position, not V exact logits, and on an
+ * 8-token verify the float head is multiply-add bound (SmolLM2 on the Zen 4 VM: 5.4 ms against 2.8 ms
+ * for the integer-dot head over the same blocks; bench/RESULTS.md, "The greedy head").
+ *
+ * Given z = Q8(x) W^T (qgemm_q8a over the head), for one position x:
+ *   |y_n - z_n| <= c * sum_b l1[n, b] * dx_b  =: e_n        y = the float head's logits (qgemm), exactly
+ * where l1[n, b] = sum_k |W[n, 32 b + k]| (a Q8_0 block: |d| * sum |q|, exact in float32), dx_b = the
+ * activation block's scale (max |x| / 127, as quantize_rows_q8) and
+ *   c = 0.5 + 2e-4 + 127 (1 + 2u) (gamma(K + nb + 8) + gamma(nb + 8)),  gamma(n) = n u / (1 - n u), u = 2^-24:
+ *   0.5 dx_b (+ 2e-4 for x * (1/dx) and its rounding) bounds each activation's rounding error, and a sum
+ *   of n rounded products is within gamma(n) sum |terms| of the exact one, in any order (both heads'
+ *   float sums; sum |W x| <= 127 (1 + 2u) sum_b l1 dx_b). So with j0 = argmax z and L = z_j0 - e_j0 <= y_j0,
+ *   every n with z_n + e_n < L has y_n < y_j0: only the others (the candidates) can hold the maximum.
+ *   Their exact logits come from qgemm on their rows alone (bitwise the full head's: each output element
+ *   is summed in one fixed order whatever N), and the first of their maxima is the full row's argmax.
+ * A row's bound is only computed where z_n >= L - cap, cap = c * sum_b max_n l1[n, b] dx_b >= every e_n:
+ * most rows are dismissed by one compare. On SmolLM2 the candidates number median 2, at most 197 of
+ * 49152 (bench/RESULTS.md, "How few rows a greedy head rechecks").
+ * Bounds and thresholds are summed in double (the float compares err toward keeping a row).
+ * ok[m] = 0 where the precondition fails (a non-finite activation or z, or |x| so large that a logit
+ * could overflow): the caller computes that position's float logits instead.
+ * x [M, K] (ldx floats), z [M, N] (ldz floats), w: the head's rows in the GGUF layout (ldw bytes), l1 [N, K/32],
+ * l1max [K/32]; row_l1 = max_n sum_b l1[n, b]. Rows n >= n_valid are never chosen.
+ * Returns 0 (ids [M], ok [M], checked[m] = rows recomputed exactly), or -1 on a bad argument. */
+static double rounding_gamma(double n) { const double u = 0x1p-24; return n * u / (1.0 - n * u); }
+
+static int64_t first_max(const float *z, int64_t n, float *zmax, int *bad) {
+    float mx = -INFINITY;
+    int nan = 0;
+    int64_t i = 0;
+#if QGEMM_AVX512
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    __mmask16 un = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(z + i);
+        un |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        vm = _mm512_max_ps(vm, v);
+    }
+    mx = _mm512_reduce_max_ps(vm);
+    nan = un != 0;
+#endif
+    for (; i < n; i++) {
+        nan |= isnan(z[i]);
+        mx = z[i] > mx ? z[i] : mx;
+    }
+    *bad = nan || !isfinite(mx);
+    *zmax = mx;
+    int64_t j = 0;
+#if QGEMM_AVX512
+    for (const __m512 v = _mm512_set1_ps(mx); j + 16 <= n; j += 16) {
+        const __mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(z + j), v, _CMP_EQ_OQ);
+        if (k) return j + __builtin_ctz(k);
+    }
+#endif
+    for (; j < n; j++)
+        if (z[j] == mx) return j;
+    return 0;
+}
+
+/* head_argmax's test of row n (z_n >= thr already): its bound, and where it may hold the maximum its
+ * exact logit, kept if it is the first largest so far. Returns 0, or -1 on a non-finite exact logit. */
+typedef struct { const float *x; int64_t ldx; const uint8_t *w; int64_t ldw; const float *l1; const double *dx;
+                 int64_t nb, K; double c, L; float zmax; int64_t best, checked; float yb; } HeadScan;
+
+static int head_row(HeadScan *h, const float *zm, int64_t n) {
+    double e = 0.0;
+    for (int64_t b = 0; b < h->nb; b++) e += (double)h->l1[n * h->nb + b] * h->dx[b];
+    const double slack = 0x1p-40 * (fabs((double)zm[n]) + fabs((double)h->zmax));   /* the double sums' rounding */
+    if ((double)zm[n] + h->c * e + slack < h->L) return 0;
+    float y;
+    qgemm(KIND_Q8_0, h->x, h->ldx, h->w + n * h->ldw, h->ldw, &y, 1, 1, 1, h->K, 0);
+    h->checked++;
+    if (!isfinite(y)) return -1;
+    if (h->best < 0 || y > h->yb) h->best = n, h->yb = y;
+    return 0;
+}
+
+int head_argmax(int kind, const float *x, int64_t ldx, const float *z, int64_t ldz, const uint8_t *w, int64_t ldw,
+                const float *l1, const float *l1max, double row_l1, int64_t M, int64_t N, int64_t n_valid,
+                int64_t K, int64_t *ids, int32_t *ok, int64_t *checked) {
+    if (kind != KIND_Q8_0 || K % QK || K < QK || M < 0 || N < 1 || n_valid < 1 || n_valid > N || ldx < K
+        || ldz < N || !(row_l1 >= 0.0) || !isfinite(row_l1))
+        return -1;
+    const int64_t nb = K / QK;
+    const double c = 0.5 + 2e-4 + 127.0 * (1.0 + 0x1p-23)
+                     * (rounding_gamma((double)(K + nb + 8)) + rounding_gamma((double)(nb + 8)));
+    double *dx = (double *)malloc((size_t)nb * sizeof(double));
+    if (!dx) return -1;
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * ldx, *zm = z + m * ldz;
+        ok[m] = 0, ids[m] = -1, checked[m] = 0;
+        int finite = 1;
+        float top = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {                      /* quantize_rows_q8's scales */
+            float amax = 0.0f;
+            for (int j = 0; j < QK; j++) {
+                const float a = fabsf(xm[b * QK + j]);
+                finite &= a <= 3.4e38f;                         /* not inf, not NaN */
+                amax = a > amax ? a : amax;
+            }
+            dx[b] = (double)(amax / 127.0f);
+            top = amax > top ? amax : top;
+        }
+        if (!finite || (double)top * row_l1 * 1.01 >= 3.0e38) continue;
+        int bad;
+        float zmax;
+        const int64_t j0 = first_max(zm, n_valid, &zmax, &bad);
+        if (bad) continue;
+        double e0 = 0.0, cap = 0.0;
+        for (int64_t b = 0; b < nb; b++) {
+            e0 += (double)l1[j0 * nb + b] * dx[b];
+            cap += (double)l1max[b] * dx[b];
+        }
+        const double L = (double)zmax - c * e0;
+        const float thr = nextafterf((float)(L - c * cap), -INFINITY);   /* <= L - cap */
+        HeadScan h = {xm, ldx, w, ldw, l1, dx, nb, K, c, L, zmax, -1, 0, 0.0f};
+        int err = 0;
+        int64_t n = 0;                                          /* rows in order: the first maximum wins */
+#if QGEMM_AVX512
+        for (const __m512 vt = _mm512_set1_ps(thr); n + 16 <= n_valid && !err; n += 16)
+            for (__mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(zm + n), vt, _CMP_GE_OQ); k && !err; k &= k - 1)
+                err = head_row(&h, zm, n + __builtin_ctz(k));
+#endif
+        for (; n < n_valid && !err; n++)
+            if (zm[n] >= thr) err = head_row(&h, zm, n);
+        checked[m] = h.checked;
+        if (err || h.best < 0) continue;
+        const int64_t best = h.best;
+        ids[m] = best, ok[m] = 1;
+    }
+    free(dx);
+    return 0;
 }
 
 /* ======================================================================================================

@@ -19,7 +19,7 @@ import numpy as np
 from . import native
 from .qformats import BLOCK, BLOCK_BYTES, KINDS
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 HEAD_DIMS = (8, 16, 32, 64, 96, 128, 256)   # attention head sizes layers_forward runs (qkernels.c attend_for)
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _lib = None
@@ -98,7 +98,9 @@ def library():
                            ("rmsnorm_rows", [_P, _I, _P, _F, _P, _I, _I, _I]),
                            ("layers_forward", [ctypes.POINTER(Layer), _I, ctypes.POINTER(Step), _P]),
                            ("f32_to_f16", [_P, _P, _I, ctypes.c_int]),
-                           ("exp_floats", [_P, _P, _I, ctypes.c_int])):
+                           ("exp_floats", [_P, _P, _I, ctypes.c_int]),
+                           ("head_argmax", [ctypes.c_int, _P, _I, _P, _I, _P, _I, _P, _P, ctypes.c_double,
+                                            _I, _I, _I, _I, _P, _P, _P])):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, ctypes.c_int
         lib.layer_work_floats.argtypes = [_I] * 8
@@ -183,6 +185,59 @@ def matmul(x: np.ndarray, w: QMatrix, out: np.ndarray | None = None, accumulate:
     if w.bias is not None:
         out += w.bias
     return out
+
+
+@dataclass(frozen=True)
+class GreedyHead:
+    """What head_argmax needs beside the head's own blocks (greedy_head builds it once, at load):
+    `packed` the head in the q8a layout (its Q8-activation GEMM), `l1` [N, K/32] float32 each block's
+    sum of |weights| (q8_0: |d| * sum |q|, exact in float32), `l1max` [K/32] its column maxima, `row_l1`
+    the largest row sum."""
+    packed: QMatrix
+    l1: np.ndarray
+    l1max: np.ndarray
+    row_l1: float
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.l1.nbytes
+
+
+def greedy_head(w: QMatrix) -> GreedyHead | None:
+    """The greedy head of a q8_0 head in the GGUF layout (qkernels.c head_argmax), or None where there is
+    none: another block kind (Q4_1's offset m lets the integer head's float terms cancel, which the error
+    bound does not cover), or a block scale that is not finite."""
+    if w.kind != "q8_0" or w.layout != "gguf" or w.bias is not None:
+        return None
+    r = w.blocks.reshape(w.N, -1, BLOCK_BYTES["q8_0"])                            # [N, K/32, 34]
+    d = np.abs(np.ascontiguousarray(r[..., :2]).view(np.float16)[..., 0].astype(np.float32))
+    q = np.abs(np.ascontiguousarray(r[..., 2:]).view(np.int8).astype(np.int32)).sum(-1)   # [N, K/32], <= 4064
+    l1 = np.ascontiguousarray(d * q.astype(np.float32))                            # exact: 11 bits x 12 bits
+    row_l1 = float(l1.astype(np.float64).sum(-1).max())
+    if not np.isfinite(row_l1):
+        return None
+    return GreedyHead(pack_q8a(w), l1, np.ascontiguousarray(l1.max(0)), row_l1)
+
+
+def head_argmax(x: np.ndarray, w: QMatrix, g: GreedyHead, n_valid: int | None = None, z: np.ndarray | None = None):
+    """x [M, K] float32 -> (ids [M] int64, ok [M] bool, checked [M] int64): per row the argmax over the
+    first n_valid (default all) of matmul(x, w)'s logits, the first of equal maxima, as NumPy's argmax,
+    computed from the Q8-activation head and an exact recheck of the few rows its error bound cannot
+    rule out (qkernels.c head_argmax says why that is exact). ok False: a row to compute in full (a
+    non-finite activation); checked: the rows recomputed exactly. z: a float32 [>= M, N] buffer to reuse
+    for the integer head's logits."""
+    M, K = _rows(x, w.K, "x").shape
+    n_valid = w.N if n_valid is None else int(n_valid)
+    if not 1 <= n_valid <= w.N:
+        raise ValueError(f"n_valid must lie in [1, {w.N}], got {n_valid}")
+    z = matmul(x, g.packed, out=None if z is None else z[:M], act="q8")
+    ids, ok, checked = np.empty(M, np.int64), np.empty(M, np.int32), np.empty(M, np.int64)
+    rc = library().head_argmax(KINDS[w.kind], x.ctypes.data, x.strides[0] // 4, z.ctypes.data, z.strides[0] // 4,
+                               w.blocks.ctypes.data, w.blocks.strides[0], g.l1.ctypes.data, g.l1max.ctypes.data,
+                               g.row_l1, M, w.N, n_valid, K, ids.ctypes.data, ok.ctypes.data, checked.ctypes.data)
+    if rc != 0:
+        raise ValueError("head_argmax rejected its arguments")
+    return ids, ok.astype(bool), checked
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from ..common.fingerprint import file_sha256
 from . import arena
 from .headmap import head_ids
 from .qformats import BLOCK, BLOCK_BYTES, QUANTIZERS, dequantize
-from .qkernels import QMatrix, pack_q8a
+from .qkernels import GreedyHead, QMatrix, greedy_head, pack_q8a
 
 Q8A = "-q8a"                                   # suffix: the same blocks, Q8 activations
 MODES = ("gguf", "q8_0", "gguf" + Q8A, "q8_0" + Q8A)
@@ -57,6 +57,7 @@ class QuantWeights:
     source: dict = field(default_factory=dict)    # gguf: path, sha256; q8_0: {}
     key: tuple = ()                               # version_key(model) when built
     arena: bool = False                           # the blocks live in one huge-page arena (_huge_arena)
+    greedy: GreedyHead | None = None              # the greedy head (in_kernel_layout; weight-only modes)
 
     @property
     def act(self) -> str:
@@ -78,6 +79,10 @@ def in_kernel_layout(qw: QuantWeights) -> QuantWeights:
         qw.layers = [QuantLayer(pack_q8a(ly.qkv), pack_q8a(ly.o), pack_q8a(ly.gate_up), pack_q8a(ly.down),
                                 ly.norm1, ly.norm2) for ly in qw.layers]
         qw.head = pack_q8a(qw.head)
+    if qw.act == "f32" and qw.greedy is None:
+        # greedy steps take the float head's argmax from the integer-dot head plus an exact recheck
+        # (qkernels.c head_argmax): a second copy of the head's blocks, regrouped (+ the head's bytes)
+        qw.greedy = greedy_head(qw.head)
     if not qw.arena:
         _huge_arena(qw)
     return qw
@@ -87,6 +92,8 @@ def _huge_arena(qw: QuantWeights) -> None:
     """Move every matrix's blocks into one huge-page buffer (engine/arena.py): a step streams them all."""
     names = ("qkv", "o", "gate_up", "down")
     mats = [getattr(ly, n) for ly in qw.layers for n in names] + [qw.head]
+    if qw.greedy is not None:
+        mats.append(qw.greedy.packed)
     sizes = [-(-m.blocks.nbytes // 4096) * 4096 for m in mats]                   # each on a 4 KB boundary
     base = arena.huge_bytes(sum(sizes))
     moved, off = [], 0
@@ -96,7 +103,9 @@ def _huge_arena(qw: QuantWeights) -> None:
         moved.append(replace(m, blocks=view))
         off += size
     qw.layers = [replace(ly, **dict(zip(names, moved[4 * i:4 * i + 4]))) for i, ly in enumerate(qw.layers)]
-    qw.head = moved[-1]
+    qw.head = moved[4 * len(qw.layers)]
+    if qw.greedy is not None:
+        qw.greedy = replace(qw.greedy, packed=moved[-1])
     qw.arena = True
 
 

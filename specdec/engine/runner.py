@@ -17,6 +17,7 @@ import torch
 from . import families, lean, lean_numpy, quant
 from .headmap import HeadMap
 from .kvcache import KVCache, hf_cache
+from .sampling import argmax, unusable_rows
 from .devices import input_device, logit_width
 
 IMPLS = ("auto", "lean", "numpy", "hf")
@@ -187,6 +188,24 @@ class ModelRunner:
         logits, feats = out if hidden else (out, None)
         logits = logits if self.head is None or not expand else self.head.expand(logits)
         return (logits, feats) if hidden else logits
+
+    @property
+    def greedy_ids(self) -> bool:
+        """Whether forward_greedy runs on a greedy head (lean_numpy.QuantLeanForward.greedy: the C kernels'
+        forward of a weight-only quantized model with a q8_0 head) rather than on forward's logits."""
+        return self.impl == "numpy" and self.head is None and getattr(self._lean, "greedy_head", False)
+
+    def forward_greedy(self, ids, pos, valid, vocab: int, logits_to_keep: int = 0):
+        """forward for greedy decoding: (argmax [B, S'] int64 of logits[..., :vocab], whether any of those
+        rows is unusable: sampling.unusable_rows), the same as from forward's logits, bit for bit; on a
+        greedy head without computing the V logits (greedy_ids)."""
+        if not self.greedy_ids:
+            logits = self.forward(ids, pos, valid, logits_to_keep)[..., :vocab]
+            return argmax(logits), bool(unusable_rows(logits).any())
+        mask = self.kv.begin(valid, pos)
+        out = self._lean.greedy(ids, pos, self.kv, mask, vocab, logits_to_keep)
+        self.kv.end()
+        return out
 
     def peek(self, ids, pos, valid, logits_to_keep: int = 0):
         """A forward whose columns are forgotten afterwards (the cache is left as it was)."""

@@ -180,9 +180,15 @@ def verify_greedy_cpu(target_logits, draft_tokens, num_draft_tokens=None) -> Ver
     each of the reference's ~20 PyTorch operations pays its dispatch cold: measured on the 2-core Xeon,
     SmolLM2 at gamma 1, ~0.3 ms a round in the decode loop against ~0.09 ms for the same call repeated
     (bench/RESULTS.md, "The feature draft in the engine"). B * K is small (a decode batch's drafts)."""
-    B, K1, _ = target_logits.shape
+    return verify_greedy_ids(target_logits.numpy().argmax(-1), draft_tokens, num_draft_tokens)
+
+
+def verify_greedy_ids(target_ids, draft_tokens, num_draft_tokens=None) -> VerifyResult:
+    """verify_greedy_cpu from the target's argmax ids [B, K+1] (a tensor or array) instead of its logits:
+    a greedy head's (runner.ModelRunner.forward_greedy), which never computes the logits."""
+    B, K1 = target_ids.shape
     K = K1 - 1
-    ta = target_logits.numpy().argmax(-1).tolist()                                  # [B][K+1]
+    ta = target_ids.tolist()                                                        # [B][K+1]
     x = draft_tokens.tolist()                                                       # [B][K]
     n = [K] * B if num_draft_tokens is None else num_draft_tokens.tolist()
     tokens, accepted = [], []
