@@ -441,6 +441,7 @@ def test_engine_choices_are_recorded_and_stay_exact(pair, tmp_path, quantize, im
     impls = {"hf": ("hf", "hf"), "auto": ("numpy", "lean") if quantize == "auto" else ("lean", "lean")}
     assert tuple(engine["resolved_impl"].values()) == impls.get(impl, ("lean", "lean"))
     assert engine["cuda_graphs"] is False
+    assert engine["greedy_head"] is ((quantize, impl) == ("auto", "auto"))   # q8_0 on the C kernels: its q8_0 head
     assert all(r["outputs_match_ar"] for r in data["runs"] if r["method"] == "sd")
 
 

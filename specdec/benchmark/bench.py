@@ -44,7 +44,7 @@ from ..engine.params import check_cache_memory, max_positions
 from ..engine.quant import quantization_of
 from ..models import bundled_pair, context_of, load_pair, load_target
 from ..models.gguf_cache import source_gguf, source_record
-from ..engine.runner import resolve_impl
+from ..engine.runner import ModelRunner, resolve_impl
 from .config import RESUMABLE_CHANGES, BenchConfig
 from .plots import FIGURES, plot_files
 from ..data.prompts import load_prompts, uses_chat_template
@@ -228,6 +228,8 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     if ngram.is_lookup(draft):
         engine["draft"] = draft.describe()
     engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
+    # greedy rows take the target's argmax from its greedy head (runner.ModelRunner.forward_greedy) or its logits
+    engine["greedy_head"] = dev.type == "cpu" and ModelRunner(target, 1, 8, impl=cfg.impl).greedy_ids
     # the largest caches the sweep allocates, before any of them (the decoders check their own again)
     check_cache_memory(models, max(cfg.batch_size), capacity_for(
         max(map(len, ids)), cfg.max_new_tokens, max(cfg.cost_gammas, default=0)), cfg.impl, engine["cuda_graphs"])
