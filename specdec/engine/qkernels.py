@@ -198,10 +198,6 @@ class GreedyHead:
     l1max: np.ndarray
     row_l1: float
 
-    @property
-    def nbytes(self) -> int:
-        return self.packed.nbytes + self.l1.nbytes
-
 
 def greedy_head(w: QMatrix) -> GreedyHead | None:
     """The greedy head of a q8_0 head in the GGUF layout (qkernels.c head_argmax), or None where there is

@@ -81,7 +81,7 @@ def in_kernel_layout(qw: QuantWeights) -> QuantWeights:
         qw.head = pack_q8a(qw.head)
     if qw.act == "f32" and qw.greedy is None:
         # greedy steps take the float head's argmax from the integer-dot head plus an exact recheck
-        # (qkernels.c head_argmax): a second copy of the head's blocks, regrouped (+ the head's bytes)
+        # (qkernels.c head_argmax); it costs a second copy of the head's blocks, regrouped, and its L1 norms
         qw.greedy = greedy_head(qw.head)
     if not qw.arena:
         _huge_arena(qw)
