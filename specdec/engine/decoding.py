@@ -521,19 +521,18 @@ class _Call:
         K, live = drafts.shape[1], self.live
         ids = torch.cat([live.pending[:, None], drafts], 1)                            # [B, K+1]
         pos = live.pos[:, None] + torch.arange(K + 1, device=ids.device)               # [B, K+1]
+        valid = torch.ones_like(ids, dtype=torch.bool)
         t0 = self.clock.start("target_forward")
         if self.greedy_ids:
-            scores = _GreedyScores(*self.tgt.forward_greedy(ids, pos, torch.ones_like(ids, dtype=torch.bool),
-                                                            self.dec.vocab_size))
-            self.clock.stop("target_forward", t0, K + 1)
-            self.stats.target_calls += 1
-            return scores
-        logits = self.tgt.forward(ids, pos, torch.ones_like(ids, dtype=torch.bool), hidden=self.FEATURES)
-        if self.FEATURES:
-            logits, self.tfeats = logits                                               # features [B, K+1, d]
+            out = _GreedyScores(*self.tgt.forward_greedy(ids, pos, valid, self.dec.vocab_size))
+        else:
+            out = self.tgt.forward(ids, pos, valid, hidden=self.FEATURES)
+            if self.FEATURES:
+                out, self.tfeats = out                                                 # features [B, K+1, d]
+            out = out[:, :, :self.dec.vocab_size].to(self.dec.device)
         self.clock.stop("target_forward", t0, K + 1)
         self.stats.target_calls += 1
-        return logits[:, :, :self.dec.vocab_size].to(self.dec.device)
+        return out
 
     def verify(self, p_logits, q_logits, drafts, n_row):
         """The rejection test on the target's logits [B, K+1, V] and the draft's q logits [B, K, V]

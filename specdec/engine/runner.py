@@ -195,15 +195,15 @@ class ModelRunner:
         forward of a weight-only quantized model with a q8_0 head) rather than on forward's logits."""
         return self.impl == "numpy" and self.head is None and getattr(self._lean, "greedy_head", False)
 
-    def forward_greedy(self, ids, pos, valid, vocab: int, logits_to_keep: int = 0):
-        """forward for greedy decoding: (argmax [B, S'] int64 of logits[..., :vocab], whether any of those
+    def forward_greedy(self, ids, pos, valid, vocab: int):
+        """forward for greedy decoding: (argmax [B, S] int64 of logits[..., :vocab], whether any of those
         rows is unusable: sampling.unusable_rows), the same as from forward's logits, bit for bit; on a
         greedy head without computing the V logits (greedy_ids)."""
         if not self.greedy_ids:
-            logits = self.forward(ids, pos, valid, logits_to_keep)[..., :vocab]
+            logits = self.forward(ids, pos, valid)[..., :vocab]
             return argmax(logits), bool(unusable_rows(logits).any())
         mask = self.kv.begin(valid, pos)
-        out = self._lean.greedy(ids, pos, self.kv, mask, vocab, logits_to_keep)
+        out = self._lean.greedy(ids, pos, self.kv, mask, vocab)
         self.kv.end()
         return out
 
