@@ -526,6 +526,21 @@ def test_greedy_decoding_on_the_greedy_head_equals_it_on_the_logits(q8_pair, voc
         assert max(t for row in want for t in row) < vocab_size
 
 
+def test_only_a_greedy_target_builds_the_greedy_head():
+    """The greedy head (a second copy of the head, ~0.2 s for SmolLM2) is built where a target is decoded
+    greedily, not for a draft on the same kernels, nor for a target that only samples."""
+    target = quantize_model(_model(seed=3), "q8_0")
+    draft = quantize_model(_noisy_copy(_model(seed=3), 0.03), "q8_0")
+    ids, mask = _batch(B=2)
+    dec = SpeculativeDecoder(target, draft, gamma=3)
+    dec.generate(ids, mask, max_new_tokens=6, temperature=1.0, seed=0)
+    assert not qweights.weights_of(target).greedy_built                   # sampling: not asked
+    dec.generate(ids, mask, max_new_tokens=6)
+    assert qweights.weights_of(target).greedy is not None
+    assert not qweights.weights_of(draft).greedy_built
+    assert isinstance(ModelRunner(draft, 1, 16)._lean, lean_numpy.QuantLeanForward)   # on the C kernels all along
+
+
 def test_greedy_head_is_only_where_it_is_exact(q8a_pair):
     assert not ModelRunner(q8a_pair[0], 1, 16).greedy_ids                # Q8 activations: its head already is
     assert ModelRunner(q8a_pair[0], 1, 16).forward_greedy(torch.tensor([[5]]), torch.tensor([[0]]),

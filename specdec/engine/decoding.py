@@ -56,7 +56,7 @@ from .runner import ModelRunner, cache_kwarg, resolve_impl  # noqa: F401 (cache_
 from .sampling import argmax, mask_logits, pad_vocab, sample_tokens, unusable_rows
 from .stats import DecodeStats
 from .timing import DecodeClock, StepTimer
-from .verify import VerifyResult, sampled_on_cpu, verify, verify_greedy_ids, verify_sampled_cpu
+from .verify import VerifyResult, greedy_accept, sampled_on_cpu, verify, verify_sampled_cpu
 
 
 @dataclass
@@ -433,9 +433,10 @@ class _Call:
         # the target's forwards also return its features (the feature loop reads them)
         self.tfeats = None
         # greedy on a greedy head, with the default test: the target's verify gives argmax ids, no logits
-        # (runner.forward_greedy; verify_greedy_ids is the test verify(backend="auto") runs on CPU logits)
-        self.greedy_ids = (params.greedy and self.tgt.greedy_ids and not self.FEATURES and dec.verifier is verify
-                           and dec.backend == "auto")
+        # (runner.forward_greedy; verify_greedy_ids is the test verify(backend="auto") runs on CPU logits);
+        # asked last: the first ask builds the greedy head
+        self.greedy_ids = (params.greedy and not self.FEATURES and dec.verifier is verify and dec.backend == "auto"
+                           and self.tgt.greedy_ids)
 
     def run(self, on_round) -> None:
         rows, live, counts = self.rows, self.live, self.counts
@@ -545,8 +546,10 @@ class _Call:
             if K == 0:
                 nxt = p_logits.ids[:, 0]
                 return VerifyResult(tokens=nxt[:, None], num_accepted=torch.zeros_like(nxt)), [[t, 0] for t in nxt.tolist()]
-            res = verify_greedy_ids(p_logits.ids, drafts, torch.tensor(n_row))
-            return res, torch.cat([res.tokens, res.num_accepted[:, None]], 1).tolist()
+            # on host lists: each PyTorch operation costs ~10 us right after the target's forward
+            tokens, accepted = greedy_accept(p_logits.ids.tolist(), drafts.tolist(), n_row)
+            res = VerifyResult(tokens=torch.tensor(tokens), num_accepted=torch.tensor(accepted))
+            return res, [t + [a] for t, a in zip(tokens, accepted)]
         p_masked = mask_logits(p_logits, p.temperature, p.top_k, p.top_p)             # same as q's
         if K == 0:   # no row drafted: nothing to test, the round is a plain step (autoregressive_generate's)
             nxt = sample_tokens(p_masked[:, 0], p.temperature, self.gen)                # [B]

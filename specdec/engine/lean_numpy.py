@@ -217,16 +217,22 @@ class QuantLeanForward:
         self._layers = None          # the ctypes Layer array, per cache buffers
         self._views_for = None
         self._work = np.empty(0, np.float32)
+        self._rope = (None, None)                  # (the forward's RoPE table, its NumPy view)
         self._step = qkernels.Step()
-        self._z = np.empty((0, 0), np.float32)    # the greedy head's integer logits, reused
+        self._greedy_call = None                  # qkernels.GreedyHeadCall, made by the first `greedy`
         self.greedy_rows = 0                       # positions through `greedy` (the tests read it)
 
     def __deepcopy__(self, memo):
         return None   # holds raw pointers into this model's arrays: a copied model builds its own
 
     def _layer_array(self, views):
-        """Layer structs with this cache's buffers (rebuilt when the cache's live views change)."""
+        """Layer structs with this cache's buffers (rebuilt, and the buffers checked, when the cache's live
+        views change)."""
         if self._views_for is not views:
+            K0 = views[0][0]
+            if K0.dtype not in (np.float32, np.float16) \
+                    or not all(k.flags.c_contiguous and v.flags.c_contiguous for k, v in views):
+                raise ValueError("the quantized forward needs a float32 or float16, contiguous KV cache")
             arr = (qkernels.Layer * len(self.qw.layers))()
             for i, (ly, mats, (K, V)) in enumerate(zip(self.qw.layers, self._mats, views)):
                 arr[i] = qkernels.Layer(*mats, ly.norm1.ctypes.data, ly.norm2.ctypes.data, K.ctypes.data, V.ctypes.data)
@@ -245,21 +251,22 @@ class QuantLeanForward:
         f = self.fwd
         B, S = ids.shape
         views = cache_views(f, cache, B, S)
+        layers = self._layer_array(views)
         K0 = views[0][0]
-        if K0.dtype not in (np.float32, np.float16) \
-                or not all(k.flags.c_contiguous and v.flags.c_contiguous for k, v in views):
-            raise ValueError("the quantized forward needs a float32 or float16, contiguous KV cache")
         x = self._embed[ids.numpy().reshape(-1)]                                   # [N, d] (a copy)
         if embeds_add is not None:
             x += embeds_add.numpy().reshape(x.shape)
-        rope = np.ascontiguousarray(f._table(cache.capacity, torch.float32).numpy()[pos.numpy().reshape(-1)])
+        table = f._table(cache.capacity, torch.float32)
+        if self._rope[0] is not table:
+            self._rope = (table, table.numpy())
+        rope = self._rope[1][pos.numpy().reshape(-1)]                              # [N, D] (a copy)
         m = np.ascontiguousarray(mask.numpy(), dtype=np.float32)                   # [B, 1, S, L]
         st = self._step
         st.B, st.S, st.d, st.H, st.Hkv, st.D = B, S, x.shape[1], f.H, f.Hkv, f.D
         st.inter, st.cap, st.start, st.L = self.qw.layers[0].down.K, K0.shape[2], cache.length, m.shape[-1]
         st.eps, st.scale, st.act, st.kv16 = f.eps, f.scale, int(self.qw.act == "q8"), int(K0.dtype == np.float16)
         st.rope, st.mask, st.work = rope.ctypes.data, m.ctypes.data, self._work_buffer(B, S, m.shape[-1])
-        if self._lib.layers_forward(self._layer_array(views), len(self.qw.layers), st, x.ctypes.data) != 0:
+        if self._lib.layers_forward(layers, len(self.qw.layers), st, x.ctypes.data) != 0:
             raise ValueError("the quantized layers rejected this forward's shapes")
         return x
 
@@ -282,8 +289,9 @@ class QuantLeanForward:
 
     @property
     def greedy_head(self) -> bool:
-        """Whether `greedy` runs on the greedy head (qkernels.head_argmax): weight-only modes, a q8_0 head."""
-        return self.qw.greedy is not None
+        """Whether `greedy` runs on the greedy head (qkernels.head_argmax): weight-only modes, a q8_0 head.
+        The first ask builds it (qweights.greedy_of)."""
+        return qweights.greedy_of(self.qw) is not None
 
     def greedy(self, ids, pos, cache, mask, vocab: int):
         """The forward of __call__ for greedy decoding: (argmax [B, S] int64 over each position's
@@ -291,16 +299,17 @@ class QuantLeanForward:
         give on __call__'s logits, bit for bit, from the greedy head instead of V float logits.
         A position whose activations are not finite gets its float logits computed in full."""
         B, S = ids.shape
-        x = qkernels.rmsnorm(self._layers_out(ids, pos, cache, mask), self.qw.head_norm, self.fwd.eps)
-        head = self.qw.head
-        if self._z.shape[0] < x.shape[0]:
-            self._z = np.empty((x.shape[0], head.N), np.float32)
-        tok, ok, _ = qkernels.head_argmax(x, head, self.qw.greedy, vocab, self._z)
+        x = self._layers_out(ids, pos, cache, mask)
+        if self._greedy_call is None:
+            self._greedy_call = qkernels.GreedyHeadCall(self.qw.head, qweights.greedy_of(self.qw), self.qw.head_norm,
+                                                        self.fwd.eps)
+        tok, ok, _, xn = self._greedy_call(x, vocab)
+        tok = tok.copy()                                 # the call's buffers are reused
         self.greedy_rows += x.shape[0]
         bad = False
         if not ok.all():
-            rows = np.flatnonzero(~ok)
-            logits = qkernels.matmul(np.ascontiguousarray(x[rows]), head)[:, :vocab]
+            rows = np.flatnonzero(ok == 0)
+            logits = qkernels.matmul(np.ascontiguousarray(xn[rows]), self.qw.head)[:, :vocab]
             tok[rows] = logits.argmax(-1)
             bad = not np.isfinite(logits.max(-1)).all()
         return torch.from_numpy(tok).view(B, S), bad

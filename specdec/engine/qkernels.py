@@ -215,25 +215,70 @@ def greedy_head(w: QMatrix) -> GreedyHead | None:
     return GreedyHead(pack_q8a(w), l1, np.ascontiguousarray(l1.max(0)), row_l1)
 
 
-def head_argmax(x: np.ndarray, w: QMatrix, g: GreedyHead, n_valid: int | None = None, z: np.ndarray | None = None):
+def head_argmax(x: np.ndarray, w: QMatrix, g: GreedyHead, n_valid: int | None = None):
     """x [M, K] float32 -> (ids [M] int64, ok [M] bool, checked [M] int64): per row the argmax over the
     first n_valid (default all) of matmul(x, w)'s logits, the first of equal maxima, as NumPy's argmax,
     computed from the Q8-activation head and an exact recheck of the few rows its error bound cannot
     rule out (qkernels.c head_argmax says why that is exact). ok False: a row to compute in full (a
-    non-finite activation); checked: the rows recomputed exactly. z: a float32 [>= M, N] buffer to reuse
-    for the integer head's logits."""
-    M, K = _rows(x, w.K, "x").shape
-    n_valid = w.N if n_valid is None else int(n_valid)
-    if not 1 <= n_valid <= w.N:
-        raise ValueError(f"n_valid must lie in [1, {w.N}], got {n_valid}")
-    z = matmul(x, g.packed, out=None if z is None else z[:M], act="q8")
-    ids, ok, checked = np.empty(M, np.int64), np.empty(M, np.int32), np.empty(M, np.int64)
-    rc = library().head_argmax(KINDS[w.kind], x.ctypes.data, x.strides[0] // 4, z.ctypes.data, z.strides[0] // 4,
-                               w.blocks.ctypes.data, w.blocks.strides[0], g.l1.ctypes.data, g.l1max.ctypes.data,
-                               g.row_l1, M, w.N, n_valid, K, ids.ctypes.data, ok.ctypes.data, checked.ctypes.data)
-    if rc != 0:
-        raise ValueError("head_argmax rejected its arguments")
-    return ids, ok.astype(bool), checked
+    non-finite activation); checked: the rows recomputed exactly. GreedyHeadCall, once."""
+    ids, ok, checked, _ = GreedyHeadCall(w, g)(x, w.N if n_valid is None else n_valid)
+    return ids.copy(), ok.astype(bool), checked.copy()
+
+
+class GreedyHeadCall:
+    """head_argmax for repeated calls on one head (a greedy decode step): `call(x, n_valid)` -> (ids [M],
+    ok [M] int32, checked [M], xn [M, K]), views of buffers that the next call with M rows overwrites.
+    With `norm` (float32 [K]), x is RMS-normed first (rmsnorm's kernel) and xn holds the normed rows
+    (what a row to compute in full needs); without it xn is x.
+    Why a class: the buffers and the C calls' pointer arguments are made once per row count M. Each
+    NumPy allocation and `.ctypes` lookup costs microseconds, several times that right after a forward
+    has streamed the weights through the caches: the three wrapped calls (rmsnorm, matmul, head_argmax)
+    took ~0.25 ms a step on SmolLM2, ~1.5 % of a speculative round (bench/RESULTS.md, "A round's Python")."""
+
+    def __init__(self, w: QMatrix, g: GreedyHead, norm: np.ndarray | None = None, eps: float = 0.0):
+        if g.packed.layout != "q8a" or g.packed.N != w.N or g.packed.K != w.K:
+            raise ValueError("the greedy head does not belong to this head")
+        if norm is not None and (norm.dtype != np.float32 or norm.shape != (w.K,) or not norm.flags.c_contiguous):
+            raise ValueError(f"norm must be float32 [{w.K}]")
+        self.w, self.g, self.norm, self.eps = w, g, norm, float(eps)
+        self._z = np.empty((0, w.N), np.float32)     # the integer head's logits, rows shared by every M
+        self._calls: dict = {}                        # M -> (buffers, qgemm_q8a args, head_argmax args)
+
+    def _for(self, M: int):
+        w, g, lib = self.w, self.g, library()
+        if self._z.shape[0] < M:
+            self._z = np.empty((max(M, 2 * self._z.shape[0]), w.N), np.float32)
+            self._calls.clear()                       # their args point at the old z
+        z = self._z
+        xn = np.empty((M, w.K), np.float32) if self.norm is not None else None
+        ids, ok, checked = np.empty(M, np.int64), np.empty(M, np.int32), np.empty(M, np.int64)
+        scratch = np.empty(lib.q8a_scratch_bytes(M, w.K), np.uint8)
+        xp = None if xn is None else xn.ctypes.data
+        gemm = [KINDS[w.kind], xp, w.K, g.packed.blocks.ctypes.data, g.packed.blocks.strides[0], z.ctypes.data,
+                w.N, M, w.N, w.K, 0, scratch.ctypes.data]
+        scan = [KINDS[w.kind], xp, w.K, z.ctypes.data, w.N, w.blocks.ctypes.data, w.blocks.strides[0],
+                g.l1.ctypes.data, g.l1max.ctypes.data, g.row_l1, M, w.N, None, w.K, ids.ctypes.data,
+                ok.ctypes.data, checked.ctypes.data]
+        self._calls[M] = entry = ((xn, ids, ok, checked, scratch), gemm, scan)
+        return entry
+
+    def __call__(self, x: np.ndarray, n_valid: int):
+        M, K = _rows(x, self.w.K, "x").shape
+        if not 1 <= n_valid <= self.w.N:
+            raise ValueError(f"n_valid must lie in [1, {self.w.N}], got {n_valid}")
+        entry = self._calls.get(M) or self._for(M)
+        (xn, ids, ok, checked, _), gemm, scan = entry
+        lib = library()
+        if xn is None:   # x itself, at its own row stride
+            xn = x
+            gemm[1] = scan[1] = x.ctypes.data
+            gemm[2] = scan[2] = x.strides[0] // 4
+        else:
+            lib.rmsnorm_rows(x.ctypes.data, x.strides[0] // 4, self.norm.ctypes.data, self.eps, gemm[1], K, M, K)
+        scan[12] = n_valid
+        if lib.qgemm_q8a(*gemm) != 0 or lib.head_argmax(*scan) != 0:
+            raise ValueError("head_argmax rejected its arguments")
+        return ids, ok, checked, xn
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

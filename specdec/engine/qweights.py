@@ -57,7 +57,8 @@ class QuantWeights:
     source: dict = field(default_factory=dict)    # gguf: path, sha256; q8_0: {}
     key: tuple = ()                               # version_key(model) when built
     arena: bool = False                           # the blocks live in one huge-page arena (_huge_arena)
-    greedy: GreedyHead | None = None              # the greedy head (in_kernel_layout; weight-only modes)
+    greedy: GreedyHead | None = None              # the greedy head (greedy_of; weight-only modes)
+    greedy_built: bool = False                    # greedy_of has run (greedy None: this head has none)
 
     @property
     def act(self) -> str:
@@ -79,10 +80,6 @@ def in_kernel_layout(qw: QuantWeights) -> QuantWeights:
         qw.layers = [QuantLayer(pack_q8a(ly.qkv), pack_q8a(ly.o), pack_q8a(ly.gate_up), pack_q8a(ly.down),
                                 ly.norm1, ly.norm2) for ly in qw.layers]
         qw.head = pack_q8a(qw.head)
-    if qw.act == "f32" and qw.greedy is None:
-        # greedy steps take the float head's argmax from the integer-dot head plus an exact recheck
-        # (qkernels.c head_argmax); it costs a second copy of the head's blocks, regrouped, and its L1 norms
-        qw.greedy = greedy_head(qw.head)
     if not qw.arena:
         _huge_arena(qw)
     return qw
@@ -92,8 +89,6 @@ def _huge_arena(qw: QuantWeights) -> None:
     """Move every matrix's blocks into one huge-page buffer (engine/arena.py): a step streams them all."""
     names = ("qkv", "o", "gate_up", "down")
     mats = [getattr(ly, n) for ly in qw.layers for n in names] + [qw.head]
-    if qw.greedy is not None:
-        mats.append(qw.greedy.packed)
     sizes = [-(-m.blocks.nbytes // 4096) * 4096 for m in mats]                   # each on a 4 KB boundary
     base = arena.huge_bytes(sum(sizes))
     moved, off = [], 0
@@ -104,9 +99,24 @@ def _huge_arena(qw: QuantWeights) -> None:
         off += size
     qw.layers = [replace(ly, **dict(zip(names, moved[4 * i:4 * i + 4]))) for i, ly in enumerate(qw.layers)]
     qw.head = moved[4 * len(qw.layers)]
-    if qw.greedy is not None:
-        qw.greedy = replace(qw.greedy, packed=moved[-1])
     qw.arena = True
+
+
+def greedy_of(qw: QuantWeights) -> GreedyHead | None:
+    """qw's greedy head (qkernels.greedy_head: greedy steps take the float head's argmax from the
+    integer-dot head plus an exact recheck), built on the first ask: weight-only modes with a q8_0 head;
+    None elsewhere. Built on request rather than with the layout because only a model decoded greedily
+    as a target reads it (runner.ModelRunner.greedy_ids): a draft never pays for it. It costs ~0.2 s
+    and a second copy of the head's blocks, regrouped (SmolLM2: 30 MB, on huge pages of its own like
+    the arena's), plus the blocks' L1 norms [N, K/32] float32."""
+    if not qw.greedy_built:
+        g = greedy_head(qw.head) if qw.act == "f32" else None
+        if g is not None:
+            blocks = arena.huge_bytes(g.packed.blocks.nbytes).reshape(g.packed.blocks.shape)
+            blocks[...] = g.packed.blocks
+            g = replace(g, packed=replace(g.packed, blocks=blocks))
+        qw.greedy, qw.greedy_built = g, True
+    return qw.greedy
 
 
 def version_key(model) -> tuple:

@@ -192,7 +192,9 @@ class ModelRunner:
     @property
     def greedy_ids(self) -> bool:
         """Whether forward_greedy runs on a greedy head (lean_numpy.QuantLeanForward.greedy: the C kernels'
-        forward of a weight-only quantized model with a q8_0 head) rather than on forward's logits."""
+        forward of a weight-only quantized model with a q8_0 head) rather than on forward's logits. The
+        first ask builds the greedy head (qweights.greedy_of): ask only for a model decoded greedily as a
+        target."""
         return self.impl == "numpy" and self.head is None and getattr(self._lean, "greedy_head", False)
 
     def forward_greedy(self, ids, pos, valid, vocab: int):

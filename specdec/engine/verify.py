@@ -187,19 +187,24 @@ def verify_greedy_ids(target_ids, draft_tokens, num_draft_tokens=None) -> Verify
     """verify_greedy_cpu from the target's argmax ids [B, K+1] (a tensor or array) instead of its logits:
     a greedy head's (runner.ModelRunner.forward_greedy), which never computes the logits."""
     B, K1 = target_ids.shape
-    K = K1 - 1
-    ta = target_ids.tolist()                                                        # [B][K+1]
-    x = draft_tokens.tolist()                                                       # [B][K]
-    n = [K] * B if num_draft_tokens is None else num_draft_tokens.tolist()
-    tokens, accepted = [], []
-    for b in range(B):
-        a, limit = 0, min(max(int(n[b]), 0), K)
-        while a < limit and x[b][a] == ta[b][a]:
-            a += 1
-        tokens.append(x[b][:a] + [ta[b][a]] + [-1] * (K - a))
-        accepted.append(a)
+    n = [K1 - 1] * B if num_draft_tokens is None else num_draft_tokens.tolist()
+    tokens, accepted = greedy_accept(target_ids.tolist(), draft_tokens.tolist(), n)
     return VerifyResult(tokens=torch.tensor(tokens, dtype=torch.int64).view(B, K1),
                         num_accepted=torch.tensor(accepted, dtype=torch.int64))
+
+
+def greedy_accept(target_ids: list, drafts: list, n: list) -> tuple[list, list]:
+    """verify_greedy_ids on host lists: target_ids [B][K+1], drafts [B][K], n [B] drafts to test per row ->
+    (tokens [B][K+1]: the accepted drafts, then the target's token, then -1s; accepted [B])."""
+    tokens, accepted = [], []
+    for ta, x, nb in zip(target_ids, drafts, n):
+        K = len(x)
+        a, limit = 0, min(max(int(nb), 0), K)
+        while a < limit and x[a] == ta[a]:
+            a += 1
+        tokens.append(x[:a] + [ta[a]] + [-1] * (K - a))
+        accepted.append(a)
+    return tokens, accepted
 
 
 def verify_sampled_cpu(target_logits, draft_logits, draft_tokens, temperature: float, num_draft_tokens=None,
