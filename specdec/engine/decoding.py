@@ -546,7 +546,8 @@ class _Call:
             if K == 0:
                 nxt = p_logits.ids[:, 0]
                 return VerifyResult(tokens=nxt[:, None], num_accepted=torch.zeros_like(nxt)), [[t, 0] for t in nxt.tolist()]
-            # on host lists: each PyTorch operation costs ~10 us right after the target's forward
+            # on host lists: right after the target's forward a PyTorch operation costs up to ~40 us
+            # (bench/RESULTS.md, "A round's Python")
             tokens, accepted = greedy_accept(p_logits.ids.tolist(), drafts.tolist(), n_row)
             res = VerifyResult(tokens=torch.tensor(tokens), num_accepted=torch.tensor(accepted))
             return res, [t + [a] for t, a in zip(tokens, accepted)]

@@ -232,8 +232,9 @@ class GreedyHeadCall:
     (what a row to compute in full needs); without it xn is x.
     Why a class: the buffers and the C calls' pointer arguments are made once per row count M. Each
     NumPy allocation and `.ctypes` lookup costs microseconds, several times that right after a forward
-    has streamed the weights through the caches: the three wrapped calls (rmsnorm, matmul, head_argmax)
-    took ~0.25 ms a step on SmolLM2, ~1.5 % of a speculative round (bench/RESULTS.md, "A round's Python")."""
+    has streamed the weights through the caches: on SmolLM2 the Python between the norm, the integer head
+    and the scan took ~0.12 ms a step through the three wrappers, ~0.01 ms here (bench/RESULTS.md, "A
+    round's Python")."""
 
     def __init__(self, w: QMatrix, g: GreedyHead, norm: np.ndarray | None = None, eps: float = 0.0):
         if g.packed.layout != "q8a" or g.packed.N != w.N or g.packed.K != w.K:
