@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_llama
 from specdec.benchmark import bench as benchmark, results as results_mod
 from specdec.cli import main
+from specdec.engine import qweights
 from specdec.engine.stats import per_token_acceptance
 from specdec.benchmark.results import BenchRow
 from test_prompts import tiny_tokenizer
@@ -443,6 +444,16 @@ def test_engine_choices_are_recorded_and_stay_exact(pair, tmp_path, quantize, im
     assert engine["cuda_graphs"] is False
     assert engine["greedy_head"] is ((quantize, impl) == ("auto", "auto"))   # q8_0 on the C kernels: its q8_0 head
     assert all(r["outputs_match_ar"] for r in data["runs"] if r["method"] == "sd")
+
+
+def test_a_sampling_sweep_builds_no_greedy_head(pair, tmp_path, monkeypatch):
+    """The greedy head (a second copy of the target's head) is built only where a sweep has greedy rows."""
+    built = []
+    real = qweights.greedy_of
+    monkeypatch.setattr(qweights, "greedy_of", lambda qw: (built.append(qw), real(qw))[1])
+    assert bench(pair, tmp_path, "--gamma", "2", "--temperature", "1", "--baselines", "ar", "--repeats", "1") == 0
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["engine"]["greedy_head"] is False
+    assert not built
 
 
 def test_truncated_weights_are_one_line(pair, tmp_path):

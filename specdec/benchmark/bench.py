@@ -228,8 +228,10 @@ def load_inputs(cfg: BenchConfig, device) -> BenchInputs:
     if ngram.is_lookup(draft):
         engine["draft"] = draft.describe()
     engine["cuda_graphs"] = _graphs(cfg, dev, engine["resolved_impl"].values())
-    # greedy rows take the target's argmax from its greedy head (runner.ModelRunner.forward_greedy) or its logits
-    engine["greedy_head"] = dev.type == "cpu" and ModelRunner(target, 1, 8, impl=cfg.impl).greedy_ids
+    # greedy rows take the target's argmax from its greedy head (runner.ModelRunner.forward_greedy) or its logits;
+    # asked only where the sweep has greedy rows (the first ask builds the greedy head)
+    engine["greedy_head"] = (dev.type == "cpu" and 0.0 in cfg.temperature
+                             and ModelRunner(target, 1, 8, impl=cfg.impl).greedy_ids)
     # the largest caches the sweep allocates, before any of them (the decoders check their own again)
     check_cache_memory(models, max(cfg.batch_size), capacity_for(
         max(map(len, ids)), cfg.max_new_tokens, max(cfg.cost_gammas, default=0)), cfg.impl, engine["cuda_graphs"])
