@@ -433,7 +433,7 @@ class _Call:
         # the target's forwards also return its features (the feature loop reads them)
         self.tfeats = None
         # greedy on a greedy head, with the default test: the target's verify gives argmax ids, no logits
-        # (runner.forward_greedy; verify_greedy_ids is the test verify(backend="auto") runs on CPU logits);
+        # (runner.forward_greedy; greedy_accept is the test verify(backend="auto") runs on CPU logits);
         # asked last: the first ask builds the greedy head
         self.greedy_ids = (params.greedy and not self.FEATURES and dec.verifier is verify and dec.backend == "auto"
                            and self.tgt.greedy_ids)

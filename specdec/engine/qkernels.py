@@ -189,7 +189,8 @@ def matmul(x: np.ndarray, w: QMatrix, out: np.ndarray | None = None, accumulate:
 
 @dataclass(frozen=True)
 class GreedyHead:
-    """What head_argmax needs beside the head's own blocks (greedy_head builds it once, at load):
+    """What head_argmax needs beside the head's own blocks (greedy_head builds it; qweights.greedy_of
+    once per model, at its first greedy decode):
     `packed` the head in the q8a layout (its Q8-activation GEMM), `l1` [N, K/32] float32 each block's
     sum of |weights| (q8_0: |d| * sum |q|, exact in float32), `l1max` [K/32] its column maxima, `row_l1`
     the largest row sum."""

@@ -98,7 +98,7 @@ def _huge_arena(qw: QuantWeights) -> None:
         moved.append(replace(m, blocks=view))
         off += size
     qw.layers = [replace(ly, **dict(zip(names, moved[4 * i:4 * i + 4]))) for i, ly in enumerate(qw.layers)]
-    qw.head = moved[4 * len(qw.layers)]
+    qw.head = moved[-1]
     qw.arena = True
 
 

@@ -180,12 +180,7 @@ def verify_greedy_cpu(target_logits, draft_tokens, num_draft_tokens=None) -> Ver
     each of the reference's ~20 PyTorch operations pays its dispatch cold: measured on the 2-core Xeon,
     SmolLM2 at gamma 1, ~0.3 ms a round in the decode loop against ~0.09 ms for the same call repeated
     (bench/RESULTS.md, "The feature draft in the engine"). B * K is small (a decode batch's drafts)."""
-    return verify_greedy_ids(target_logits.numpy().argmax(-1), draft_tokens, num_draft_tokens)
-
-
-def verify_greedy_ids(target_ids, draft_tokens, num_draft_tokens=None) -> VerifyResult:
-    """verify_greedy_cpu from the target's argmax ids [B, K+1] (a tensor or array) instead of its logits:
-    a greedy head's (runner.ModelRunner.forward_greedy), which never computes the logits."""
+    target_ids = target_logits.numpy().argmax(-1)                                   # [B, K+1]
     B, K1 = target_ids.shape
     n = [K1 - 1] * B if num_draft_tokens is None else num_draft_tokens.tolist()
     tokens, accepted = greedy_accept(target_ids.tolist(), draft_tokens.tolist(), n)
@@ -194,8 +189,9 @@ def verify_greedy_ids(target_ids, draft_tokens, num_draft_tokens=None) -> Verify
 
 
 def greedy_accept(target_ids: list, drafts: list, n: list) -> tuple[list, list]:
-    """verify_greedy_ids on host lists: target_ids [B][K+1], drafts [B][K], n [B] drafts to test per row ->
-    (tokens [B][K+1]: the accepted drafts, then the target's token, then -1s; accepted [B])."""
+    """The greedy test on host lists (verify_greedy_cpu's, and the decode loop's on a greedy head's ids:
+    runner.ModelRunner.forward_greedy): target_ids [B][K+1] argmax ids, drafts [B][K], n [B] drafts to
+    test per row -> (tokens [B][K+1]: the accepted drafts, then the target's token, then -1s; accepted [B])."""
     tokens, accepted = [], []
     for ta, x, nb in zip(target_ids, drafts, n):
         K = len(x)
