@@ -16,6 +16,7 @@ from specdec.common import fingerprint
 from specdec.engine import lean_numpy, native, qformats, qkernels, qweights
 from specdec.engine.quant import quantization_of, quantize_model
 from specdec.engine import runner as runner_mod
+from specdec.engine.kvcache import KVCache
 from specdec.engine.runner import ModelRunner
 from test_decoding import _batch, _noisy_copy
 
@@ -524,6 +525,64 @@ def test_greedy_decoding_on_the_greedy_head_equals_it_on_the_logits(q8_pair, voc
     assert got == [want, want, want]
     if vocab_size:
         assert max(t for row in want for t in row) < vocab_size
+
+
+def _count_calls(monkeypatch, cls, name) -> list:
+    calls, f = [0], getattr(cls, name)
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return f(*a, **k)
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+def test_one_row_on_host_ints_decodes_as_the_batch_path(q8_pair, monkeypatch):
+    """One greedy row on a greedy head runs on host ints (ModelRunner.greedy_row, a cache kept without holes;
+    decoding._plain_row, _NgramCall.run_row): plain and lookup decoding give the batch path's tokens, rounds,
+    counts and round states. The lookup's store is the rows' own outputs with every 7th token changed, so
+    rounds both accept and reject. A left-padded row (holes at the front) takes the batch path."""
+    from specdec.engine.ngram import NgramDraft, NgramStore
+    target, _ = q8_pair
+    ids, mask = _batch(B=4)
+    rows = [ids[b][mask[b].bool()][None] for b in range(4)]
+    outs = [autoregressive_generate(target, r, max_new_tokens=40).new_tokens[0] for r in rows]
+    store = NgramStore([r[0].tolist() + [t if i % 7 != 3 else (t + 1) % 64 for i, t in enumerate(o)]
+                        for r, o in zip(rows, outs)], min_count=1, tau=0.01)
+    dec = SpeculativeDecoder(target, NgramDraft(store=store), gamma=3)
+
+    def run(row, eos=None):
+        seen = []
+        on_round = lambda info: seen.append((info.pending.tolist(), info.pos.tolist(), [list(o) for o in info.outputs]))
+        sd = dec.generate(row, max_new_tokens=40, on_round=on_round, eos_token_id=eos)
+        ar = autoregressive_generate(target, row, max_new_tokens=40, eos_token_id=eos).new_tokens
+        s = sd.stats
+        return ar, sd.new_tokens, s.gamma_counts, s.accepted_tokens, s.target_calls, seen
+
+    stop = next(i for i in range(20, 40) if outs[0][i] not in outs[0][:i])
+    cases = [(r, None) for r in rows] + [(rows[0], outs[0][stop])]          # the last stops at an EOS
+    calls = _count_calls(monkeypatch, ModelRunner, "greedy_row")
+    fast = [run(r, eos) for r, eos in cases]
+    assert calls[0] == sum(len(f[0][0]) + f[4] for f in fast)             # every forward on host ints
+    assert all(0 < f[3] < sum(n * c for n, c in enumerate(f[2])) for f in fast)   # accepted and rejected
+    assert len(fast[-1][1][0]) == stop + 1
+    calls[0] = 0
+    padded = ids[1:2], mask[1:2]                                            # two pads in front
+    assert dec.generate(*padded, max_new_tokens=40).new_tokens == [outs[1]] and calls[0] == 0
+    monkeypatch.setattr(ModelRunner, "dense", property(lambda self: False))
+    assert [run(r, eos) for r, eos in cases] == fast and calls[0] == 0
+    assert [f[0] for f in fast[:4]] == [[o] for o in outs] and all(f[1] == f[0] for f in fast)
+
+
+def test_greedy_rows_causal_mask_is_the_caches(q8_pair):
+    """QuantLeanForward._causal builds what KVCache.begin gives a row without holes."""
+    fwd = ModelRunner(q8_pair[0], 1, 32)._lean
+    for start, S in ((0, 1), (5, 1), (7, 4), (0, 3)):
+        kv = KVCache(1, 32, torch.float32, "cpu")
+        kv.length = start
+        kv.valid[0, :start] = True
+        want = kv.begin(torch.ones((1, S), dtype=torch.bool)).numpy()
+        assert np.array_equal(fwd._causal(S, start), want), (start, S)
 
 
 def test_only_a_greedy_target_builds_the_greedy_head():

@@ -192,6 +192,8 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
     ones = torch.ones_like(pending, dtype=torch.bool)
     greedy_ids = params.greedy and tgt.greedy_ids     # greedy on a greedy head: ids, no logits (forward_greedy)
     vocab = logit_width(target) if vocab_size is None else vocab_size
+    if greedy_ids and tgt.dense:   # one row on host ints (ModelRunner.greedy_row)
+        return _plain_row(target, tgt, rows, int(pending[0, 0]), int(pos[0, 0]), vocab, stats, clock, t_all)
     while rows.live:
         t0 = clock.start("score")
         if greedy_ids:
@@ -218,6 +220,24 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
             idx = torch.tensor(keep, device=device)
             tgt.select_rows(idx)
             pending, pos = pending.index_select(0, idx), pos.index_select(0, idx)
+    clock.finish(stats, t_all)
+    stats.new_tokens = sum(len(o) for o in rows.out)
+    return GenerationOutput(new_tokens=rows.out, stats=stats)
+
+
+def _plain_row(target, tgt: ModelRunner, rows: _Rows, pending: int, pos: int, vocab: int, stats: DecodeStats,
+               clock: DecodeClock, t_all: float) -> GenerationOutput:
+    """autoregressive_generate's loop for one greedy row on a greedy head, on host ints (ModelRunner.greedy_row):
+    the same steps and tokens, without a PyTorch operation between the forwards."""
+    while True:
+        t0 = clock.start("score")
+        out, bad = tgt.greedy_row([pending], pos, vocab)
+        clock.stop("score", t0)
+        stats.target_calls += 1
+        check_logits_flag(int(bad), {1: ("target", target)}, f"decode step {stats.target_calls}")
+        pending, pos = out[0], pos + 1
+        if not rows.emit([out]):
+            break
     clock.finish(stats, t_all)
     stats.new_tokens = sum(len(o) for o in rows.out)
     return GenerationOutput(new_tokens=rows.out, stats=stats)
@@ -660,6 +680,52 @@ class _NgramCall(_Call):
         self.proposals = []
         # the one-hot q is left implicit where the test is the default verify's (see test)
         self.implicit_q = dec.verifier is verify and dec.backend == "auto"
+
+    def run(self, on_round) -> None:
+        if self.greedy_ids and len(self.rows.live) == 1 and self.tgt.dense:
+            self.run_row(on_round)
+        else:
+            super().run(on_round)
+
+    def run_row(self, on_round) -> None:
+        """run() for one greedy row on a greedy head, on host ints (ModelRunner.greedy_row): the same
+        rounds and tokens as run's steps at batch 1 (plan; the target's forward over [pending, d_1..d_K];
+        greedy_accept; the rejected columns cropped, which keeps the cache without holes; emit). Why: the
+        batch path's PyTorch operations between two forwards cost ~0.5 ms a round on SmolLM2, because each
+        runs with its code and data evicted by the forward (bench/RESULTS.md, "A round's Python")."""
+        rows, counts, stats, clock, tgt = self.rows, self.counts, self.stats, self.clock, self.tgt
+        vocab, left = self.dec.vocab_size, self.params.max_new_tokens - 1
+        out = rows.out[rows.live[0]]
+        pending, pos = int(self.live.pending[0]), int(self.live.pos[0])
+        while True:
+            K = self.plan(counts.choose([left - len(out)]))[0]
+            drafts = self.proposals[0].tolist()
+            t0, t1 = clock.start("score"), clock.start("target_forward")
+            ids, bad = tgt.greedy_row([pending] + drafts, pos, vocab)
+            clock.stop("target_forward", t1, K + 1)
+            clock.stop("score", t0)
+            stats.target_calls += 1
+            t0 = clock.start("verify")
+            check_logits_flag(int(bad), {1: ("target", self.dec.target)}, f"decode round {stats.target_calls}")
+            (tokens,), (a,) = greedy_accept([ids], [drafts], [K])
+            clock.stop("verify", t0)
+            stats.observe([K], [a])
+            counts.observe([K], [a])
+            t0 = clock.start("commit")
+            tgt.crop(tgt.columns - K + a)              # the rejected drafts' columns
+            pending, pos = tokens[a], pos + a + 1
+            clock.stop("commit", t0)
+            t0 = clock.start("retire")
+            keep = rows.emit([tokens[:a + 1]])
+            clock.stop("retire", t0)
+            counts.select(keep)
+            if not keep:
+                return
+            if on_round is not None:
+                live = self.live
+                live.pending, live.pos = torch.tensor([pending]), torch.tensor([pos])
+                on_round(RoundInfo(tgt, None, live.pending, live.pos, live.prev, live.prev_needed, list(rows.live),
+                                   rows.out))
 
     def plan(self, n_row: list) -> list:
         t0 = self.clock.start("draft")

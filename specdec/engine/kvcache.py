@@ -63,6 +63,7 @@ class KVCache:
         self._live_k: list[torch.Tensor] = []
         self._live_v: list[torch.Tensor] = []
         self._numpy = None
+        self._valid_np = None         # begin_dense's NumPy view of `valid` (CPU)
         mask_dtype = dtype if mask_dtype is None else mask_dtype
         self._zero = torch.zeros((), dtype=mask_dtype, device=device)
         self._hidden = torch.full((), torch.finfo(mask_dtype).min, dtype=mask_dtype, device=device)
@@ -96,6 +97,25 @@ class KVCache:
             self.write_index = torch.arange(start, stop, device=self.valid.device)
         self._pending = S
         return torch.where(visible, self._zero, self._hidden)
+
+    def dense(self) -> bool:
+        """Whether this is one row with no holes in its columns (what a row decoded alone keeps once every
+        hole is cropped, unless its prompt came left-padded): begin_dense's precondition. One host read."""
+        return (self.batch == 1 and not self.static and self.pos is None
+                and bool(self.valid[0, :self.length].all()))
+
+    def begin_dense(self, S: int) -> int:
+        """begin() for a dense() cache, on host ints and without the mask (the forward makes the causal one
+        itself: lean_numpy.QuantLeanForward.greedy_row): marks the S new columns valid and returns where
+        they start. The caller keeps it dense: it crops what it rejects and never leaves a hole."""
+        start = self.length
+        if start + S > self.capacity:   # dense: compaction would free nothing
+            raise ValueError(f"KV cache full: {start} + {S} columns > capacity {self.capacity}")
+        if self._valid_np is None:
+            self._valid_np = self.valid.numpy()
+        self._valid_np[0, start:start + S] = True
+        self._pending = S
+        return start
 
     def windowed(self, mask: torch.Tensor, window) -> torch.Tensor:
         """`mask` (this forward's, from begin) with every column outside each query's window hidden too.

@@ -220,6 +220,8 @@ class QuantLeanForward:
         self._rope = (None, None)                  # (the forward's RoPE table, its NumPy view)
         self._step = qkernels.Step()
         self._greedy_call = None                  # qkernels.GreedyHeadCall, made by the first `greedy`
+        self._mask = np.empty(0, np.float32)      # greedy_row's causal mask (_causal), reused
+        self._tri: dict = {}                       # S -> its [S, S] causal block
         self.greedy_rows = 0                       # positions through `greedy` (the tests read it)
 
     def __deepcopy__(self, memo):
@@ -248,19 +250,28 @@ class QuantLeanForward:
 
     def _layers_out(self, ids, pos, cache, mask, embeds_add=None) -> np.ndarray:
         """Every layer over the new tokens: the residual stream x [B*S, d] after the last layer."""
-        f = self.fwd
         B, S = ids.shape
-        views = cache_views(f, cache, B, S)
-        layers = self._layer_array(views)
-        K0 = views[0][0]
+        views = cache_views(self.fwd, cache, B, S)
         x = self._embed[ids.numpy().reshape(-1)]                                   # [N, d] (a copy)
         if embeds_add is not None:
             x += embeds_add.numpy().reshape(x.shape)
-        table = f._table(cache.capacity, torch.float32)
+        rope = self._rope_table(cache)[pos.numpy().reshape(-1)]                    # [N, D] (a copy)
+        m = np.ascontiguousarray(mask.numpy(), dtype=np.float32)                   # [B, 1, S, L]
+        return self._run_layers(x, rope, m, B, S, cache, views)
+
+    def _rope_table(self, cache) -> np.ndarray:
+        """The RoPE table [positions, 2D] as NumPy (the forward's, kept while it is the same tensor)."""
+        table = self.fwd._table(cache.capacity, torch.float32)
         if self._rope[0] is not table:
             self._rope = (table, table.numpy())
-        rope = self._rope[1][pos.numpy().reshape(-1)]                              # [N, D] (a copy)
-        m = np.ascontiguousarray(mask.numpy(), dtype=np.float32)                   # [B, 1, S, L]
+        return self._rope[1]
+
+    def _run_layers(self, x, rope, m, B: int, S: int, cache, views) -> np.ndarray:
+        """The C call of every layer: x [B*S, d] in place, rope [B*S, 2D] the tokens' rows, m [B, 1, S, L]
+        float32 the additive mask, views the cache's (cache_views)."""
+        f = self.fwd
+        layers = self._layer_array(views)
+        K0 = views[0][0]
         st = self._step
         st.B, st.S, st.d, st.H, st.Hkv, st.D = B, S, x.shape[1], f.H, f.Hkv, f.D
         st.inter, st.cap, st.start, st.L = self.qw.layers[0].down.K, K0.shape[2], cache.length, m.shape[-1]
@@ -299,7 +310,44 @@ class QuantLeanForward:
         give on __call__'s logits, bit for bit, from the greedy head instead of V float logits.
         A position whose activations are not finite gets its float logits computed in full."""
         B, S = ids.shape
-        x = self._layers_out(ids, pos, cache, mask)
+        tok, bad = self._argmax_rows(self._layers_out(ids, pos, cache, mask), vocab)
+        return torch.from_numpy(tok).view(B, S), bad
+
+    def greedy_row(self, ids: list, pos: int, cache, vocab: int) -> tuple[list, bool]:
+        """greedy for one row whose cache has no holes (KVCache.dense; the cache's begin_dense has marked
+        the new columns), on host ints: ids [S] at positions pos, pos+1, ... -> (argmax ids [S], a list;
+        whether any row is unusable). The same C calls on the same inputs as greedy's, so the same bits;
+        the mask (causal: every earlier column is valid) and the RoPE rows (a slice) are made without
+        PyTorch. Why: right after a forward has streamed the weights through the caches, each PyTorch
+        or NumPy operation of a decode step costs up to ~40 us (bench/RESULTS.md, "A round's Python")."""
+        S, start = len(ids), cache.length
+        if pos < 0 or S < 1:
+            raise ValueError(f"greedy_row needs 1 or more tokens at a position >= 0, got {S} at {pos}")
+        views = cache_views(self.fwd, cache, 1, S)
+        x = self._embed[ids]                                                       # [S, d] (a copy)
+        rope = self._rope_table(cache)[pos:pos + S]                                # [S, 2D] (a view)
+        if rope.shape[0] != S:
+            raise ValueError(f"positions {pos}..{pos + S - 1} lie beyond the RoPE table ({cache.capacity} columns)")
+        tok, bad = self._argmax_rows(self._run_layers(x, rope, self._causal(S, start), 1, S, cache, views), vocab)
+        return tok.tolist(), bad
+
+    def _causal(self, S: int, start: int) -> np.ndarray:
+        """The additive mask [1, 1, S, start + S] float32 of S new tokens after `start` valid columns: 0 where
+        column c <= start + s, float32 min (KVCache.begin's hidden value) after; one buffer, reused."""
+        L = start + S
+        if self._mask.size < S * L:
+            self._mask = np.empty(2 * S * L, np.float32)
+        tri = self._tri.get(S)
+        if tri is None:   # [S, S]: the new columns' causal block
+            tri = self._tri[S] = np.where(np.tri(S, dtype=bool), np.float32(0), np.finfo(np.float32).min)
+        m = self._mask[:S * L].reshape(S, L)
+        m[:, :start] = 0.0
+        m[:, start:] = tri
+        return m.reshape(1, 1, S, L)
+
+    def _argmax_rows(self, x, vocab: int) -> tuple[np.ndarray, bool]:
+        """The greedy head on the last layer's x [M, d]: (argmax ids [M] int64 over logits[:vocab], a copy;
+        whether any of those rows is unusable)."""
         if self._greedy_call is None:
             self._greedy_call = qkernels.GreedyHeadCall(self.qw.head, qweights.greedy_of(self.qw), self.qw.head_norm,
                                                         self.fwd.eps)
@@ -312,4 +360,4 @@ class QuantLeanForward:
             logits = qkernels.matmul(np.ascontiguousarray(xn[rows]), self.qw.head)[:, :vocab]
             tok[rows] = logits.argmax(-1)
             bad = not np.isfinite(logits.max(-1)).all()
-        return torch.from_numpy(tok).view(B, S), bad
+        return tok, bad

@@ -209,6 +209,20 @@ class ModelRunner:
         self.kv.end()
         return out
 
+    @property
+    def dense(self) -> bool:
+        """Whether greedy_row can run: greedy_ids, on one row whose cache has no holes (KVCache.dense)."""
+        return self.greedy_ids and self.kv.dense()
+
+    def greedy_row(self, ids: list, pos: int, vocab: int) -> tuple[list, bool]:
+        """forward_greedy for one row of a dense cache on host ints: ids [S] at positions pos, pos+1, ...
+        -> (argmax ids [S] as a list, whether any of those rows is unusable); the same bits. A decode loop
+        at batch 1 runs on it (decoding.py): it crops what it rejects, so the cache stays dense."""
+        self.kv.begin_dense(len(ids))
+        out = self._lean.greedy_row(ids, pos, self.kv, vocab)
+        self.kv.end()
+        return out
+
     def peek(self, ids, pos, valid, logits_to_keep: int = 0):
         """A forward whose columns are forgotten afterwards (the cache is left as it was)."""
         length = self.kv.length
