@@ -8,7 +8,8 @@ target's own greedy outputs and price each round with the target's measured veri
 Greedy speculative output equals the plain greedy output, so one plain decode per prompt says, for any
 lookup rule, what every round would propose and accept (the first proposed token that differs from the
 output is the first rejection). A round that drafts K tokens costs v(K) target steps (v(0) = 1), measured
-here on the decoders' own path (costmodel.measure_step_costs at the first prompt's length), plus the
+here on the decoders' own path (costmodel.measure_step_costs at the first prompt's length, greedy: the
+forward a greedy decode runs), plus the
 lookup's own cost; the predicted speedup is tokens / sum of the rounds' costs. What the replay leaves
 out: the loop's own overhead a round (~0.1-0.3 ms on SmolLM2, bench/RESULTS.md) and v's growth with the
 context. Rules: the engine's (count = min(match length, cap), at least min_ngram matched) for each
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     prompts, _ = load_prompts(args.prompts, tok, args.num_prompts, "auto")
     ids = [tok(p["prompt"], add_special_tokens=False).input_ids for p in prompts]
     dec = SpeculativeDecoder(target, ngram.NAME, gamma=max(CAPS + LONG), vocab_size=vocab)
-    costs = measure_step_costs(dec, torch.tensor([ids[0]]), sorted(set(CAPS) | set(LONG)), 1)
+    costs = measure_step_costs(dec, torch.tensor([ids[0]]), sorted(set(CAPS) | set(LONG)), 1, greedy=True)
     v, c = {int(k): x for k, x in costs["v"].items()}, costs["c"]
     t0, rows = time.perf_counter(), []
     for p in ids:

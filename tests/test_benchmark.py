@@ -325,6 +325,13 @@ def test_resume_measures_damaged_costs_again(pair, tmp_path, monkeypatch):
     costs = json.loads(path.read_text())["meta"]["costs"]["1"]
     assert costs["c"] > 0 and all(v > 0 for v in costs["v"].values())
     assert all(r["predicted_speedup"] for r in _runs(out) if r["method"] == "sd" and r["temperature"] == 1.0)
+    # costs timed on the other forward (here: a greedy decode's, in a sweep with sampled rows) are measured again
+    data = json.loads(path.read_text())
+    data["meta"]["costs"]["1"].update(greedy=True, c=123.0)
+    path.write_text(json.dumps(data))
+    assert bench(pair, out, *SMALL, "--resume") == 0
+    costs = json.loads(path.read_text())["meta"]["costs"]["1"]
+    assert costs["greedy"] is False and costs["c"] != 123.0
 
 
 @pytest.mark.parametrize("flags, match", [
@@ -444,6 +451,7 @@ def test_engine_choices_are_recorded_and_stay_exact(pair, tmp_path, quantize, im
     assert engine["cuda_graphs"] is False
     assert engine["greedy_head"] is ((quantize, impl) == ("auto", "auto"))   # q8_0 on the C kernels: its q8_0 head
     assert all(r["outputs_match_ar"] for r in data["runs"] if r["method"] == "sd")
+    assert all(c["greedy"] is True for c in data["meta"]["costs"].values())   # a greedy sweep's step costs
 
 
 def test_a_sampling_sweep_builds_no_greedy_head(pair, tmp_path, monkeypatch):
@@ -452,7 +460,8 @@ def test_a_sampling_sweep_builds_no_greedy_head(pair, tmp_path, monkeypatch):
     real = qweights.greedy_of
     monkeypatch.setattr(qweights, "greedy_of", lambda qw: (built.append(qw), real(qw))[1])
     assert bench(pair, tmp_path, "--gamma", "2", "--temperature", "1", "--baselines", "ar", "--repeats", "1") == 0
-    assert json.loads((tmp_path / "results.json").read_text())["meta"]["engine"]["greedy_head"] is False
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert meta["engine"]["greedy_head"] is False and meta["costs"]["1"]["greedy"] is False
     assert not built
 
 

@@ -208,11 +208,15 @@ def test_auto_drafts_more_for_a_row_repeating_itself(tmp_path, monkeypatch):
     # no costs: measured once (cache.CachedStepCosts), stored, read back by a new decoder
     calls = []
     real = costcache.measure_step_costs
-    monkeypatch.setattr(costcache, "measure_step_costs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(costcache, "measure_step_costs", lambda *a, **k: calls.append(k.get("greedy")) or real(*a, **k))
     for _ in range(2):
         dec = SpeculativeDecoder(target, "ngram", gamma="auto", cost_cache=tmp_path)
         assert dec.generate(ids[:1], mask[:1], max_new_tokens=80).new_tokens == ar.new_tokens[:1]
-    assert len(calls) == 1 and len(list(tmp_path.glob("costs-*.json"))) == 1
+    assert calls == [True] and len(list(tmp_path.glob("costs-*.json"))) == 1     # on a greedy decode's forward
+    # a sampled decode prices its counts on the logits forward: measured and stored apart
+    dec.generate(ids[:1], mask[:1], max_new_tokens=8, temperature=1.0, seed=0)
+    assert calls == [True, False] and len(list(tmp_path.glob("costs-*.json"))) == 2
+    calls.clear()
     # handed-over costs without v at every count it chooses from (a run resumed from v(1..4)): measured
     calls.clear()
     partial = {1: {"c": 0.01, "v": {k: x for k, x in _v(7)["v"].items() if k <= ngram.AUTO_CAP}}}

@@ -585,6 +585,30 @@ def test_greedy_rows_causal_mask_is_the_caches(q8_pair):
         assert np.array_equal(fwd._causal(S, start), want), (start, S)
 
 
+def test_step_costs_time_the_forward_a_greedy_decode_runs(q8_pair):
+    """measure_step_costs(greedy=True) times forward_greedy (the greedy head: no float logits) and says so;
+    sampling's costs, and a decoder whose test needs the logits (any other verifier), time the logits
+    forward. Either step leaves the cache as it found it."""
+    from specdec.costmodel.measure import measure_step_costs
+    from specdec.engine.timing import StepTimer
+    from specdec.engine.verify import verify
+    target, _ = q8_pair
+    fwd, ids = ModelRunner(target, 1, 16)._lean, torch.tensor([[3, 4, 5, 6]])
+    rows = []
+    for dec, greedy in ((SpeculativeDecoder(target, "ngram", gamma=2), True),
+                        (SpeculativeDecoder(target, "ngram", gamma=2), False),
+                        (SpeculativeDecoder(target, "ngram", gamma=2, verifier=lambda *a, **k: verify(*a, **k)), True)):
+        before = fwd.greedy_rows
+        assert measure_step_costs(dec, ids, [1, 2], 1, iters=2, greedy=greedy)["greedy"] is greedy
+        rows.append(fwd.greedy_rows - before)
+    assert rows[0] >= 2 * (1 + 2 + 3) and rows[1:] == [0, 0]              # 2 timed rounds of S = 1, 2, 3
+    for vocab in (None, 64):
+        timer = StepTimer(target, ids, 1, 8, greedy_vocab=vocab)
+        length = timer.runner.columns
+        timer.step(3)
+        assert timer.runner.columns == length
+
+
 def test_only_a_greedy_target_builds_the_greedy_head():
     """The greedy head (a second copy of the head, ~0.2 s for SmolLM2) is built where a target is decoded
     greedily, not for a draft on the same kernels, nor for a target that only samples."""

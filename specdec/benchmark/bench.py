@@ -439,13 +439,16 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
 
 
 def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress) -> dict:
-    """batch size -> c and v, measured on the first prompt (already truncated to fit the context), and,
-    when gamma auto runs, the round times it chooses by (greedy and/or sampled, as the temperatures
-    need) on the first bs prompts; for each batch size the saved run does not have (or has costs no
-    prediction may use: measured again); recorded in meta["costs"]; none without a draft (no sd rows)."""
+    """batch size -> c and v, measured on the first prompt (already truncated to fit the context): on the
+    forward a greedy decode runs where every temperature is 0 (on a greedy head: no float logits), else on
+    the logits forward (`greedy` in the entry); and, when gamma auto runs, the round times it chooses by
+    (greedy and/or sampled, as the temperatures need) on the first bs prompts; for each batch size the
+    saved run does not have (or has costs no prediction may use, or timed on the other forward: measured
+    again); recorded in meta["costs"]; none without a draft (no sd rows)."""
     if inputs.draft is None:
         return {}
-    costs = _saved_costs(meta["costs"])
+    greedy = all(is_greedy(t) for t in cfg.temperature)
+    costs = {bs: c for bs, c in _saved_costs(meta["costs"]).items() if bool(c.get("greedy")) == greedy}
     # gamma auto's round times; the n-gram draft's auto is its match, capped by the step costs' v: nothing to time
     modes = sorted({"greedy" if is_greedy(t) else "sampling" for t in cfg.temperature}) \
         if AUTO in cfg.gamma and not ngram.is_lookup(inputs.draft) else []
@@ -454,7 +457,7 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
     for bs in cfg.batch_size:
         if bs not in costs:
             progress.status(f"measuring the step costs c, v at batch size {bs}")
-            costs[bs] = measure_step_costs(probe, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs)
+            costs[bs] = measure_step_costs(probe, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs, greedy=greedy)
             if modes:   # on the first bs prompts: rows that accept differently leave holes, as in the sweep
                 enc = inputs.tokenizer.pad({"input_ids": [inputs.ids[i % len(inputs.ids)] for i in range(bs)]},
                                            padding=True, return_tensors="pt")

@@ -161,23 +161,25 @@ class CachedRoundCosts:
 
 
 class CachedStepCosts:
-    """Step costs (measure_step_costs: c and v) per (context bucket, gammas) at batch size 1, from this
-    process's memo, else the cost cache (keyed as round costs, with "measure": "step"), else measured once
-    on the call's first prompt (a few seconds) and stored. What the n-gram lookup's auto prices its long
-    proposals with (policy.LookupAuto)."""
+    """Step costs (measure_step_costs: c and v) per (context bucket, gammas, greedy or sampled) at batch size
+    1, from this process's memo, else the cost cache (keyed as round costs, with "measure": "step"), else
+    measured once on the call's first prompt (a few seconds) and stored. What the n-gram lookup's auto prices
+    its long proposals with (policy.LookupAuto); a greedy decode's on the forward it runs (no float logits on
+    a greedy head)."""
 
     def __init__(self, folder=None):
         self.cache = CostCache(folder)
-        self.memo = weakref.WeakKeyDictionary()   # decoder -> {(context, gammas): costs entry}
+        self.memo = weakref.WeakKeyDictionary()   # decoder -> {(context, gammas, greedy): costs entry}
         self.lock = threading.RLock()
 
-    def __call__(self, decoder, input_ids, gammas) -> dict:
+    def __call__(self, decoder, input_ids, gammas, greedy: bool = False) -> dict:
         context, gammas = context_bucket(input_ids.shape[1]), sorted({int(g) for g in gammas})
-        memo = (context, tuple(gammas))
+        memo = (context, tuple(gammas), bool(greedy))
         with self.lock:
             known = self.memo.setdefault(decoder, {})
             if memo not in known:
-                key = dict(cost_key(decoder.target, decoder.draft, 1, context, False, gammas, decoder.resolved_impl,
-                                    decoder.cuda_graphs, decoder.device), measure="step")
-                known[memo] = self.cache.get(key, lambda: measure_step_costs(decoder, input_ids[:1], gammas, 1))
+                key = dict(cost_key(decoder.target, decoder.draft, 1, context, not greedy, gammas,
+                                    decoder.resolved_impl, decoder.cuda_graphs, decoder.device), measure="step")
+                known[memo] = self.cache.get(key, lambda: measure_step_costs(decoder, input_ids[:1], gammas, 1,
+                                                                             greedy=greedy))
         return known[memo]

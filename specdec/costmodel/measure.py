@@ -14,8 +14,8 @@ split), greedy and sampled apart (sampling costs more per draft).
 
 The decoder handed over needs: `generate(ids, mask, max_new_tokens=, temperature=, seed=, on_round=,
 policy=)`, `device`, `max_gamma`, `max_positions` (the smaller context of its two models, or None) and
-`step_timers(prompt_ids, batch_size, max_tokens)` -> (target, draft) objects whose `step(S)` returns
-the seconds of one forward over S new tokens.
+`step_timers(prompt_ids, batch_size, max_tokens, greedy=)` -> (target, draft) objects whose `step(S)` returns
+the seconds of one forward over S new tokens (greedy: the target's forward as a greedy decode runs it).
 """
 from __future__ import annotations
 
@@ -59,11 +59,14 @@ def lower_quartile(xs: list) -> float:
     return statistics.quantiles(xs, n=4, method="inclusive")[0] if len(xs) > 1 else xs[0]
 
 
-def measure_step_costs(decoder, prompt_ids, gammas, batch_size: int, iters: int = 15) -> dict:
+def measure_step_costs(decoder, prompt_ids, gammas, batch_size: int, iters: int = 15, greedy: bool = False) -> dict:
     """Median seconds of the target step (S=1), the draft step (S=1) and the target verify
-    (S=gamma+1 for each gamma) after a prompt-length prefill (prompt_ids [1, P]); with c and v(gamma)."""
+    (S=gamma+1 for each gamma) after a prompt-length prefill (prompt_ids [1, P]); with c and v(gamma).
+    greedy: the target's forwards as a greedy decode runs them (decoder.step_timers: on a greedy head, no
+    float logits; v(4) 2.01 against 2.21 on SmolLM2's gguf path, bench/RESULTS.md, "One row on host ints"),
+    else as sampling runs them; recorded as the entry's "greedy"."""
     gammas = [int(g) for g in gammas]
-    t, d = decoder.step_timers(prompt_ids, batch_size, max(gammas) + 1)
+    t, d = decoder.step_timers(prompt_ids, batch_size, max(gammas) + 1, greedy=greedy)
     # A round's draft steps run back to back after a verify that streamed the target's weights: the
     # first finds the draft's weights out of the cache, the next find them in it. The draft step is the
     # mean over such a burst (DRAFT_BURST steps), not one step between target forwards (always cold).
@@ -72,7 +75,7 @@ def measure_step_costs(decoder, prompt_ids, gammas, batch_size: int, iters: int 
         jobs[g] = (lambda S: (lambda: t.step(S)))(g + 1)
     med = interleaved_medians(jobs, iters)
     t1, d1 = med["t1"], med["d1"]
-    return {"batch_size": batch_size, "target_step_s": t1, "draft_step_s": d1,
+    return {"batch_size": batch_size, "greedy": bool(greedy), "target_step_s": t1, "draft_step_s": d1,
             "target_verify_s": {g: med[g] for g in gammas}, "c": d1 / t1,
             "v": {g: med[g] / t1 for g in gammas}}
 

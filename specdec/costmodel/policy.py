@@ -144,8 +144,8 @@ class LookupAuto:
     what its match gives, at most `short`, or at most the long count where its match reached the
     lookup's max_ngram: the k in short..top that predict.long_count picks at per-token acceptance
     `alpha` from the target's verify costs v at batch size 1 (the handed-over costs' entry when it holds v
-    at every k it chooses from, else the cost cache's, else measured once on the call's prompt and
-    stored: cache.CachedStepCosts).
+    at every k it chooses from, as it was measured; else the cost cache's, else measured once on the call's
+    prompt and stored, on the forward the call runs, greedy or sampled: cache.CachedStepCosts).
     At batch > 1 the long count is `short`: a round verifies its widest row's count in every row, so one
     row's loop would make every row pay for it. Counts depend on the costs and on committed tokens only,
     so the decode stays lossless."""
@@ -156,8 +156,8 @@ class LookupAuto:
         self.costs = _read_costs(costs)
         self.source = CachedStepCosts(cache)
 
-    def long(self, decoder, input_ids) -> int:
-        """The long count for a call whose prompts are input_ids [B, P]."""
+    def long(self, decoder, input_ids, greedy: bool = False) -> int:
+        """The long count for a call whose prompts are input_ids [B, P] (greedy: a greedy decode's)."""
         if input_ids.shape[0] > 1 or self.max_gamma <= self.short:
             return self.short
         ks = range(self.short, self.max_gamma + 1)
@@ -165,11 +165,11 @@ class LookupAuto:
         if entry is None or not set(ks) <= set(entry.get("v", ())):
             # v extended past where it was measured would miss the step that the count is about (e.g. the
             # costs of a run resumed from before this rule, measured up to 4): measure the counts it chooses from
-            entry = self.source(decoder, input_ids, ks)
+            entry = self.source(decoder, input_ids, ks, greedy=greedy)
         return long_count(entry["v"], self.short, self.max_gamma, self.alpha)
 
     def start(self, decoder, input_ids, attention_mask, sampling: bool) -> "LookupRounds":
-        return LookupRounds(self.short, self.long(decoder, input_ids))
+        return LookupRounds(self.short, self.long(decoder, input_ids, greedy=not sampling))
 
 
 class LookupRounds(FixedGamma):

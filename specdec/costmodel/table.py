@@ -3,7 +3,8 @@
 A costs entry (one batch size) holds step costs and/or round times, every number a finite positive one:
   c, v                 measure_step_costs: c = draft step / target step, v = {k: target forward over
                        k+1 tokens / target step}, with the seconds behind them (target_step_s,
-                       draft_step_s, target_verify_s = {k: seconds})
+                       draft_step_s, target_verify_s = {k: seconds}); greedy: whether the target's
+                       forwards were timed as a greedy decode runs them (absent: as sampling does)
   round_s              measure_round_costs: {"greedy" | "sampling": {k: seconds of a round drafting k}}
 A table maps batch size -> entry. JSON turns the integer keys into strings; `read_entry` turns them back
 and refuses (ValueError naming the field) an entry that no prediction or choice may use: zeros,

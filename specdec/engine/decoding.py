@@ -380,11 +380,22 @@ class SpeculativeDecoder:
                   if m]
         return min(limits) if limits else None
 
-    def step_timers(self, prompt_ids, batch_size: int, max_tokens: int) -> tuple[StepTimer, StepTimer]:
+    @property
+    def verifies_on_ids(self) -> bool:
+        """Whether a greedy decode's verify runs on the target's argmax ids (runner.forward_greedy, on a greedy
+        head where the target has one) rather than on its logits: the default test, and no feature draft
+        (whose verify also needs the target's features)."""
+        return (self.verifier is verify and self.backend == "auto"
+                and (self.ngram is not None or not features.is_feature_draft(self.draft)))
+
+    def step_timers(self, prompt_ids, batch_size: int, max_tokens: int,
+                    greedy: bool = False) -> tuple[StepTimer, StepTimer]:
         """(target, draft) StepTimers on this decoder's path (forward, cache, CUDA graphs), each prefilled
         with prompt_ids [1, P] repeated batch_size times: what costmodel.measure_step_costs times (the
-        n-gram draft's "step": its lookups on the prompt, ngram.LookupTimer)."""
-        target = StepTimer(self.target, prompt_ids, batch_size, max_tokens, self.impl, self.cuda_graphs)
+        n-gram draft's "step": its lookups on the prompt, ngram.LookupTimer). greedy: the target's forward
+        a greedy decode runs (forward_greedy where verifies_on_ids), else the logits forward sampling runs."""
+        target = StepTimer(self.target, prompt_ids, batch_size, max_tokens, self.impl, self.cuda_graphs,
+                           greedy_vocab=self.vocab_size if greedy and self.verifies_on_ids else None)
         if self.ngram is not None:
             return target, ngram.LookupTimer(self.ngram, prompt_ids, batch_size)
         return target, StepTimer(self.draft, prompt_ids, batch_size, max_tokens, self.impl, self.cuda_graphs)
@@ -455,8 +466,7 @@ class _Call:
         # greedy on a greedy head, with the default test: the target's verify gives argmax ids, no logits
         # (runner.forward_greedy; greedy_accept is the test verify(backend="auto") runs on CPU logits);
         # asked last: the first ask builds the greedy head
-        self.greedy_ids = (params.greedy and not self.FEATURES and dec.verifier is verify and dec.backend == "auto"
-                           and self.tgt.greedy_ids)
+        self.greedy_ids = params.greedy and dec.verifies_on_ids and self.tgt.greedy_ids
 
     def run(self, on_round) -> None:
         rows, live, counts = self.rows, self.live, self.counts

@@ -69,10 +69,12 @@ class DecodeClock:
 
 class StepTimer:
     """One model prefilled with a prompt; `step(S)` times one forward over S new tokens, then forgets
-    them (the cache is cropped back, so every step sees the same context length)."""
+    them (the cache is cropped back, so every step sees the same context length). greedy_vocab: time the
+    forward a greedy decode runs, ModelRunner.forward_greedy over logits[:greedy_vocab] (on a greedy head
+    the argmax ids without the float logits: lean_numpy.QuantLeanForward.greedy; asking builds that head)."""
 
     def __init__(self, model, prompt_ids, batch_size: int, max_tokens: int, impl: str = "auto",
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, greedy_vocab: int | None = None):
         dev = input_device(model)
         ids = prompt_ids.to(dev).repeat(batch_size, 1)                            # [B, P]
         self.runner = ModelRunner(model, batch_size, ids.shape[1] + max_tokens + 8, impl=impl,
@@ -81,16 +83,22 @@ class StepTimer:
         self.pos0 = ids.shape[1] - 1
         self.ids = ids
         self.device = dev
+        self.greedy_vocab = greedy_vocab
 
     def step(self, S: int) -> float:
         B = self.ids.shape[0]
         ids = self.ids[:, -1:].repeat(1, S)
         pos = self.pos0 + torch.arange(S, device=self.device).repeat(B, 1)
         valid = torch.ones((B, S), dtype=torch.bool, device=self.device)
+        runner, length = self.runner, self.runner.columns
         with torch.no_grad():
             sync(self.device)
             t0 = time.perf_counter()
-            self.runner.peek(ids, pos, valid)
+            if self.greedy_vocab is None:
+                runner.peek(ids, pos, valid)
+            else:
+                runner.forward_greedy(ids, pos, valid, self.greedy_vocab)
+                runner.crop(length)
             sync(self.device)
         return time.perf_counter() - t0
 
