@@ -583,6 +583,10 @@ def test_greedy_rows_causal_mask_is_the_caches(q8_pair):
         kv.valid[0, :start] = True
         want = kv.begin(torch.ones((1, S), dtype=torch.bool)).numpy()
         assert np.array_equal(fwd._causal(S, start), want), (start, S)
+    with pytest.raises(ValueError, match="one row"):
+        KVCache(2, 32, torch.float32, "cpu").begin_dense(1)
+    with pytest.raises(ValueError, match="KV cache full"):
+        KVCache(1, 4, torch.float32, "cpu").begin_dense(5)
 
 
 def test_step_costs_time_the_forward_a_greedy_decode_runs(q8_pair):

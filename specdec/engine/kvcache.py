@@ -109,6 +109,8 @@ class KVCache:
         itself: lean_numpy.QuantLeanForward.greedy_row): marks the S new columns valid and returns where
         they start. The caller keeps it dense: it crops what it rejects and never leaves a hole."""
         start = self.length
+        if self.batch != 1:
+            raise ValueError(f"begin_dense is for one row; this cache holds {self.batch}")
         if start + S > self.capacity:   # dense: compaction would free nothing
             raise ValueError(f"KV cache full: {start} + {S} columns > capacity {self.capacity}")
         if self._valid_np is None:

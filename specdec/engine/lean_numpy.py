@@ -255,7 +255,7 @@ class QuantLeanForward:
         x = self._embed[ids.numpy().reshape(-1)]                                   # [N, d] (a copy)
         if embeds_add is not None:
             x += embeds_add.numpy().reshape(x.shape)
-        rope = self._rope_table(cache)[pos.numpy().reshape(-1)]                    # [N, D] (a copy)
+        rope = self._rope_table(cache)[pos.numpy().reshape(-1)]                    # [N, 2D] (a copy)
         m = np.ascontiguousarray(mask.numpy(), dtype=np.float32)                   # [B, 1, S, L]
         return self._run_layers(x, rope, m, B, S, cache, views)
 
