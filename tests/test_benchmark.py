@@ -67,6 +67,14 @@ def test_results_schema(results):
         assert set(c["round_s"]) == {"greedy", "sampling"}
         assert all(set(t) == {str(k) for k in range(1, 9)} for t in c["round_s"].values())
         assert set(c["v"]) == {str(k) for k in range(1, 9)}
+        assert c["greedy"] is False                         # the sweep samples: timed on the logits forward
+    # the target has a greedy head: its greedy rows are priced by step costs timed on the greedy path
+    assert meta["engine"]["greedy_head"] and set(meta["costs_greedy"]) == {"1", "2"}
+    assert all(c["greedy"] is True and "round_s" not in c for c in meta["costs_greedy"].values())
+    for r in runs:
+        if r["method"] == "sd" and isinstance(r["gamma"], int):
+            table = meta["costs_greedy" if r["temperature"] == 0 else "costs"][str(r["batch_size"])]
+            assert (r["draft_cost_ratio"], r["verify_cost_ratio"]) == (table["c"], table["v"][str(r["gamma"])])
     for r in runs:
         assert set(r) == RUN_KEYS, RUN_KEYS ^ set(r)
         assert r["method"] in results_mod.METHODS
@@ -295,6 +303,7 @@ def test_resume_measures_only_the_missing_groups(pair, tmp_path, monkeypatch, ca
     out = tmp_path / "run"
     calls = _killed_after_the_greedy_group(pair, out, monkeypatch)
     greedy = _runs(out)
+    saved_costs = {k: json.loads((out / "results.json").read_text())["meta"][k] for k in ("costs", "costs_greedy")}
     (out / "acceptance.png").write_bytes(b"figure of the unfinished run")
     # a changed setting is named, and nothing runs
     _one_line_error(capsys, ["bench", "--out", str(out), "--resume", "--no-progress", *SMALL[:-2], "--repeats", "2",
@@ -305,6 +314,8 @@ def test_resume_measures_only_the_missing_groups(pair, tmp_path, monkeypatch, ca
     assert set(calls) == {1.0}                                          # the greedy group was not re-run
     runs = _runs(out)
     assert [r for r in runs if r["temperature"] == 0] == greedy          # kept as measured
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert {k: meta[k] for k in saved_costs} == saved_costs and saved_costs["costs_greedy"]   # read back, not re-timed
     assert {(r["method"], r["temperature"]) for r in runs} == {(m, t) for m in ("ar", "sd") for t in (0.0, 1.0)}
     assert all(r["speedup"] for r in runs if r["method"] == "sd")
     assert not (out / "acceptance.png").exists()
@@ -319,11 +330,13 @@ def test_resume_measures_damaged_costs_again(pair, tmp_path, monkeypatch):
     _killed_after_the_greedy_group(pair, out, monkeypatch)
     path = out / "results.json"
     data = json.loads(path.read_text())
-    data["meta"]["costs"]["1"].update(c=0.0, v={k: 0.0 for k in data["meta"]["costs"]["1"]["v"]})
+    for name in ("costs", "costs_greedy"):
+        data["meta"][name]["1"].update(c=0.0, v={k: 0.0 for k in data["meta"][name]["1"]["v"]})
     path.write_text(json.dumps(data))
     assert bench(pair, out, *SMALL, "--resume") == 0
-    costs = json.loads(path.read_text())["meta"]["costs"]["1"]
-    assert costs["c"] > 0 and all(v > 0 for v in costs["v"].values())
+    for name in ("costs", "costs_greedy"):
+        costs = json.loads(path.read_text())["meta"][name]["1"]
+        assert costs["c"] > 0 and all(v > 0 for v in costs["v"].values()), name
     assert all(r["predicted_speedup"] for r in _runs(out) if r["method"] == "sd" and r["temperature"] == 1.0)
     # costs timed on the other forward (here: a greedy decode's, in a sweep with sampled rows) are measured again
     data = json.loads(path.read_text())
@@ -463,6 +476,30 @@ def test_a_sampling_sweep_builds_no_greedy_head(pair, tmp_path, monkeypatch):
     meta = json.loads((tmp_path / "results.json").read_text())["meta"]
     assert meta["engine"]["greedy_head"] is False and meta["costs"]["1"]["greedy"] is False
     assert not built
+
+
+def test_auto_prices_greedy_rows_by_the_greedy_paths_costs(pair, tmp_path, monkeypatch):
+    """In a sweep that samples too, gamma auto's greedy rows run on a decoder handed the costs timed on the
+    greedy path (meta.costs_greedy, with the round times of meta.costs), its sampled rows on one handed
+    meta.costs."""
+    handed, decoders, used = [], [], {}
+    real_auto, real_group = benchmark._auto_decoder, benchmark.run_group
+
+    def auto(cfg, inputs, costs):
+        handed.append(costs)
+        decoders.append(real_auto(cfg, inputs, costs))
+        return decoders[-1]
+
+    def group(inputs, cfg, settings, progress):
+        used[settings[0].temperature] = decoders.index(inputs.decoders["auto"])
+        return real_group(inputs, cfg, settings, progress)
+    monkeypatch.setattr(benchmark, "_auto_decoder", auto)
+    monkeypatch.setattr(benchmark, "run_group", group)
+    assert bench(pair, tmp_path, "--gamma", "auto", "--temperature", "0,1", "--baselines", "", "--repeats", "1") == 0
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert [c[1]["greedy"] for c in handed] == [False, True]
+    assert handed[1][1]["round_s"] == handed[0][1]["round_s"] and handed[1][1]["c"] == meta["costs_greedy"]["1"]["c"]
+    assert used == {0.0: 1, 1.0: 0}
 
 
 def test_truncated_weights_are_one_line(pair, tmp_path):

@@ -394,9 +394,12 @@ def _sweep(cfg: BenchConfig, device, run: RunFolder) -> tuple[dict, list]:
     try:
         inputs = _load(cfg, device, progress)
         meta, rows = _start(cfg, inputs, path)
-        costs = _costs(cfg, inputs, meta, progress)
-        if AUTO in cfg.gamma:  # auto reads the costs measured in this run (recorded in meta), not the cache
-            inputs.decoders[AUTO] = _auto_decoder(cfg, inputs, costs)
+        costs, greedy_costs = _costs(cfg, inputs, meta, progress)
+        autos = {}   # auto reads the costs measured in this run (recorded in meta), not the cache: greedy rows theirs
+        if AUTO in cfg.gamma:
+            autos[False] = _auto_decoder(cfg, inputs, costs)
+            autos[True] = autos[False] if greedy_costs is costs else _auto_decoder(cfg, inputs, greedy_costs)
+            inputs.decoders[AUTO] = autos[False]
         run.commit()   # a failure before this point leaves --out as it was found
         write_results(path, meta, rows)
         done = {(r.temperature, r.batch_size) for r in rows}
@@ -404,10 +407,13 @@ def _sweep(cfg: BenchConfig, device, run: RunFolder) -> tuple[dict, list]:
             if (temp, bs) in done:
                 progress.advance(len(settings) * cfg.repeats)
                 continue
+            if autos:
+                inputs.decoders[AUTO] = autos[is_greedy(temp)]
             measured = run_group(inputs, cfg, settings, progress)
             _llamacpp_agreement(meta, measured, temp)
             mixed = ngram.is_lookup(inputs.draft)   # the lookup's counts vary by round
-            rows = with_speedups(rows + summarise(measured, inputs.cats, costs, mixed=mixed))
+            rows = with_speedups(rows + summarise(measured, inputs.cats, greedy_costs if is_greedy(temp) else costs,
+                                                  mixed=mixed))
             write_results(path, meta, rows)
     except BaseException:
         progress.close(keep=False)  # the error message gets a line of its own
@@ -430,33 +436,52 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
     if not (cfg.resume and path.exists()):
         return meta, []
     saved, rows = read_results(path)
-    costs = saved.get("costs")   # old and new rows' predictions share c and v (_costs measures what is unusable)
-    meta["costs"] = costs if isinstance(costs, dict) else {}
+    for name in ("costs", "costs_greedy"):   # old and new rows' predictions share c and v (_costs measures what is unusable)
+        costs = saved.get(name)
+        meta[name] = costs if isinstance(costs, dict) else {}
     resumed = saved.get("resumed")
     meta["resumed"] = (resumed if isinstance(resumed, list) else []) + [meta["date"]]
     meta["date"] = saved.get("date", meta["date"])
     return meta, rows
 
 
-def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress) -> dict:
-    """batch size -> c and v, measured on the first prompt (already truncated to fit the context): on the
-    forward a greedy decode runs where every temperature is 0 (on a greedy head: no float logits), else on
-    the logits forward (`greedy` in the entry); and, when gamma auto runs, the round times it chooses by
-    (greedy and/or sampled, as the temperatures need) on the first bs prompts; for each batch size the
-    saved run does not have (or has costs no prediction may use, or timed on the other forward: measured
-    again); recorded in meta["costs"]; none without a draft (no sd rows)."""
+def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress) -> tuple[dict, dict]:
+    """(costs, greedy_costs), each batch size -> c and v, measured on the first prompt (already truncated to
+    fit the context).
+
+    costs (meta["costs"]): on the forward a greedy decode runs where every temperature is 0 (on a greedy
+    head: no float logits), else on the logits forward (`greedy` in the entry); with, when gamma auto runs
+    with a draft model, the round times it chooses by (greedy and/or sampled, as the temperatures need) on
+    the first bs prompts. greedy_costs: what the greedy rows are priced and auto-chosen by: costs itself,
+    except in a sweep that also samples on a target with a greedy head, where they are measured apart on
+    the greedy path (meta["costs_greedy"]; auto's round times from costs). Measured for each batch size the saved
+    run does not have (or has costs no prediction may use, or timed on the other forward: measured again);
+    none without a draft (no sd rows)."""
     if inputs.draft is None:
-        return {}
+        return {}, {}
     greedy = all(is_greedy(t) for t in cfg.temperature)
-    costs = {bs: c for bs, c in _saved_costs(meta["costs"]).items() if bool(c.get("greedy")) == greedy}
+    costs = _costs_on(cfg, inputs, meta, progress, "costs", greedy, rounds=True)
+    if greedy or not inputs.engine.get("greedy_head"):   # no greedy head: a greedy verify runs the logits forward
+        return costs, costs
+    greedy_costs = _costs_on(cfg, inputs, meta, progress, "costs_greedy", True, rounds=False)
+    return costs, {bs: {**e, "round_s": costs[bs]["round_s"]} if "round_s" in costs[bs] else e
+                   for bs, e in greedy_costs.items()}
+
+
+def _costs_on(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress, name: str, greedy: bool,
+              rounds: bool) -> dict:
+    """meta[name], batch size -> entry: the step costs on the greedy path or the logits forward (greedy), and
+    with `rounds` gamma auto's round times where a draft model's auto needs them (_costs)."""
+    costs = {bs: c for bs, c in _saved_costs(meta.get(name)).items() if bool(c.get("greedy")) == greedy}
     # gamma auto's round times; the n-gram draft's auto is its match, capped by the step costs' v: nothing to time
     modes = sorted({"greedy" if is_greedy(t) else "sampling" for t in cfg.temperature}) \
-        if AUTO in cfg.gamma and not ngram.is_lookup(inputs.draft) else []
+        if rounds and AUTO in cfg.gamma and not ngram.is_lookup(inputs.draft) else []
     probe = SpeculativeDecoder(inputs.target, inputs.draft, gamma=1, vocab_size=inputs.vocab, impl=cfg.impl,
                                cuda_graphs=inputs.engine["cuda_graphs"])
     for bs in cfg.batch_size:
         if bs not in costs:
-            progress.status(f"measuring the step costs c, v at batch size {bs}")
+            path = "the greedy path" if greedy else "the logits forward"
+            progress.status(f"measuring the step costs c, v at batch size {bs} on {path}")
             costs[bs] = measure_step_costs(probe, torch.tensor([inputs.ids[0]]), cfg.cost_gammas, bs, greedy=greedy)
             if modes:   # on the first bs prompts: rows that accept differently leave holes, as in the sweep
                 enc = inputs.tokenizer.pad({"input_ids": [inputs.ids[i % len(inputs.ids)] for i in range(bs)]},
@@ -467,7 +492,7 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
                     progress.status(f"timing decode rounds for gamma auto at batch size {bs} ({mode})")
                     costs[bs]["round_s"][mode] = measure_round_costs(
                         probe, ids, mask, mode == "sampling", range(1, AutoConfig().max_gamma + 1))
-    meta["costs"] = {str(bs): c for bs, c in costs.items()}
+    meta[name] = {str(bs): c for bs, c in costs.items()}
     return costs
 
 
