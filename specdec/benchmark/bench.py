@@ -436,7 +436,8 @@ def _start(cfg: BenchConfig, inputs: BenchInputs, path: Path) -> tuple[dict, lis
     if not (cfg.resume and path.exists()):
         return meta, []
     saved, rows = read_results(path)
-    for name in ("costs", "costs_greedy"):   # old and new rows' predictions share c and v (_costs measures what is unusable)
+    # old and new rows' predictions share c and v (_costs measures what is unusable)
+    for name in ("costs", "costs_greedy"):
         costs = saved.get(name)
         meta[name] = costs if isinstance(costs, dict) else {}
     resumed = saved.get("resumed")
@@ -454,9 +455,9 @@ def _costs(cfg: BenchConfig, inputs: BenchInputs, meta: dict, progress: Progress
     with a draft model, the round times it chooses by (greedy and/or sampled, as the temperatures need) on
     the first bs prompts. greedy_costs: what the greedy rows are priced and auto-chosen by: costs itself,
     except in a sweep that also samples on a target with a greedy head, where they are measured apart on
-    the greedy path (meta["costs_greedy"]; auto's round times from costs). Measured for each batch size the saved
-    run does not have (or has costs no prediction may use, or timed on the other forward: measured again);
-    none without a draft (no sd rows)."""
+    the greedy path (meta["costs_greedy"]; auto's round times from costs). Measured for each batch size
+    the saved run does not have (or has costs no prediction may use, or timed on the other forward:
+    measured again); none without a draft (no sd rows)."""
     if inputs.draft is None:
         return {}, {}
     greedy = all(is_greedy(t) for t in cfg.temperature)
