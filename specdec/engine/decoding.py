@@ -34,6 +34,11 @@ cache never keeps its own guesses (it lags the committed sequence by what it owe
 Host synchronisation: one read per round of the verified tokens, the accepted counts and a NaN flag
 (needed to decide what each row emits and when it stops). Sampling uses the exponential race, which
 needs no sync.
+
+One greedy row on a greedy head (the C kernels' forward: runner.ModelRunner.greedy_row) runs plain
+decoding (_plain_row) and the lookup's rounds (_NgramCall.run_row) on host ints: the same steps with no
+PyTorch operation between the forwards (each costs up to ~40 us there: bench/RESULTS.md, "One row on host
+ints"), its cache kept without holes by cropping what it rejects.
 """
 from __future__ import annotations
 
