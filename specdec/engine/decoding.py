@@ -197,8 +197,8 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
     ones = torch.ones_like(pending, dtype=torch.bool)
     greedy_ids = params.greedy and tgt.greedy_ids     # greedy on a greedy head: ids, no logits (forward_greedy)
     vocab = logit_width(target) if vocab_size is None else vocab_size
-    if greedy_ids and tgt.dense:   # one row on host ints (ModelRunner.greedy_row)
-        return _plain_row(target, tgt, rows, int(pending[0, 0]), int(pos[0, 0]), vocab, stats, clock, t_all)
+    if greedy_ids and tgt.dense:   # one row on host ints (ModelRunner.greedy_row); it leaves no row live
+        _plain_row(target, tgt, rows, int(pending[0, 0]), int(pos[0, 0]), vocab, stats, clock)
     while rows.live:
         t0 = clock.start("score")
         if greedy_ids:
@@ -231,10 +231,10 @@ def autoregressive_generate(target, input_ids, attention_mask=None, max_new_toke
 
 
 def _plain_row(target, tgt: ModelRunner, rows: _Rows, pending: int, pos: int, vocab: int, stats: DecodeStats,
-               clock: DecodeClock, t_all: float) -> GenerationOutput:
+               clock: DecodeClock) -> None:
     """autoregressive_generate's loop for one greedy row on a greedy head, on host ints (ModelRunner.greedy_row):
-    the same steps and tokens, without a PyTorch operation between the forwards."""
-    while True:
+    the same steps and tokens, without a PyTorch operation between the forwards; until the row finishes."""
+    while rows.live:
         t0 = clock.start("score")
         out, bad = tgt.greedy_row([pending], pos, vocab)
         clock.stop("score", t0)
@@ -242,10 +242,7 @@ def _plain_row(target, tgt: ModelRunner, rows: _Rows, pending: int, pos: int, vo
         check_logits_flag(int(bad), {1: ("target", target)}, f"decode step {stats.target_calls}")
         pending, pos = out[0], pos + 1
         if not rows.emit([out]):
-            break
-    clock.finish(stats, t_all)
-    stats.new_tokens = sum(len(o) for o in rows.out)
-    return GenerationOutput(new_tokens=rows.out, stats=stats)
+            rows.live = []
 
 
 # ----------------------------------------------------------------------------------------------------
