@@ -2,8 +2,10 @@
 SmolLM2 on the default gguf path, the n-gram draft with its store, gamma auto with the costs of a bench run
 (COSTS: its results.json), the first N Spec-Bench prompts of distinct categories at T new tokens, greedy.
 Every wrapped method's entry and exit is stamped; per pair of consecutive stamps the median and the total
-per round (the first prompt is a warm-up). ROOT: the source tree to import.
-`ROOT=. taskset -c 1 python timeline_scratch.py 5 1024 COSTS QUESTIONS` (bench/RESULTS.md, "A round's Python")."""
+per round (the first prompt is a warm-up). ROOT: the source tree to import. WRAP=row: wrap the one-row path's
+methods (ModelRunner.greedy_row and what it calls, 20953c0 on) instead of the batch path's.
+`ROOT=. taskset -c 1 python timeline_scratch.py 5 1024 COSTS QUESTIONS` (bench/RESULTS.md, "A round's Python";
+with WRAP=row and 4 prompts, "One row on host ints")."""
 import json, sys, os, time, collections, statistics, torch, functools
 sys.path.insert(0, os.environ.get('ROOT', '/work/main'))
 from specdec.engine import qkernels, decoding, runner, kvcache, lean_numpy
@@ -35,9 +37,13 @@ def wrap(obj, name, label):
 lib = qkernels.library()
 for name in ('layers_forward', 'qgemm_q8a', 'head_argmax', 'rmsnorm_rows'):
     wrap(lib, name, 'C.' + name)
-for cls, names in ((decoding._Call, ['score', 'verify', 'commit_target', 'retire']), (decoding._NgramCall, ['plan', 'draft']),
-                   (runner.ModelRunner, ['forward_greedy']), (kvcache.KVCache, ['begin']),
-                   (lean_numpy.QuantLeanForward, ['greedy', '_layers_out'])):
+BATCH = ((decoding._Call, ['score', 'verify', 'commit_target', 'retire']), (decoding._NgramCall, ['plan', 'draft']),
+         (runner.ModelRunner, ['forward_greedy']), (kvcache.KVCache, ['begin']),
+         (lean_numpy.QuantLeanForward, ['greedy', '_layers_out']))
+ROW = ((decoding._NgramCall, ['plan']), (decoding._Rows, ['emit']), (kvcache.KVCache, ['begin_dense']),
+       (runner.ModelRunner, ['greedy_row']), (qkernels.GreedyHeadCall, ['__call__']),
+       (lean_numpy.QuantLeanForward, ['greedy_row', '_run_layers', '_argmax_rows', '_causal']))
+for cls, names in (ROW if os.environ.get('WRAP') == 'row' else BATCH):
     for n in names: wrap(cls, n, n)
 dec = SpeculativeDecoder(m, pair.draft, gamma='auto', costs=costs, vocab_size=49152)
 for i, t in enumerate(texts):
