@@ -341,7 +341,9 @@ def test_rows_logits_do_not_depend_on_the_batch_padding_holes_or_tokens_per_forw
 def test_a_prompt_in_one_forward_equals_it_in_steps(pair_fixture, request):
     """A prompt's attention stops each query at its visible end and runs past 16 tokens in the other loop
     order (qkernels.c attend_group): every position's logits are bitwise those of the same tokens fed 5 and
-    1 at a time (the decode and verify order), and at the end of a row padded on the left."""
+    1 at a time (the decode and verify order), 12 and 16 at a time (24 and 32 queries a KV head: from
+    TRANSPOSED_QUERIES on, the verify's scores read K transposed 16 columns at a time, scores_16t), and at
+    the end of a row padded on the left."""
     target, _ = request.getfixturevalue(pair_fixture)
     ids = torch.randint(3, 64, (1, 43), generator=torch.Generator().manual_seed(3))
     pos = torch.arange(43)[None]
@@ -357,7 +359,7 @@ def test_a_prompt_in_one_forward_equals_it_in_steps(pair_fixture, request):
 
     whole = fed(43)
     assert isinstance(ModelRunner(target, 1, 8, impl="numpy")._lean, lean_numpy.QuantLeanForward)
-    for step, pad in ((5, 0), (1, 0), (43, 6), (5, 3)):
+    for step, pad in ((5, 0), (1, 0), (43, 6), (5, 3), (16, 0), (12, 5)):
         assert torch.equal(fed(step, pad), whole), (step, pad)
 
 

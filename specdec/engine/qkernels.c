@@ -1479,6 +1479,18 @@ static inline __m512 load8x2_kv(const void *base, int64_t off, int64_t off2, con
 }
 #endif
 
+/* Rows [r, r + n) of a head's K or V (D elements of es bytes a row) asked for into L2 ahead of their use.
+ * A verify's attention at a long context otherwise waits on memory: its scores stream K and its P V
+ * streams V, each in 4 KB pages that the hardware prefetcher does not run past. So the scores' column loop
+ * asks for the V rows the P V will read, and every group's P V loop for the K rows of the head attended
+ * next (attention_block's `Kn`): 1.1-1.3x a head at 256-1024 columns (bench/RESULTS.md, "A verify's
+ * attention without waiting on memory"). A hint only: the arithmetic, and so the bits, are unchanged. */
+static inline __attribute__((always_inline)) void prefetch_rows(const void *base, int64_t r, int64_t n, int64_t D,
+                                                                const int H16) {
+    const char *p = (const char *)base + r * D * (H16 ? 2 : 4), *e = p + n * D * (H16 ? 2 : 4);
+    for (; p < e; p += 64) __builtin_prefetch(p, 0, 2);
+}
+
 /* the scores of NQ queries (i0 ..) against 8 columns of K: each K vector loaded once for the NQ queries
  * (the queries of a KV head share its K: G heads x S tokens), the same products and sums in the same
  * order per lane as one query at a time */
@@ -1542,7 +1554,7 @@ static inline __attribute__((always_inline)) void scores_8(const float *qs, int6
  * its lane l over t for the 16 columns at once in register p[l]: the same products added in the same order
  * from zero, then hsum8's tree (p_l + p_{l+4}, then (s0 + s2) + (s1 + s3)) as 7 adds of whole registers, so
  * the same bits. The transpose (4 shuffles a row element) is shared by every query of the KV head, so this
- * pays from 6 queries (2 tokens of SmolLM2's 3 heads a KV head). */
+ * pays from TRANSPOSED_QUERIES queries (8 tokens of SmolLM2's 3 heads a KV head). */
 static inline __attribute__((always_inline)) void transpose16(const void *K, int64_t D, const int DV, int64_t c,
                                                               __m512 *kt, const int H16) {
     const __m512i lo = _mm512_set_epi32(27, 26, 25, 24, 11, 10, 9, 8, 19, 18, 17, 16, 3, 2, 1, 0);
@@ -1600,10 +1612,11 @@ static inline __attribute__((always_inline)) void scores_16t(const float *qs, in
  * 0 wherever it sits, so the sum, like every output, is the same whatever holes or padding the row's
  * columns hold (an 8-lane sum over columns 8k + l is not: a hole moves the later columns to other lanes).
  * The add chain runs beside the tile's vector work, which takes longer per column than its latency.
- * n: the columns summed (its group's visible end, group_end); L: P's row stride. */
+ * n: the columns summed (its group's visible end, group_end); L: P's row stride. Kn: the K of the head
+ * attended next, whose rows 0 .. n are asked for into L2 (prefetch_rows), or NULL. */
 static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_t L, int64_t n, int64_t i0,
         const int NQ, const void *V, int64_t D, const int t0, const int TB, int64_t G, float *sums, float *os,
-        int64_t ldo, const int H16) {
+        int64_t ldo, const void *Kn, const int H16) {
     float s[3] = {0.0f, 0.0f, 0.0f};
     const int own = t0 == 0;                      /* this tile sums the numerators; later tiles read them */
 #if QGEMM_AVX512
@@ -1616,6 +1629,7 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
         for (int a = 0; a < NQ; a++) sx[a] = _mm_setzero_ps();
         for (int64_t c = 0; c < n; c++) {
             __m512 pw[3], vw[4];
+            if (Kn) prefetch_rows(Kn, c, 1, D, H16);
             for (int t = 0; t < TB / 2; t++) {
                 vw[t] = load16_kv(V, c * D + 8 * (t0 + 2 * t), H16);
                 KEEP_IN_REGISTER(vw[t]);
@@ -1641,6 +1655,7 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
         for (int t = 0; t < TB; t++) ov[a][t] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t c = 0; c < n; c++) {
         v8f pv[3];
+        if (Kn) prefetch_rows(Kn, c, 1, D, H16);
         for (int a = 0; a < NQ; a++) {
             const float pc = P[(i0 + a) * L + c];
             if (own) s[a] += pc;
@@ -1690,7 +1705,8 @@ static inline __attribute__((always_inline)) void scores_tail(const float *qs, i
 
 /* the softmax numerators of NQ queries' scores in [0, n), then their outputs (pv_tile sums the numerators) */
 static inline __attribute__((always_inline)) void softmax_pv(int64_t i0, const int NQ, const void *V, int64_t G,
-        int64_t L, int64_t n, const int DV, float *P, float *sums, float *os, int64_t ldo, const int H16) {
+        int64_t L, int64_t n, const int DV, float *P, float *sums, float *os, int64_t ldo, const void *Kn,
+        const int H16) {
     for (int a = 0; a < NQ; a++) {
         float *pr = P + (i0 + a) * L, m8[8], mx = -INFINITY;
         for (int l = 0; l < 8; l++) m8[l] = -INFINITY;
@@ -1708,15 +1724,15 @@ static inline __attribute__((always_inline)) void softmax_pv(int64_t i0, const i
         exp_shifted(pr, mx, pr, n, 0);
     }
     for (int t0 = 0; t0 < DV; t0 += 8)            /* up to 64 outputs at a time */
-        pv_tile(P, L, n, i0, NQ, V, 8 * DV, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo, H16);
+        pv_tile(P, L, n, i0, NQ, V, 8 * DV, t0, DV - t0 < 8 ? DV - t0 : 8, G, sums, os, ldo, t0 ? 0 : Kn, H16);
 }
 
 /* the scores of NQ queries (i0 ..) in [c, n) and their softmax and outputs: one group from its column c on */
 static inline __attribute__((always_inline)) void finish_group(const float *qs, int64_t ldq, int64_t G, int64_t i0,
         const int NQ, const void *K, const void *V, int64_t L, int64_t c, int64_t n, const int DV, const float *mask,
-        float scale, float *P, float *sums, float *os, int64_t ldo, const int H16) {
+        float scale, float *P, float *sums, float *os, int64_t ldo, const void *Kn, const int H16) {
     scores_tail(qs, ldq, G, i0, NQ, K, DV, mask, L, c, n, scale, P, H16);
-    softmax_pv(i0, NQ, V, G, L, n, DV, P, sums, os, ldo, H16);
+    softmax_pv(i0, NQ, V, G, L, n, DV, P, sums, os, ldo, Kn, H16);
 }
 
 /* one group from its scores to its outputs (a prompt's order, attend_group), up to its visible end */
@@ -1726,7 +1742,7 @@ static inline __attribute__((always_inline)) void whole_group(const float *qs, i
     const int64_t n = group_end(ends, G, i0, NQ);
     int64_t c = 0;
     for (; c + 8 <= n; c += 8) scores_8(qs, ldq, G, i0, NQ, K, 8 * DV, DV, mask, L, c, scale, P, H16);
-    finish_group(qs, ldq, G, i0, NQ, K, V, L, c, n, DV, mask, scale, P, sums, os, ldo, H16);
+    finish_group(qs, ldq, G, i0, NQ, K, V, L, c, n, DV, mask, scale, P, sums, os, ldo, 0, H16);
 }
 
 #define HIDDEN_BELOW (-1e30f)
@@ -1744,6 +1760,11 @@ static void visible_ends(const float *mask, int64_t M, int64_t L, int64_t *ends)
 
 #define PHASED_TOKENS 16                     /* the most tokens a forward scores in the column-chunk order */
 #define PHASED_GROUPS 64                     /* and the most groups (3 queries each) it holds ends for */
+/* the fewest queries (of a KV head, in whole groups of 3) for which its K is transposed 16 columns at a time
+ * (scores_16t): the transpose's 256 shuffles a chunk are shared by 8 groups or more. At 6-21 queries (2-7
+ * tokens of SmolLM2's 3 heads a KV head) scores_8 was 1.1-1.6x faster, at 256-1024 columns (bench/RESULTS.md,
+ * "A verify's attention without waiting on memory"); at 24 the two were within noise. */
+#define TRANSPOSED_QUERIES 24
 /* Attention of the Q = G * S queries that share one KV head (G query heads x S tokens of one row)
  * against its columns [0, L): softmax(q K^T * scale + mask) V for each query.
  * Order, the same for every query whatever Q, L or the layout: a score is the 8-lane dot product of
@@ -1761,8 +1782,8 @@ static void visible_ends(const float *mask, int64_t M, int64_t L, int64_t *ends)
  * group: the G heads of a token first), a group to the furthest end of its queries.
  * Two loop orders, the same arithmetic per query. Up to PHASED_TOKENS tokens (a decode step or a verify:
  * few queries, many columns) the scores go column chunk by chunk over every group, so that each K row
- * comes from memory once for all the queries (from 6 queries on AVX-512, 16 K rows transposed once for all
- * of them: scores_16t), then each group's softmax and P V. A longer forward (a
+ * comes from memory once for all the queries (from TRANSPOSED_QUERIES queries on AVX-512, 16 K rows
+ * transposed once for all of them: scores_16t), then each group's softmax and P V. A longer forward (a
  * prompt) runs each group from its scores to its outputs before the next, so that its rows of P stay in
  * L1 (all of P for a 1000-token prompt is 12 MB): that order made a 1200-token prefill 1.3x faster, but a
  * 5-token verify at 2500 columns 4-10 % slower where it was tried (each group then loads every K row), so
@@ -1773,19 +1794,20 @@ static void visible_ends(const float *mask, int64_t M, int64_t L, int64_t *ends)
 static inline __attribute__((always_inline)) void attend_group(
         const float *qs, int64_t ldq, int64_t G, int64_t S, const void *K, const void *V, int64_t L,
         const int DV, const float *mask, const int64_t *ends, float scale, float *P, float *sums, float *os,
-        int64_t ldo, const int H16) {
+        int64_t ldo, const void *Kn, const int H16) {
     const int64_t D = 8 * DV, Q = G * S, Q3 = Q - Q % 3;
     if (S <= PHASED_TOKENS && Q3 <= 3 * PHASED_GROUPS) {
         int64_t n3[PHASED_GROUPS];                 /* each group's end */
         for (int64_t i = 0; i < Q3; i += 3) n3[i / 3] = group_end(ends, G, i, 3);
 #if QGEMM_AVX512
-        const int T = Q3 >= 6;                     /* whole 16-column chunks transposed (scores_16t) */
+        const int T = Q3 >= TRANSPOSED_QUERIES;    /* whole 16-column chunks transposed (scores_16t) */
         __m512 kt[8 * DV];
 #else
         const int T = 0;
 #endif
         for (int64_t c = 0; c + 8 <= L; c += 8) {
             const int64_t c16 = c - c % 16;        /* the 16-column chunk that holds c */
+            prefetch_rows(V, c, 8, D, H16);        /* for the P V below */
             int transposed = 0;
             for (int64_t i = 0; i < Q3; i += 3)
                 if (T && c16 + 16 <= n3[i / 3]) {  /* the group's chunk is whole: scored at its start */
@@ -1804,10 +1826,10 @@ static inline __attribute__((always_inline)) void attend_group(
         }
         for (int64_t i = 0; i < Q3; i += 3)
             finish_group(qs, ldq, G, i, 3, K, V, L, n3[i / 3] - n3[i / 3] % 8, n3[i / 3], DV, mask, scale, P, sums,
-                         os, ldo, H16);
+                         os, ldo, Kn, H16);
         for (int64_t i = Q3; i < Q; i++)
             finish_group(qs, ldq, G, i, 1, K, V, L, ends[i / G] - ends[i / G] % 8, ends[i / G], DV, mask, scale, P,
-                         sums, os, ldo, H16);
+                         sums, os, ldo, Kn, H16);
         return;
     }
     for (int64_t i = 0; i < Q3; i += 3) whole_group(qs, ldq, G, i, 3, K, V, L, ends, DV, mask, scale, P, sums, os, ldo, H16);
@@ -1817,13 +1839,15 @@ static inline __attribute__((always_inline)) void attend_group(
 /* attend_DV (a float32 cache) and attend16_DV (float16): one compiled body per head size and cache type */
 #define ATTEND_D(DV) static void attend_##DV(const float *qs, int64_t ldq, int64_t G, int64_t S,        \
     const void *K, const void *V, int64_t L, const float *mask, const int64_t *ends, float scale, float *P, \
-    float *sums, float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, ends, scale, P, sums, os, ldo, 0); } \
+    float *sums, float *os, int64_t ldo, const void *Kn) {                                              \
+        attend_group(qs, ldq, G, S, K, V, L, DV, mask, ends, scale, P, sums, os, ldo, Kn, 0); }        \
     static void attend16_##DV(const float *qs, int64_t ldq, int64_t G, int64_t S,                     \
     const void *K, const void *V, int64_t L, const float *mask, const int64_t *ends, float scale, float *P, \
-    float *sums, float *os, int64_t ldo) { attend_group(qs, ldq, G, S, K, V, L, DV, mask, ends, scale, P, sums, os, ldo, 1); }
+    float *sums, float *os, int64_t ldo, const void *Kn) {                                              \
+        attend_group(qs, ldq, G, S, K, V, L, DV, mask, ends, scale, P, sums, os, ldo, Kn, 1); }
 ATTEND_D(1) ATTEND_D(2) ATTEND_D(4) ATTEND_D(8) ATTEND_D(12) ATTEND_D(16) ATTEND_D(32)
 typedef void (*attend_fn)(const float *, int64_t, int64_t, int64_t, const void *, const void *, int64_t,
-                          const float *, const int64_t *, float, float *, float *, float *, int64_t);
+                          const float *, const int64_t *, float, float *, float *, float *, int64_t, const void *);
 
 static attend_fn attend_for(int64_t D, int64_t kv16) {   /* NULL: a head size the layer does not run */
     switch (D) {
@@ -1895,7 +1919,9 @@ static void rope_head(float *x, const float *cs, int64_t D, float *tmp) {
     for (int64_t i = 0; i < D; i++) x[i] = tmp[i] * cs[i] + tmp[(i + h) % D] * cs[D + i];
 }
 
-static void attention_block(const Layer *ly, const Step *st, const int64_t *ends, float *qkv, float *o, float *p) {
+/* next: the layer after ly (NULL for the last): its first head's K is the one after ly's last */
+static void attention_block(const Layer *ly, const Layer *next, const Step *st, const int64_t *ends, float *qkv,
+                            float *o, float *p) {
     const int64_t B = st->B, S = st->S, H = st->H, Hkv = st->Hkv, D = st->D, G = H / Hkv;
     const int64_t W = (H + 2 * Hkv) * D, cap = st->cap;
     float tmp[1024];
@@ -1919,9 +1945,11 @@ static void attention_block(const Layer *ly, const Step *st, const int64_t *ends
     for (int64_t b = 0; b < B; b++)
         for (int64_t kv = 0; kv < Hkv; kv++) {
             const int64_t at = (b * Hkv + kv) * cap * D * es;
+            const int last = b == B - 1 && kv == Hkv - 1;   /* the head after: this layer's next, or next's first */
+            const void *Kn = !last ? (const char *)ly->kbuf + at + cap * D * es : next ? next->kbuf : 0;
             fn(qkv + b * S * W + kv * G * D, W, G, S, (const char *)ly->kbuf + at, (const char *)ly->vbuf + at, st->L,
                st->mask + b * S * st->L, ends + b * S, (float)st->scale, p, p + G * S * st->L,
-               o + b * S * H * D + kv * G * D, H * D);
+               o + b * S * H * D + kv * G * D, H * D, Kn);
         }
 }
 
@@ -1951,7 +1979,7 @@ int layers_forward(const Layer *layers, int64_t n, const Step *st, float *x) {
         const Layer *ly = layers + i;
         rmsnorm_rows(x, d, ly->norm1, (float)st->eps, h, d, N, d);
         gemm(&ly->qkv, h, d, qkv, (H + 2 * Hkv) * D, N, 0, q8);
-        attention_block(ly, st, ends, qkv, o, p);
+        attention_block(ly, i + 1 < n ? ly + 1 : 0, st, ends, qkv, o, p);
         gemm(&ly->o, o, H * D, x, d, N, 1, q8);
         rmsnorm_rows(x, d, ly->norm2, (float)st->eps, h, d, N, d);
         gemm(&ly->gate_up, h, d, gu, 2 * I, N, 0, q8);
