@@ -1483,8 +1483,9 @@ static inline __m512 load8x2_kv(const void *base, int64_t off, int64_t off2, con
  * A verify's attention at a long context otherwise waits on memory: its scores stream K and its P V
  * streams V, each in 4 KB pages that the hardware prefetcher does not run past. So the scores' column loop
  * asks for the V rows the P V will read, and every group's P V loop for the K rows of the head attended
- * next (attention_block's `Kn`): 1.1-1.3x a head at 256-1024 columns (bench/RESULTS.md, "A verify's
- * attention without waiting on memory"). A hint only: the arithmetic, and so the bits, are unchanged. */
+ * next (attention_block's `Kn`): 1.07-1.46x a head at 1 and 8 tokens, 256-1024 columns (bench/RESULTS.md,
+ * "A verify's attention without waiting on memory"). A hint only: the arithmetic, and so the bits, are
+ * unchanged. */
 static inline __attribute__((always_inline)) void prefetch_rows(const void *base, int64_t r, int64_t n, int64_t D,
                                                                 const int H16) {
     const char *p = (const char *)base + r * D * (H16 ? 2 : 4), *e = p + n * D * (H16 ? 2 : 4);
@@ -1761,9 +1762,9 @@ static void visible_ends(const float *mask, int64_t M, int64_t L, int64_t *ends)
 #define PHASED_TOKENS 16                     /* the most tokens a forward scores in the column-chunk order */
 #define PHASED_GROUPS 64                     /* and the most groups (3 queries each) it holds ends for */
 /* the fewest queries (of a KV head, in whole groups of 3) for which its K is transposed 16 columns at a time
- * (scores_16t): the transpose's 256 shuffles a chunk are shared by 8 groups or more. At 6-21 queries (2-7
- * tokens of SmolLM2's 3 heads a KV head) scores_8 was 1.1-1.6x faster, at 256-1024 columns (bench/RESULTS.md,
- * "A verify's attention without waiting on memory"); at 24 the two were within noise. */
+ * (scores_16t): the transpose's 256 shuffles a chunk are shared by 8 groups or more. At 6-15 queries (2-5
+ * tokens of SmolLM2's 3 heads a KV head) scores_8 was 1.1-1.6x faster at 256-1024 columns, at 18-21 up to
+ * 1.07x, at 24 within noise (bench/RESULTS.md, "A verify's attention without waiting on memory"). */
 #define TRANSPOSED_QUERIES 24
 /* Attention of the Q = G * S queries that share one KV head (G query heads x S tokens of one row)
  * against its columns [0, L): softmax(q K^T * scale + mask) V for each query.
