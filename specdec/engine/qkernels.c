@@ -1486,8 +1486,8 @@ static inline __m512 load8x2_kv(const void *base, int64_t off, int64_t off2, con
  * next (attention_block's `Kn`): 1.07-1.46x a head at 1 and 8 tokens, 256-1024 columns (bench/RESULTS.md,
  * "A verify's attention without waiting on memory"). A hint only: the arithmetic, and so the bits, are
  * unchanged. */
-static inline __attribute__((always_inline)) void prefetch_rows(const void *base, int64_t r, int64_t n, int64_t D,
-                                                                const int H16) {
+static inline __attribute__((always_inline)) void prefetch_kv_rows(const void *base, int64_t r, int64_t n, int64_t D,
+                                                                   const int H16) {
     const char *p = (const char *)base + r * D * (H16 ? 2 : 4), *e = p + n * D * (H16 ? 2 : 4);
     for (; p < e; p += 64) __builtin_prefetch(p, 0, 2);
 }
@@ -1614,7 +1614,7 @@ static inline __attribute__((always_inline)) void scores_16t(const float *qs, in
  * columns hold (an 8-lane sum over columns 8k + l is not: a hole moves the later columns to other lanes).
  * The add chain runs beside the tile's vector work, which takes longer per column than its latency.
  * n: the columns summed (its group's visible end, group_end); L: P's row stride. Kn: the K of the head
- * attended next, whose rows 0 .. n are asked for into L2 (prefetch_rows), or NULL. */
+ * attended next, whose rows 0 .. n are asked for into L2 (prefetch_kv_rows), or NULL. */
 static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_t L, int64_t n, int64_t i0,
         const int NQ, const void *V, int64_t D, const int t0, const int TB, int64_t G, float *sums, float *os,
         int64_t ldo, const void *Kn, const int H16) {
@@ -1630,7 +1630,7 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
         for (int a = 0; a < NQ; a++) sx[a] = _mm_setzero_ps();
         for (int64_t c = 0; c < n; c++) {
             __m512 pw[3], vw[4];
-            if (Kn) prefetch_rows(Kn, c, 1, D, H16);
+            if (Kn) prefetch_kv_rows(Kn, c, 1, D, H16);
             for (int t = 0; t < TB / 2; t++) {
                 vw[t] = load16_kv(V, c * D + 8 * (t0 + 2 * t), H16);
                 KEEP_IN_REGISTER(vw[t]);
@@ -1656,7 +1656,7 @@ static inline __attribute__((always_inline)) void pv_tile(const float *P, int64_
         for (int t = 0; t < TB; t++) ov[a][t] = (v8f){0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t c = 0; c < n; c++) {
         v8f pv[3];
-        if (Kn) prefetch_rows(Kn, c, 1, D, H16);
+        if (Kn) prefetch_kv_rows(Kn, c, 1, D, H16);
         for (int a = 0; a < NQ; a++) {
             const float pc = P[(i0 + a) * L + c];
             if (own) s[a] += pc;
@@ -1808,7 +1808,7 @@ static inline __attribute__((always_inline)) void attend_group(
 #endif
         for (int64_t c = 0; c + 8 <= L; c += 8) {
             const int64_t c16 = c - c % 16;        /* the 16-column chunk that holds c */
-            prefetch_rows(V, c, 8, D, H16);        /* for the P V below */
+            prefetch_kv_rows(V, c, 8, D, H16);        /* for the P V below */
             int transposed = 0;
             for (int64_t i = 0; i < Q3; i += 3)
                 if (T && c16 + 16 <= n3[i / 3]) {  /* the group's chunk is whole: scored at its start */
