@@ -6,7 +6,7 @@ Samples --new tokens at T = 1 (specdec's plain decoding, seed 0) for one Spec-Be
 one forward over prompt + sample gives p at every sampled position. Prints E[max p], E[p(sampled)] and the
 speedup bound max_k tau(a, k) / v(k) at draft cost 0 for the i.i.d. acceptance a = E[max p], v from --v
 (the logits forward's verify costs, as measured).
-`PYTHONPATH=<tree> taskset -c 1 python t1_bound_scratch.py --new 256`"""
+`PYTHONPATH=<tree> taskset -c 1 python t1_bound_scratch.py --new 256 [--per-category 3 --seed 1]`"""
 import argparse, json, os, sys, time
 import numpy as np, torch
 from specdec.engine.decoding import autoregressive_generate
@@ -16,24 +16,26 @@ import specdec.models.load as L
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--new", type=int, default=256)
+ap.add_argument("--per-category", type=int, default=1)
+ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--prompts", default="/work/shared/data/spec_bench_question.jsonl")
 ap.add_argument("--v", default='{"1": 1.23, "2": 1.55, "3": 1.99, "4": 2.21, "5": 2.49, "6": 2.79, "7": 3.12, "8": 4.03}')
 a = ap.parse_args()
 pair = resolve_pair("smollm2")
 m = L.load_target(pair.target, quantize="gguf"); m = m[0] if isinstance(m, tuple) else m
 tok = L.load_tokenizer(L.local_source(pair.target))
-seen, rows = set(), []
+seen, rows = {}, []
 for line in open(a.prompts):
     q = json.loads(line)
-    if q["category"] in seen:
+    if seen.get(q["category"], 0) >= a.per_category:
         continue
-    seen.add(q["category"])
+    seen[q["category"]] = seen.get(q["category"], 0) + 1
     rows.append(q)
-pmax_all, psel_all, per_cat, seqs = [], [], {}, []
+pmax_all, psel_all, seqs = [], [], []
 for q in rows:
     text = tok.apply_chat_template([{"role": "user", "content": q["turns"][0]}], tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
-    out = autoregressive_generate(m, ids, max_new_tokens=a.new, temperature=1.0, seed=0,
+    out = autoregressive_generate(m, ids, max_new_tokens=a.new, temperature=1.0, seed=a.seed,
                                   eos_token_id=tok.eos_token_id)
     new = list(out.new_tokens[0])
     full = torch.tensor([ids[0].tolist() + new])
@@ -45,7 +47,6 @@ for q in rows:
     pm = p.max(-1).values.numpy()
     ps = p[torch.arange(len(new)), torch.tensor(new)].numpy()
     pmax_all += pm.tolist(); psel_all += ps.tolist(); seqs.append(pm)
-    per_cat[q["category"]] = (len(new), float(pm.mean()), float(ps.mean()))
     print(f"{q['category']:16s} {len(new):4d} tokens  E[max p] {pm.mean():.3f}  E[p(sampled)] {ps.mean():.3f}", flush=True)
 v = {int(k): x for k, x in json.loads(a.v).items()}
 al = float(np.mean(pmax_all))
