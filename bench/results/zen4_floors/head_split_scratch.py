@@ -23,7 +23,6 @@ for M in (1, 2, 3, 4, 5, 6, 8):
     gemm, scan = [], []
     for rep in range(9):
         for b in big: b.sum()                       # the head's blocks out of the caches, as after the layers
-        tz = call._for(M)
         t0 = time.perf_counter(); call(x, 49152); tot = time.perf_counter() - t0
         gemm.append(tot)
     print(f"M={M}: head call {1e3*statistics.median(gemm):.2f} ms", flush=True)
